@@ -1,0 +1,48 @@
+"""The one settings class. Every value can be set by a `GEO_`-prefixed environment variable."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_data_dir() -> Path:
+    # In a checkout (editable install) the embedded cluster lives beside the code in var/;
+    # an installed copy keeps it in the user's data directory instead of site-packages.
+    if (PROJECT_ROOT / "pyproject.toml").exists():
+        return PROJECT_ROOT / "var"
+    return Path.home() / ".local" / "share" / "geo_service"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GEO_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of an existing PostGIS database. "
+        "Unset: the embedded cluster under data_dir is used.",
+    )
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    db_name: str = "geo_service"
+    db_user: str = "geo_service"
+    pg_os_user: str = Field(
+        default="postgres",
+        description="Unprivileged OS user that owns and runs the embedded cluster when started as root.",
+    )
+    pool_size: int = 10
+    max_overflow: int = 10
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    load_tolerance_m2: float = Field(
+        default=1.0,
+        description="Largest gap or overlap (m²) tolerated between sibling areas when loading.",
+    )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

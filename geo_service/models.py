@@ -1,0 +1,257 @@
+"""Tables only, no queries. Alembic (migrations/) creates them; nothing calls create_all."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from geoalchemy2 import Geometry
+from sqlalchemy import (
+    BigInteger, Boolean, CheckConstraint, Date, DateTime, ForeignKey, Index, Integer, String,
+    Text, func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SRID = 4326
+
+TOWN_KINDS = ("subdistrict", "town")
+COMMUNITY_KINDS = ("urban_community", "village")
+WORKER_KINDS = ("full_time", "part_time", "professional")
+POLICE_KINDS = ("police", "auxiliary")
+ASSIGNMENT_ROLES = (
+    "grid_leader", "full_time_worker", "part_time_worker", "professional_worker",
+    "deputy_grid_leader",
+)
+STATION_KINDS = (
+    "governance_center", "dispute_resolution", "foreign_legal_service",
+    "labour_dispute_platform", "police_station", "public_service",
+)
+REPORTER_KINDS = ("grid_worker", "rider", "resident", "police", "hotline")
+INCIDENT_STATUSES = (
+    "reported", "assigned", "accepted", "in_progress", "resolved", "verified", "closed",
+    "escalated", "returned", "reopened", "rejected",
+)
+
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def area_geom() -> Mapped:
+    return mapped_column(Geometry("MULTIPOLYGON", srid=SRID, spatial_index=False), nullable=False)
+
+
+def point_geom() -> Mapped:
+    return mapped_column(Geometry("POINT", srid=SRID, spatial_index=False), nullable=False)
+
+
+def valid_area(table: str) -> tuple:
+    return (
+        CheckConstraint("ST_IsValid(geom)", name=f"{table}_geom_valid"),
+        Index(f"ix_{table}_geom", "geom", postgresql_using="gist"),
+    )
+
+
+def lonlat_point(table: str) -> tuple:
+    return (
+        CheckConstraint(
+            "ST_X(geom) BETWEEN -180 AND 180 AND ST_Y(geom) BETWEEN -90 AND 90",
+            name=f"{table}_geom_lonlat",
+        ),
+        Index(f"ix_{table}_geom", "geom", postgresql_using="gist"),
+    )
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class County(Base):
+    __tablename__ = "county"
+    __table_args__ = (CheckConstraint("code ~ '^[0-9]{6}$'", name="county_code_format"),
+                      *valid_area("county"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(6), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    geom = area_geom()
+
+
+class Town(Base):
+    __tablename__ = "town"
+    __table_args__ = (
+        CheckConstraint("code ~ '^[0-9]{9}$'", name="town_code_format"),
+        CheckConstraint(one_of("kind", TOWN_KINDS), name="town_kind"),
+        *valid_area("town"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(9), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    name_en: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    seat = mapped_column(Geometry("POINT", srid=SRID, spatial_index=False))
+    geom = area_geom()
+
+
+class Community(Base):
+    __tablename__ = "community"
+    __table_args__ = (
+        CheckConstraint("code ~ '^[0-9]{12}$'", name="community_code_format"),
+        CheckConstraint(one_of("kind", COMMUNITY_KINDS), name="community_kind"),
+        *valid_area("community"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(12), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    no_litigation: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    town_id: Mapped[int] = mapped_column(ForeignKey("town.id", ondelete="RESTRICT"), index=True)
+    geom = area_geom()
+
+
+class Grid(Base):
+    __tablename__ = "grid"
+    __table_args__ = (CheckConstraint("code ~ '^[0-9]{15}$'", name="grid_code_format"),
+                      *valid_area("grid"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(15), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    community_id: Mapped[int] = mapped_column(
+        ForeignKey("community.id", ondelete="RESTRICT"), index=True
+    )
+    geom = area_geom()
+
+
+class Compound(Base):
+    __tablename__ = "compound"
+    __table_args__ = valid_area("compound")
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    grid_id: Mapped[int] = mapped_column(ForeignKey("grid.id", ondelete="RESTRICT"), index=True)
+    geom = area_geom()
+
+
+class GridWorker(Base):
+    __tablename__ = "grid_worker"
+    __table_args__ = (
+        CheckConstraint(one_of("kind", WORKER_KINDS), name="grid_worker_kind"),
+        CheckConstraint("NOT is_rider OR kind = 'part_time'", name="grid_worker_rider_part_time"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(Text)
+    is_rider: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    platform: Mapped[str | None] = mapped_column(Text)
+    specialty: Mapped[str | None] = mapped_column(Text)
+
+
+class PoliceOfficer(Base):
+    __tablename__ = "police_officer"
+    __table_args__ = (CheckConstraint(one_of("kind", POLICE_KINDS), name="police_officer_kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(String(20))
+    unit: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+
+
+class GridAssignment(Base):
+    """A person serving a grid in a role; the deputy grid leader is the police–grid pair's officer."""
+
+    __tablename__ = "grid_assignment"
+    __table_args__ = (
+        CheckConstraint(one_of("role", ASSIGNMENT_ROLES), name="grid_assignment_role"),
+        CheckConstraint(
+            "(role = 'deputy_grid_leader' AND police_officer_id IS NOT NULL AND grid_worker_id IS NULL)"
+            " OR (role <> 'deputy_grid_leader' AND grid_worker_id IS NOT NULL AND police_officer_id IS NULL)",
+            name="grid_assignment_person_matches_role",
+        ),
+        CheckConstraint("valid_to IS NULL OR valid_to >= valid_from", name="grid_assignment_dates"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    grid_id: Mapped[int] = mapped_column(ForeignKey("grid.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(Text)
+    grid_worker_id: Mapped[int | None] = mapped_column(
+        ForeignKey("grid_worker.id", ondelete="RESTRICT"), index=True
+    )
+    police_officer_id: Mapped[int | None] = mapped_column(
+        ForeignKey("police_officer.id", ondelete="RESTRICT"), index=True
+    )
+    valid_from: Mapped[dt.date] = mapped_column(Date)
+    valid_to: Mapped[dt.date | None] = mapped_column(Date)
+
+
+class Station(Base):
+    __tablename__ = "station"
+    __table_args__ = (CheckConstraint(one_of("kind", STATION_KINDS), name="station_kind"),
+                      *lonlat_point("station"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    town_id: Mapped[int] = mapped_column(ForeignKey("town.id", ondelete="RESTRICT"), index=True)
+    community_id: Mapped[int | None] = mapped_column(ForeignKey("community.id", ondelete="RESTRICT"))
+    address: Mapped[str | None] = mapped_column(Text)
+    geom = point_geom()
+
+
+class DoorPlate(Base):
+    """A 粤居码 QR door plate: one address and its rental status. No personal names."""
+
+    __tablename__ = "door_plate"
+    __table_args__ = (CheckConstraint("resident_count >= 0", name="door_plate_residents"),
+                      *lonlat_point("door_plate"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(Text)
+    building: Mapped[str | None] = mapped_column(Text)
+    unit: Mapped[str | None] = mapped_column(Text)
+    room: Mapped[str | None] = mapped_column(Text)
+    is_rental: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    resident_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    geom = point_geom()
+
+
+class IncidentCategory(Base):
+    __tablename__ = "incident_category"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    name_en: Mapped[str] = mapped_column(Text)
+
+
+class Incident(Base):
+    __tablename__ = "incident"
+    __table_args__ = (
+        CheckConstraint(one_of("reporter_kind", REPORTER_KINDS), name="incident_reporter_kind"),
+        CheckConstraint(one_of("status", INCIDENT_STATUSES), name="incident_status"),
+        *lonlat_point("incident"),
+        Index("ix_incident_reported_at", "reported_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    external_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    category_code: Mapped[str] = mapped_column(
+        ForeignKey("incident_category.code", ondelete="RESTRICT"), index=True
+    )
+    description: Mapped[str] = mapped_column(Text)
+    reported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    reporter_kind: Mapped[str] = mapped_column(Text)
+    door_plate_code: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(Text, default="reported", server_default="reported")
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    geom = point_geom()
