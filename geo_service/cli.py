@@ -96,3 +96,78 @@ def db_downgrade(revision: str) -> None:
 
     command.downgrade(alembic_config(), revision)
     click.echo(f"schema at {revision}")
+
+
+def _session():
+    from geo_service.db import make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(get_settings()))()
+
+
+@main.command("load")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Validate and report what would change; write nothing.")
+@click.option("--if-empty", is_flag=True, help="Do nothing when the database already holds grids.")
+@click.option("--tolerance-m2", type=float, default=None,
+              help="Largest gap/overlap tolerated between sibling areas (default GEO_LOAD_TOLERANCE_M2, 1 m²).")
+def load_command(directory: Path, dry_run: bool, if_empty: bool, tolerance_m2: float | None) -> None:
+    """Validate and load a dataset directory (e.g. gis_data/heshan) in one transaction."""
+    from geo_service import loading
+
+    settings = get_settings()
+    with _session() as session:
+        if if_empty and not loading.is_empty(session):
+            click.echo("database already holds data; nothing loaded (--if-empty)")
+            return
+        report = loading.load(
+            session, directory, dry_run=dry_run, metric_crs=settings.metric_crs,
+            tolerance_m2=settings.load_tolerance_m2 if tolerance_m2 is None else tolerance_m2,
+            progress=click.echo,
+        )
+    verb = "would load" if dry_run else "loaded"
+    click.echo(f"{verb} {report.dataset} in {report.seconds:.1f} s")
+
+
+@main.command("stats")
+def stats_command() -> None:
+    """Print the counts of everything loaded, as JSON."""
+    from geo_service import stats
+
+    with _session() as session:
+        click.echo(json.dumps(stats.counts(session), ensure_ascii=False, indent=2))
+
+
+@main.command("serve")
+@click.option("--host", default=None, help="Interface to bind (default GEO_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default GEO_PORT, 8000).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default GEO_WORKERS, 1).")
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve the HTTP API and the map."""
+    import uvicorn
+
+    settings = get_settings()
+    localdb.database_url(settings)  # fail here, clearly, when there is no database configured
+    uvicorn.run(
+        "geo_service.app:app_from_env", factory=True,
+        host=host or settings.host, port=port or settings.port, workers=workers or settings.workers,
+        proxy_headers=False, log_level="info",
+    )
+
+
+@main.group(cls=_Group)
+def sample() -> None:
+    """The synthetic Heshan sample dataset."""
+
+
+@sample.command("generate")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=PROJECT_ROOT / "gis_data" / "heshan", show_default=True)
+@click.option("--seed", type=int, default=None, help="Random seed (default: the committed sample's).")
+def sample_generate(out: Path, seed: int | None) -> None:
+    """Regenerate the synthetic sample (same seed, same files)."""
+    from geo_service import sample as generator
+
+    started = time.perf_counter()
+    counts = generator.generate(out, **({} if seed is None else {"seed": seed}), progress=click.echo)
+    click.echo(json.dumps(counts, ensure_ascii=False))
+    click.echo(f"wrote {out} in {time.perf_counter() - started:.1f} s")

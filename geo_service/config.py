@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    metric_crs: str = Field(
+        default="EPSG:4547",
+        description="Projected CRS for lengths and areas (CGCS2000 / 3-degree Gauss-Kruger CM 114E).",
+    )
     load_tolerance_m2: float = Field(
         default=1.0,
         description="Largest gap or overlap (m²) tolerated between sibling areas when loading.",

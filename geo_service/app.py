@@ -1,0 +1,69 @@
+"""The FastAPI application, built by create_app(settings) and never at import time."""
+
+from contextlib import asynccontextmanager
+
+import psycopg2
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+
+from geo_service import __version__
+from geo_service.config import Settings, get_settings
+from geo_service.db import make_engine, make_sessionmaker
+from geo_service.errors import Conflict, GeoServiceError, InvalidInput, NotFound
+from geo_service.routes import system
+
+# The one place where domain errors become HTTP statuses.
+ERROR_STATUS = {
+    InvalidInput: 422,
+    NotFound: 404,
+    Conflict: 409,
+}
+
+
+def _status_for(error: GeoServiceError) -> int:
+    for kind, status in ERROR_STATUS.items():
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="geo_service",
+        version=__version__,
+        description="Heshan grid governance: who owns a location, incidents, map and hotspots.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+
+    @app.exception_handler(GeoServiceError)
+    async def domain_error(request: Request, exc: GeoServiceError):
+        return JSONResponse({"detail": exc.message, **exc.extra}, status_code=_status_for(exc))
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError):
+        # Connection loss (database stopped or restarting) is temporary: say so with 503.
+        if exc.connection_invalidated or isinstance(exc.orig, (psycopg2.OperationalError,
+                                                               psycopg2.InterfaceError)):
+            return JSONResponse({"detail": "database unavailable; retry shortly"}, status_code=503,
+                                headers={"Retry-After": "5"})
+        raise exc
+
+    app.include_router(system.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn (`--factory`): settings from the environment."""
+    return create_app()

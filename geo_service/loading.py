@@ -1,0 +1,746 @@
+"""Read, validate and load a dataset directory (the Heshan sample or a user's real data).
+
+A dataset is a directory of layers, one file each, named by layer:
+
+    county, towns, communities, grids, compounds, stations   .geojson | .gpkg | .shp | .fgb
+    door_plates, incidents                                  .csv (lon, lat columns) or a geo file
+    grid_workers, police_officers, grid_assignments          .csv
+
+towns, communities and grids are required; every other layer is optional. Geo files must
+be lon/lat EPSG:4326 (CGCS2000, EPSG:4490, is accepted as equal). Everything is validated
+before anything is written, and the whole load is one transaction: either the dataset is
+loaded completely or nothing changes.
+
+A present layer replaces what the database holds for it: rows are matched by code,
+inserted, updated or deleted, so loading the same data twice leaves the same state.
+Incidents are history and are only ever added (matched by external_id), never deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from shapely.geometry import MultiPolygon, Polygon
+from sqlalchemy import Table, delete, func, literal_column, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from geo_service import models
+from geo_service.errors import DatasetInvalid, NotFound, Problem
+
+Progress = Callable[[str], None]
+
+GEO_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb")
+ACCEPTED_EPSG = {4326, 4490}
+AREA_LAYERS = ("county", "towns", "communities", "grids", "compounds")
+REQUIRED_LAYERS = ("towns", "communities", "grids")
+
+# Shapefile field names stop at 10 characters; these short forms are read as the long ones.
+SHAPEFILE_ALIASES = {
+    "comm_code": "community_code",
+    "no_litig": "no_litigation",
+    "door_plate": "door_plate_code",
+    "reporter_k": "reporter_kind",
+    "reported_a": "reported_at",
+    "external_i": "external_id",
+    "resident_c": "resident_count",
+    "community_": "community_code",
+}
+
+COLUMNS = {
+    "county": ("code", "name"),
+    "towns": ("code", "name", "kind"),
+    "communities": ("code", "name", "kind", "town_code"),
+    "grids": ("code", "name", "community_code"),
+    "compounds": ("code", "name", "grid_code"),
+    "stations": ("code", "name", "kind", "town_code"),
+    "door_plates": ("code", "address"),
+    "grid_workers": ("code", "name", "kind"),
+    "police_officers": ("code", "name", "unit", "kind"),
+    "grid_assignments": ("grid_code", "role", "person_code", "valid_from"),
+    "incidents": ("external_id", "category", "description", "reported_at", "reporter_kind"),
+}
+OPTIONAL_COLUMNS = {
+    "towns": ("name_en", "seat_lon", "seat_lat"),
+    "communities": ("no_litigation",),
+    "stations": ("community_code", "address"),
+    "door_plates": ("building", "unit", "room", "is_rental", "resident_count"),
+    "grid_workers": ("phone", "is_rider", "platform", "specialty"),
+    "police_officers": ("phone",),
+    "grid_assignments": ("valid_to",),
+    "incidents": ("door_plate_code", "status"),
+}
+
+CODE_PATTERNS = {
+    "county": r"^[0-9]{6}$",
+    "towns": r"^[0-9]{9}$",
+    "communities": r"^[0-9]{12}$",
+    "grids": r"^[0-9]{15}$",
+}
+PARENT = {  # layer -> (parent layer, column holding the parent's code)
+    "communities": ("towns", "town_code"),
+    "grids": ("communities", "community_code"),
+    "compounds": ("grids", "grid_code"),
+}
+ENUMS = {
+    ("towns", "kind"): models.TOWN_KINDS,
+    ("communities", "kind"): models.COMMUNITY_KINDS,
+    ("stations", "kind"): models.STATION_KINDS,
+    ("grid_workers", "kind"): models.WORKER_KINDS,
+    ("police_officers", "kind"): models.POLICE_KINDS,
+    ("grid_assignments", "role"): models.ASSIGNMENT_ROLES,
+    ("incidents", "reporter_kind"): models.REPORTER_KINDS,
+    ("incidents", "status"): models.INCIDENT_STATUSES,
+}
+TRUE_WORDS = {"true", "t", "1", "yes", "y"}
+FALSE_WORDS = {"false", "f", "0", "no", "n", ""}
+
+
+@dataclass
+class Dataset:
+    path: Path
+    layers: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def __contains__(self, layer: str) -> bool:
+        return layer in self.layers
+
+    def __getitem__(self, layer: str) -> pd.DataFrame:
+        return self.layers[layer]
+
+
+@dataclass
+class LayerChange:
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class LoadReport:
+    dataset: str
+    dry_run: bool
+    seconds: float = 0.0
+    changes: dict[str, LayerChange] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _find_layer_file(directory: Path, layer: str) -> Path | None:
+    for suffix in (*GEO_SUFFIXES, ".csv"):
+        candidate = directory / f"{layer}{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _read_table(path: Path, layer: str, problems: list[Problem]) -> pd.DataFrame | None:
+    if path.suffix == ".csv":
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        if {"lon", "lat"} <= set(frame.columns):
+            lon = pd.to_numeric(frame["lon"], errors="coerce")
+            lat = pd.to_numeric(frame["lat"], errors="coerce")
+            bad = lon.isna() | lat.isna()
+            for index in np.flatnonzero(bad.to_numpy()):
+                problems.append(Problem(layer, "bad coordinate", f"row {index + 2}: lon "
+                                        f"{frame['lon'].iloc[index]!r}, lat {frame['lat'].iloc[index]!r} "
+                                        "are not numbers", code=_row_code(frame, index)))
+            frame = gpd.GeoDataFrame(
+                frame.drop(columns=["lon", "lat"]),
+                geometry=gpd.points_from_xy(lon.fillna(0), lat.fillna(0)),
+                crs="EPSG:4326",
+            )
+            frame.loc[bad.to_numpy(), "geometry"] = None
+        return frame
+    frame = gpd.read_file(path)
+    frame = frame.rename(columns={k: v for k, v in SHAPEFILE_ALIASES.items() if k in frame.columns})
+    if frame.crs is None:
+        problems.append(Problem(layer, "missing CRS", f"{path.name} declares no coordinate "
+                                "reference system; expected EPSG:4326 (lon/lat)"))
+        return None
+    epsg = frame.crs.to_epsg()
+    if epsg not in ACCEPTED_EPSG:
+        problems.append(Problem(layer, "wrong CRS", f"{path.name} is in {frame.crs.to_string()}; "
+                                "expected EPSG:4326 lon/lat (reproject with "
+                                f"`ogr2ogr -t_srs EPSG:4326 {path.stem}.geojson {path.name}`)"))
+        return None
+    for column in frame.columns:
+        if column != "geometry":
+            frame[column] = frame[column].map(_as_text)
+    return frame.set_crs("EPSG:4326", allow_override=True)
+
+
+def _as_text(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _row_code(frame: pd.DataFrame, index: int) -> str | None:
+    for column in ("code", "external_id"):
+        if column in frame.columns:
+            return str(frame[column].iloc[index])
+    return None
+
+
+def read_dataset(directory: Path, progress: Progress = print) -> tuple[Dataset, list[Problem]]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise NotFound(f"dataset directory {str(directory)!r} does not exist")
+    dataset = Dataset(directory)
+    problems: list[Problem] = []
+    for layer in COLUMNS:
+        path = _find_layer_file(directory, layer)
+        if path is None:
+            if layer in REQUIRED_LAYERS:
+                problems.append(Problem(layer, "missing layer", f"no {layer}.geojson/.gpkg/.shp "
+                                        f"in {directory}"))
+            continue
+        started = time.perf_counter()
+        frame = _read_table(path, layer, problems)
+        if frame is None:
+            continue
+        frame = frame.reset_index(drop=True)
+        missing = [c for c in COLUMNS[layer] if c not in frame.columns]
+        if missing:
+            problems.append(Problem(layer, "missing column", f"{path.name} lacks column(s) "
+                                    f"{', '.join(missing)}; has {', '.join(map(str, frame.columns))}"))
+            continue
+        for column in OPTIONAL_COLUMNS.get(layer, ()):
+            if column not in frame.columns:
+                frame[column] = ""
+        for column in frame.columns:
+            if column != "geometry":
+                frame[column] = frame[column].astype(str).str.strip()
+        dataset.layers[layer] = frame
+        progress(f"read {layer}: {len(frame):,} rows from {path.name} "
+                 f"({time.perf_counter() - started:.1f} s)")
+    return dataset, problems
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _point_of(geom) -> tuple[float | None, float | None]:
+    if geom is None or geom.is_empty:
+        return None, None
+    point = geom.representative_point() if geom.geom_type != "Point" else geom
+    return point.x, point.y
+
+
+def _check_codes(dataset: Dataset, problems: list[Problem]) -> None:
+    for layer, frame in dataset.layers.items():
+        if "code" not in frame.columns:
+            continue
+        empty = frame["code"] == ""
+        for index in np.flatnonzero(empty.to_numpy()):
+            problems.append(Problem(layer, "missing code", f"row {index + 1} has no code"))
+        duplicated = frame.loc[~empty & frame["code"].duplicated(keep=False), "code"]
+        for code in sorted(set(duplicated)):
+            problems.append(Problem(layer, "duplicate code", f"appears {int((frame['code'] == code).sum())} "
+                                    "times", code=code))
+        pattern = CODE_PATTERNS.get(layer)
+        if pattern:
+            for code in frame.loc[~empty & ~frame["code"].str.match(pattern), "code"]:
+                problems.append(Problem(layer, "bad code", f"does not match {pattern}", code=code))
+    if "incidents" in dataset:
+        frame = dataset["incidents"]
+        for index in np.flatnonzero((frame["external_id"] == "").to_numpy()):
+            problems.append(Problem("incidents", "missing external_id", f"row {index + 2} has no "
+                                    "external_id (needed to load history idempotently)"))
+        for code in sorted(set(frame.loc[frame["external_id"].duplicated() & (frame["external_id"] != ""),
+                                         "external_id"])):
+            problems.append(Problem("incidents", "duplicate external_id", "appears more than once",
+                                    code=code))
+
+
+def _check_parents(dataset: Dataset, problems: list[Problem]) -> None:
+    for layer, (parent, column) in PARENT.items():
+        if layer not in dataset or parent not in dataset:
+            continue
+        frame, known = dataset[layer], set(dataset[parent]["code"])
+        for code, parent_code in zip(frame["code"], frame[column]):
+            if parent_code not in known:
+                problems.append(Problem(layer, f"unknown {column}", f"{column} {parent_code!r} is not "
+                                        f"in {parent}", code=code))
+            elif layer in ("communities", "grids") and not code.startswith(parent_code):
+                problems.append(Problem(layer, "code not nested", f"code does not start with its "
+                                        f"{column} {parent_code}", code=code))
+    if "stations" in dataset and "towns" in dataset:
+        towns = set(dataset["towns"]["code"])
+        communities = set(dataset["communities"]["code"]) if "communities" in dataset else set()
+        for code, town, community in dataset["stations"][["code", "town_code", "community_code"]].itertuples(index=False):
+            if town not in towns:
+                problems.append(Problem("stations", "unknown town_code", f"town_code {town!r} is not in towns", code=code))
+            if community and community not in communities:
+                problems.append(Problem("stations", "unknown community_code",
+                                        f"community_code {community!r} is not in communities", code=code))
+
+
+def _check_values(dataset: Dataset, problems: list[Problem], categories: set[str]) -> None:
+    for (layer, column), allowed in ENUMS.items():
+        if layer not in dataset:
+            continue
+        frame = dataset[layer]
+        values = frame[column]
+        if layer == "incidents" and column == "status":
+            values = values.replace("", "reported")
+        for index in np.flatnonzero(~values.isin(allowed).to_numpy()):
+            problems.append(Problem(layer, f"bad {column}", f"{values.iloc[index]!r} is not one of "
+                                    f"{', '.join(allowed)}", code=_row_code(frame, index)))
+    booleans = [("communities", "no_litigation"), ("door_plates", "is_rental"), ("grid_workers", "is_rider")]
+    for layer, column in booleans:
+        if layer in dataset:
+            frame = dataset[layer]
+            lowered = frame[column].str.lower()
+            for index in np.flatnonzero(~lowered.isin(TRUE_WORDS | FALSE_WORDS).to_numpy()):
+                problems.append(Problem(layer, f"bad {column}", f"{frame[column].iloc[index]!r} is not "
+                                        "true/false", code=_row_code(frame, index)))
+    if "door_plates" in dataset:
+        frame = dataset["door_plates"]
+        counts = pd.to_numeric(frame["resident_count"].replace("", "0"), errors="coerce")
+        for index in np.flatnonzero((counts.isna() | (counts < 0)).to_numpy()):
+            problems.append(Problem("door_plates", "bad resident_count", f"{frame['resident_count'].iloc[index]!r} "
+                                    "is not a count >= 0", code=frame["code"].iloc[index]))
+    if "grid_workers" in dataset:
+        frame = dataset["grid_workers"]
+        riders = frame["is_rider"].str.lower().isin(TRUE_WORDS) & (frame["kind"] != "part_time")
+        for code in frame.loc[riders, "code"]:
+            problems.append(Problem("grid_workers", "bad kind", "riders serve as part_time workers", code=code))
+    if "incidents" in dataset:
+        frame = dataset["incidents"]
+        for index in np.flatnonzero(~frame["category"].isin(categories).to_numpy()):
+            problems.append(Problem("incidents", "unknown category", f"{frame['category'].iloc[index]!r} "
+                                    f"is not one of {', '.join(sorted(categories))}",
+                                    code=frame["external_id"].iloc[index]))
+        stamps = pd.to_datetime(frame["reported_at"], errors="coerce", utc=True, format="ISO8601")
+        naive = ~frame["reported_at"].str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True)
+        for index in np.flatnonzero((stamps.isna() | naive).to_numpy()):
+            problems.append(Problem("incidents", "bad reported_at", f"{frame['reported_at'].iloc[index]!r} "
+                                    "is not an ISO 8601 time with a UTC offset",
+                                    code=frame["external_id"].iloc[index]))
+
+
+def _check_assignments(dataset: Dataset, problems: list[Problem]) -> None:
+    if "grid_assignments" not in dataset:
+        return
+    frame = dataset["grid_assignments"]
+    grids = set(dataset["grids"]["code"]) if "grids" in dataset else set()
+    workers = set(dataset["grid_workers"]["code"]) if "grid_workers" in dataset else set()
+    police = set(dataset["police_officers"]["code"]) if "police_officers" in dataset else set()
+    for index, row in enumerate(frame.itertuples(index=False)):
+        where = f"row {index + 2}"
+        if row.grid_code not in grids:
+            problems.append(Problem("grid_assignments", "unknown grid", f"{where}: person {row.person_code} "
+                                    f"is assigned to grid {row.grid_code!r}, which is not in grids",
+                                    code=row.grid_code))
+        people = police if row.role == "deputy_grid_leader" else workers
+        kind = "police_officers" if row.role == "deputy_grid_leader" else "grid_workers"
+        if row.person_code not in people:
+            problems.append(Problem("grid_assignments", "unknown person", f"{where}: role {row.role} needs "
+                                    f"a person from {kind}; {row.person_code!r} is not there",
+                                    code=row.grid_code))
+        for column in ("valid_from", "valid_to"):
+            value = getattr(row, column)
+            if value or column == "valid_from":
+                try:
+                    dt.date.fromisoformat(value)
+                except ValueError:
+                    problems.append(Problem("grid_assignments", f"bad {column}", f"{where}: {value!r} is "
+                                            "not a date YYYY-MM-DD", code=row.grid_code))
+
+
+def _check_geometries(dataset: Dataset, problems: list[Problem]) -> None:
+    for layer, frame in dataset.layers.items():
+        if not isinstance(frame, gpd.GeoDataFrame):
+            continue
+        geoms = frame.geometry.values
+        codes = frame["code"] if "code" in frame.columns else frame.get("external_id")
+        missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+        for index in np.flatnonzero(missing):
+            problems.append(Problem(layer, "missing geometry", "feature has no geometry",
+                                    code=codes.iloc[index]))
+        present = ~missing
+        if layer in AREA_LAYERS:
+            wrong = present & ~np.isin(shapely.get_type_id(geoms), [3, 6])
+            for index in np.flatnonzero(wrong):
+                problems.append(Problem(layer, "wrong geometry type", f"{geoms[index].geom_type}, "
+                                        "expected Polygon or MultiPolygon", code=codes.iloc[index]))
+            present &= ~wrong
+        else:
+            wrong = present & (shapely.get_type_id(geoms) != 0)
+            for index in np.flatnonzero(wrong):
+                problems.append(Problem(layer, "wrong geometry type", f"{geoms[index].geom_type}, "
+                                        "expected Point", code=codes.iloc[index]))
+            present &= ~wrong
+        bounds = shapely.bounds(geoms)
+        out_of_range = present & ((bounds[:, 0] < -180) | (bounds[:, 2] > 180) |
+                                  (bounds[:, 1] < -90) | (bounds[:, 3] > 90))
+        for index in np.flatnonzero(out_of_range):
+            problems.append(Problem(layer, "coordinates out of range", f"bounds {tuple(np.round(bounds[index], 3))} "
+                                    "are not lon/lat degrees; is the layer projected?", code=codes.iloc[index]))
+        invalid = present & ~out_of_range & ~shapely.is_valid(geoms)
+        for index in np.flatnonzero(invalid):
+            reason = shapely.is_valid_reason(geoms[index])
+            problems.append(Problem(layer, "invalid geometry", reason, code=codes.iloc[index],
+                                    lon=_reason_point(reason)[0], lat=_reason_point(reason)[1]))
+
+
+def _reason_point(reason: str) -> tuple[float | None, float | None]:
+    # GEOS reasons end in "[x y]", the place where the geometry breaks.
+    if reason.endswith("]") and "[" in reason:
+        try:
+            x, y = reason[reason.rindex("[") + 1:-1].split()[:2]
+            return float(x), float(y)
+        except ValueError:
+            pass
+    return None, None
+
+
+SINGULAR = {"county": "county", "towns": "town", "communities": "community", "grids": "grid",
+            "compounds": "compound"}
+
+
+class _Slivers:
+    """Measures lon/lat geometries in metres.
+
+    Topology (overlap, gap, containment) is computed in lon/lat, the CRS the data is stored
+    and queried in; reprojecting first would bend long edges differently from the same edge
+    split into short ones and invent slivers that PostGIS never sees.
+    """
+
+    def __init__(self, metric_crs: str):
+        from pyproj import Transformer
+
+        self._to_metric = Transformer.from_crs("EPSG:4326", metric_crs, always_xy=True)
+
+    def area_m2(self, geom) -> float:
+        if geom.is_empty:
+            return 0.0
+        return shapely.transform(geom, lambda xy: np.column_stack(
+            self._to_metric.transform(xy[:, 0], xy[:, 1]))).area
+
+    def report(self, problems: list[Problem], geom, tolerance_m2: float, **fields) -> None:
+        for part in getattr(geom, "geoms", [geom]):
+            if part.is_empty or part.geom_type not in ("Polygon", "MultiPolygon"):
+                continue
+            area = self.area_m2(part)
+            if area > tolerance_m2:
+                point = part.representative_point()
+                problems.append(Problem(**fields, area_m2=area, lon=point.x, lat=point.y))
+
+
+def _check_coverage(dataset: Dataset, problems: list[Problem], tolerance_m2: float, metric_crs: str) -> None:
+    """Sibling areas must not overlap; children must lie in and fill their parent."""
+    slivers = _Slivers(metric_crs)
+    geoms = {layer: dataset[layer].geometry.values for layer in AREA_LAYERS if layer in dataset}
+    for layer in ("towns", "communities", "grids"):
+        if layer not in geoms:
+            continue
+        codes = dataset[layer]["code"].to_numpy()
+        left, right = shapely.STRtree(geoms[layer]).query(geoms[layer], predicate="intersects")
+        pairs = left < right
+        for i, j in zip(left[pairs], right[pairs]):
+            overlap = shapely.intersection(geoms[layer][i], geoms[layer][j])
+            slivers.report(problems, overlap, tolerance_m2, layer=layer, kind="overlap",
+                           message=f"overlaps {codes[j]}", code=codes[i])
+    levels = [("towns", "county", None), ("communities", "towns", "town_code"),
+              ("grids", "communities", "community_code")]
+    for child, parent, column in levels:
+        if child not in geoms or parent not in geoms:
+            continue
+        for parent_code, parent_geom in zip(dataset[parent]["code"], geoms[parent]):
+            mask = slice(None) if column is None else (dataset[child][column] == parent_code).to_numpy()
+            gap = shapely.difference(parent_geom, shapely.union_all(geoms[child][mask]))
+            slivers.report(problems, gap, tolerance_m2, layer=child, kind="gap", code=parent_code,
+                           message=f"part of {SINGULAR[parent]} {parent_code} is covered by none of its {child}")
+    containment = [("towns", "county", None), ("communities", "towns", "town_code"),
+                   ("grids", "communities", "community_code"), ("compounds", "grids", "grid_code")]
+    for child, parent, column in containment:
+        if child not in geoms or parent not in geoms:
+            continue
+        if column is None:
+            parents = {None: shapely.union_all(geoms[parent])}
+            parent_codes = [None] * len(dataset[child])
+        else:
+            parents = dict(zip(dataset[parent]["code"], geoms[parent]))
+            parent_codes = dataset[child][column]
+        for code, parent_code, geom in zip(dataset[child]["code"], parent_codes, geoms[child]):
+            if parent_code not in parents:
+                continue
+            where = SINGULAR[parent] + (f" {parent_code}" if parent_code else " outline")
+            slivers.report(problems, shapely.difference(geom, parents[parent_code]), tolerance_m2,
+                           layer=child, kind=f"outside its {SINGULAR[parent]}", code=code,
+                           message=f"reaches outside {where}")
+
+
+def _coverage_geometry(dataset: Dataset):
+    if "county" in dataset:
+        return shapely.union_all(dataset["county"].geometry.values)
+    return shapely.union_all(dataset["towns"].geometry.values)
+
+
+def _check_points(dataset: Dataset, problems: list[Problem]) -> None:
+    if "towns" not in dataset:
+        return
+    coverage = _coverage_geometry(dataset)
+    shapely.prepare(coverage)
+    for layer in ("stations", "door_plates", "incidents"):
+        if layer not in dataset:
+            continue
+        frame = dataset[layer]
+        geoms = frame.geometry.values
+        valid = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+        outside = valid & ~shapely.covers(coverage, geoms)
+        codes = frame["code"] if "code" in frame.columns else frame["external_id"]
+        for index in np.flatnonzero(outside):
+            problems.append(Problem(layer, "outside coverage", "point lies outside every town",
+                                    code=codes.iloc[index], lon=geoms[index].x, lat=geoms[index].y))
+
+
+def validate(dataset: Dataset, *, categories: Iterable[str], tolerance_m2: float = 1.0,
+             metric_crs: str = "EPSG:4547", progress: Progress = print) -> list[Problem]:
+    """Every problem in the dataset; an empty list means it can be loaded."""
+    problems: list[Problem] = []
+    checks = [
+        ("codes", lambda: _check_codes(dataset, problems)),
+        ("references", lambda: _check_parents(dataset, problems)),
+        ("values", lambda: _check_values(dataset, problems, set(categories))),
+        ("assignments", lambda: _check_assignments(dataset, problems)),
+        ("geometries", lambda: _check_geometries(dataset, problems)),
+    ]
+    for name, check in checks:
+        started = time.perf_counter()
+        check()
+        progress(f"checked {name} ({time.perf_counter() - started:.1f} s)")
+    geometry_broken = any(p.kind in {"invalid geometry", "missing geometry", "wrong geometry type",
+                                     "coordinates out of range"} for p in problems)
+    if not geometry_broken:
+        started = time.perf_counter()
+        _check_coverage(dataset, problems, tolerance_m2, metric_crs)
+        _check_points(dataset, problems)
+        progress(f"checked coverage, nesting and points ({time.perf_counter() - started:.1f} s)")
+    return problems
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _ewkt(geoms, multi: bool) -> list[str]:
+    if multi:
+        geoms = [MultiPolygon([g]) if isinstance(g, Polygon) else g for g in geoms]
+    # rounding_precision=-1 writes every coordinate exactly, so shared vertices stay shared.
+    return ["SRID=4326;" + w for w in shapely.to_wkt(np.asarray(geoms, dtype=object), rounding_precision=-1)]
+
+
+def _flag(values: pd.Series) -> list[bool]:
+    return values.str.lower().isin(TRUE_WORDS).tolist()
+
+
+def _blank_to_none(values: pd.Series) -> list:
+    return [v if v != "" else None for v in values]
+
+
+def _codes_to_ids(session: Session, table: Table) -> dict[str, int]:
+    return dict(session.execute(select(table.c.code, table.c.id)).all())
+
+
+def _upsert(session: Session, table: Table, rows: list[dict], key: str, progress: Progress,
+            batch: int = 5000) -> LayerChange:
+    """Insert new rows, update changed ones, leave identical ones untouched."""
+    change = LayerChange()
+    if not rows:
+        return change
+    columns = [c for c in rows[0] if c != key]
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[key],
+        set_={c: stmt.excluded[c] for c in columns},
+        where=literal_column(f"({', '.join(f'{table.name}.{c}' for c in columns)})")
+        .op("IS DISTINCT FROM")(literal_column(f"({', '.join(f'EXCLUDED.{c}' for c in columns)})")),
+    ).returning(literal_column("xmax = 0").label("inserted"))
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        flags = session.execute(stmt, chunk).scalars().all()
+        change.inserted += sum(1 for f in flags if f)
+        change.updated += sum(1 for f in flags if not f)
+        if len(rows) > batch:
+            progress(f"  {table.name}: {min(start + batch, len(rows)):,}/{len(rows):,}")
+    change.unchanged = len(rows) - change.inserted - change.updated
+    return change
+
+
+def _delete_missing(session: Session, table: Table, key: str, keep: list[str], change: LayerChange) -> None:
+    result = session.execute(delete(table).where(table.c[key].not_in(keep)) if keep else delete(table))
+    change.deleted = result.rowcount
+
+
+def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Progress) -> None:
+    t = {name: models.Base.metadata.tables[name] for name in models.Base.metadata.tables}
+    changes = report.changes
+
+    def step(layer: str, table: str, rows: list[dict], key: str = "code") -> None:
+        started = time.perf_counter()
+        changes[layer] = _upsert(session, t[table], rows, key, progress)
+        c = changes[layer]
+        progress(f"wrote {layer}: {c.inserted:,} new, {c.updated:,} changed, {c.unchanged:,} unchanged "
+                 f"({time.perf_counter() - started:.1f} s)")
+
+    if "county" in dataset:
+        frame = dataset["county"]
+        step("county", "county", [dict(code=r.code, name=r.name, geom=g) for r, g in
+                                  zip(frame.itertuples(), _ewkt(frame.geometry.values, True))])
+    frame = dataset["towns"]
+    seats = [f"SRID=4326;POINT({lon} {lat})" if lon and lat else None
+             for lon, lat in zip(frame["seat_lon"], frame["seat_lat"])]
+    step("towns", "town", [dict(code=r.code, name=r.name, name_en=r.name_en or None, kind=r.kind, seat=s, geom=g)
+                           for r, s, g in zip(frame.itertuples(), seats, _ewkt(frame.geometry.values, True))])
+    town_ids = _codes_to_ids(session, t["town"])
+    frame = dataset["communities"]
+    step("communities", "community", [
+        dict(code=r.code, name=r.name, kind=r.kind, no_litigation=f, town_id=town_ids[r.town_code], geom=g)
+        for r, f, g in zip(frame.itertuples(), _flag(frame["no_litigation"]), _ewkt(frame.geometry.values, True))])
+    community_ids = _codes_to_ids(session, t["community"])
+    frame = dataset["grids"]
+    step("grids", "grid", [dict(code=r.code, name=r.name, community_id=community_ids[r.community_code], geom=g)
+                           for r, g in zip(frame.itertuples(), _ewkt(frame.geometry.values, True))])
+    grid_ids = _codes_to_ids(session, t["grid"])
+    if "compounds" in dataset:
+        frame = dataset["compounds"]
+        step("compounds", "compound", [dict(code=r.code, name=r.name, grid_id=grid_ids[r.grid_code], geom=g)
+                                       for r, g in zip(frame.itertuples(), _ewkt(frame.geometry.values, True))])
+    if "stations" in dataset:
+        frame = dataset["stations"]
+        step("stations", "station", [
+            dict(code=r.code, name=r.name, kind=r.kind, town_id=town_ids[r.town_code],
+                 community_id=community_ids.get(r.community_code), address=r.address or None, geom=g)
+            for r, g in zip(frame.itertuples(), _ewkt(frame.geometry.values, False))])
+    if "door_plates" in dataset:
+        frame = dataset["door_plates"]
+        residents = pd.to_numeric(frame["resident_count"].replace("", "0")).astype(int).tolist()
+        step("door_plates", "door_plate", [
+            dict(code=r.code, address=r.address, building=b, unit=u, room=rm, is_rental=rent,
+                 resident_count=n, geom=g)
+            for r, b, u, rm, rent, n, g in zip(
+                frame.itertuples(), _blank_to_none(frame["building"]), _blank_to_none(frame["unit"]),
+                _blank_to_none(frame["room"]), _flag(frame["is_rental"]), residents,
+                _ewkt(frame.geometry.values, False))])
+    if "grid_workers" in dataset:
+        frame = dataset["grid_workers"]
+        step("grid_workers", "grid_worker", [
+            dict(code=r.code, name=r.name, phone=r.phone or None, kind=r.kind, is_rider=rider,
+                 platform=r.platform or None, specialty=r.specialty or None)
+            for r, rider in zip(frame.itertuples(), _flag(frame["is_rider"]))])
+    if "police_officers" in dataset:
+        frame = dataset["police_officers"]
+        step("police_officers", "police_officer", [
+            dict(code=r.code, name=r.name, phone=r.phone or None, unit=r.unit, kind=r.kind)
+            for r in frame.itertuples()])
+    if "grid_assignments" in dataset:
+        _replace_assignments(session, t, dataset["grid_assignments"], grid_ids, changes)
+        progress(f"wrote grid_assignments: {len(dataset['grid_assignments']):,} rows")
+    # Children first, so a parent is only deleted once nothing points at it.
+    for layer, table in [("police_officers", "police_officer"), ("grid_workers", "grid_worker"),
+                         ("door_plates", "door_plate"), ("stations", "station"), ("compounds", "compound"),
+                         ("grids", "grid"), ("communities", "community"), ("towns", "town"),
+                         ("county", "county")]:
+        if layer in dataset:
+            _delete_missing(session, t[table], "code", dataset[layer]["code"].tolist(), changes[layer])
+    if "incidents" in dataset:
+        started = time.perf_counter()
+        changes["incidents"] = _insert_incidents(session, t["incident"], dataset["incidents"], progress)
+        progress(f"wrote incidents: {changes['incidents'].inserted:,} new, "
+                 f"{changes['incidents'].unchanged:,} already loaded ({time.perf_counter() - started:.1f} s)")
+
+
+def _replace_assignments(session: Session, t: dict, frame: pd.DataFrame, grid_ids: dict[str, int],
+                         changes: dict[str, LayerChange]) -> None:
+    """Assignments have no code of their own: the dataset's set replaces the stored set."""
+    workers = _codes_to_ids(session, t["grid_worker"])
+    police = _codes_to_ids(session, t["police_officer"])
+    table = t["grid_assignment"]
+    wanted = {
+        (grid_ids[r.grid_code], r.role,
+         None if r.role == "deputy_grid_leader" else workers[r.person_code],
+         police[r.person_code] if r.role == "deputy_grid_leader" else None,
+         dt.date.fromisoformat(r.valid_from), dt.date.fromisoformat(r.valid_to) if r.valid_to else None)
+        for r in frame.itertuples()
+    }
+    columns = (table.c.grid_id, table.c.role, table.c.grid_worker_id, table.c.police_officer_id,
+               table.c.valid_from, table.c.valid_to)
+    stored = {tuple(row[1:]): row[0] for row in session.execute(select(table.c.id, *columns)).all()}
+    obsolete = [row_id for key, row_id in stored.items() if key not in wanted]
+    new = [dict(zip([c.name for c in columns], key)) for key in wanted if key not in stored]
+    if obsolete:
+        session.execute(delete(table).where(table.c.id.in_(obsolete)))
+    if new:
+        session.execute(insert(table), new)
+    changes["grid_assignments"] = LayerChange(inserted=len(new), deleted=len(obsolete),
+                                              unchanged=len(wanted) - len(new))
+
+
+def _insert_incidents(session: Session, table: Table, frame: pd.DataFrame, progress: Progress) -> LayerChange:
+    stamps = pd.to_datetime(frame["reported_at"], utc=True, format="ISO8601")
+    rows = [
+        dict(external_id=r.external_id, category_code=r.category, description=r.description,
+             reported_at=ts.to_pydatetime(), reporter_kind=r.reporter_kind,
+             door_plate_code=r.door_plate_code or None, status=r.status or "reported", geom=g)
+        for r, ts, g in zip(frame.itertuples(), stamps, _ewkt(frame.geometry.values, False))
+    ]
+    stmt = insert(table).on_conflict_do_nothing(index_elements=["external_id"]).returning(table.c.id)
+    inserted = 0
+    for start in range(0, len(rows), 5000):
+        inserted += len(session.execute(stmt, rows[start:start + 5000]).all())
+        if len(rows) > 5000:
+            progress(f"  incident: {min(start + 5000, len(rows)):,}/{len(rows):,}")
+    return LayerChange(inserted=inserted, unchanged=len(rows) - inserted)
+
+
+def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric_crs: str = "EPSG:4547",
+         dry_run: bool = False, progress: Progress = print) -> LoadReport:
+    """Validate the dataset in `directory` and load it in one transaction.
+
+    Raises DatasetInvalid (and writes nothing) when any check fails. With dry_run the
+    dataset is validated and written, then rolled back, so the report shows what would change.
+    """
+    started = time.perf_counter()
+    dataset, problems = read_dataset(directory, progress)
+    if problems:  # a layer that could not be read would make every later check misleading
+        raise DatasetInvalid(problems)
+    categories = session.scalars(select(models.IncidentCategory.code)).all()
+    problems += validate(dataset, categories=categories, tolerance_m2=tolerance_m2,
+                         metric_crs=metric_crs, progress=progress)
+    if problems:
+        raise DatasetInvalid(problems)
+    report = LoadReport(dataset=str(directory), dry_run=dry_run)
+    try:
+        _write(session, dataset, report, progress)
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        detail = " ".join(line.strip() for line in str(exc.orig).splitlines() if line.strip())
+        raise DatasetInvalid([Problem("database", "constraint violated", detail)]) from exc
+    if dry_run:
+        session.rollback()
+    else:
+        session.commit()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def is_empty(session: Session) -> bool:
+    return session.scalar(select(func.count()).select_from(models.Grid)) == 0

@@ -1,0 +1,92 @@
+"""The service skeleton: health, inventory counts, and riding out a database restart."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from geo_service import localdb
+from geo_service.app import create_app
+from geo_service.cli import main
+from geo_service.config import Settings, get_settings
+from tests.conftest import migrate
+
+
+def test_healthz_reports_database_and_postgis(sample_client):
+    response = sample_client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok" and body["database"] == "ok"
+    assert body["postgis"].startswith("3.")
+
+
+def test_stats_has_the_article_counts(sample_client):
+    response = sample_client.get("/api/v1/stats")
+    assert response.status_code == 200
+    stats = response.json()
+    assert stats["towns"] == 10
+    assert stats["grids"] == 338
+    assert stats["compounds"] == 248
+    assert stats["grid_workers"] == {"full_time": 528, "part_time": 1315, "professional": 360, "riders": 510}
+    assert stats["police"] == 328
+    assert stats["stations"]["dispute_resolution"] == 20
+    assert stats["stations"]["governance_center"] == 10
+    assert 150 <= stats["communities"] <= 170
+    assert stats["door_plates"] >= 30_000
+    assert stats["incidents"] >= 5_000
+
+
+def test_unreachable_database_answers_503():
+    settings = Settings(database_url="postgresql+psycopg2://nobody:nothing@127.0.0.1:9/none")
+    with TestClient(create_app(settings)) as client:
+        health = client.get("/healthz")
+        stats = client.get("/api/v1/stats")
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
+    assert stats.status_code == 503 and stats.json()["detail"] == "database unavailable; retry shortly"
+
+
+@pytest.fixture
+def private_cluster(monkeypatch):
+    """An embedded cluster of its own, so stopping it cannot disturb the other tests."""
+    directory = Path(tempfile.mkdtemp(prefix="geo_service_cluster_"))
+    directory.chmod(0o755)  # the unprivileged cluster owner must reach it when we run as root
+    monkeypatch.setenv("GEO_DATA_DIR", str(directory))
+    monkeypatch.delenv("GEO_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    yield Settings()
+    localdb.stop(Settings(), progress=lambda message: None)
+    get_settings.cache_clear()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_embedded_cluster_lifecycle_and_service_reconnects(private_cluster):
+    runner = CliRunner()
+    status = runner.invoke(main, ["db", "status"])
+    assert status.exit_code == 1 and "initialized: False" in status.output
+
+    first = runner.invoke(main, ["db", "start"])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(main, ["db", "start"])
+    assert again.exit_code == 0 and "already running" in again.output
+    status = runner.invoke(main, ["db", "status"])
+    assert status.exit_code == 0 and "running: True" in status.output
+    assert "***" in status.output and localdb.load_state(private_cluster).password not in status.output
+
+    from sqlalchemy import create_engine
+
+    engine = create_engine(localdb.database_url(private_cluster))
+    migrate(engine)
+    engine.dispose()
+    with TestClient(create_app(private_cluster)) as client:
+        assert client.get("/api/v1/stats").json()["grids"] == 0
+        assert runner.invoke(main, ["db", "stop"]).exit_code == 0
+        assert client.get("/healthz").status_code == 503
+        assert client.get("/api/v1/stats").status_code == 503
+        assert runner.invoke(main, ["db", "start"]).exit_code == 0
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/api/v1/stats").status_code == 200
