@@ -54,11 +54,11 @@ def test_tiny_dataset_loads_every_layer(empty_session, tiny_dir):
 
     layers = tiny.frames()
     assert row_counts(empty_session) == {
-        "county": 1, "town": 2, "community": 4, "grid": 8, "compound": 1, "station": 2,
+        "county": 1, "town": 2, "community": 4, "grid": 9, "compound": 1, "station": 2,
         "door_plate": 2, "grid_worker": 3, "police_officer": 1,
         "grid_assignment": len(layers["grid_assignments"]), "incident": 2,
     }
-    assert report.changes["grids"].inserted == 8
+    assert report.changes["grids"].inserted == 9
     no_litigation = empty_session.scalars(
         select(models.Community.code).where(models.Community.no_litigation)).all()
     assert no_litigation == ["440784901001"]
@@ -101,7 +101,7 @@ def test_reload_updates_changed_rows_and_removes_missing_ones(empty_session, tin
 
 def test_dry_run_writes_nothing(empty_session, tiny_dir):
     report = load(empty_session, tiny_dir, dry_run=True)
-    assert report.changes["grids"].inserted == 8
+    assert report.changes["grids"].inserted == 9
     assert row_counts(empty_session) == dict.fromkeys(TABLES, 0)
 
 
@@ -169,21 +169,22 @@ def test_refuses_a_gap_and_says_where_and_how_big(empty_session, tmp_path):
 
     problems = problems_of(empty_session, write_bad(tmp_path, mutate))
     assert [(p.kind, p.code) for p in problems] == [("gap", "440784902002")]
-    expected_area = abs(GEOD.geometry_area_perimeter(tiny.grid_box(2, 2, 2))[0])
+    missing = tiny.grid_box(2, 2, 2).difference(tiny.ENCLAVE)
+    expected_area = abs(GEOD.geometry_area_perimeter(missing)[0])
     assert problems[0].area_m2 == pytest.approx(expected_area, rel=0.01)
-    assert tiny.grid_box(2, 2, 2).contains(shapely.Point(problems[0].lon, problems[0].lat))
+    assert missing.contains(shapely.Point(problems[0].lon, problems[0].lat))
 
 
 def test_gap_within_tolerance_is_accepted(empty_session, tmp_path):
     def mutate(layers):
         # A 0.5 m x 0.5 m notch out of a grid corner (about 0.25 m²), under the 1 m² default.
-        cell = tiny.grid_box(2, 2, 2)
+        cell = layers["grids"].loc[7, "geometry"].geoms[0]
         _, _, east, north = cell.bounds
         notch = box(east - 0.000005, north - 0.000005, east, north)
         layers["grids"].loc[7, "geometry"] = MultiPolygon([cell.difference(notch)])
 
     load(empty_session, write_bad(tmp_path, mutate))
-    assert row_counts(empty_session)["grid"] == 8
+    assert row_counts(empty_session)["grid"] == 9
 
 
 def test_refuses_people_assigned_to_unknown_grids(empty_session, tmp_path):
@@ -231,7 +232,7 @@ def test_accepts_shapefile_and_geopackage_layers(empty_session, tmp_path):
     layers["communities"].to_file(directory / "communities.gpkg", driver="GPKG")
 
     load(empty_session, directory)
-    assert row_counts(empty_session)["grid"] == 8
+    assert row_counts(empty_session)["grid"] == 9
     names = empty_session.scalars(select(models.Grid.name).order_by(models.Grid.code)).all()
     assert names[0] == "测试网格111"
 

@@ -5,6 +5,8 @@ Towns: 440784901 west half (lon < 112.92), 440784902 east half.
 Communities: each town split at lat 22.72: ...001 south, ...002 north.
 Grids: each community split at the middle longitude of its town: ...001 west, ...002 east.
 So grid 440784901001001 is lon 112.90–112.91, lat 22.70–22.72, and so on.
+Grid 440784902002002 (lon 112.93–112.94, lat 22.72–22.74) has a hole, ENCLAVE, filled by a
+ninth grid, 440784902002003.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pandas as pd
 from shapely.geometry import MultiPolygon, Point, box
 
 COUNTY = box(112.90, 22.70, 112.94, 22.74)
+ENCLAVE = box(112.934, 22.734, 112.936, 22.736)
 
 
 def grid_box(town: int, community: int, grid: int):
@@ -42,8 +45,13 @@ def frames() -> dict[str, pd.DataFrame]:
                                     geometry=MultiPolygon([box(112.90 + 0.02 * (t - 1), 22.70 + 0.02 * (c - 1),
                                                                112.92 + 0.02 * (t - 1), 22.72 + 0.02 * (c - 1))])))
             for g in (1, 2):
+                shape = grid_box(t, c, g)
+                if (t, c, g) == (2, 2, 2):
+                    shape = shape.difference(ENCLAVE)
                 grids.append(dict(code=grid_code(t, c, g), name=f"测试网格{t}{c}{g}", community_code=ccode,
-                                  geometry=MultiPolygon([grid_box(t, c, g)])))
+                                  geometry=MultiPolygon([shape])))
+    grids.append(dict(code=grid_code(2, 2, 3), name="测试飞地网格", community_code="440784902002",
+                      geometry=MultiPolygon([ENCLAVE])))
     compounds = [dict(code=grid_code(1, 1, 1) + "01", name="测试花园", grid_code=grid_code(1, 1, 1),
                       geometry=MultiPolygon([box(112.902, 22.702, 112.904, 22.704)]))]
     stations = [
@@ -69,15 +77,12 @@ def frames() -> dict[str, pd.DataFrame]:
     police = pd.DataFrame([dict(code="PO00001", name="张某0001", phone="13900000001",
                                 unit="鹤山市公安局测试派出所", kind="police")])
     assignments = []
-    for t in (1, 2):
-        for c in (1, 2):
-            for g in (1, 2):
-                code = grid_code(t, c, g)
-                assignments += [
-                    dict(grid_code=code, role="grid_leader", person_code="GW00001", valid_from="2024-01-01", valid_to=""),
-                    dict(grid_code=code, role="full_time_worker", person_code="GW00001", valid_from="2024-01-01", valid_to=""),
-                    dict(grid_code=code, role="deputy_grid_leader", person_code="PO00001", valid_from="2024-01-01", valid_to=""),
-                ]
+    for code in [g["code"] for g in grids]:
+        assignments += [
+            dict(grid_code=code, role="grid_leader", person_code="GW00001", valid_from="2024-01-01", valid_to=""),
+            dict(grid_code=code, role="full_time_worker", person_code="GW00001", valid_from="2024-01-01", valid_to=""),
+            dict(grid_code=code, role="deputy_grid_leader", person_code="PO00001", valid_from="2024-01-01", valid_to=""),
+        ]
     assignments.append(dict(grid_code=grid_code(1, 1, 1), role="part_time_worker", person_code="GW00002",
                             valid_from="2024-03-01", valid_to=""))
     assignments.append(dict(grid_code=grid_code(1, 1, 1), role="professional_worker", person_code="GW00003",

@@ -1,0 +1,128 @@
+"""Pure coordinate helpers, no database: input validation and Chinese web-map datums.
+
+Amap/Gaode and Tencent report GCJ-02 ("Mars coordinates"), an obfuscated offset of WGS-84 of
+a few hundred metres; Baidu adds its own BD-09 on top. The forward transforms are public
+formulas; the inverses here are iterative (fixed point on the forward transform) and converge
+to far below a millimetre, well under the 0.5 m the lookup promises. Everything is stored
+and answered in WGS-84 (EPSG:4326; CGCS2000 differs by centimetres and is treated as equal).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+import numpy as np
+
+from geo_service.errors import InvalidInput
+
+
+class InputCRS(str, Enum):
+    wgs84 = "wgs84"
+    cgcs2000 = "cgcs2000"
+    gcj02 = "gcj02"
+    bd09 = "bd09"
+
+
+_A = 6378245.0  # Krasovsky 1940 semi-major axis, as used by GCJ-02
+_EE = 0.00669342162296594323  # its first eccentricity squared
+_X_PI = math.pi * 3000.0 / 180.0
+_TOLERANCE_DEG = 1e-10  # ~0.01 mm: the inverse iterates until the forward map reproduces the input
+_MAX_ITERATIONS = 30
+
+
+def check_lonlat(lon: float, lat: float) -> None:
+    """Raise InvalidInput naming the value when lon/lat are not finite degrees in range."""
+    if not math.isfinite(lon):
+        raise InvalidInput(f"lon {lon!r} is not a finite number")
+    if not math.isfinite(lat):
+        raise InvalidInput(f"lat {lat!r} is not a finite number")
+    if not -180.0 <= lon <= 180.0:
+        raise InvalidInput(f"lon {lon!r} outside [-180, 180]")
+    if not -90.0 <= lat <= 90.0:
+        raise InvalidInput(f"lat {lat!r} outside [-90, 90]")
+
+
+def parse_crs(value: str) -> InputCRS:
+    try:
+        return InputCRS(value.strip().lower())
+    except ValueError:
+        allowed = ", ".join(c.value for c in InputCRS)
+        raise InvalidInput(f"crs {value!r} is not one of {allowed}") from None
+
+
+def _in_china(lon, lat):
+    # Outside this box the published transform leaves coordinates unchanged.
+    return (lon > 73.66) & (lon < 135.05) & (lat > 3.86) & (lat < 53.55)
+
+
+def _delta_lat(x, y):
+    ret = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * np.sqrt(np.abs(x))
+    ret += (20.0 * np.sin(6.0 * x * np.pi) + 20.0 * np.sin(2.0 * x * np.pi)) * 2.0 / 3.0
+    ret += (20.0 * np.sin(y * np.pi) + 40.0 * np.sin(y / 3.0 * np.pi)) * 2.0 / 3.0
+    ret += (160.0 * np.sin(y / 12.0 * np.pi) + 320.0 * np.sin(y * np.pi / 30.0)) * 2.0 / 3.0
+    return ret
+
+
+def _delta_lon(x, y):
+    ret = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * np.sqrt(np.abs(x))
+    ret += (20.0 * np.sin(6.0 * x * np.pi) + 20.0 * np.sin(2.0 * x * np.pi)) * 2.0 / 3.0
+    ret += (20.0 * np.sin(x * np.pi) + 40.0 * np.sin(x / 3.0 * np.pi)) * 2.0 / 3.0
+    ret += (150.0 * np.sin(x / 12.0 * np.pi) + 300.0 * np.sin(x / 30.0 * np.pi)) * 2.0 / 3.0
+    return ret
+
+
+def wgs84_to_gcj02(lon, lat):
+    lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
+    dlat = _delta_lat(lon - 105.0, lat - 35.0)
+    dlon = _delta_lon(lon - 105.0, lat - 35.0)
+    radlat = lat / 180.0 * np.pi
+    magic = 1 - _EE * np.sin(radlat) ** 2
+    sqrtmagic = np.sqrt(magic)
+    dlat = (dlat * 180.0) / ((_A * (1 - _EE)) / (magic * sqrtmagic) * np.pi)
+    dlon = (dlon * 180.0) / (_A / sqrtmagic * np.cos(radlat) * np.pi)
+    inside = _in_china(lon, lat)
+    return np.where(inside, lon + dlon, lon), np.where(inside, lat + dlat, lat)
+
+
+def gcj02_to_bd09(lon, lat):
+    lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
+    z = np.sqrt(lon * lon + lat * lat) + 0.00002 * np.sin(lat * _X_PI)
+    theta = np.arctan2(lat, lon) + 0.000003 * np.cos(lon * _X_PI)
+    return z * np.cos(theta) + 0.0065, z * np.sin(theta) + 0.006
+
+
+def _invert(forward, lon, lat):
+    """Solve forward(x) = (lon, lat) for x by fixed-point iteration from x = (lon, lat)."""
+    lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
+    x, y = lon.copy(), lat.copy()
+    for _ in range(_MAX_ITERATIONS):
+        fx, fy = forward(x, y)
+        dx, dy = fx - lon, fy - lat
+        x, y = x - dx, y - dy
+        if np.all(np.abs(dx) < _TOLERANCE_DEG) and np.all(np.abs(dy) < _TOLERANCE_DEG):
+            break
+    return x, y
+
+
+def gcj02_to_wgs84(lon, lat):
+    return _invert(wgs84_to_gcj02, lon, lat)
+
+
+def bd09_to_gcj02(lon, lat):
+    return _invert(gcj02_to_bd09, lon, lat)
+
+
+def bd09_to_wgs84(lon, lat):
+    return gcj02_to_wgs84(*bd09_to_gcj02(lon, lat))
+
+
+def to_wgs84(lon, lat, crs: InputCRS):
+    """Convert lon/lat (scalars or arrays) from the input datum to WGS-84."""
+    if crs in (InputCRS.wgs84, InputCRS.cgcs2000):
+        return lon, lat
+    converter = gcj02_to_wgs84 if crs is InputCRS.gcj02 else bd09_to_wgs84
+    x, y = converter(lon, lat)
+    if np.ndim(x) == 0:
+        return float(x), float(y)
+    return x, y
