@@ -10,14 +10,19 @@ from sqlalchemy.exc import DBAPIError
 from geo_service import __version__
 from geo_service.config import Settings, get_settings
 from geo_service.db import make_engine, make_sessionmaker
-from geo_service.errors import Conflict, GeoServiceError, InvalidInput, NotFound
-from geo_service.routes import system
+from geo_service.errors import (
+    Conflict, DatabaseUnavailable, GeoServiceError, InvalidInput, NotFound, PayloadTooLarge,
+)
+from geo_service.ownership import OwnershipCache
+from geo_service.routes import areas, ownership, system
 
 # The one place where domain errors become HTTP statuses.
 ERROR_STATUS = {
     InvalidInput: 422,
-    NotFound: 404,
+    NotFound: 404,  # also OutsideCoverage, which adds the nearest grid
     Conflict: 409,
+    PayloadTooLarge: 413,
+    DatabaseUnavailable: 503,
 }
 
 
@@ -35,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        app.state.ownership.close()
         engine.dispose()
 
     app = FastAPI(
@@ -46,10 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.ownership = OwnershipCache(engine, settings.metric_crs)
 
     @app.exception_handler(GeoServiceError)
     async def domain_error(request: Request, exc: GeoServiceError):
-        return JSONResponse({"detail": exc.message, **exc.extra}, status_code=_status_for(exc))
+        status = _status_for(exc)
+        headers = {"Retry-After": "5"} if status == 503 else None
+        return JSONResponse({"detail": exc.message, **exc.extra}, status_code=status, headers=headers)
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError):
@@ -61,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raise exc
 
     app.include_router(system.router)
+    app.include_router(ownership.router)
+    app.include_router(areas.router)
     return app
 
 

@@ -41,10 +41,16 @@ class Settings(BaseSettings):
         default="EPSG:4547",
         description="Projected CRS for lengths and areas (CGCS2000 / 3-degree Gauss-Kruger CM 114E).",
     )
+    batch_max_points: int = Field(default=100_000, description="Most points one batch lookup accepts.")
+    batch_max_bytes: int = Field(default=64 * 1024 * 1024, description="Largest batch request body.")
     load_tolerance_m2: float = Field(
         default=1.0,
         description="Largest gap or overlap (m²) tolerated between sibling areas when loading.",
     )
+
+    @property
+    def metric_srid(self) -> int:
+        return int(self.metric_crs.rsplit(":", 1)[1])
 
 
 @lru_cache

@@ -30,6 +30,18 @@ class Conflict(GeoServiceError):
     """The request conflicts with the current state."""
 
 
+class OutsideCoverage(NotFound):
+    """No grid covers the point; `extra["nearest_grid"]` says which grid is closest and how far."""
+
+
+class PayloadTooLarge(GeoServiceError):
+    """A request carries more than the service accepts at once."""
+
+
+class DatabaseUnavailable(GeoServiceError):
+    """The database cannot be reached right now; retrying later may succeed."""
+
+
 @dataclass
 class Problem:
     """One thing wrong with a dataset, precise enough to find and fix it."""

@@ -31,3 +31,139 @@ class StatsRead(BaseModel):
     stations: dict[str, int] = Field(description="Stations by kind.")
     door_plates: int = Field(description="粤居码 door plates.")
     incidents: int
+
+
+class AreaRef(BaseModel):
+    code: str = Field(description="Area code (grid: 15 digits).")
+    name: str
+
+
+class TownRef(AreaRef):
+    kind: str = Field(description="`subdistrict` (街道) or `town` (镇).")
+
+
+class CommunityRef(AreaRef):
+    kind: str = Field(description="`urban_community` (社区) or `village` (村).")
+    no_litigation: bool = Field(description="A 无讼社区 (no-litigation community).")
+
+
+class CompoundRef(AreaRef):
+    pass
+
+
+class GridWorkerRead(BaseModel):
+    id: int
+    code: str = Field(description="Staff code.")
+    name: str
+    kind: str = Field(description="`full_time`, `part_time` or `professional`.")
+    roles: list[str] = Field(description="Roles in this grid: grid_leader, full_time_worker, "
+                             "part_time_worker, professional_worker.")
+    phone: str | None = Field(description="Mobile number (masked for some roles).")
+    is_rider: bool = Field(description="A delivery rider or driver of the 骑行侠·码上帮 platform.")
+    specialty: str | None = Field(description="For professional workers: labour, legal, safety, housing, environment.")
+
+
+class PoliceRead(BaseModel):
+    id: int
+    code: str
+    name: str
+    unit: str = Field(description="Police station the officer belongs to.")
+    kind: str = Field(description="`police` (民警) or `auxiliary` (辅警).")
+    phone: str | None
+
+
+class StationNear(BaseModel):
+    code: str
+    name: str
+    lon: float
+    lat: float
+    distance_m: float = Field(description="Geodesic (WGS-84 ellipsoid) straight-line distance in metres.")
+
+
+class NearStation(StationNear):
+    kind: str
+
+
+class InputPoint(BaseModel):
+    lon: float
+    lat: float
+    crs: str = Field(description="The coordinate system the input was given in.")
+
+
+class PointUsed(BaseModel):
+    lon: float = Field(description="WGS-84 longitude actually used.")
+    lat: float = Field(description="WGS-84 latitude actually used.")
+    input: InputPoint
+
+
+class LookupRead(BaseModel):
+    point: PointUsed
+    town: TownRef
+    community: CommunityRef
+    grid: AreaRef
+    compound: CompoundRef | None = Field(description="The residential compound (小区) holding the point, if any.")
+    on_boundary: bool = Field(description="The point lies on an edge or vertex shared by several grids; "
+                              "it belongs to the one with the lowest code.")
+    also_touching: list[AreaRef] = Field(description="The other grids sharing that edge or vertex.")
+    grid_workers: list[GridWorkerRead] = Field(description="Grid workers serving the grid today, leader first.")
+    police: list[PoliceRead] = Field(description="The deputy grid leader(s): the police of the police–grid pair.")
+    governance_center: StationNear | None = Field(description="The town's comprehensive governance centre (综治中心).")
+    nearest_stations: list[NearStation] = Field(description="Nearest dispute-resolution stations, nearest first.")
+
+
+class NearestGrid(AreaRef):
+    distance_m: float = Field(description="Distance from the point to the grid's edge, metres.")
+
+
+class OutsideRead(BaseModel):
+    detail: str
+    nearest_grid: NearestGrid | None
+
+
+class DoorPlateRead(BaseModel):
+    code: str = Field(description="The 粤居码 code, normalised.")
+    address: str
+    building: str | None
+    unit: str | None
+    room: str | None
+    is_rental: bool
+    resident_count: int = Field(description="Registered residents (visible to dispatchers and above).")
+    lon: float
+    lat: float
+
+
+class DoorPlateLookupRead(BaseModel):
+    door_plate: DoorPlateRead
+    ownership: LookupRead
+
+
+class GridOwnersRead(BaseModel):
+    grid: AreaRef
+    grid_workers: list[GridWorkerRead]
+    police: list[PoliceRead]
+    as_of: str = Field(description="Date (Asia/Shanghai) the roster is valid for.")
+
+
+class BatchRequest(BaseModel):
+    points: list[tuple[float, float]] = Field(description="[lon, lat] pairs.")
+    crs: str | None = Field(default=None, description="wgs84 (default), cgcs2000, gcj02 or bd09.")
+
+
+class BatchResult(BaseModel):
+    index: int = Field(description="Position in the input.")
+    lon: float | None = Field(description="WGS-84 longitude used.")
+    lat: float | None
+    town_code: str | None
+    community_code: str | None
+    grid_code: str | None
+    compound_code: str | None
+    on_boundary: bool | None
+    grid_worker_ids: list[int] | None
+    police_ids: list[int] | None
+    reason: str | None = Field(description="Why the point has no owner (outside coverage, invalid coordinates).")
+
+
+class BatchRead(BaseModel):
+    crs: str
+    count: int
+    results: list[BatchResult]

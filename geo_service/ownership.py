@@ -1,0 +1,426 @@
+"""Who owns a location: point or door plate -> town, community, grid, compound and people.
+
+The ownership rule (the one place it is defined):
+
+    A point belongs to every grid whose polygon covers it (ST_Covers: the boundary counts as
+    inside). When more than one grid covers it (the point lies on a shared edge or vertex),
+    it belongs to the grid with the lowest code, and the answer says so: `on_boundary` is
+    true and `also_touching` lists the other grids. Towns, communities and grids are exactly
+    nested, so the owning grid also names the community and town. A point no grid covers is
+    outside coverage.
+
+`owner_in_db` applies the rule in PostGIS inside the caller's transaction (dispatch uses it to
+assign an incident). Read traffic goes to `OwnershipIndex`, an in-memory copy of the small
+area layers and the rosters built from PostGIS, which stays the source of truth:
+`OwnershipCache` rebuilds the copy when PostgreSQL notifies a committed change (triggers
+on every table the answer depends on, migration 0002) or when the date changes (assignments
+have validity dates). Tests check that both paths give the same answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import psycopg2
+import shapely
+from pyproj import Geod, Transformer
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from geo_service import geometry
+from geo_service.errors import DatabaseUnavailable, InvalidInput, NotFound, OutsideCoverage
+
+CHANNEL = "ownership_changed"
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+GEOD = Geod(ellps="WGS84")
+ROLE_ORDER = ("grid_leader", "full_time_worker", "professional_worker", "part_time_worker")
+
+# --------------------------------------------------------------------------- PostGIS path
+
+# Raw SQL: the planner must see ST_Covers against the literal point to use the GiST index.
+OWNER_SQL = text("""
+SELECT g.id, g.code
+FROM grid AS g
+WHERE ST_Covers(g.geom, ST_SetSRID(ST_MakePoint(:lon, :lat), 4326))
+ORDER BY g.code
+""")
+
+
+@dataclass
+class DbOwner:
+    grid_id: int
+    grid_code: str
+    also_touching: list[str]
+
+
+def owner_in_db(session: Session, lon: float, lat: float) -> DbOwner | None:
+    """The owning grid by the ownership rule, computed in PostGIS in the session's transaction."""
+    rows = session.execute(OWNER_SQL, {"lon": lon, "lat": lat}).all()
+    if not rows:
+        return None
+    return DbOwner(grid_id=rows[0].id, grid_code=rows[0].code, also_touching=[r.code for r in rows[1:]])
+
+
+# --------------------------------------------------------------------------- the in-memory index
+
+GRIDS_SQL = text("""
+SELECT g.id, g.code, g.name, ST_AsBinary(g.geom) AS wkb,
+       c.code AS community_code, c.name AS community_name, c.kind AS community_kind,
+       c.no_litigation, t.id AS town_id, t.code AS town_code, t.name AS town_name, t.kind AS town_kind
+FROM grid AS g JOIN community AS c ON c.id = g.community_id JOIN town AS t ON t.id = c.town_id
+ORDER BY g.code
+""")
+COMPOUNDS_SQL = text("SELECT code, name, ST_AsBinary(geom) AS wkb FROM compound ORDER BY code")
+WORKERS_SQL = text("""
+SELECT a.grid_id, a.role, w.id, w.code, w.name, w.kind, w.phone, w.is_rider, w.specialty
+FROM grid_assignment AS a JOIN grid_worker AS w ON w.id = a.grid_worker_id
+WHERE a.valid_from <= :today AND (a.valid_to IS NULL OR a.valid_to >= :today)
+ORDER BY w.code
+""")
+POLICE_SQL = text("""
+SELECT a.grid_id, p.id, p.code, p.name, p.unit, p.kind, p.phone
+FROM grid_assignment AS a JOIN police_officer AS p ON p.id = a.police_officer_id
+WHERE a.role = 'deputy_grid_leader'
+  AND a.valid_from <= :today AND (a.valid_to IS NULL OR a.valid_to >= :today)
+ORDER BY p.code
+""")
+STATIONS_SQL = text("""
+SELECT code, name, kind, town_id, ST_X(geom) AS lon, ST_Y(geom) AS lat FROM station ORDER BY code
+""")
+
+
+def local_today() -> dt.date:
+    return dt.datetime.now(LOCAL_TZ).date()
+
+
+@dataclass
+class OwnershipIndex:
+    """An immutable snapshot of everything a lookup answer needs."""
+
+    built_for: dt.date
+    grid_ids: np.ndarray
+    grid_codes: np.ndarray
+    grid_geoms: np.ndarray
+    grid_tree: shapely.STRtree
+    grid_metric: np.ndarray
+    metric_tree: shapely.STRtree
+    grids: list[dict]  # per grid, in code order: the static part of the answer
+    compound_codes: np.ndarray
+    compound_tree: shapely.STRtree | None
+    compounds: list[dict]
+    dispute_stations: list[dict]
+    dispute_lon: np.ndarray
+    dispute_lat: np.ndarray
+    to_metric: Transformer = field(repr=False)
+    worker_ids: list[list[int]] = field(repr=False)
+    police_ids: list[list[int]] = field(repr=False)
+
+    @classmethod
+    def build(cls, session: Session, metric_crs: str = "EPSG:4547", today: dt.date | None = None) -> OwnershipIndex:
+        today = today or local_today()
+        grid_rows = session.execute(GRIDS_SQL).mappings().all()
+        position = {row["id"]: i for i, row in enumerate(grid_rows)}
+        workers: list[dict[int, dict]] = [{} for _ in grid_rows]
+        for row in session.execute(WORKERS_SQL, {"today": today}).mappings():
+            slot = workers[position[row["grid_id"]]]
+            person = slot.setdefault(row["id"], {
+                "id": row["id"], "code": row["code"], "name": row["name"], "kind": row["kind"],
+                "roles": [], "phone": row["phone"], "is_rider": row["is_rider"],
+                "specialty": row["specialty"],
+            })
+            person["roles"].append(row["role"])
+        police: list[list[dict]] = [[] for _ in grid_rows]
+        for row in session.execute(POLICE_SQL, {"today": today}).mappings():
+            police[position[row["grid_id"]]].append({
+                "id": row["id"], "code": row["code"], "name": row["name"], "unit": row["unit"],
+                "kind": row["kind"], "phone": row["phone"],
+            })
+        stations = [dict(row) for row in session.execute(STATIONS_SQL).mappings()]
+        centers = {s["town_id"]: s for s in stations if s["kind"] == "governance_center"}
+        disputes = [s for s in stations if s["kind"] == "dispute_resolution"]
+
+        grids = []
+        for i, row in enumerate(grid_rows):
+            people = sorted(workers[i].values(), key=_worker_order)
+            for person in people:
+                person["roles"].sort(key=ROLE_ORDER.index)
+            center = centers.get(row["town_id"])
+            grids.append({
+                "town": {"code": row["town_code"], "name": row["town_name"], "kind": row["town_kind"]},
+                "community": {"code": row["community_code"], "name": row["community_name"],
+                              "kind": row["community_kind"], "no_litigation": row["no_litigation"]},
+                "grid": {"code": row["code"], "name": row["name"]},
+                "grid_workers": people,
+                "police": police[i],
+                "governance_center": None if center is None else {
+                    "code": center["code"], "name": center["name"], "lon": center["lon"], "lat": center["lat"]},
+            })
+        geoms = shapely.from_wkb([bytes(row["wkb"]) for row in grid_rows]) if grid_rows else np.array([], dtype=object)
+        to_metric = Transformer.from_crs("EPSG:4326", metric_crs, always_xy=True)
+        metric = shapely.transform(geoms, lambda xy: np.column_stack(to_metric.transform(xy[:, 0], xy[:, 1]))) \
+            if len(geoms) else geoms
+        shapely.prepare(geoms)
+        compound_rows = session.execute(COMPOUNDS_SQL).mappings().all()
+        compound_geoms = shapely.from_wkb([bytes(r["wkb"]) for r in compound_rows]) if compound_rows else None
+        return cls(
+            built_for=today,
+            grid_ids=np.array([row["id"] for row in grid_rows], dtype=np.int64),
+            grid_codes=np.array([row["code"] for row in grid_rows], dtype=object),
+            grid_geoms=geoms,
+            grid_tree=shapely.STRtree(geoms),
+            grid_metric=metric,
+            metric_tree=shapely.STRtree(metric),
+            grids=grids,
+            compound_codes=np.array([r["code"] for r in compound_rows], dtype=object),
+            compound_tree=None if compound_geoms is None else shapely.STRtree(compound_geoms),
+            compounds=[{"code": r["code"], "name": r["name"]} for r in compound_rows],
+            dispute_stations=[{k: s[k] for k in ("code", "name", "kind", "lon", "lat")} for s in disputes],
+            dispute_lon=np.array([s["lon"] for s in disputes], dtype=float),
+            dispute_lat=np.array([s["lat"] for s in disputes], dtype=float),
+            to_metric=to_metric,
+            worker_ids=[[p["id"] for p in g["grid_workers"]] for g in grids],
+            police_ids=[[p["id"] for p in g["police"]] for g in grids],
+        )
+
+    # ---- single points
+
+    def covering(self, lon: float, lat: float) -> np.ndarray:
+        """Indexes (= code order) of every grid covering the point."""
+        return np.sort(self.grid_tree.query(shapely.Point(lon, lat), predicate="covered_by"))
+
+    def lookup(self, lon: float, lat: float, stations: int = 3) -> dict:
+        """The full answer for a WGS-84 point; raises OutsideCoverage with the nearest grid."""
+        hits = self.covering(lon, lat)
+        if len(hits) == 0:
+            raise self.outside(lon, lat)
+        owner = int(hits[0])
+        static = self.grids[owner]
+        answer = {"point": {"lon": lon, "lat": lat}, **static}
+        answer["compound"] = self.compound_at(lon, lat)
+        answer["on_boundary"] = len(hits) > 1
+        answer["also_touching"] = [self.grids[int(i)]["grid"] for i in hits[1:]]
+        center = static["governance_center"]
+        if center is not None:
+            center = {**center, "distance_m": _distance_m(lon, lat, center["lon"], center["lat"])}
+        answer["governance_center"] = center
+        answer["nearest_stations"] = self.nearest_stations(lon, lat, stations)
+        return answer
+
+    def compound_at(self, lon: float, lat: float) -> dict | None:
+        if self.compound_tree is None:
+            return None
+        hits = self.compound_tree.query(shapely.Point(lon, lat), predicate="covered_by")
+        return self.compounds[int(hits.min())] if len(hits) else None
+
+    def nearest_stations(self, lon: float, lat: float, count: int) -> list[dict]:
+        if count <= 0 or len(self.dispute_lon) == 0:
+            return []
+        _, _, distances = GEOD.inv(np.full_like(self.dispute_lon, lon), np.full_like(self.dispute_lat, lat),
+                                   self.dispute_lon, self.dispute_lat)
+        order = np.argsort(distances, kind="stable")[:count]
+        return [{**self.dispute_stations[i], "distance_m": round(float(distances[i]), 1)} for i in order]
+
+    def owners(self, grid_code: str) -> dict:
+        """The people serving one grid today (the same roster a lookup answers with)."""
+        position = int(np.searchsorted(self.grid_codes, grid_code))
+        if position >= len(self.grid_codes) or self.grid_codes[position] != grid_code:
+            raise NotFound(f"grid {grid_code!r} does not exist")
+        static = self.grids[position]
+        return {"grid": static["grid"], "grid_workers": static["grid_workers"], "police": static["police"],
+                "as_of": self.built_for.isoformat()}
+
+    def outside(self, lon: float, lat: float) -> OutsideCoverage:
+        x, y = self.to_metric.transform(lon, lat)
+        point = shapely.Point(x, y)
+        message = f"lon {lon}, lat {lat} is outside the county: no grid covers it"
+        if len(self.grid_metric) == 0:
+            return OutsideCoverage(message, nearest_grid=None)
+        nearest = int(self.metric_tree.nearest(point))
+        distance = float(shapely.distance(self.grid_metric[nearest], point))
+        grid = self.grids[nearest]["grid"]
+        return OutsideCoverage(message, nearest_grid={**grid, "distance_m": round(distance, 1)})
+
+    # ---- many points
+
+    def lookup_many(self, lon: np.ndarray, lat: np.ndarray) -> dict[str, np.ndarray]:
+        """Vectorised ownership for many WGS-84 points: grid index (-1 outside), boundary flag, compound index."""
+        points = shapely.points(np.column_stack([lon, lat]))
+        owner = np.full(len(points), -1, dtype=np.int64)
+        touching = np.zeros(len(points), dtype=np.int64)
+        point_index, grid_index = self.grid_tree.query(points, predicate="covered_by")
+        if len(point_index):
+            # Lowest grid index (= lowest code) per point wins; count the others for on_boundary.
+            order = np.lexsort((grid_index, point_index))
+            point_index, grid_index = point_index[order], grid_index[order]
+            first = np.unique(point_index, return_index=True)[1]
+            owner[point_index[first]] = grid_index[first]
+            touching = np.bincount(point_index, minlength=len(points))
+        compound = np.full(len(points), -1, dtype=np.int64)
+        if self.compound_tree is not None:
+            point_index, compound_index = self.compound_tree.query(points, predicate="covered_by")
+            if len(point_index):
+                order = np.lexsort((-compound_index, point_index))
+                compound[point_index[order]] = compound_index[order]  # last write = lowest index
+        return {"owner": owner, "on_boundary": touching > 1, "compound": compound}
+
+
+def _worker_order(person: dict) -> tuple:
+    return (min(ROLE_ORDER.index(r) for r in person["roles"]), person["code"])
+
+
+def _distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    return round(float(GEOD.inv(lon1, lat1, lon2, lat2)[2]), 1)
+
+
+# --------------------------------------------------------------------------- keeping it fresh
+
+
+class OwnershipCache:
+    """The current OwnershipIndex of one process, rebuilt when PostgreSQL says it changed.
+
+    A dedicated autocommit connection LISTENs on CHANNEL; every request polls it (a
+    non-blocking read of the socket, no round trip) and rebuilds before answering when a
+    notification arrived, so a committed change is visible to the next lookup. If the
+    listening connection breaks, changes may have been missed: it reconnects and rebuilds,
+    and while the database is unreachable lookups fail with DatabaseUnavailable.
+    """
+
+    def __init__(self, engine: Engine, metric_crs: str = "EPSG:4547"):
+        self._engine = engine
+        self._metric_crs = metric_crs
+        self._lock = threading.Lock()
+        self._index: OwnershipIndex | None = None
+        self._listener = None
+        self.rebuilds = 0
+
+    def current(self) -> OwnershipIndex:
+        with self._lock:
+            if self._index is None or self._stale():
+                self._rebuild()
+            return self._index
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._index = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+
+    def _stale(self) -> bool:
+        if self._listener is None or self._listener.closed:
+            return True
+        try:
+            self._listener.poll()
+        except psycopg2.Error:
+            self._listener = None
+            return True
+        if self._listener.notifies:
+            self._listener.notifies.clear()
+            return True
+        return self._index.built_for != local_today()
+
+    def _rebuild(self) -> None:
+        try:
+            if self._listener is None or self._listener.closed:
+                # LISTEN before reading, so no change committed after the read goes unnoticed.
+                self._listener = self._listen()
+            with Session(self._engine) as session:
+                # One snapshot for all the queries of a build.
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                self._index = OwnershipIndex.build(session, self._metric_crs)
+        except (psycopg2.Error, DBAPIError) as exc:
+            if self._listener is not None:
+                self._listener.close()
+            self._listener = None
+            raise DatabaseUnavailable("database unavailable; retry shortly") from exc
+        self.rebuilds += 1
+
+    def _listen(self):
+        proxy = self._engine.raw_connection()
+        proxy.detach()  # this connection lives outside the pool for the life of the cache
+        connection = proxy.dbapi_connection
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f"LISTEN {CHANNEL}")
+        return connection
+
+
+# --------------------------------------------------------------------------- door plates
+
+DOOR_PLATE_SQL = text("""
+SELECT code, address, building, unit, room, is_rental, resident_count,
+       ST_X(geom) AS lon, ST_Y(geom) AS lat
+FROM door_plate WHERE code = :code
+""")
+_QUERY_KEYS = ("code", "c", "id", "dp", "yjm")
+
+
+def normalize_door_plate_code(raw: str) -> str:
+    """The plate code in a scanned or typed value.
+
+    Accepted forms: the code itself, in any case and with surrounding whitespace
+    (` yj440784001001000123 `); a URL whose query carries it as `code=`, `c=`, `id=`, `dp=`
+    or `yjm=` (`https://yjm.example.gov.cn/scan?code=YJ440784001001000123`); a URL whose last
+    path segment is the code (`https://yjm.example.gov.cn/p/YJ440784001001000123`).
+    """
+    value = raw.strip()
+    if "://" in value or value.startswith("/"):
+        parsed = urllib.parse.urlsplit(value)
+        query = urllib.parse.parse_qs(parsed.query)
+        for key in _QUERY_KEYS:
+            if query.get(key):
+                value = query[key][0]
+                break
+        else:
+            segments = [s for s in parsed.path.split("/") if s]
+            value = urllib.parse.unquote(segments[-1]) if segments else ""
+    value = value.strip().upper()
+    if not re.fullmatch(r"[A-Z0-9_-]{4,64}", value):
+        raise InvalidInput(f"door plate code {raw!r} is not a code or a URL carrying one")
+    return value
+
+
+def door_plate(session: Session, raw_code: str) -> dict:
+    """The stored plate for a code in any accepted form (see normalize_door_plate_code)."""
+    code = normalize_door_plate_code(raw_code)
+    row = session.execute(DOOR_PLATE_SQL, {"code": code}).mappings().one_or_none()
+    if row is None:
+        raise NotFound(f"door plate {code!r} does not exist")
+    return dict(row)
+
+
+def parse_point(lon: float, lat: float, crs: str) -> tuple[float, float, geometry.InputCRS]:
+    """Validate an input point and convert it to WGS-84 lon/lat."""
+    input_crs = geometry.parse_crs(crs)
+    geometry.check_lonlat(lon, lat)
+    wgs_lon, wgs_lat = geometry.to_wgs84(lon, lat, input_crs)
+    return wgs_lon, wgs_lat, input_crs
+
+
+MAX_STATIONS = 20
+
+
+def lookup_point(index: OwnershipIndex, lon: float, lat: float, crs: str = "wgs84", stations: int = 3) -> dict:
+    """The lookup answer for a point given in any accepted input CRS."""
+    if not 0 <= stations <= MAX_STATIONS:
+        raise InvalidInput(f"stations {stations!r} outside [0, {MAX_STATIONS}]")
+    wgs_lon, wgs_lat, input_crs = parse_point(lon, lat, crs)
+    answer = index.lookup(wgs_lon, wgs_lat, stations)
+    answer["point"]["input"] = {"lon": lon, "lat": lat, "crs": input_crs.value}
+    return answer
+
+
+def lookup_door_plate(session: Session, index: OwnershipIndex, raw_code: str, stations: int = 3) -> dict:
+    """The plate and the ownership answer for its location."""
+    plate = door_plate(session, raw_code)
+    return {"door_plate": plate, "ownership": lookup_point(index, plate["lon"], plate["lat"], "wgs84", stations)}

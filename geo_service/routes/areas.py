@@ -1,0 +1,46 @@
+"""The area hierarchy: lists of towns, communities and grids; one grid's outline."""
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+
+from geo_service import areas
+from geo_service.db import SessionDep
+from geo_service.routes.ownership import json_response
+from geo_service.schemas import ErrorRead
+
+router = APIRouter(prefix="/api/v1", tags=["areas"])
+GEOMETRY_DOC = "Answer a GeoJSON FeatureCollection with the outlines instead of a plain list."
+TOWN_DOC = "Only areas in this town (9-digit code)."
+COMMUNITY_DOC = "Only areas in this community (12-digit code)."
+
+
+@router.get("/towns", responses={404: {"model": ErrorRead}})
+def list_towns(session: SessionDep, geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False) -> Response:
+    """Towns and the subdistrict: code, name, kind."""
+    return json_response(areas.list_areas(session, "towns", geometry=geometry))
+
+
+@router.get("/communities", responses={404: {"model": ErrorRead}})
+def list_communities(session: SessionDep,
+                     town: Annotated[str | None, Query(description=TOWN_DOC)] = None,
+                     geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False) -> Response:
+    """Villages and urban communities: code, name, kind, no-litigation flag, town code."""
+    return json_response(areas.list_areas(session, "communities", town=town, geometry=geometry))
+
+
+@router.get("/grids", responses={404: {"model": ErrorRead}})
+def list_grids(session: SessionDep,
+               town: Annotated[str | None, Query(description=TOWN_DOC)] = None,
+               community: Annotated[str | None, Query(description=COMMUNITY_DOC)] = None,
+               geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False) -> Response:
+    """Grids: code, name, community and town codes."""
+    return json_response(areas.list_areas(session, "grids", town=town, community=community, geometry=geometry))
+
+
+@router.get("/grids/{code}", responses={404: {"model": ErrorRead}})
+def get_grid(session: SessionDep, request: Request, code: str) -> Response:
+    """One grid as a GeoJSON Feature: outline, community, town, area in km²."""
+    feature = areas.grid_feature(session, code, request.app.state.settings.metric_srid)
+    return Response(orjson.dumps(feature), media_type="application/geo+json")

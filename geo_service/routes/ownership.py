@@ -1,0 +1,118 @@
+"""Who owns a location: single points, door plates, batches, a grid's people."""
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from geo_service import batch, ownership
+from geo_service.db import SessionDep
+from geo_service.errors import InvalidInput, PayloadTooLarge
+from geo_service.schemas import (
+    BatchRead, BatchRequest, DoorPlateLookupRead, ErrorRead, GridOwnersRead, LookupRead, OutsideRead,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["ownership"])
+
+
+def current_index(request: Request) -> ownership.OwnershipIndex:
+    return request.app.state.ownership.current()
+
+
+IndexDep = Annotated[ownership.OwnershipIndex, Depends(current_index)]
+CRS_DOC = "Input coordinate system: wgs84 (default), cgcs2000 (= WGS-84), gcj02 (Amap, Tencent) or bd09 (Baidu)."
+STATIONS_DOC = "How many nearest dispute-resolution stations to list (0-20)."
+
+
+def json_response(content) -> Response:
+    # The lookup answer is built as plain dicts; serialising it directly skips a second
+    # validation pass through the response model (which stays for the documentation).
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
+@router.get("/lookup", response_model=LookupRead,
+            responses={404: {"model": OutsideRead, "description": "The point is outside the county."},
+                       422: {"model": ErrorRead}})
+def lookup(index: IndexDep,
+           lon: Annotated[float, Query(description="Longitude, degrees.")],
+           lat: Annotated[float, Query(description="Latitude, degrees.")],
+           crs: Annotated[str, Query(description=CRS_DOC)] = "wgs84",
+           stations: Annotated[int, Query(description=STATIONS_DOC)] = 3):
+    """Town, community, grid, compound and the people who own a point."""
+    return json_response(ownership.lookup_point(index, lon, lat, crs, stations))
+
+
+@router.get("/door-plates/{code:path}", response_model=DoorPlateLookupRead,
+            responses={404: {"model": ErrorRead}, 422: {"model": ErrorRead}})
+def door_plate(session: SessionDep, index: IndexDep,
+               code: Annotated[str, Path(description="The 粤居码 code, or a scanned QR URL carrying it "
+                                                     "(as `?code=`, `?c=`, `?id=` or the last path segment).")],
+               stations: Annotated[int, Query(description=STATIONS_DOC)] = 3):
+    """A door plate and the ownership of its location."""
+    return json_response(ownership.lookup_door_plate(session, index, code, stations))
+
+
+@router.get("/grids/{code}/owners", response_model=GridOwnersRead, responses={404: {"model": ErrorRead}})
+def grid_owners(index: IndexDep, code: str):
+    """The grid workers and police officers serving a grid today."""
+    return json_response(index.owners(code))
+
+
+BATCH_BODY = {
+    "requestBody": {
+        "description": "JSON `{\"points\": [[lon, lat], ...], \"crs\": ...}`, a GeoJSON FeatureCollection of "
+                       "points (properties kept), or CSV with `lon`,`lat` columns (other columns kept), as "
+                       "the body or as the `file` field of a multipart upload. The answer has the input's format.",
+        "content": {
+            "application/json": {"schema": BatchRequest.model_json_schema()},
+            "application/geo+json": {"schema": {"type": "object", "description": "FeatureCollection of Points"}},
+            "text/csv": {"schema": {"type": "string"}},
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary"}}}},
+        },
+        "required": True,
+    },
+}
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over {limit:,} bytes", limit_bytes=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _kind(content_type: str, filename: str = "") -> str:
+    content_type = content_type.split(";")[0].strip().lower()
+    if content_type in ("text/csv", "application/csv") or filename.lower().endswith(".csv"):
+        return "csv"
+    if content_type in ("application/json", "application/geo+json") or \
+            filename.lower().endswith((".json", ".geojson")):
+        return "json"
+    raise InvalidInput(f"content type {content_type!r} is not application/json, application/geo+json, "
+                       "text/csv or a multipart upload of such a file")
+
+
+@router.post("/lookup/batch", response_model=BatchRead, openapi_extra=BATCH_BODY,
+             responses={200: {"content": {"text/csv": {}, "application/geo+json": {}}},
+                        413: {"model": ErrorRead}, 422: {"model": ErrorRead}})
+async def lookup_batch(request: Request,
+                       crs: Annotated[str | None, Query(description=CRS_DOC)] = None) -> Response:
+    """Ownership for up to `GEO_BATCH_MAX_POINTS` (100,000) points in one request."""
+    settings = request.app.state.settings
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_part_size=settings.batch_max_bytes)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInput("multipart upload needs a `file` field")
+        kind, body = _kind(upload.content_type or "", upload.filename or ""), await upload.read()
+    else:
+        kind, body = _kind(content_type), await _read_limited(request, settings.batch_max_bytes)
+    index = await run_in_threadpool(current_index, request)
+    content, media_type = await run_in_threadpool(batch.run, index, body, kind, crs, settings.batch_max_points)
+    return Response(content, media_type=media_type)
