@@ -81,6 +81,30 @@ def sample_db(server_url) -> Iterator[ThrowawayDatabase]:
     database.drop()
 
 
+@pytest.fixture(scope="session")
+def tiny_db(server_url, tmp_path_factory) -> Iterator[ThrowawayDatabase]:
+    """A migrated database with the tiny hand-made dataset loaded and committed. Read-only."""
+    from geo_service import loading
+    from tests.tiny import write_tiny_dataset
+
+    database = ThrowawayDatabase(server_url, "tiny")
+    migrate(database.engine)
+    with Session(database.engine) as session:
+        loading.load(session, write_tiny_dataset(tmp_path_factory.mktemp("tiny")), progress=lambda m: None)
+    yield database
+    database.drop()
+
+
+@pytest.fixture
+def tiny_client(tiny_db):
+    from fastapi.testclient import TestClient
+
+    from geo_service.app import create_app
+
+    with TestClient(create_app(tiny_db.settings())) as client:
+        yield client
+
+
 def _rolled_back_session(engine: Engine) -> Iterator[Session]:
     # SQLAlchemy's "join a session into an external transaction" recipe: the code under
     # test may commit (it becomes a savepoint release); the outer rollback undoes it all.
