@@ -6,7 +6,6 @@ the determinism tests, which run it.
 
 import json
 import math
-import re
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -435,7 +434,8 @@ def test_assignments(d, m):
     assert (per["deputy_grid_leader"] >= 1).all()
     assert (per["professional_worker"] >= 1).all()
     leaders = a[a.role == "grid_leader"]
-    ft = set(zip(a.grid_code[a.role == "full_time_worker"], a.person_code[a.role == "full_time_worker"]))
+    is_ft = a.role == "full_time_worker"
+    ft = set(zip(a.grid_code[is_ft], a.person_code[is_ft]))
     assert all((g, p) in ft for g, p in zip(leaders.grid_code, leaders.person_code))
 
     grids_of = a.groupby("person_code").grid_code.apply(lambda s: sorted(set(s)))
