@@ -1,7 +1,8 @@
 """Ownership for many points at once: JSON, GeoJSON or CSV in, the same format out.
 
 Each point gets the codes of its town, community, grid and compound, the boundary flag and
-the ids of the people who own it, in input order. A point that cannot be placed (outside
+the ids of the people who own it (`grid_worker_ids`: the grid leader and full-time workers;
+`police_ids`: the deputy grid leader(s)), in input order. A point that cannot be placed (outside
 the county, or coordinates that are not numbers in range) gets null codes and a `reason`;
 it never fails the whole batch. Only a malformed document or too many points do.
 """
@@ -89,6 +90,12 @@ def parse(body: bytes, kind: str, crs: str | None, limit: int) -> Batch:
 
 
 def _pairs(points: list) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        array = np.asarray(points, dtype=float)  # the common, well-formed case, without a Python loop
+        if array.ndim == 2 and array.shape[1] >= 2:
+            return array[:, 0].copy(), array[:, 1].copy()
+    except (TypeError, ValueError):
+        pass
     lon = np.full(len(points), np.nan)
     lat = np.full(len(points), np.nan)
     for i, pair in enumerate(points):
@@ -103,43 +110,87 @@ def _number(value) -> float:
     return float(value)
 
 
-def locate(index: OwnershipIndex, batch: Batch) -> dict[str, list]:
-    """Per-point results as columns, in input order."""
+@dataclass
+class Located:
+    """Per-point results as arrays, in input order; -1 marks no grid / no compound."""
+
+    lon: np.ndarray  # WGS-84 actually used (NaN when the input was invalid)
+    lat: np.ndarray
+    valid: np.ndarray
+    owner: np.ndarray
+    compound: np.ndarray
+    on_boundary: np.ndarray
+
+
+def locate(index: OwnershipIndex, batch: Batch) -> Located:
     valid = np.isfinite(batch.lon) & np.isfinite(batch.lat) & (np.abs(batch.lon) <= 180) & (np.abs(batch.lat) <= 90)
-    lon, lat = batch.lon.copy(), batch.lat.copy()
+    lon, lat = np.full(len(valid), np.nan), np.full(len(valid), np.nan)
     lon[valid], lat[valid] = geometry.to_wgs84(batch.lon[valid], batch.lat[valid], batch.crs)
     found = index.lookup_many(np.where(valid, lon, 0.0), np.where(valid, lat, 0.0))
     owner = np.where(valid, found["owner"], -1)
-    compound = np.where(valid & (owner >= 0), found["compound"], -1)
+    return Located(lon=lon, lat=lat, valid=valid, owner=owner,
+                   compound=np.where(owner >= 0, found["compound"], -1),
+                   on_boundary=found["on_boundary"] & (owner >= 0))
+
+
+def _reasons(batch: Batch, located: Located) -> list[str | None]:
+    reasons: list[str | None] = [None] * len(located.owner)
+    for i in np.flatnonzero(~located.valid):
+        reasons[i] = (f"invalid coordinates: lon {float(batch.lon[i])!r}, lat {float(batch.lat[i])!r} "
+                      "are not numbers within [-180, 180] and [-90, 90]")
+    for i in np.flatnonzero(located.valid & (located.owner < 0)):
+        reasons[i] = OUTSIDE
+    return reasons
+
+
+def _columns(index: OwnershipIndex, batch: Batch, located: Located) -> dict[str, list]:
+    """Per-point values by result column, None where there is no answer."""
+    owner, compound = located.owner.tolist(), located.compound.tolist()
     grids = index.grids
-    columns: dict[str, list] = {"lon": [None] * len(owner), "lat": [None] * len(owner)}
-    for name in RESULT_COLUMNS:
-        columns[name] = [None] * len(owner)
-    for i in np.flatnonzero(valid):
-        columns["lon"][i], columns["lat"][i] = float(lon[i]), float(lat[i])
-    placed = np.flatnonzero(owner >= 0)
-    for i, g in zip(placed.tolist(), owner[placed].tolist()):
-        static = grids[g]
-        columns["town_code"][i] = static["town"]["code"]
-        columns["community_code"][i] = static["community"]["code"]
-        columns["grid_code"][i] = static["grid"]["code"]
-        columns["grid_worker_ids"][i] = index.worker_ids[g]
-        columns["police_ids"][i] = index.police_ids[g]
-    for i, c in zip(placed.tolist(), compound[placed].tolist()):
-        if c >= 0:
-            columns["compound_code"][i] = index.compounds[c]["code"]
-    on_boundary = found["on_boundary"] & (owner >= 0)
-    columns["on_boundary"] = [bool(b) if o >= 0 else None for b, o in zip(on_boundary.tolist(), owner.tolist())]
-    for i in np.flatnonzero(~valid):
-        columns["reason"][i] = (f"invalid coordinates: lon {float(batch.lon[i])!r}, lat "
-                                f"{float(batch.lat[i])!r} are not numbers within [-180, 180] and [-90, 90]")
-    for i in np.flatnonzero(valid & (owner < 0)):
-        columns["reason"][i] = OUTSIDE
-    return columns
+    return {
+        "town_code": [grids[g]["town"]["code"] if g >= 0 else None for g in owner],
+        "community_code": [grids[g]["community"]["code"] if g >= 0 else None for g in owner],
+        "grid_code": [grids[g]["grid"]["code"] if g >= 0 else None for g in owner],
+        "compound_code": [index.compounds[c]["code"] if c >= 0 else None for c in compound],
+        "on_boundary": [bool(b) if g >= 0 else None for b, g in zip(located.on_boundary.tolist(), owner)],
+        "grid_worker_ids": [index.responsible_ids[g] if g >= 0 else None for g in owner],
+        "police_ids": [index.police_ids[g] if g >= 0 else None for g in owner],
+        "reason": _reasons(batch, located),
+    }
 
 
-def encode(batch: Batch, columns: dict[str, list]) -> tuple[bytes, str]:
+def _encode_json(index: OwnershipIndex, batch: Batch, located: Located) -> bytes:
+    # The answer for 100,000 points is ~25 MB of JSON. Each grid's part of a row is encoded
+    # once and spliced in, which is three times faster than building and dumping 100,000 dicts.
+    grid_parts = [orjson.dumps({
+        "town_code": g["town"]["code"], "community_code": g["community"]["code"], "grid_code": g["grid"]["code"],
+        "grid_worker_ids": index.responsible_ids[i], "police_ids": index.police_ids[i]})[1:-1]
+        for i, g in enumerate(index.grids)]
+    nowhere = orjson.dumps({name: None for name in ("town_code", "community_code", "grid_code",
+                                                    "grid_worker_ids", "police_ids")})[1:-1]
+    compound_parts = [orjson.dumps(c["code"]) for c in index.compounds]
+    lon_text = orjson.dumps(located.lon.tolist())[1:-1].split(b",")
+    lat_text = orjson.dumps(located.lat.tolist())[1:-1].split(b",")
+    encoded = {None: b"null", OUTSIDE: orjson.dumps(OUTSIDE)}
+    reasons = [encoded.get(r) or orjson.dumps(r) for r in _reasons(batch, located)]
+    boundary = {(True, True): b"true", (True, False): b"false"}
+    rows = [
+        b'{"index":%d,"lon":%s,"lat":%s,%s,"compound_code":%s,"on_boundary":%s,"reason":%s}' % (
+            i, x, y, grid_parts[g] if g >= 0 else nowhere, compound_parts[c] if c >= 0 else b"null",
+            boundary.get((g >= 0, b), b"null"), r)
+        for i, (x, y, g, c, b, r) in enumerate(zip(lon_text, lat_text, located.owner.tolist(),
+                                                   located.compound.tolist(), located.on_boundary.tolist(), reasons))
+    ]
+    return b'{"crs":"wgs84","count":%d,"results":[%s]}' % (len(rows), b",".join(rows))
+
+
+def encode(index: OwnershipIndex, batch: Batch, located: Located) -> tuple[bytes, str]:
     """The answer in the input's format: (body, media type)."""
+    if batch.kind == "json":
+        return _encode_json(index, batch, located), "application/json"
+    columns = _columns(index, batch, located)
+    wgs_lon = [float(x) if ok else None for x, ok in zip(located.lon.tolist(), located.valid.tolist())]
+    wgs_lat = [float(y) if ok else None for y, ok in zip(located.lat.tolist(), located.valid.tolist())]
     if batch.kind == "csv":
         frame = batch.document.copy()
         for name in RESULT_COLUMNS:
@@ -149,23 +200,18 @@ def encode(batch: Batch, columns: dict[str, list]) -> tuple[bytes, str]:
             elif name == "on_boundary":
                 values = [{True: "true", False: "false", None: ""}[v] for v in values]
             frame[name] = values
-        frame["wgs84_lon"], frame["wgs84_lat"] = columns["lon"], columns["lat"]
+        frame["wgs84_lon"], frame["wgs84_lat"] = wgs_lon, wgs_lat
         return frame.to_csv(index=False).encode("utf-8"), "text/csv; charset=utf-8"
-    if batch.kind == "geojson":
-        document = batch.document
-        for i, feature in enumerate(document["features"]):
-            properties = feature.get("properties") or {}
-            properties.update({name: columns[name][i] for name in RESULT_COLUMNS})
-            feature["properties"] = properties
-            if columns["lon"][i] is not None:
-                feature["geometry"] = {"type": "Point", "coordinates": [columns["lon"][i], columns["lat"][i]]}
-        return orjson.dumps(document), "application/geo+json"
-    names = ("index", "lon", "lat", *RESULT_COLUMNS)
-    columns["index"] = range(len(columns["lon"]))
-    results = [dict(zip(names, row)) for row in zip(*(columns[n] for n in names))]
-    return orjson.dumps({"crs": "wgs84", "count": len(results), "results": results}), "application/json"
+    document = batch.document
+    for i, feature in enumerate(document["features"]):
+        properties = feature.get("properties") or {}
+        properties.update({name: columns[name][i] for name in RESULT_COLUMNS})
+        feature["properties"] = properties
+        if wgs_lon[i] is not None:
+            feature["geometry"] = {"type": "Point", "coordinates": [wgs_lon[i], wgs_lat[i]]}
+    return orjson.dumps(document), "application/geo+json"
 
 
 def run(index: OwnershipIndex, body: bytes, kind: str, crs: str | None, limit: int) -> tuple[bytes, str]:
     batch = parse(body, kind, crs, limit)
-    return encode(batch, locate(index, batch))
+    return encode(index, batch, locate(index, batch))

@@ -171,3 +171,91 @@ def sample_generate(out: Path, seed: int | None) -> None:
     counts = generator.generate(out, **({} if seed is None else {"seed": seed}), progress=click.echo)
     click.echo(json.dumps(counts, ensure_ascii=False))
     click.echo(f"wrote {out} in {time.perf_counter() - started:.1f} s")
+
+
+def _format_answer(answer: dict) -> str:
+    point = answer["point"]
+    given = point["input"]
+    lines = [f"point      {point['lon']:.7f}, {point['lat']:.7f} (WGS-84"
+             + ("" if given["crs"] in ("wgs84", "cgcs2000") else
+                f"; from {given['crs']} {given['lon']}, {given['lat']}") + ")"]
+    town, community, grid = answer["town"], answer["community"], answer["grid"]
+    lines.append(f"town       {town['code']} {town['name']}")
+    flags = community["kind"] + (", 无讼社区 no-litigation" if community["no_litigation"] else "")
+    lines.append(f"community  {community['code']} {community['name']} ({flags})")
+    touching = ""
+    if answer["on_boundary"]:
+        touching = "  [on a shared boundary; lowest code wins; also touching " + \
+                   ", ".join(g["code"] for g in answer["also_touching"]) + "]"
+    lines.append(f"grid       {grid['code']} {grid['name']}{touching}")
+    compound = answer["compound"]
+    lines.append(f"compound   {compound['code']} {compound['name']}" if compound else "compound   -")
+    lines.append("grid workers")
+    for w in answer["grid_workers"]:
+        rider = " (rider)" if w["is_rider"] else ""
+        lines.append(f"  {w['code']} {w['name']}  {w['kind']}{rider}  {', '.join(w['roles'])}  {w['phone'] or ''}")
+    lines.append("police (deputy grid leader)")
+    for p in answer["police"]:
+        lines.append(f"  {p['code']} {p['name']}  {p['kind']}  {p['unit']}  {p['phone'] or ''}")
+    center = answer["governance_center"]
+    if center:
+        lines.append(f"governance centre  {center['code']} {center['name']}  {center['distance_m']:,.0f} m")
+    lines.append("nearest dispute-resolution stations")
+    for s in answer["nearest_stations"]:
+        lines.append(f"  {s['code']} {s['name']}  {s['distance_m']:,.0f} m")
+    return "\n".join(lines)
+
+
+@main.command("lookup")
+@click.argument("lon", type=float, required=False)
+@click.argument("lat", type=float, required=False)
+@click.option("--crs", default="wgs84", show_default=True, help="wgs84, cgcs2000, gcj02 or bd09.")
+@click.option("--door-plate", "door_plate", help="Look up a 粤居码 door-plate code (or a scanned URL).")
+@click.option("--file", "in_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="CSV with lon,lat columns (other columns kept) to look up in bulk.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where --file writes its answer (CSV).")
+@click.option("--stations", default=3, show_default=True, help="Nearest dispute-resolution stations to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of text.")
+def lookup_command(lon, lat, crs, door_plate, in_file, out_file, stations, as_json) -> None:
+    """Who owns a point (LON LAT), a door plate (--door-plate) or a CSV of points (--file ... --out ...)."""
+    from geo_service import ownership
+
+    chosen = sum([lon is not None, door_plate is not None, in_file is not None])
+    if chosen != 1 or (lon is None) != (lat is None):
+        _fail("give exactly one of: LON LAT, --door-plate CODE, --file FILE --out FILE", 2)
+    settings = get_settings()
+    with _session() as session:
+        index = ownership.OwnershipIndex.build(session, settings.metric_crs)
+        if in_file is not None:
+            if out_file is None:
+                _fail("--file needs --out", 2)
+            count = _lookup_file(index, in_file, out_file, crs)
+            click.echo(f"wrote {count:,} rows to {out_file}")
+            return
+        if door_plate is not None:
+            answer = ownership.lookup_door_plate(session, index, door_plate, stations)
+            plate = answer["door_plate"]
+            text = (f"door plate {plate['code']}  {plate['address']}  rental: {plate['is_rental']}  "
+                    f"residents: {plate['resident_count']}\n" + _format_answer(answer["ownership"]))
+        else:
+            answer = ownership.lookup_point(index, lon, lat, crs, stations)
+            text = _format_answer(answer)
+    click.echo(json.dumps(answer, ensure_ascii=False, indent=2) if as_json else text)
+
+
+def _lookup_file(index, in_file: Path, out_file: Path, crs: str, chunk_rows: int = 20_000) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from geo_service import batch
+
+    total = sum(1 for _ in in_file.open("rb")) - 1
+    written = 0
+    with out_file.open("wb") as out, tqdm(total=total, unit="pt", desc="lookup") as bar:
+        for chunk in pd.read_csv(in_file, dtype=str, keep_default_na=False, chunksize=chunk_rows):
+            content, _ = batch.run(index, chunk.to_csv(index=False).encode(), "csv", crs, chunk_rows)
+            out.write(content if written == 0 else content.split(b"\n", 1)[1])
+            written += len(chunk)
+            bar.update(len(chunk))
+    return written

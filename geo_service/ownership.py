@@ -41,6 +41,7 @@ CHANNEL = "ownership_changed"
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 GEOD = Geod(ellps="WGS84")
 ROLE_ORDER = ("grid_leader", "full_time_worker", "professional_worker", "part_time_worker")
+RESPONSIBLE_ROLES = {"grid_leader", "full_time_worker"}  # who answers for the grid by default
 
 # --------------------------------------------------------------------------- PostGIS path
 
@@ -113,13 +114,14 @@ class OwnershipIndex:
     metric_tree: shapely.STRtree
     grids: list[dict]  # per grid, in code order: the static part of the answer
     compound_codes: np.ndarray
+    compound_geoms: np.ndarray
     compound_tree: shapely.STRtree | None
     compounds: list[dict]
     dispute_stations: list[dict]
     dispute_lon: np.ndarray
     dispute_lat: np.ndarray
     to_metric: Transformer = field(repr=False)
-    worker_ids: list[list[int]] = field(repr=False)
+    responsible_ids: list[list[int]] = field(repr=False)  # per grid: leader and full-time workers
     police_ids: list[list[int]] = field(repr=False)
 
     @classmethod
@@ -168,7 +170,9 @@ class OwnershipIndex:
             if len(geoms) else geoms
         shapely.prepare(geoms)
         compound_rows = session.execute(COMPOUNDS_SQL).mappings().all()
-        compound_geoms = shapely.from_wkb([bytes(r["wkb"]) for r in compound_rows]) if compound_rows else None
+        compound_geoms = shapely.from_wkb([bytes(r["wkb"]) for r in compound_rows]) if compound_rows \
+            else np.array([], dtype=object)
+        shapely.prepare(compound_geoms)
         return cls(
             built_for=today,
             grid_ids=np.array([row["id"] for row in grid_rows], dtype=np.int64),
@@ -179,13 +183,15 @@ class OwnershipIndex:
             metric_tree=shapely.STRtree(metric),
             grids=grids,
             compound_codes=np.array([r["code"] for r in compound_rows], dtype=object),
-            compound_tree=None if compound_geoms is None else shapely.STRtree(compound_geoms),
+            compound_geoms=compound_geoms,
+            compound_tree=shapely.STRtree(compound_geoms) if len(compound_geoms) else None,
             compounds=[{"code": r["code"], "name": r["name"]} for r in compound_rows],
             dispute_stations=[{k: s[k] for k in ("code", "name", "kind", "lon", "lat")} for s in disputes],
             dispute_lon=np.array([s["lon"] for s in disputes], dtype=float),
             dispute_lat=np.array([s["lat"] for s in disputes], dtype=float),
             to_metric=to_metric,
-            worker_ids=[[p["id"] for p in g["grid_workers"]] for g in grids],
+            responsible_ids=[[p["id"] for p in g["grid_workers"] if RESPONSIBLE_ROLES & set(p["roles"])]
+                             for g in grids],
             police_ids=[[p["id"] for p in g["police"]] for g in grids],
         )
 
@@ -222,10 +228,14 @@ class OwnershipIndex:
     def nearest_stations(self, lon: float, lat: float, count: int) -> list[dict]:
         if count <= 0 or len(self.dispute_lon) == 0:
             return []
-        _, _, distances = GEOD.inv(np.full_like(self.dispute_lon, lon), np.full_like(self.dispute_lat, lat),
-                                   self.dispute_lon, self.dispute_lat)
-        order = np.argsort(distances, kind="stable")[:count]
-        return [{**self.dispute_stations[i], "distance_m": round(float(distances[i]), 1)} for i in order]
+        # Rank on a local flat approximation (exact enough to order stations tens of metres
+        # apart), then measure only the chosen ones on the ellipsoid.
+        dx = (self.dispute_lon - lon) * np.cos(np.radians(lat))
+        dy = self.dispute_lat - lat
+        order = np.argsort(dx * dx + dy * dy, kind="stable")[:count]
+        _, _, distances = GEOD.inv(np.full(len(order), lon), np.full(len(order), lat),
+                                   self.dispute_lon[order], self.dispute_lat[order])
+        return [{**self.dispute_stations[i], "distance_m": round(float(d), 1)} for i, d in zip(order, distances)]
 
     def owners(self, grid_code: str) -> dict:
         """The people serving one grid today (the same roster a lookup answers with)."""
@@ -251,24 +261,44 @@ class OwnershipIndex:
 
     def lookup_many(self, lon: np.ndarray, lat: np.ndarray) -> dict[str, np.ndarray]:
         """Vectorised ownership for many WGS-84 points: grid index (-1 outside), boundary flag, compound index."""
-        points = shapely.points(np.column_stack([lon, lat]))
-        owner = np.full(len(points), -1, dtype=np.int64)
-        touching = np.zeros(len(points), dtype=np.int64)
-        point_index, grid_index = self.grid_tree.query(points, predicate="covered_by")
-        if len(point_index):
-            # Lowest grid index (= lowest code) per point wins; count the others for on_boundary.
-            order = np.lexsort((grid_index, point_index))
-            point_index, grid_index = point_index[order], grid_index[order]
-            first = np.unique(point_index, return_index=True)[1]
-            owner[point_index[first]] = grid_index[first]
-            touching = np.bincount(point_index, minlength=len(points))
-        compound = np.full(len(points), -1, dtype=np.int64)
-        if self.compound_tree is not None:
-            point_index, compound_index = self.compound_tree.query(points, predicate="covered_by")
-            if len(point_index):
-                order = np.lexsort((-compound_index, point_index))
-                compound[point_index[order]] = compound_index[order]  # last write = lowest index
+        owner = np.full(len(lon), -1, dtype=np.int64)
+        point_index, grid_index = _covering_pairs(self.grid_geoms, lon, lat)
+        # Lowest grid index (= lowest code) per point wins; the count of grids says on_boundary.
+        order = np.lexsort((grid_index, point_index))
+        point_index, grid_index = point_index[order], grid_index[order]
+        first = np.unique(point_index, return_index=True)[1]
+        owner[point_index[first]] = grid_index[first]
+        touching = np.bincount(point_index, minlength=len(lon))
+        compound = np.full(len(lon), -1, dtype=np.int64)
+        if len(self.compound_geoms):
+            point_index, compound_index = _covering_pairs(self.compound_geoms, lon, lat)
+            order = np.lexsort((-compound_index, point_index))
+            compound[point_index[order]] = compound_index[order]  # the last write is the lowest code
         return {"owner": owner, "on_boundary": touching > 1, "compound": compound}
+
+
+def _covering_pairs(geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(point, polygon) index pairs for every polygon covering a point.
+
+    A sweep over the points sorted by longitude finds each polygon's bounding-box candidates
+    with two binary searches; the exact test runs against the prepared polygon. For a point
+    and a polygon `intersects` is `covers`, and `intersects_xy` needs no Point objects, which
+    for 100,000 points is most of the time a tree query would take.
+    """
+    order = np.argsort(lon, kind="stable")
+    sorted_lon = lon[order]
+    points, polygons = [], []
+    for i, (west, south, east, north) in enumerate(shapely.bounds(geoms)):
+        start = np.searchsorted(sorted_lon, west, side="left")
+        stop = np.searchsorted(sorted_lon, east, side="right")
+        candidates = order[start:stop]
+        candidates = candidates[(lat[candidates] >= south) & (lat[candidates] <= north)]
+        hits = candidates[shapely.intersects_xy(geoms[i], lon[candidates], lat[candidates])]
+        points.append(hits)
+        polygons.append(np.full(len(hits), i, dtype=np.int64))
+    if not points:
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    return np.concatenate(points).astype(np.int64), np.concatenate(polygons)
 
 
 def _worker_order(person: dict) -> tuple:
@@ -298,17 +328,28 @@ class OwnershipCache:
         self._lock = threading.Lock()
         self._index: OwnershipIndex | None = None
         self._listener = None
+        self._dirty = True
         self.rebuilds = 0
 
     def current(self) -> OwnershipIndex:
+        """The fresh index, rebuilding it first if needed (may wait for the database)."""
         with self._lock:
-            if self._index is None or self._stale():
+            if not self._fresh():
                 self._rebuild()
             return self._index
 
+    def ready(self) -> OwnershipIndex | None:
+        """The index if it is fresh and nobody is rebuilding it, else None; never waits or queries."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._index if self._fresh() else None
+        finally:
+            self._lock.release()
+
     def invalidate(self) -> None:
         with self._lock:
-            self._index = None
+            self._dirty = True
 
     def close(self) -> None:
         with self._lock:
@@ -316,24 +357,34 @@ class OwnershipCache:
                 self._listener.close()
                 self._listener = None
 
-    def _stale(self) -> bool:
+    def _fresh(self) -> bool:
+        if self._index is None or self._dirty:
+            return False
         if self._listener is None or self._listener.closed:
-            return True
+            self._dirty = True
+            return False
         try:
             self._listener.poll()
         except psycopg2.Error:
             self._listener = None
-            return True
+            self._dirty = True
+            return False
         if self._listener.notifies:
             self._listener.notifies.clear()
-            return True
-        return self._index.built_for != local_today()
+            self._dirty = True
+            return False
+        if self._index.built_for != local_today():
+            self._dirty = True
+            return False
+        return True
 
     def _rebuild(self) -> None:
         try:
             if self._listener is None or self._listener.closed:
                 # LISTEN before reading, so no change committed after the read goes unnoticed.
                 self._listener = self._listen()
+            # Cleared before reading: a change notified during the build marks it dirty again.
+            self._dirty = False
             with Session(self._engine) as session:
                 # One snapshot for all the queries of a build.
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
@@ -342,6 +393,7 @@ class OwnershipCache:
             if self._listener is not None:
                 self._listener.close()
             self._listener = None
+            self._dirty = True
             raise DatabaseUnavailable("database unavailable; retry shortly") from exc
         self.rebuilds += 1
 

@@ -158,8 +158,8 @@ class BatchResult(BaseModel):
     grid_code: str | None
     compound_code: str | None
     on_boundary: bool | None
-    grid_worker_ids: list[int] | None
-    police_ids: list[int] | None
+    grid_worker_ids: list[int] | None = Field(description="Ids of the grid leader and full-time workers.")
+    police_ids: list[int] | None = Field(description="Ids of the deputy grid leader(s), the police officers.")
     reason: str | None = Field(description="Why the point has no owner (outside coverage, invalid coordinates).")
 
 

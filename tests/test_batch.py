@@ -46,7 +46,9 @@ def test_batch_matches_single_lookups(tiny_client):
             body = single.json()
             assert result["grid_code"] == body["grid"]["code"]
             assert result["on_boundary"] == body["on_boundary"]
-            assert result["grid_worker_ids"] == [w["id"] for w in body["grid_workers"]]
+            responsible = [w["id"] for w in body["grid_workers"]
+                           if {"grid_leader", "full_time_worker"} & set(w["roles"])]
+            assert result["grid_worker_ids"] == responsible
             assert result["police_ids"] == [p["id"] for p in body["police"]]
 
 

@@ -1,0 +1,67 @@
+"""Start and stop uvicorn servers for the benchmarks; run wrk and parse what it prints."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def uvicorn(app: str, workers: int, factory: bool = False, env: dict | None = None, ready_path: str = "/"):
+    port = free_port()
+    args = [str(BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+            "--log-level", "warning", "--no-access-log"]
+    if factory:
+        args.append("--factory")
+    process = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + ready_path, timeout=1)
+                break
+            except Exception:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{app} did not start")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url: str, connections: int, seconds: int, script: str | None = None, env: dict | None = None) -> dict:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install -y wrk")
+    args = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{seconds}s", "--latency"]
+    if script:
+        args += ["-s", script]
+    output = subprocess.run(args + [url], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                            check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    latency = {}
+    for pct, value, unit in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", output, re.M):
+        latency[pct] = float(value) * UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {"rps": rps, "p50_ms": latency.get("50"), "p99_ms": latency.get("99"),
+            "non_2xx": int(errors.group(1)) if errors else 0}
