@@ -37,8 +37,10 @@ $(VENV)/.installed: pyproject.toml
 
 ## bench: the benchmarks in benchmarks/ against the loaded sample
 bench: setup
+	PYTHON=$(PYTHON) scripts/system-deps.sh --bench
 	$(BIN)/geo-service load $(SAMPLE) --if-empty
-	$(BIN)/python benchmarks/run.py
+	cd benchmarks && ../$(BIN)/python load_sample.py
+	cd benchmarks && ../$(BIN)/python lookup.py
 
 ## clean-db: stop the embedded cluster and delete it (all data in var/ is lost)
 clean-db:

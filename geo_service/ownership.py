@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import psycopg2
 import shapely
-from pyproj import Geod, Transformer
+from pyproj import Transformer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -39,7 +39,6 @@ from geo_service.errors import DatabaseUnavailable, InvalidInput, NotFound, Outs
 
 CHANNEL = "ownership_changed"
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
-GEOD = Geod(ellps="WGS84")
 ROLE_ORDER = ("grid_leader", "full_time_worker", "professional_worker", "part_time_worker")
 RESPONSIBLE_ROLES = {"grid_leader", "full_time_worker"}  # who answers for the grid by default
 
@@ -78,7 +77,7 @@ SELECT g.id, g.code, g.name, ST_AsBinary(g.geom) AS wkb,
 FROM grid AS g JOIN community AS c ON c.id = g.community_id JOIN town AS t ON t.id = c.town_id
 ORDER BY g.code
 """)
-COMPOUNDS_SQL = text("SELECT code, name, ST_AsBinary(geom) AS wkb FROM compound ORDER BY code")
+COMPOUNDS_SQL = text("SELECT code, name, grid_id, ST_AsBinary(geom) AS wkb FROM compound ORDER BY code")
 WORKERS_SQL = text("""
 SELECT a.grid_id, a.role, w.id, w.code, w.name, w.kind, w.phone, w.is_rider, w.specialty
 FROM grid_assignment AS a JOIN grid_worker AS w ON w.id = a.grid_worker_id
@@ -115,7 +114,7 @@ class OwnershipIndex:
     grids: list[dict]  # per grid, in code order: the static part of the answer
     compound_codes: np.ndarray
     compound_geoms: np.ndarray
-    compound_tree: shapely.STRtree | None
+    grid_compounds: list[list[int]]  # per grid, its compounds in code order
     compounds: list[dict]
     dispute_stations: list[dict]
     dispute_lon: np.ndarray
@@ -173,6 +172,9 @@ class OwnershipIndex:
         compound_geoms = shapely.from_wkb([bytes(r["wkb"]) for r in compound_rows]) if compound_rows \
             else np.array([], dtype=object)
         shapely.prepare(compound_geoms)
+        grid_compounds: list[list[int]] = [[] for _ in grid_rows]
+        for c, row in enumerate(compound_rows):
+            grid_compounds[position[row["grid_id"]]].append(c)
         return cls(
             built_for=today,
             grid_ids=np.array([row["id"] for row in grid_rows], dtype=np.int64),
@@ -184,7 +186,7 @@ class OwnershipIndex:
             grids=grids,
             compound_codes=np.array([r["code"] for r in compound_rows], dtype=object),
             compound_geoms=compound_geoms,
-            compound_tree=shapely.STRtree(compound_geoms) if len(compound_geoms) else None,
+            grid_compounds=grid_compounds,
             compounds=[{"code": r["code"], "name": r["name"]} for r in compound_rows],
             dispute_stations=[{k: s[k] for k in ("code", "name", "kind", "lon", "lat")} for s in disputes],
             dispute_lon=np.array([s["lon"] for s in disputes], dtype=float),
@@ -206,36 +208,32 @@ class OwnershipIndex:
         hits = self.covering(lon, lat)
         if len(hits) == 0:
             raise self.outside(lon, lat)
-        owner = int(hits[0])
-        static = self.grids[owner]
+        static = self.grids[int(hits[0])]
         answer = {"point": {"lon": lon, "lat": lat}, **static}
-        answer["compound"] = self.compound_at(lon, lat)
+        answer["compound"] = self.compound_at(int(hits[0]), lon, lat)
         answer["on_boundary"] = len(hits) > 1
         answer["also_touching"] = [self.grids[int(i)]["grid"] for i in hits[1:]]
         center = static["governance_center"]
         if center is not None:
-            center = {**center, "distance_m": _distance_m(lon, lat, center["lon"], center["lat"])}
+            far = geometry.local_distance_m(lon, lat, np.array([center["lon"]]), np.array([center["lat"]]))[0]
+            center = {**center, "distance_m": round(float(far), 1)}
         answer["governance_center"] = center
         answer["nearest_stations"] = self.nearest_stations(lon, lat, stations)
         return answer
 
-    def compound_at(self, lon: float, lat: float) -> dict | None:
-        if self.compound_tree is None:
-            return None
-        hits = self.compound_tree.query(shapely.Point(lon, lat), predicate="covered_by")
-        return self.compounds[int(hits.min())] if len(hits) else None
+    def compound_at(self, owner: int, lon: float, lat: float) -> dict | None:
+        # A compound lies inside one grid: only the owning grid's few compounds are tested.
+        for c in self.grid_compounds[owner]:
+            if shapely.intersects_xy(self.compound_geoms[c], lon, lat):
+                return self.compounds[c]
+        return None
 
     def nearest_stations(self, lon: float, lat: float, count: int) -> list[dict]:
         if count <= 0 or len(self.dispute_lon) == 0:
             return []
-        # Rank on a local flat approximation (exact enough to order stations tens of metres
-        # apart), then measure only the chosen ones on the ellipsoid.
-        dx = (self.dispute_lon - lon) * np.cos(np.radians(lat))
-        dy = self.dispute_lat - lat
-        order = np.argsort(dx * dx + dy * dy, kind="stable")[:count]
-        _, _, distances = GEOD.inv(np.full(len(order), lon), np.full(len(order), lat),
-                                   self.dispute_lon[order], self.dispute_lat[order])
-        return [{**self.dispute_stations[i], "distance_m": round(float(d), 1)} for i, d in zip(order, distances)]
+        distances = geometry.local_distance_m(lon, lat, self.dispute_lon, self.dispute_lat)
+        order = np.argsort(distances, kind="stable")[:count]
+        return [{**self.dispute_stations[i], "distance_m": round(float(distances[i]), 1)} for i in order]
 
     def owners(self, grid_code: str) -> dict:
         """The people serving one grid today (the same roster a lookup answers with)."""
@@ -303,10 +301,6 @@ def _covering_pairs(geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tupl
 
 def _worker_order(person: dict) -> tuple:
     return (min(ROLE_ORDER.index(r) for r in person["roles"]), person["code"])
-
-
-def _distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
-    return round(float(GEOD.inv(lon1, lat1, lon2, lat2)[2]), 1)
 
 
 # --------------------------------------------------------------------------- keeping it fresh

@@ -2,6 +2,7 @@
 # Installs the Debian packages geo_service needs, when they are missing.
 #   scripts/system-deps.sh          what `make run` needs: Python venv, PostgreSQL, PostGIS
 #   scripts/system-deps.sh --test   plus what the test suite needs
+#   scripts/system-deps.sh --bench  plus what the benchmarks need
 # As root it installs with apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
 
@@ -39,8 +40,12 @@ install_missing
 version=$(ls -d /usr/lib/postgresql/*/bin/initdb | sed -E 's#.*/postgresql/([0-9]+)/bin/initdb#\1#' | sort -n | tail -1)
 want "postgresql-${version}-postgis-3"
 
-if [ "${1:-}" = "--test" ]; then
-  want gdal-bin
-fi
+for option in "$@"; do
+  case "$option" in
+    --test) want gdal-bin ;;
+    --bench) want wrk ;;
+    *) echo "error: unknown option $option (use --test or --bench)" >&2; exit 2 ;;
+  esac
+done
 install_missing
 echo "system packages present (PostgreSQL ${version} with PostGIS)"

@@ -259,3 +259,13 @@ def test_bd09_round_trip_under_half_a_metre():
 
 def test_outside_china_gcj02_is_identity():
     assert tuple(map(float, geometry.wgs84_to_gcj02(2.35, 48.85))) == (2.35, 48.85)
+
+
+def test_local_distance_matches_the_geodesic_within_a_county():
+    import numpy as np
+
+    rng = np.random.default_rng(9)
+    lons, lats = rng.uniform(112.45, 113.10, 500), rng.uniform(22.50, 22.90, 500)
+    ours = geometry.local_distance_m(112.95, 22.767, lons, lats)
+    exact = GEOD.inv(np.full(500, 112.95), np.full(500, 22.767), lons, lats)[2]
+    assert np.max(np.abs(ours - exact) / exact) < 1e-4

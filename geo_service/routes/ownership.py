@@ -31,17 +31,39 @@ def json_response(content) -> Response:
     return Response(orjson.dumps(content), media_type="application/json")
 
 
-@router.get("/lookup", response_model=LookupRead,
+LOOKUP_PARAMETERS = [
+    {"name": "lon", "in": "query", "required": True, "schema": {"type": "number"}, "description": "Longitude, degrees."},
+    {"name": "lat", "in": "query", "required": True, "schema": {"type": "number"}, "description": "Latitude, degrees."},
+    {"name": "crs", "in": "query", "required": False, "schema": {"type": "string", "default": "wgs84",
+     "enum": ["wgs84", "cgcs2000", "gcj02", "bd09"]}, "description": CRS_DOC},
+    {"name": "stations", "in": "query", "required": False,
+     "schema": {"type": "integer", "default": 3, "minimum": 0, "maximum": 20}, "description": STATIONS_DOC},
+]
+
+
+def _query_value(request: Request, name: str, kind: type, default=None):
+    raw = request.query_params.get(name)
+    if raw is None:
+        if default is None:
+            raise InvalidInput(f"query parameter {name} is required")
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} {raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
+@router.get("/lookup", response_model=LookupRead, openapi_extra={"parameters": LOOKUP_PARAMETERS},
             responses={404: {"model": OutsideRead, "description": "The point is outside the county."},
                        422: {"model": ErrorRead}})
-async def lookup(request: Request,
-                 lon: Annotated[float, Query(description="Longitude, degrees.")],
-                 lat: Annotated[float, Query(description="Latitude, degrees.")],
-                 crs: Annotated[str, Query(description=CRS_DOC)] = "wgs84",
-                 stations: Annotated[int, Query(description=STATIONS_DOC)] = 3):
+async def lookup(request: Request):
     """Town, community, grid, compound and the people who own a point."""
-    # The answer is tens of microseconds of CPU from memory: computed on the event loop,
-    # saving two thread hand-offs per request; only a rebuild goes to the thread pool.
+    # The hottest route. Its parameters are read by hand (and declared for OpenAPI above):
+    # FastAPI's per-request parameter validation measured ~115 µs here, twice the lookup.
+    # The answer comes from memory in tens of microseconds, so it is computed on the event
+    # loop; only a rebuild of the index goes to the thread pool.
+    lon, lat = _query_value(request, "lon", float), _query_value(request, "lat", float)
+    crs, stations = _query_value(request, "crs", str, "wgs84"), _query_value(request, "stations", int, 3)
     index = request.app.state.ownership.ready() or await run_in_threadpool(current_index, request)
     return json_response(ownership.lookup_point(index, lon, lat, crs, stations))
 
