@@ -12,6 +12,7 @@ SAMPLE := gis_data/heshan
 ## run: install what is missing, start PostGIS, migrate, load the sample once, serve
 run: setup
 	$(BIN)/geo-service load $(SAMPLE) --if-empty
+	$(BIN)/geo-service user demo
 	$(BIN)/geo-service serve --host $(HOST) --port $(PORT)
 
 ## test: install what is missing, then run the whole suite against a real PostGIS

@@ -10,14 +10,20 @@ from sqlalchemy.exc import DBAPIError
 from geo_service import __version__
 from geo_service.config import Settings, get_settings
 from geo_service.db import make_engine, make_sessionmaker
+from geo_service.audit import AuditBuffer
+from geo_service.auth import IdentityCache
 from geo_service.errors import (
-    Conflict, DatabaseUnavailable, GeoServiceError, InvalidInput, NotFound, PayloadTooLarge,
+    Conflict, DatabaseUnavailable, Forbidden, GeoServiceError, InvalidInput, NotFound, PayloadTooLarge,
+    TooManyAttempts, Unauthenticated,
 )
 from geo_service.ownership import OwnershipCache
-from geo_service.routes import areas, ownership, system
+from geo_service.routes import areas, auth, ownership, system
 
 # The one place where domain errors become HTTP statuses.
 ERROR_STATUS = {
+    Unauthenticated: 401,
+    Forbidden: 403,
+    TooManyAttempts: 429,
     InvalidInput: 422,
     NotFound: 404,  # also OutsideCoverage, which adds the nearest grid
     Conflict: 409,
@@ -40,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        app.state.audit.close()  # writes the buffered lookup audit rows: nothing lost on shutdown
         app.state.ownership.close()
         engine.dispose()
 
@@ -53,11 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.ownership = OwnershipCache(engine, settings.metric_crs)
+    app.state.identities = IdentityCache(settings.identity_cache_seconds)
+    app.state.audit = AuditBuffer(engine)
 
     @app.exception_handler(GeoServiceError)
     async def domain_error(request: Request, exc: GeoServiceError):
         status = _status_for(exc)
-        headers = {"Retry-After": "5"} if status == 503 else None
+        headers = {503: {"Retry-After": "5"}, 401: {"WWW-Authenticate": "Bearer"},
+                   429: {"Retry-After": str(exc.extra.get("retry_after", 30))}}.get(status)
         return JSONResponse({"detail": exc.message, **exc.extra}, status_code=status, headers=headers)
 
     @app.exception_handler(DBAPIError)
@@ -69,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 headers={"Retry-After": "5"})
         raise exc
 
+    app.include_router(auth.router)
     app.include_router(system.router)
     app.include_router(ownership.router)
     app.include_router(areas.router)

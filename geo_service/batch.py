@@ -143,28 +143,39 @@ def _reasons(batch: Batch, located: Located) -> list[str | None]:
     return reasons
 
 
-def _columns(index: OwnershipIndex, batch: Batch, located: Located) -> dict[str, list]:
+def _people_ids(index: OwnershipIndex, towns: frozenset[str] | None) -> tuple[list, list]:
+    """Per grid: responsible worker ids and police ids, None for grids outside `towns`."""
+    if towns is None:
+        return index.responsible_ids, index.police_ids
+    visible = [g["town"]["code"] in towns for g in index.grids]
+    return ([ids if ok else None for ids, ok in zip(index.responsible_ids, visible)],
+            [ids if ok else None for ids, ok in zip(index.police_ids, visible)])
+
+
+def _columns(index: OwnershipIndex, batch: Batch, located: Located, towns: frozenset[str] | None) -> dict[str, list]:
     """Per-point values by result column, None where there is no answer."""
     owner, compound = located.owner.tolist(), located.compound.tolist()
     grids = index.grids
+    worker_ids, police_ids = _people_ids(index, towns)
     return {
         "town_code": [grids[g]["town"]["code"] if g >= 0 else None for g in owner],
         "community_code": [grids[g]["community"]["code"] if g >= 0 else None for g in owner],
         "grid_code": [grids[g]["grid"]["code"] if g >= 0 else None for g in owner],
         "compound_code": [index.compounds[c]["code"] if c >= 0 else None for c in compound],
         "on_boundary": [bool(b) if g >= 0 else None for b, g in zip(located.on_boundary.tolist(), owner)],
-        "grid_worker_ids": [index.responsible_ids[g] if g >= 0 else None for g in owner],
-        "police_ids": [index.police_ids[g] if g >= 0 else None for g in owner],
+        "grid_worker_ids": [worker_ids[g] if g >= 0 else None for g in owner],
+        "police_ids": [police_ids[g] if g >= 0 else None for g in owner],
         "reason": _reasons(batch, located),
     }
 
 
-def _encode_json(index: OwnershipIndex, batch: Batch, located: Located) -> bytes:
+def _encode_json(index: OwnershipIndex, batch: Batch, located: Located, towns: frozenset[str] | None) -> bytes:
     # The answer for 100,000 points is ~25 MB of JSON. Each grid's part of a row is encoded
     # once and spliced in, which is three times faster than building and dumping 100,000 dicts.
+    worker_ids, police_ids = _people_ids(index, towns)
     grid_parts = [orjson.dumps({
         "town_code": g["town"]["code"], "community_code": g["community"]["code"], "grid_code": g["grid"]["code"],
-        "grid_worker_ids": index.responsible_ids[i], "police_ids": index.police_ids[i]})[1:-1]
+        "grid_worker_ids": worker_ids[i], "police_ids": police_ids[i]})[1:-1]
         for i, g in enumerate(index.grids)]
     nowhere = orjson.dumps({name: None for name in ("town_code", "community_code", "grid_code",
                                                     "grid_worker_ids", "police_ids")})[1:-1]
@@ -184,11 +195,12 @@ def _encode_json(index: OwnershipIndex, batch: Batch, located: Located) -> bytes
     return b'{"crs":"wgs84","count":%d,"results":[%s]}' % (len(rows), b",".join(rows))
 
 
-def encode(index: OwnershipIndex, batch: Batch, located: Located) -> tuple[bytes, str]:
+def encode(index: OwnershipIndex, batch: Batch, located: Located,
+           towns: frozenset[str] | None = None) -> tuple[bytes, str]:
     """The answer in the input's format: (body, media type)."""
     if batch.kind == "json":
-        return _encode_json(index, batch, located), "application/json"
-    columns = _columns(index, batch, located)
+        return _encode_json(index, batch, located, towns), "application/json"
+    columns = _columns(index, batch, located, towns)
     wgs_lon = [float(x) if ok else None for x, ok in zip(located.lon.tolist(), located.valid.tolist())]
     wgs_lat = [float(y) if ok else None for y, ok in zip(located.lat.tolist(), located.valid.tolist())]
     if batch.kind == "csv":
@@ -212,6 +224,8 @@ def encode(index: OwnershipIndex, batch: Batch, located: Located) -> tuple[bytes
     return orjson.dumps(document), "application/geo+json"
 
 
-def run(index: OwnershipIndex, body: bytes, kind: str, crs: str | None, limit: int) -> tuple[bytes, str]:
+def run(index: OwnershipIndex, body: bytes, kind: str, crs: str | None, limit: int,
+        towns: frozenset[str] | None = None) -> tuple[bytes, str]:
+    """Parse, locate and encode a batch. With `towns`, owner ids outside those towns are withheld."""
     batch = parse(body, kind, crs, limit)
-    return encode(index, batch, locate(index, batch))
+    return encode(index, batch, locate(index, batch), towns)

@@ -259,3 +259,160 @@ def _lookup_file(index, in_file: Path, out_file: Path, crs: str, chunk_rows: int
             written += len(chunk)
             bar.update(len(chunk))
     return written
+
+
+def _read_password(password_stdin: bool) -> str | None:
+    if not password_stdin:
+        return None
+    password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        _fail("--password-stdin given but no password on standard input", 2)
+    return password
+
+
+@main.group(cls=_Group)
+def user() -> None:
+    """Users who sign in to the API and the map."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["viewer", "worker", "dispatcher", "analyst", "admin"]))
+@click.option("--town", "towns", multiple=True, help="Limit the user to this town (repeatable).")
+@click.option("--person", help="Grid worker or police officer code this account belongs to (workers).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input; "
+              "otherwise one is generated and printed once.")
+def user_add(name: str, role: str, towns: tuple[str, ...], person: str | None, password_stdin: bool) -> None:
+    """Create a user."""
+    from geo_service import auth
+
+    with _session() as session:
+        created, password = auth.create_user(session, name, role, towns=list(towns) or None,
+                                             password=_read_password(password_stdin), person_code=person)
+    click.echo(f"created user {created.username} ({role}{', towns ' + ', '.join(created.towns) if created.towns else ''})")
+    if not password_stdin:
+        click.echo(f"password: {password}")
+
+
+@user.command("list")
+def user_list() -> None:
+    """List users (never their passwords)."""
+    from geo_service import auth
+
+    with _session() as session:
+        for u in auth.list_users(session):
+            state = "disabled" if u.disabled else "active"
+            towns = ",".join(u.towns) if u.towns else "all towns"
+            click.echo(f"{u.username:20} {u.role:10} {state:8} {towns}")
+
+
+@user.command("disable")
+@click.argument("name")
+def user_disable(name: str) -> None:
+    """Disable a user and end their sessions and tokens."""
+    from geo_service import auth
+
+    with _session() as session:
+        auth.set_disabled(session, name, True)
+    click.echo(f"disabled {name}")
+
+
+@user.command("enable")
+@click.argument("name")
+def user_enable(name: str) -> None:
+    """Enable a disabled user again."""
+    from geo_service import auth
+
+    with _session() as session:
+        auth.set_disabled(session, name, False)
+    click.echo(f"enabled {name}")
+
+
+@user.command("demo")
+def user_demo() -> None:
+    """Create one demo user per role the first time, printing their passwords once."""
+    from geo_service import auth
+
+    with _session() as session:
+        created = auth.create_demo_users(session)
+    if not created:
+        click.echo("demo users exist already (their passwords were printed when they were created)")
+        return
+    click.echo("demo users (shown once; change them before any real use):")
+    for name, role, password in created:
+        click.echo(f"  {name:16} {role:10} {password}")
+
+
+@main.group(cls=_Group)
+def apikey() -> None:
+    """Long-lived API keys for machine clients (GIS tools, batch jobs)."""
+
+
+@apikey.command("create")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["viewer", "worker", "dispatcher", "analyst", "admin"]))
+@click.option("--town", "towns", multiple=True, help="Limit the key to this town (repeatable).")
+def apikey_create(name: str, role: str, towns: tuple[str, ...]) -> None:
+    """Create a key; it is printed once, alone on the last line."""
+    from geo_service import auth
+
+    with _session() as session:
+        _, secret = auth.create_api_key(session, name, role, towns=list(towns) or None)
+    click.echo(f"created API key {name} ({role}); send it as `Authorization: Bearer <key>`. It is not stored:")
+    click.echo(secret)
+
+
+@apikey.command("list")
+def apikey_list() -> None:
+    """List keys (names, roles, prefixes; never the secrets)."""
+    from geo_service import auth
+
+    with _session() as session:
+        for k in auth.list_api_keys(session):
+            state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+            click.echo(f"{k.name:20} {k.role:10} gsk_{k.prefix}_…  {state}")
+
+
+@apikey.command("revoke")
+@click.argument("name")
+def apikey_revoke(name: str) -> None:
+    """Revoke a key (effective within GEO_IDENTITY_CACHE_SECONDS)."""
+    from geo_service import auth
+
+    with _session() as session:
+        auth.revoke_api_key(session, name)
+    click.echo(f"revoked {name}")
+
+
+@main.group(cls=_Group)
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command("tail")
+@click.option("-n", "count", default=20, show_default=True, help="How many of the newest rows.")
+@click.option("--actor", help="Only this actor (username or key name).")
+@click.option("--action", help="Only this action or action prefix (e.g. auth.).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new rows as they arrive.")
+def audit_tail(count: int, actor: str | None, action: str | None, follow: bool) -> None:
+    """Print the newest audit rows, oldest first."""
+    from geo_service import audit as audit_log
+
+    def show(rows):
+        for r in rows:
+            who = f"{r['actor_kind']}:{r['actor_name'] or r['actor_id'] or '-'}"
+            obj = f"{r['object_type']}:{r['object_id']}" if r["object_type"] else "-"
+            click.echo(f"{r['at']}  {who:24} {r['action']:22} {obj:28} {r['outcome']:7} {r['address'] or ''}")
+
+    last = 0
+    with _session() as session:
+        rows = list(reversed(audit_log.query(session, actor=actor, action=action, limit=count)))
+        show(rows)
+        last = rows[-1]["id"] if rows else 0
+        while follow:
+            time.sleep(1)
+            session.rollback()
+            rows = [r for r in reversed(audit_log.query(session, actor=actor, action=action, limit=1000))
+                    if r["id"] > last]
+            show(rows)
+            last = rows[-1]["id"] if rows else last

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     )
     batch_max_points: int = Field(default=100_000, description="Most points one batch lookup accepts.")
     batch_max_bytes: int = Field(default=64 * 1024 * 1024, description="Largest batch request body.")
+    token_minutes: int = Field(default=30, description="Lifetime of a bearer token from /api/v1/auth/token.")
+    session_hours: int = Field(default=8, description="Lifetime of a page session (login cookie).")
+    identity_cache_seconds: float = Field(
+        default=5.0, description="How long a verified token or key is trusted without asking the database; "
+        "revocation takes effect within this time.")
+    audit_lookups: bool = Field(default=True, description="Audit lookups that return personal data.")
+    secure_cookies: bool = Field(default=False, description="Mark session cookies Secure (serve over HTTPS).")
     load_tolerance_m2: float = Field(
         default=1.0,
         description="Largest gap or overlap (m²) tolerated between sibling areas when loading.",

@@ -38,6 +38,18 @@ class PayloadTooLarge(GeoServiceError):
     """A request carries more than the service accepts at once."""
 
 
+class Unauthenticated(GeoServiceError):
+    """No valid credentials: missing, wrong, expired or revoked."""
+
+
+class Forbidden(GeoServiceError):
+    """Valid credentials whose role may not do this."""
+
+
+class TooManyAttempts(GeoServiceError):
+    """Too many failed sign-ins; `extra["retry_after"]` says when to try again (seconds)."""
+
+
 class DatabaseUnavailable(GeoServiceError):
     """The database cannot be reached right now; retrying later may succeed."""
 

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger, Boolean, CheckConstraint, Date, DateTime, ForeignKey, Index, Integer, String,
     Text, func,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SRID = 4326
@@ -26,6 +27,7 @@ STATION_KINDS = (
     "labour_dispute_platform", "police_station", "public_service",
 )
 REPORTER_KINDS = ("grid_worker", "rider", "resident", "police", "hotline")
+ROLES = ("viewer", "worker", "dispatcher", "analyst", "admin")
 INCIDENT_STATUSES = (
     "reported", "assigned", "accepted", "in_progress", "resolved", "verified", "closed",
     "escalated", "returned", "reopened", "rejected",
@@ -255,3 +257,80 @@ class Incident(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     geom = point_geom()
+
+
+class AppUser(Base):
+    """A person signing in: to the API with a bearer token, to the pages with a session cookie."""
+
+    __tablename__ = "app_user"
+    __table_args__ = (
+        CheckConstraint(one_of("role", ROLES), name="app_user_role"),
+        CheckConstraint("username ~ '^[a-z0-9_.-]{2,64}$'", name="app_user_username_format"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(Text)
+    towns: Mapped[list[str] | None] = mapped_column(ARRAY(String(9)))
+    grid_worker_id: Mapped[int | None] = mapped_column(ForeignKey("grid_worker.id", ondelete="SET NULL"))
+    police_officer_id: Mapped[int | None] = mapped_column(ForeignKey("police_officer.id", ondelete="SET NULL"))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKey(Base):
+    """A long-lived key for machine clients; only its SHA-256 digest is stored."""
+
+    __tablename__ = "api_key"
+    __table_args__ = (CheckConstraint(one_of("role", ROLES), name="api_key_role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(Text)
+    towns: Mapped[list[str] | None] = mapped_column(ARRAY(String(9)))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AccessToken(Base):
+    """A short-lived bearer token or a page session of a user; only its digest is stored."""
+
+    __tablename__ = "access_token"
+    __table_args__ = (CheckConstraint("kind IN ('bearer', 'session')", name="access_token_kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditLog(Base):
+    """Append-only (a trigger refuses UPDATE, DELETE and TRUNCATE): who did what, when, from where."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        CheckConstraint("actor_kind IN ('user', 'key', 'cli', 'system', 'anonymous')", name="audit_log_actor_kind"),
+        CheckConstraint("outcome IN ('ok', 'denied', 'failed')", name="audit_log_outcome"),
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_action_at", "action", "at"),
+        Index("ix_audit_log_actor", "actor_kind", "actor_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    actor_kind: Mapped[str] = mapped_column(Text)
+    actor_id: Mapped[int | None] = mapped_column(Integer)
+    actor_name: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    object_type: Mapped[str | None] = mapped_column(Text)
+    object_id: Mapped[str | None] = mapped_column(Text)
+    address: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict | None] = mapped_column(JSONB)

@@ -241,8 +241,8 @@ class OwnershipIndex:
         if position >= len(self.grid_codes) or self.grid_codes[position] != grid_code:
             raise NotFound(f"grid {grid_code!r} does not exist")
         static = self.grids[position]
-        return {"grid": static["grid"], "grid_workers": static["grid_workers"], "police": static["police"],
-                "as_of": self.built_for.isoformat()}
+        return {"grid": static["grid"], "town": static["town"], "grid_workers": static["grid_workers"],
+                "police": static["police"], "as_of": self.built_for.isoformat()}
 
     def outside(self, lon: float, lat: float) -> OutsideCoverage:
         x, y = self.to_metric.transform(lon, lat)

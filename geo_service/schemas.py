@@ -109,6 +109,8 @@ class LookupRead(BaseModel):
     police: list[PoliceRead] = Field(description="The deputy grid leader(s): the police of the police–grid pair.")
     governance_center: StationNear | None = Field(description="The town's comprehensive governance centre (综治中心).")
     nearest_stations: list[NearStation] = Field(description="Nearest dispute-resolution stations, nearest first.")
+    people_hidden: bool = Field(description="True when the point is outside the caller's towns: the area is "
+                                "answered, its people are not.")
 
 
 class NearestGrid(AreaRef):
@@ -127,7 +129,8 @@ class DoorPlateRead(BaseModel):
     unit: str | None
     room: str | None
     is_rental: bool
-    resident_count: int = Field(description="Registered residents (visible to dispatchers and above).")
+    resident_count: int | None = Field(description="Registered residents; null unless the caller is a "
+                                       "dispatcher or admin.")
     lon: float
     lat: float
 
@@ -139,8 +142,10 @@ class DoorPlateLookupRead(BaseModel):
 
 class GridOwnersRead(BaseModel):
     grid: AreaRef
+    town: TownRef
     grid_workers: list[GridWorkerRead]
     police: list[PoliceRead]
+    people_hidden: bool = Field(description="True when the grid is outside the caller's towns.")
     as_of: str = Field(description="Date (Asia/Shanghai) the roster is valid for.")
 
 
@@ -167,3 +172,32 @@ class BatchRead(BaseModel):
     crs: str
     count: int
     results: list[BatchResult]
+
+
+class TokenRead(BaseModel):
+    access_token: str
+    token_type: str = Field(description="Always `bearer`.")
+    expires_at: str = Field(description="When the token stops working (ISO 8601, UTC).")
+
+
+class IdentityRead(BaseModel):
+    kind: str = Field(description="`user` or `key`.")
+    name: str
+    role: str = Field(description="viewer, worker, dispatcher, analyst or admin.")
+    towns: list[str] | None = Field(description="Towns the caller is limited to; null for all.")
+    grid_worker_id: int | None
+    police_officer_id: int | None
+
+
+class AuditRead(BaseModel):
+    id: int
+    at: str
+    actor_kind: str
+    actor_id: int | None
+    actor_name: str | None
+    action: str
+    object_type: str | None
+    object_id: str | None
+    address: str | None
+    outcome: str = Field(description="ok, denied or failed.")
+    detail: dict | None

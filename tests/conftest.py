@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 
@@ -51,6 +51,21 @@ class ThrowawayDatabase:
         self.url = server.set(database=self.name)
         self.engine = create_engine(self.url, pool_pre_ping=True)
 
+    def create_keys(self) -> dict[str, str]:
+        """One committed API key per role, plus `scoped`: a dispatcher limited to the first town."""
+        from geo_service import auth, models
+
+        with Session(self.engine) as session:
+            self.keys = {role: auth.create_api_key(session, f"test-{role}", role)[1] for role in models.ROLES}
+            first_town = session.scalar(select(models.Town.code).order_by(models.Town.code))
+            if first_town:
+                self.keys["scoped"] = auth.create_api_key(session, "test-scoped", "dispatcher",
+                                                          towns=[first_town])[1]
+        return self.keys
+
+    def headers(self, role: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
     def settings(self, **overrides) -> Settings:
         return Settings(database_url=self.url.render_as_string(hide_password=False), **overrides)
 
@@ -77,6 +92,7 @@ def sample_db(server_url) -> Iterator[ThrowawayDatabase]:
     migrate(database.engine)
     with Session(database.engine) as session:
         loading.load(session, SAMPLE_DIR, progress=lambda message: None)
+    database.create_keys()
     yield database
     database.drop()
 
@@ -91,6 +107,7 @@ def tiny_db(server_url, tmp_path_factory) -> Iterator[ThrowawayDatabase]:
     migrate(database.engine)
     with Session(database.engine) as session:
         loading.load(session, write_tiny_dataset(tmp_path_factory.mktemp("tiny")), progress=lambda m: None)
+    database.create_keys()
     yield database
     database.drop()
 
@@ -101,7 +118,7 @@ def tiny_client(tiny_db):
 
     from geo_service.app import create_app
 
-    with TestClient(create_app(tiny_db.settings())) as client:
+    with TestClient(create_app(tiny_db.settings()), headers=tiny_db.headers()) as client:
         yield client
 
 
@@ -129,7 +146,7 @@ def sample_session(sample_db) -> Iterator[Session]:
     yield from _rolled_back_session(sample_db.engine)
 
 
-def make_client(database: ThrowawayDatabase, session: Session):
+def make_client(database: ThrowawayDatabase, session: Session, role: str = "admin"):
     from fastapi.testclient import TestClient
 
     from geo_service.app import create_app
@@ -137,7 +154,7 @@ def make_client(database: ThrowawayDatabase, session: Session):
 
     app = create_app(database.settings())
     app.dependency_overrides[get_session] = lambda: session
-    return TestClient(app)
+    return TestClient(app, headers=database.headers(role))
 
 
 @pytest.fixture

@@ -120,7 +120,7 @@ def test_malformed_batches_are_422(tiny_client, body, content_type, message):
 
 
 def test_too_many_points_is_413_with_the_limit(tiny_db):
-    with TestClient(create_app(tiny_db.settings(batch_max_points=3))) as client:
+    with TestClient(create_app(tiny_db.settings(batch_max_points=3)), headers=tiny_db.headers()) as client:
         response = client.post(URL, json={"points": POINTS})
         assert response.status_code == 413
         assert response.json()["detail"] == "4 points in one batch; the limit is 3"
@@ -129,7 +129,7 @@ def test_too_many_points_is_413_with_the_limit(tiny_db):
 
 
 def test_oversized_body_is_413(tiny_db):
-    with TestClient(create_app(tiny_db.settings(batch_max_bytes=100))) as client:
+    with TestClient(create_app(tiny_db.settings(batch_max_bytes=100)), headers=tiny_db.headers()) as client:
         response = client.post(URL, json={"points": POINTS * 10})
         assert response.status_code == 413 and "100 bytes" in response.json()["detail"]
 

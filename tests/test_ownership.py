@@ -216,7 +216,8 @@ def test_a_committed_load_is_visible_to_the_next_lookup(mutable_db, tmp_path):
     from geo_service import loading
     from shapely.geometry import MultiPolygon, box
 
-    with TestClient(create_app(mutable_db.settings())) as client:
+    mutable_db.create_keys()
+    with TestClient(create_app(mutable_db.settings()), headers=mutable_db.headers()) as client:
         assert owner(client, 112.9105, 22.71) == (G112, False, [])
         layers = tiny.frames()
         # Move the 111/112 edge 0.001° east and give grid 111 a new worker.

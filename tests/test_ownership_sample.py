@@ -29,7 +29,7 @@ def expected_owners(lon: float, lat: float) -> list[str]:
 
 @pytest.fixture(scope="module")
 def client(sample_db):
-    with TestClient(create_app(sample_db.settings())) as client:
+    with TestClient(create_app(sample_db.settings()), headers=sample_db.headers()) as client:
         yield client
 
 

@@ -10,7 +10,9 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from geo_service import localdb
+from sqlalchemy.orm import Session
+
+from geo_service import auth, localdb
 from geo_service.app import create_app
 from geo_service.cli import main
 from geo_service.config import Settings, get_settings
@@ -43,7 +45,7 @@ def test_stats_has_the_article_counts(sample_client):
 
 def test_unreachable_database_answers_503():
     settings = Settings(database_url="postgresql+psycopg2://nobody:nothing@127.0.0.1:9/none")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer gsk_0123456789ab_secret"}) as client:
         health = client.get("/healthz")
         stats = client.get("/api/v1/stats")
     assert health.status_code == 503 and health.json()["status"] == "unavailable"
@@ -81,8 +83,10 @@ def test_embedded_cluster_lifecycle_and_service_reconnects(private_cluster):
 
     engine = create_engine(localdb.database_url(private_cluster))
     migrate(engine)
+    with Session(engine) as session:
+        _, key = auth.create_api_key(session, "lifecycle", "viewer")
     engine.dispose()
-    with TestClient(create_app(private_cluster)) as client:
+    with TestClient(create_app(private_cluster), headers={"Authorization": f"Bearer {key}"}) as client:
         assert client.get("/api/v1/stats").json()["grids"] == 0
         assert runner.invoke(main, ["db", "stop"]).exit_code == 0
         assert client.get("/healthz").status_code == 503

@@ -6,9 +6,10 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from geo_service import batch, ownership
+from geo_service import audit, auth, batch, ownership, privacy
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput, PayloadTooLarge
+from geo_service.routes.access import EVERYONE, Allow, client_address
 from geo_service.schemas import (
     BatchRead, BatchRequest, DoorPlateLookupRead, ErrorRead, GridOwnersRead, LookupRead, OutsideRead,
 )
@@ -21,6 +22,7 @@ def current_index(request: Request) -> ownership.OwnershipIndex:
 
 
 IndexDep = Annotated[ownership.OwnershipIndex, Depends(current_index)]
+AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
 CRS_DOC = "Input coordinate system: wgs84 (default), cgcs2000 (= WGS-84), gcj02 (Amap, Tencent) or bd09 (Baidu)."
 STATIONS_DOC = "How many nearest dispute-resolution stations to list (0-20)."
 
@@ -29,6 +31,13 @@ def json_response(content) -> Response:
     # The lookup answer is built as plain dicts; serialising it directly skips a second
     # validation pass through the response model (which stays for the documentation).
     return Response(orjson.dumps(content), media_type="application/json")
+
+
+def audit_people(request: Request, identity: auth.Identity, action: str, answer: dict) -> None:
+    """Buffer an audit row when an answer showed someone's personal data (who saw which grid's people)."""
+    if request.app.state.settings.audit_lookups and privacy.returns_people(answer):
+        request.app.state.audit.add(audit.row(audit.actor_of(identity), action, "grid", answer["grid"]["code"],
+                                              address=client_address(request)))
 
 
 LOOKUP_PARAMETERS = [
@@ -56,7 +65,7 @@ def _query_value(request: Request, name: str, kind: type, default=None):
 @router.get("/lookup", response_model=LookupRead, openapi_extra={"parameters": LOOKUP_PARAMETERS},
             responses={404: {"model": OutsideRead, "description": "The point is outside the county."},
                        422: {"model": ErrorRead}})
-async def lookup(request: Request):
+async def lookup(request: Request, identity: AnyoneDep):
     """Town, community, grid, compound and the people who own a point."""
     # The hottest route. Its parameters are read by hand (and declared for OpenAPI above):
     # FastAPI's per-request parameter validation measured ~115 µs here, twice the lookup.
@@ -65,23 +74,31 @@ async def lookup(request: Request):
     lon, lat = _query_value(request, "lon", float), _query_value(request, "lat", float)
     crs, stations = _query_value(request, "crs", str, "wgs84"), _query_value(request, "stations", int, 3)
     index = request.app.state.ownership.ready() or await run_in_threadpool(current_index, request)
-    return json_response(ownership.lookup_point(index, lon, lat, crs, stations))
+    answer = privacy.present_ownership(ownership.lookup_point(index, lon, lat, crs, stations), identity)
+    audit_people(request, identity, "lookup.point", answer)
+    return json_response(answer)
 
 
 @router.get("/door-plates/{code:path}", response_model=DoorPlateLookupRead,
             responses={404: {"model": ErrorRead}, 422: {"model": ErrorRead}})
-def door_plate(session: SessionDep, index: IndexDep,
+def door_plate(request: Request, session: SessionDep, index: IndexDep, identity: AnyoneDep,
                code: Annotated[str, Path(description="The 粤居码 code, or a scanned QR URL carrying it "
                                                      "(as `?code=`, `?c=`, `?id=` or the last path segment).")],
                stations: Annotated[int, Query(description=STATIONS_DOC)] = 3):
     """A door plate and the ownership of its location."""
-    return json_response(ownership.lookup_door_plate(session, index, code, stations))
+    found = ownership.lookup_door_plate(session, index, code, stations)
+    answer = {"door_plate": privacy.present_door_plate(found["door_plate"], identity),
+              "ownership": privacy.present_ownership(found["ownership"], identity)}
+    audit_people(request, identity, "lookup.door_plate", answer["ownership"])
+    return json_response(answer)
 
 
 @router.get("/grids/{code}/owners", response_model=GridOwnersRead, responses={404: {"model": ErrorRead}})
-def grid_owners(index: IndexDep, code: str):
+def grid_owners(request: Request, index: IndexDep, identity: AnyoneDep, code: str):
     """The grid workers and police officers serving a grid today."""
-    return json_response(index.owners(code))
+    answer = privacy.present_ownership(index.owners(code), identity)
+    audit_people(request, identity, "lookup.grid_owners", answer)
+    return json_response(answer)
 
 
 BATCH_BODY = {
@@ -126,6 +143,7 @@ def _kind(content_type: str, filename: str = "") -> str:
              responses={200: {"content": {"text/csv": {}, "application/geo+json": {}}},
                         413: {"model": ErrorRead}, 422: {"model": ErrorRead}})
 async def lookup_batch(request: Request,
+                       identity: Annotated[auth.Identity, Depends(Allow("dispatcher", "analyst", "admin"))],
                        crs: Annotated[str | None, Query(description=CRS_DOC)] = None) -> Response:
     """Ownership for up to `GEO_BATCH_MAX_POINTS` (100,000) points in one request."""
     settings = request.app.state.settings
@@ -139,5 +157,6 @@ async def lookup_batch(request: Request,
     else:
         kind, body = _kind(content_type), await _read_limited(request, settings.batch_max_bytes)
     index = await run_in_threadpool(current_index, request)
-    content, media_type = await run_in_threadpool(batch.run, index, body, kind, crs, settings.batch_max_points)
+    content, media_type = await run_in_threadpool(batch.run, index, body, kind, crs, settings.batch_max_points,
+                                                  identity.towns)
     return Response(content, media_type=media_type)

@@ -1,0 +1,129 @@
+"""The audit trail: who did what, to which object, from where, with what outcome.
+
+`audit_log` is append-only (a trigger refuses UPDATE, DELETE and TRUNCATE, migration 0003).
+Changes are audited in the transaction that makes them. Lookups that return personal data
+are frequent, so `AuditBuffer` collects their rows in memory and writes them in batches from
+a background thread (every second or every 500 rows); `close()` writes what is left, so a
+clean shutdown loses nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.orm import Session
+
+from geo_service import models
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Actor:
+    kind: str  # user, key, cli, system, anonymous
+    id: int | None
+    name: str | None
+
+
+CLI = Actor("cli", None, "geo-service")
+SYSTEM = Actor("system", None, "geo_service")
+
+
+def actor_of(identity) -> Actor:
+    return Actor(identity.kind, identity.id, identity.name)
+
+
+def row(actor: Actor, action: str, object_type: str | None = None, object_id: str | None = None, *,
+        address: str | None = None, outcome: str = "ok", detail: dict | None = None) -> dict:
+    return {"actor_kind": actor.kind, "actor_id": actor.id, "actor_name": actor.name, "action": action,
+            "object_type": object_type, "object_id": None if object_id is None else str(object_id),
+            "address": address, "outcome": outcome, "detail": detail}
+
+
+def record(session: Session, actor: Actor, action: str, object_type: str | None = None,
+           object_id: str | None = None, **fields) -> None:
+    """Add an audit row to the session's transaction (it commits with the change it describes)."""
+    session.execute(insert(models.AuditLog), [row(actor, action, object_type, object_id, **fields)])
+
+
+def record_now(engine: Engine, actor: Actor, action: str, object_type: str | None = None,
+               object_id: str | None = None, **fields) -> None:
+    """Write one audit row in its own transaction (e.g. a refusal, where nothing else commits)."""
+    with Session(engine) as session:
+        record(session, actor, action, object_type, object_id, **fields)
+        session.commit()
+
+
+class AuditBuffer:
+    """Batches audit rows off the request path; see the module docstring."""
+
+    def __init__(self, engine: Engine, interval: float = 1.0, batch: int = 500):
+        self._engine = engine
+        self._interval = interval
+        self._batch = batch
+        self._rows: list[dict] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def add(self, entry: dict) -> None:
+        entry.setdefault("at", dt.datetime.now(dt.UTC))
+        with self._lock:
+            self._rows.append(entry)
+            full = len(self._rows) >= self._batch
+        if full:
+            self._wake.set()
+
+    def flush(self) -> int:
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if not rows:
+            return 0
+        try:
+            with Session(self._engine) as session:
+                session.execute(insert(models.AuditLog), rows)
+                session.commit()
+        except Exception:
+            # Keep them for the next attempt (the database may be restarting).
+            with self._lock:
+                self._rows[:0] = rows
+            log.exception("could not write %d audit rows; will retry", len(rows))
+            return 0
+        return len(rows)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self.flush()
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self.flush()
+
+
+def query(session: Session, *, actor: str | None = None, action: str | None = None,
+          since: dt.datetime | None = None, until: dt.datetime | None = None,
+          limit: int = 100, offset: int = 0) -> list[dict]:
+    """Audit rows, newest first. `actor` matches the actor's name; `action` a prefix (e.g. `auth.`)."""
+    statement = select(models.AuditLog).order_by(models.AuditLog.id.desc()).limit(limit).offset(offset)
+    if actor:
+        statement = statement.where(models.AuditLog.actor_name == actor)
+    if action:
+        statement = statement.where(models.AuditLog.action.startswith(action, autoescape=True))
+    if since:
+        statement = statement.where(models.AuditLog.at >= since)
+    if until:
+        statement = statement.where(models.AuditLog.at < until)
+    return [{"id": r.id, "at": r.at.isoformat(), "actor_kind": r.actor_kind, "actor_id": r.actor_id,
+             "actor_name": r.actor_name, "action": r.action, "object_type": r.object_type,
+             "object_id": r.object_id, "address": r.address, "outcome": r.outcome, "detail": r.detail}
+            for r in session.scalars(statement)]

@@ -1,0 +1,320 @@
+"""Who is asking: users, passwords, bearer tokens, page sessions and API keys.
+
+Passwords are stored as argon2id hashes (slow on purpose). Tokens, sessions and API keys are
+random 256-bit secrets shaped `<kind>_<prefix>_<secret>`; only the SHA-256 digest of the whole
+secret is stored, found by its public prefix and compared with `hmac.compare_digest`, so a
+check costs microseconds and leaks no timing. Verified identities are cached for a few
+seconds (`IdentityCache`); revoking a key, ending a session or disabling a user therefore takes
+effect within that time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from geo_service import audit, models
+from geo_service.errors import Conflict, InvalidInput, NotFound, TooManyAttempts, Unauthenticated
+
+ROLES = models.ROLES
+PASSWORD_HASHER = PasswordHasher()
+# A real hash to verify against when the user does not exist, so both cases cost the same.
+_DUMMY_HASH = PASSWORD_HASHER.hash(secrets.token_urlsafe(16))
+FAILED_SIGN_IN_WINDOW = dt.timedelta(minutes=15)
+FAILED_SIGN_IN_LIMIT = 5
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified caller. Never carries a secret."""
+
+    kind: str  # "user" or "key"
+    id: int
+    name: str
+    role: str
+    towns: frozenset[str] | None  # None: every town
+    grid_worker_id: int | None = None
+    police_officer_id: int | None = None
+
+    def in_scope(self, town_code: str | None) -> bool:
+        return self.towns is None or town_code in self.towns
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _new_secret(kind: str) -> tuple[str, str]:
+    prefix = secrets.token_hex(6)
+    return prefix, f"{kind}_{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def _split(secret: str) -> tuple[str, str] | None:
+    parts = secret.split("_")
+    if len(parts) < 3 or parts[0] not in ("gst", "gss", "gsk"):
+        return None
+    return parts[0], parts[1]
+
+
+# --------------------------------------------------------------------------- users
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise InvalidInput(f"role {role!r} is not one of {', '.join(ROLES)}")
+
+
+def _check_towns(session: Session, towns: list[str] | None) -> list[str] | None:
+    if not towns:
+        return None
+    known = set(session.scalars(select(models.Town.code).where(models.Town.code.in_(towns))))
+    unknown = [t for t in towns if t not in known]
+    if unknown:
+        raise InvalidInput(f"town {unknown[0]!r} does not exist")
+    return sorted(set(towns))
+
+
+def _check_password(password: str) -> None:
+    if len(password) < 10:
+        raise InvalidInput("password must have at least 10 characters")
+
+
+def create_user(session: Session, username: str, role: str, *, towns: list[str] | None = None,
+                password: str | None = None, person_code: str | None = None,
+                actor: audit.Actor = audit.CLI) -> tuple[models.AppUser, str]:
+    """Create a user; returns it with its password (generated when none is given)."""
+    username = username.strip().lower()
+    _check_role(role)
+    generated = password is None
+    password = password if password is not None else secrets.token_urlsafe(12)
+    _check_password(password)
+    user = models.AppUser(username=username, password_hash=PASSWORD_HASHER.hash(password), role=role,
+                          towns=_check_towns(session, towns))
+    if person_code:
+        worker = session.scalar(select(models.GridWorker).where(models.GridWorker.code == person_code))
+        officer = session.scalar(select(models.PoliceOfficer).where(models.PoliceOfficer.code == person_code))
+        if worker is None and officer is None:
+            raise InvalidInput(f"person {person_code!r} is neither a grid worker nor a police officer")
+        user.grid_worker_id = worker.id if worker else None
+        user.police_officer_id = officer.id if officer else None
+    elif role == "worker":
+        raise InvalidInput("a worker account must be linked to a grid worker or police officer (--person CODE)")
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        if "app_user_username_format" in str(exc.orig):
+            raise InvalidInput(f"username {username!r} must be 2-64 characters a-z, 0-9, '_', '.', '-'") from None
+        raise Conflict(f"user {username!r} already exists") from None
+    audit.record(session, actor, "user.create", "user", username,
+                 detail={"role": role, "towns": user.towns, "generated_password": generated})
+    session.commit()
+    return user, password
+
+
+def list_users(session: Session) -> list[models.AppUser]:
+    return list(session.scalars(select(models.AppUser).order_by(models.AppUser.username)))
+
+
+def set_disabled(session: Session, username: str, disabled: bool, actor: audit.Actor = audit.CLI) -> None:
+    user = session.scalar(select(models.AppUser).where(models.AppUser.username == username.strip().lower()))
+    if user is None:
+        raise NotFound(f"user {username!r} does not exist")
+    user.disabled = disabled
+    if disabled:
+        session.execute(update(models.AccessToken).where(models.AccessToken.user_id == user.id,
+                                                         models.AccessToken.revoked_at.is_(None))
+                        .values(revoked_at=func.now()))
+    audit.record(session, actor, "user.disable" if disabled else "user.enable", "user", user.username)
+    session.commit()
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+def create_api_key(session: Session, name: str, role: str, *, towns: list[str] | None = None,
+                   actor: audit.Actor = audit.CLI) -> tuple[models.ApiKey, str]:
+    """Create a key; returns it with the secret, which is shown once and never stored."""
+    _check_role(role)
+    prefix, secret = _new_secret("gsk")
+    key = models.ApiKey(name=name.strip(), prefix=prefix, digest=_digest(secret), role=role,
+                        towns=_check_towns(session, towns))
+    session.add(key)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"API key {name!r} already exists") from None
+    audit.record(session, actor, "apikey.create", "api_key", key.name, detail={"role": role, "towns": key.towns})
+    session.commit()
+    return key, secret
+
+
+def revoke_api_key(session: Session, name: str, actor: audit.Actor = audit.CLI) -> None:
+    key = session.scalar(select(models.ApiKey).where(models.ApiKey.name == name.strip()))
+    if key is None:
+        raise NotFound(f"API key {name!r} does not exist")
+    if key.revoked_at is None:
+        key.revoked_at = dt.datetime.now(dt.UTC)
+    audit.record(session, actor, "apikey.revoke", "api_key", key.name)
+    session.commit()
+
+
+def list_api_keys(session: Session) -> list[models.ApiKey]:
+    return list(session.scalars(select(models.ApiKey).order_by(models.ApiKey.name)))
+
+
+# --------------------------------------------------------------------------- signing in
+
+FAILURES_SQL = text("""
+SELECT count(*) FILTER (WHERE object_id = :username) AS by_account,
+       count(*) FILTER (WHERE address = :address) AS by_address,
+       max(at) AS last_at
+FROM audit_log
+WHERE action = 'auth.sign_in' AND outcome = 'failed' AND at > now() - make_interval(secs => :window)
+  AND (object_id = :username OR address = :address)
+""")
+
+
+def _throttle(session: Session, username: str, address: str | None) -> None:
+    """Refuse a sign-in after too many recent failures for the account or the address.
+
+    The wait doubles with every failure past the limit (from 30 s), counted over 15 minutes.
+    """
+    row = session.execute(FAILURES_SQL, {"username": username, "address": address,
+                                         "window": FAILED_SIGN_IN_WINDOW.total_seconds()}).one()
+    failures = max(row.by_account, row.by_address)
+    if failures < FAILED_SIGN_IN_LIMIT:
+        return
+    wait = min(30 * 2 ** (failures - FAILED_SIGN_IN_LIMIT), int(FAILED_SIGN_IN_WINDOW.total_seconds()))
+    remaining = (row.last_at + dt.timedelta(seconds=wait) - dt.datetime.now(dt.UTC)).total_seconds()
+    if remaining > 0:
+        raise TooManyAttempts(f"too many failed sign-ins for {username!r} or from this address; "
+                              f"retry in {int(remaining) + 1} s", retry_after=int(remaining) + 1)
+
+
+def sign_in(session: Session, username: str, password: str, *, kind: str, ttl: dt.timedelta,
+            address: str | None) -> tuple[str, dt.datetime]:
+    """Check a password and issue a bearer token or page session: (secret, expires_at)."""
+    username = username.strip().lower()
+    _throttle(session, username, address)
+    user = session.scalar(select(models.AppUser).where(models.AppUser.username == username))
+    try:
+        PASSWORD_HASHER.verify(user.password_hash if user else _DUMMY_HASH, password)
+        ok = user is not None and not user.disabled
+    except (VerificationError, InvalidHashError):
+        ok = False
+    actor = audit.Actor("user", user.id, user.username) if user else audit.Actor("anonymous", None, None)
+    if not ok:
+        audit.record(session, actor, "auth.sign_in", "user", username, address=address, outcome="failed",
+                     detail={"kind": kind})
+        session.commit()
+        raise Unauthenticated("wrong username or password, or the account is disabled")
+    prefix, secret = _new_secret("gst" if kind == "bearer" else "gss")
+    expires_at = dt.datetime.now(dt.UTC) + ttl
+    session.add(models.AccessToken(user_id=user.id, prefix=prefix, digest=_digest(secret), kind=kind,
+                                   expires_at=expires_at))
+    audit.record(session, actor, "auth.sign_in", "user", username, address=address, detail={"kind": kind})
+    session.commit()
+    return secret, expires_at
+
+
+def sign_out(session: Session, secret: str) -> None:
+    parsed = _split(secret)
+    if parsed is None:
+        return
+    session.execute(update(models.AccessToken).where(models.AccessToken.prefix == parsed[1])
+                    .values(revoked_at=func.now()))
+    session.commit()
+
+
+USER_TOKEN_SQL = text("""
+SELECT t.digest, u.id, u.username, u.role, u.towns, u.grid_worker_id, u.police_officer_id
+FROM access_token AS t JOIN app_user AS u ON u.id = t.user_id
+WHERE t.prefix = :prefix AND t.kind = :kind AND t.revoked_at IS NULL AND t.expires_at > now()
+  AND NOT u.disabled
+""")
+KEY_SQL = text("""
+SELECT digest, id, name, role, towns FROM api_key WHERE prefix = :prefix AND revoked_at IS NULL
+""")
+
+
+def identify(session: Session, secret: str) -> Identity | None:
+    """The identity behind a token, session or API key, or None when it is not valid now."""
+    parsed = _split(secret)
+    if parsed is None:
+        return None
+    kind, prefix = parsed
+    if kind == "gsk":
+        row = session.execute(KEY_SQL, {"prefix": prefix}).one_or_none()
+        if row is None or not hmac.compare_digest(row.digest, _digest(secret)):
+            return None
+        return Identity("key", row.id, row.name, row.role, frozenset(row.towns) if row.towns else None)
+    row = session.execute(USER_TOKEN_SQL, {"prefix": prefix, "kind": "bearer" if kind == "gst" else "session"}
+                          ).one_or_none()
+    if row is None or not hmac.compare_digest(row.digest, _digest(secret)):
+        return None
+    return Identity("user", row.id, row.username, row.role, frozenset(row.towns) if row.towns else None,
+                    row.grid_worker_id, row.police_officer_id)
+
+
+class IdentityCache:
+    """Verified identities by secret digest, for `ttl` seconds; misses are not cached."""
+
+    def __init__(self, ttl: float):
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, Identity]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, secret: str) -> Identity | None:
+        key = _digest(secret)
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, secret: str, identity: Identity) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:
+                now = time.monotonic()
+                self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+            self._entries[_digest(secret)] = (time.monotonic() + self._ttl, identity)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+DEMO_USERS = ("viewer", "worker", "dispatcher", "analyst", "admin")
+DEMO_WORKER_SQL = text("""
+SELECT w.code FROM grid_assignment AS a JOIN grid_worker AS w ON w.id = a.grid_worker_id
+WHERE a.role = 'grid_leader' ORDER BY w.code LIMIT 1
+""")
+
+
+def create_demo_users(session: Session) -> list[tuple[str, str, str]]:
+    """One user per role named demo-<role>, created only if none exists; (name, role, password)."""
+    existing = set(session.scalars(select(models.AppUser.username).where(models.AppUser.username.like("demo-%"))))
+    created = []
+    for role in DEMO_USERS:
+        name = f"demo-{role}"
+        if name in existing:
+            continue
+        person = session.execute(DEMO_WORKER_SQL).scalar() if role == "worker" else None
+        if role == "worker" and person is None:
+            continue  # no grid worker loaded yet: nobody for a worker account to be
+        _, password = create_user(session, name, role, person_code=person)
+        created.append((name, role, password))
+    return created

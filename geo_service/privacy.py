@@ -1,0 +1,58 @@
+"""What each role may see of personal data. Every answer holding people passes through here.
+
+- Staff phone numbers: in full for dispatchers and admins (they call the people), masked as
+  `138****1234` for everyone else.
+- Door-plate resident counts: dispatchers and admins only (null otherwise).
+- Incident descriptions: truncated and with digit runs masked for viewers.
+- Town-scoped callers see the area of a location outside their towns but not its people.
+National ID numbers are never stored; passwords, tokens and keys never leave `auth`.
+"""
+
+from __future__ import annotations
+
+import re
+
+FULL_PHONE_ROLES = frozenset({"dispatcher", "admin"})
+RESIDENT_COUNT_ROLES = frozenset({"dispatcher", "admin"})
+VIEWER_DESCRIPTION_CHARS = 20
+_DIGITS = re.compile(r"\d{3,}")
+
+
+def mask_phone(phone: str | None) -> str | None:
+    if not phone:
+        return phone
+    if len(phone) < 7:
+        return "*" * len(phone)
+    return phone[:3] + "*" * (len(phone) - 7) + phone[-4:]
+
+
+def mask_description(text: str, role: str) -> str:
+    if role != "viewer":
+        return text
+    masked = _DIGITS.sub(lambda m: "*" * len(m.group()), text)
+    return masked if len(masked) <= VIEWER_DESCRIPTION_CHARS else masked[:VIEWER_DESCRIPTION_CHARS] + "…"
+
+
+def _people(people: list[dict], role: str) -> list[dict]:
+    if role in FULL_PHONE_ROLES:
+        return people
+    return [{**person, "phone": mask_phone(person.get("phone"))} for person in people]
+
+
+def present_ownership(answer: dict, identity) -> dict:
+    """A lookup answer (or grid owners) as this caller may see it. Never mutates the input."""
+    town = answer.get("town", {}).get("code") if "town" in answer else None
+    if town is not None and not identity.in_scope(town):
+        return {**answer, "grid_workers": [], "police": [], "people_hidden": True}
+    return {**answer, "grid_workers": _people(answer["grid_workers"], identity.role),
+            "police": _people(answer["police"], identity.role), "people_hidden": False}
+
+
+def present_door_plate(plate: dict, identity) -> dict:
+    if identity.role in RESIDENT_COUNT_ROLES:
+        return plate
+    return {**plate, "resident_count": None}
+
+
+def returns_people(answer: dict) -> bool:
+    return bool(answer.get("grid_workers") or answer.get("police"))
