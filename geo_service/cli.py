@@ -416,3 +416,5 @@ def audit_tail(count: int, actor: str | None, action: str | None, follow: bool) 
                     if r["id"] > last]
             show(rows)
             last = rows[-1]["id"] if rows else last
+if __name__ == "__main__":
+    main()

@@ -34,7 +34,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from geo_service import models
+from geo_service import audit, models
 from geo_service.errors import DatasetInvalid, NotFound, Problem
 
 Progress = Callable[[str], None]
@@ -711,13 +711,34 @@ def _insert_incidents(session: Session, table: Table, frame: pd.DataFrame, progr
 
 
 def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric_crs: str = "EPSG:4547",
-         dry_run: bool = False, progress: Progress = print) -> LoadReport:
+         dry_run: bool = False, progress: Progress = print, actor: audit.Actor = audit.CLI) -> LoadReport:
     """Validate the dataset in `directory` and load it in one transaction.
 
     Raises DatasetInvalid (and writes nothing) when any check fails. With dry_run the
     dataset is validated and written, then rolled back, so the report shows what would change.
     """
     started = time.perf_counter()
+    try:
+        report = _validate_and_write(session, Path(directory), tolerance_m2, metric_crs, dry_run, progress)
+    except DatasetInvalid as exc:
+        session.rollback()
+        if not dry_run:
+            audit.record(session, actor, "data.load", "dataset", str(directory), outcome="failed",
+                         detail={"problems": len(exc.problems), "first": str(exc.problems[0])})
+            session.commit()
+        raise
+    if dry_run:
+        session.rollback()
+    else:
+        audit.record(session, actor, "data.load", "dataset", str(directory),
+                     detail={layer: vars(change) for layer, change in report.changes.items()})
+        session.commit()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _validate_and_write(session: Session, directory: Path, tolerance_m2: float, metric_crs: str,
+                        dry_run: bool, progress: Progress) -> LoadReport:
     dataset, problems = read_dataset(directory, progress)
     if problems:  # a layer that could not be read would make every later check misleading
         raise DatasetInvalid(problems)
@@ -731,14 +752,8 @@ def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric
         _write(session, dataset, report, progress)
         session.flush()
     except IntegrityError as exc:
-        session.rollback()
         detail = " ".join(line.strip() for line in str(exc.orig).splitlines() if line.strip())
         raise DatasetInvalid([Problem("database", "constraint violated", detail)]) from exc
-    if dry_run:
-        session.rollback()
-    else:
-        session.commit()
-    report.seconds = time.perf_counter() - started
     return report
 
 
