@@ -10,6 +10,8 @@ clean shutdown loses nothing.
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -58,6 +60,22 @@ def record_now(engine: Engine, actor: Actor, action: str, object_type: str | Non
         session.commit()
 
 
+COPY_COLUMNS = ("at", "actor_kind", "actor_id", "actor_name", "action", "object_type", "object_id",
+                "address", "outcome", "detail")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_field(value) -> str:
+    """One value in PostgreSQL's COPY text format."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        value = json.dumps(value, ensure_ascii=False)
+    return str(value).translate(_COPY_ESCAPES)
+
+
 class AuditBuffer:
     """Batches audit rows off the request path; see the module docstring."""
 
@@ -86,9 +104,7 @@ class AuditBuffer:
         if not rows:
             return 0
         try:
-            with Session(self._engine) as session:
-                session.execute(insert(models.AuditLog), rows)
-                session.commit()
+            self._copy(rows)
         except Exception:
             # Keep them for the next attempt (the database may be restarting).
             with self._lock:
@@ -96,6 +112,22 @@ class AuditBuffer:
             log.exception("could not write %d audit rows; will retry", len(rows))
             return 0
         return len(rows)
+
+    def _copy(self, rows: list[dict]) -> None:
+        # COPY rather than INSERT: thousands of rows a second must cost the request threads
+        # (which share the GIL with this one) as little as possible.
+        buffer = io.StringIO()
+        for entry in rows:
+            buffer.write("\t".join(_copy_field(entry.get(column)) for column in COPY_COLUMNS))
+            buffer.write("\n")
+        buffer.seek(0)
+        connection = self._engine.raw_connection()
+        try:
+            with connection.cursor() as cursor:
+                cursor.copy_expert(f"COPY audit_log ({', '.join(COPY_COLUMNS)}) FROM STDIN", buffer)
+            connection.commit()
+        finally:
+            connection.close()
 
     def _run(self) -> None:
         while not self._stopping:

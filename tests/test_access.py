@@ -396,3 +396,20 @@ def test_no_secrets_in_the_server_log(tiny_db, users, tmp_path):
     for secret in ("correct horse battery", "a wrong secret", token, tiny_db.keys["admin"]):
         assert secret not in logged
     assert not re.search(r"1[3-9]\d{9}", logged)  # ...but no full phone number reached the log
+
+
+def test_audit_buffer_copies_awkward_text_and_flushes_on_close(tiny_db):
+    from geo_service import audit
+
+    buffer = audit.AuditBuffer(tiny_db.engine, interval=60)  # only close() will write
+    marker = f"odd\\name\twith\ttabs\nand newline {time.time_ns()}"
+    for i in range(3):
+        buffer.add(audit.row(audit.Actor("user", 7, marker), "lookup.point", "grid", f"G{i}",
+                             address="10.0.0.1", detail={"note": "引号 \" and \\ backslash\t"}))
+    assert not [r for r in audit_rows(tiny_db, "lookup.point") if r.actor_name == marker]
+    buffer.close()
+    rows = [r for r in audit_rows(tiny_db, "lookup.point") if r.actor_name == marker]
+    assert [r.object_id for r in rows] == ["G0", "G1", "G2"]
+    with Session(tiny_db.engine) as session:
+        detail = session.scalar(text("SELECT detail FROM audit_log WHERE actor_name = :m LIMIT 1"), {"m": marker})
+    assert detail == {"note": "引号 \" and \\ backslash\t"}
