@@ -1,5 +1,6 @@
 """The FastAPI application, built by create_app(settings) and never at import time."""
 
+import datetime as dt
 from contextlib import asynccontextmanager
 
 import psycopg2
@@ -17,7 +18,7 @@ from geo_service.errors import (
     TooManyAttempts, Unauthenticated,
 )
 from geo_service.ownership import OwnershipCache
-from geo_service.routes import areas, auth, ownership, system
+from geo_service.routes import areas, auth, incidents, open311, ownership, system
 
 # The one place where domain errors become HTTP statuses.
 ERROR_STATUS = {
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ownership = OwnershipCache(engine, settings.metric_crs)
     app.state.identities = IdentityCache(settings.identity_cache_seconds)
     app.state.audit = AuditBuffer(engine)
+    app.state.clock = lambda: dt.datetime.now(dt.UTC)  # replaced by tests that need a controllable clock
 
     @app.exception_handler(GeoServiceError)
     async def domain_error(request: Request, exc: GeoServiceError):
@@ -83,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(ownership.router)
     app.include_router(areas.router)
+    app.include_router(incidents.router)
+    app.include_router(open311.router)
     return app
 
 

@@ -10,8 +10,6 @@ clean shutdown loses nothing.
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from geo_service import models
+from geo_service.db import copy_rows
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +61,6 @@ def record_now(engine: Engine, actor: Actor, action: str, object_type: str | Non
 
 COPY_COLUMNS = ("at", "actor_kind", "actor_id", "actor_name", "action", "object_type", "object_id",
                 "address", "outcome", "detail")
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_field(value) -> str:
-    """One value in PostgreSQL's COPY text format."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        value = json.dumps(value, ensure_ascii=False)
-    return str(value).translate(_COPY_ESCAPES)
 
 
 class AuditBuffer:
@@ -116,15 +103,10 @@ class AuditBuffer:
     def _copy(self, rows: list[dict]) -> None:
         # COPY rather than INSERT: thousands of rows a second must cost the request threads
         # (which share the GIL with this one) as little as possible.
-        buffer = io.StringIO()
-        for entry in rows:
-            buffer.write("\t".join(_copy_field(entry.get(column)) for column in COPY_COLUMNS))
-            buffer.write("\n")
-        buffer.seek(0)
         connection = self._engine.raw_connection()
         try:
             with connection.cursor() as cursor:
-                cursor.copy_expert(f"COPY audit_log ({', '.join(COPY_COLUMNS)}) FROM STDIN", buffer)
+                copy_rows(cursor, "audit_log", COPY_COLUMNS, ([entry.get(c) for c in COPY_COLUMNS] for entry in rows))
             connection.commit()
         finally:
             connection.close()

@@ -416,5 +416,70 @@ def audit_tail(count: int, actor: str | None, action: str | None, follow: bool) 
                     if r["id"] > last]
             show(rows)
             last = rows[-1]["id"] if rows else last
+@main.group(cls=_Group)
+def dispatch() -> None:
+    """Incident dispatch jobs."""
+
+
+@dispatch.command("tick")
+@click.option("--now", "at", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
+              help="Act as if it were this time (UTC if no offset); default: now.")
+@click.option("--grace-minutes", default=0, show_default=True, help="Escalate only when overdue by more than this.")
+def dispatch_tick(at, grace_minutes: int) -> None:
+    """Escalate overdue incidents of auto-escalating categories to the town centre (idempotent;
+    run it from cron, e.g. every 5 minutes)."""
+    import datetime as dt
+
+    from geo_service import dispatch as dispatching
+
+    now = (at.replace(tzinfo=at.tzinfo or dt.UTC)) if at else dt.datetime.now(dt.UTC)
+    with _session() as session:
+        escalated = dispatching.tick(session, now, dt.timedelta(minutes=grace_minutes))
+    click.echo(f"escalated {len(escalated)} overdue incident(s)" + (f": {', '.join(map(str, escalated))}" if escalated else ""))
+
+
+@main.group(cls=_Group)
+def incidents() -> None:
+    """Incidents in bulk."""
+
+
+@incidents.command("import")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--strict", is_flag=True, help="Import nothing if any row is rejected.")
+def incidents_import(path: Path, strict: bool) -> None:
+    """Import historical incidents (CSV with lon,lat or GeoJSON) with assignment, idempotent by
+    external_id. Rejected rows are listed with reasons; the rest is one transaction."""
+    import datetime as dt
+
+    from tqdm import tqdm
+
+    from geo_service import audit as audit_log
+    from geo_service import dispatch as dispatching
+
+    frame, lons, lats = dispatching.read_import_file(path)
+    started = time.perf_counter()
+    with _session() as session, tqdm(total=len(frame), unit="row", desc="import") as bar:
+        done = [0]
+
+        def advance(count: int) -> None:
+            bar.update(count - done[0])
+            done[0] = count
+
+        report = dispatching.import_rows(session, frame, lons, lats, audit_log.CLI, dt.datetime.now(dt.UTC), advance)
+        if report.rejected and strict:
+            session.rollback()
+        else:
+            session.commit()
+    for external_id, reason in report.rejected[:50]:
+        click.echo(f"  rejected {external_id}: {reason}", err=True)
+    if len(report.rejected) > 50:
+        click.echo(f"  ... and {len(report.rejected) - 50} more", err=True)
+    if report.rejected and strict:
+        _fail(f"{len(report.rejected)} row(s) rejected; nothing imported (--strict)")
+    seconds = time.perf_counter() - started
+    click.echo(f"{report.rows:,} rows: {report.inserted:,} imported, {report.already:,} already known, "
+               f"{len(report.rejected):,} rejected ({seconds:.1f} s, {report.rows / seconds:,.0f} rows/s)")
+
+
 if __name__ == "__main__":
     main()

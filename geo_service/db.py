@@ -1,7 +1,11 @@
 """The one engine, the one sessionmaker, and the `SessionDep` request dependency."""
 
-from collections.abc import Iterator
+import datetime as dt
+import io
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Annotated
+
+import orjson
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine
@@ -33,3 +37,32 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_field(value) -> str:
+    """One value in PostgreSQL's COPY text format (None is NULL; dicts and lists become JSON)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        value = orjson.dumps(value).decode()
+    elif isinstance(value, list):  # an int[] literal
+        value = "{" + ",".join(str(v) for v in value) + "}"
+    text = str(value)
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:  # rare; translate is slow on long text
+        text = text.translate(_COPY_ESCAPES)
+    return text
+
+
+def copy_rows(cursor, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Bulk-write rows with COPY: much cheaper than INSERTs for thousands of rows."""
+    buffer = io.StringIO()
+    for row in rows:
+        buffer.write("\t".join(copy_field(value) for value in row))
+        buffer.write("\n")
+    buffer.seek(0)
+    cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buffer)

@@ -13,7 +13,8 @@ loaded completely or nothing changes.
 
 A present layer replaces what the database holds for it: rows are matched by code,
 inserted, updated or deleted, so loading the same data twice leaves the same state.
-Incidents are history and are only ever added (matched by external_id), never deleted.
+Incidents are history and are only ever added (matched by external_id), never deleted; they
+are assigned to their grid and people as `geo_service.dispatch` assigns any import.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from geo_service import audit, models
+from geo_service import audit, dispatch, models
 from geo_service.errors import DatasetInvalid, NotFound, Problem
 
 Progress = Callable[[str], None]
@@ -589,7 +590,7 @@ def _delete_missing(session: Session, table: Table, key: str, keep: list[str], c
     change.deleted = result.rowcount
 
 
-def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Progress) -> None:
+def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Progress, actor: audit.Actor) -> None:
     t = {name: models.Base.metadata.tables[name] for name in models.Base.metadata.tables}
     changes = report.changes
 
@@ -662,9 +663,15 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
             _delete_missing(session, t[table], "code", dataset[layer]["code"].tolist(), changes[layer])
     if "incidents" in dataset:
         started = time.perf_counter()
-        changes["incidents"] = _insert_incidents(session, t["incident"], dataset["incidents"], progress)
-        progress(f"wrote incidents: {changes['incidents'].inserted:,} new, "
-                 f"{changes['incidents'].unchanged:,} already loaded ({time.perf_counter() - started:.1f} s)")
+        frame = dataset["incidents"]
+        imported = dispatch.import_rows(session, frame, frame.geometry.x.to_numpy(), frame.geometry.y.to_numpy(),
+                                        actor, dt.datetime.now(dt.UTC))
+        if imported.rejected:
+            raise DatasetInvalid([Problem("incidents", "not assignable", reason, code=code)
+                                  for code, reason in imported.rejected])
+        changes["incidents"] = LayerChange(inserted=imported.inserted, unchanged=imported.already)
+        progress(f"wrote incidents with their assignment: {imported.inserted:,} new, {imported.already:,} already "
+                 f"loaded ({time.perf_counter() - started:.1f} s)")
 
 
 def _replace_assignments(session: Session, t: dict, frame: pd.DataFrame, grid_ids: dict[str, int],
@@ -693,23 +700,6 @@ def _replace_assignments(session: Session, t: dict, frame: pd.DataFrame, grid_id
                                               unchanged=len(wanted) - len(new))
 
 
-def _insert_incidents(session: Session, table: Table, frame: pd.DataFrame, progress: Progress) -> LayerChange:
-    stamps = pd.to_datetime(frame["reported_at"], utc=True, format="ISO8601")
-    rows = [
-        dict(external_id=r.external_id, category_code=r.category, description=r.description,
-             reported_at=ts.to_pydatetime(), reporter_kind=r.reporter_kind,
-             door_plate_code=r.door_plate_code or None, status=r.status or "reported", geom=g)
-        for r, ts, g in zip(frame.itertuples(), stamps, _ewkt(frame.geometry.values, False))
-    ]
-    stmt = insert(table).on_conflict_do_nothing(index_elements=["external_id"]).returning(table.c.id)
-    inserted = 0
-    for start in range(0, len(rows), 5000):
-        inserted += len(session.execute(stmt, rows[start:start + 5000]).all())
-        if len(rows) > 5000:
-            progress(f"  incident: {min(start + 5000, len(rows)):,}/{len(rows):,}")
-    return LayerChange(inserted=inserted, unchanged=len(rows) - inserted)
-
-
 def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric_crs: str = "EPSG:4547",
          dry_run: bool = False, progress: Progress = print, actor: audit.Actor = audit.CLI) -> LoadReport:
     """Validate the dataset in `directory` and load it in one transaction.
@@ -719,7 +709,7 @@ def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric
     """
     started = time.perf_counter()
     try:
-        report = _validate_and_write(session, Path(directory), tolerance_m2, metric_crs, dry_run, progress)
+        report = _validate_and_write(session, Path(directory), tolerance_m2, metric_crs, dry_run, progress, actor)
     except DatasetInvalid as exc:
         session.rollback()
         if not dry_run:
@@ -738,7 +728,7 @@ def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric
 
 
 def _validate_and_write(session: Session, directory: Path, tolerance_m2: float, metric_crs: str,
-                        dry_run: bool, progress: Progress) -> LoadReport:
+                        dry_run: bool, progress: Progress, actor: audit.Actor) -> LoadReport:
     dataset, problems = read_dataset(directory, progress)
     if problems:  # a layer that could not be read would make every later check misleading
         raise DatasetInvalid(problems)
@@ -749,7 +739,7 @@ def _validate_and_write(session: Session, directory: Path, tolerance_m2: float, 
         raise DatasetInvalid(problems)
     report = LoadReport(dataset=str(directory), dry_run=dry_run)
     try:
-        _write(session, dataset, report, progress)
+        _write(session, dataset, report, progress, actor)
         session.flush()
     except IntegrityError as exc:
         detail = " ".join(line.strip() for line in str(exc.orig).splitlines() if line.strip())

@@ -7,7 +7,7 @@ import datetime as dt
 from geoalchemy2 import Geometry
 from sqlalchemy import (
     BigInteger, Boolean, CheckConstraint, Date, DateTime, ForeignKey, Index, Integer, String,
-    Text, func,
+    Text, UniqueConstraint, func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -227,11 +227,20 @@ class DoorPlate(Base):
 
 
 class IncidentCategory(Base):
+    """A kind of incident with its deadline per stage and its assignment and escalation rules."""
+
     __tablename__ = "incident_category"
+    __table_args__ = (CheckConstraint("accept_hours > 0 AND resolve_hours > 0 AND verify_hours > 0",
+                                      name="incident_category_hours"),)
 
     code: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(Text)
     name_en: Mapped[str] = mapped_column(Text)
+    accept_hours: Mapped[int] = mapped_column(Integer, server_default="4")
+    resolve_hours: Mapped[int] = mapped_column(Integer, server_default="72")
+    verify_hours: Mapped[int] = mapped_column(Integer, server_default="48")
+    preferred_specialty: Mapped[str | None] = mapped_column(Text)
+    auto_escalate: Mapped[bool] = mapped_column(Boolean, server_default="false")
 
 
 class Incident(Base):
@@ -239,8 +248,15 @@ class Incident(Base):
     __table_args__ = (
         CheckConstraint(one_of("reporter_kind", REPORTER_KINDS), name="incident_reporter_kind"),
         CheckConstraint(one_of("status", INCIDENT_STATUSES), name="incident_status"),
+        CheckConstraint("source IN ('api', 'import', 'open311')", name="incident_source"),
         *lonlat_point("incident"),
         Index("ix_incident_reported_at", "reported_at"),
+        Index("ix_incident_status", "status"),
+        Index("ix_incident_town_code", "town_code"),
+        Index("ix_incident_grid_code", "grid_code"),
+        Index("ix_incident_assignee_worker_id", "assignee_worker_id"),
+        Index("ix_incident_police_officer_ids", "police_officer_ids", postgresql_using="gin"),
+        Index("ix_incident_deadline_at", "deadline_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -257,6 +273,54 @@ class Incident(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     geom = point_geom()
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    source: Mapped[str] = mapped_column(Text, server_default="api")
+    # The assignment snapshot: codes, people and the rule as decided at intake, never rewritten
+    # by later boundary or roster changes (reassignment writes a new snapshot).
+    town_code: Mapped[str | None] = mapped_column(String(9))
+    community_code: Mapped[str | None] = mapped_column(String(12))
+    grid_code: Mapped[str | None] = mapped_column(String(15))
+    assignee_worker_id: Mapped[int | None] = mapped_column(Integer)
+    police_officer_ids: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
+    assignment: Mapped[dict | None] = mapped_column(JSONB)
+    deadline_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    stage_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IncidentEvent(Base):
+    """One step of an incident's timeline: who moved it from which status to which, and why."""
+
+    __tablename__ = "incident_event"
+    __table_args__ = (Index("ix_incident_event_incident_id", "incident_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    actor_kind: Mapped[str] = mapped_column(Text)
+    actor_id: Mapped[int | None] = mapped_column(Integer)
+    actor_name: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    from_status: Mapped[str | None] = mapped_column(Text)
+    to_status: Mapped[str] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict | None] = mapped_column(JSONB)
+
+
+class IncidentDepartment(Base):
+    """A department called in on an escalated incident (部门报到); it must acknowledge."""
+
+    __tablename__ = "incident_department"
+    __table_args__ = (UniqueConstraint("incident_id", "department", name="incident_department_once"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id", ondelete="CASCADE"))
+    department: Mapped[str] = mapped_column(Text)
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    added_by: Mapped[str | None] = mapped_column(Text)
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_by: Mapped[str | None] = mapped_column(Text)
 
 
 class AppUser(Base):

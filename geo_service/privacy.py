@@ -56,3 +56,21 @@ def present_door_plate(plate: dict, identity) -> dict:
 
 def returns_people(answer: dict) -> bool:
     return bool(answer.get("grid_workers") or answer.get("police"))
+
+
+def present_incident(incident: dict, identity) -> dict:
+    """An incident as this caller may see it: viewers get a truncated, digit-masked description;
+    analysts get the people as ids and codes only (no names)."""
+    shown = {**incident, "description": mask_description(incident["description"], identity.role)}
+    if identity.role == "analyst":
+        shown["assignee"] = _ids_only(incident.get("assignee"))
+        shown["police"] = [_ids_only(p) for p in incident.get("police") or []]
+        if "timeline" in shown:
+            shown["timeline"] = [{**e, "detail": None} for e in shown["timeline"]]
+    if identity.role == "viewer" and "timeline" in shown:
+        shown["timeline"] = [{**e, "note": None} for e in shown["timeline"]]
+    return shown
+
+
+def _ids_only(person: dict | None) -> dict | None:
+    return None if person is None else {"id": person["id"], "code": person["code"]}

@@ -201,3 +201,103 @@ class AuditRead(BaseModel):
     address: str | None
     outcome: str = Field(description="ok, denied or failed.")
     detail: dict | None
+
+
+class CategoryRead(BaseModel):
+    code: str
+    name: str
+    name_en: str
+    accept_hours: int = Field(description="Deadline to accept once assigned (also after return or reopen).")
+    resolve_hours: int = Field(description="Deadline to resolve once accepted (or escalated).")
+    verify_hours: int = Field(description="Deadline to verify once resolved.")
+    preferred_specialty: str | None = Field(description="A professional worker with this specialty is "
+                                            "preferred as assignee when the grid has one.")
+    auto_escalate: bool = Field(description="Overdue incidents are escalated by `geo-service dispatch tick`.")
+
+
+class IncidentCreate(BaseModel):
+    category: str = Field(description="A code from /api/v1/incident-categories.")
+    description: str
+    reporter_kind: str = Field(description="grid_worker, rider (骑行侠 platform), resident, police or hotline.")
+    lon: float | None = Field(default=None, description="Longitude; with lat, or give door_plate instead.")
+    lat: float | None = None
+    crs: str = Field(default="wgs84", description="wgs84, cgcs2000, gcj02 or bd09.")
+    door_plate: str | None = Field(default=None, description="A 粤居码 door-plate code (or scanned URL).")
+    external_id: str | None = Field(default=None, max_length=64,
+                                    description="The reporter's own id: a retried report returns the same incident.")
+
+
+class TransitionCreate(BaseModel):
+    action: str = Field(description="accept, start, resolve, verify, close, escalate, acknowledge, return, "
+                        "reopen, reject or reassign.")
+    version: int | None = Field(default=None, description="The version you saw (or send an If-Match header).")
+    note: str | None = Field(default=None, description="Why; required for return, reopen and reject.")
+    grid: str | None = Field(default=None, description="reassign: the new grid's code.")
+    assignee: int | None = Field(default=None, description="reassign: the new grid worker's id.")
+    departments: list[str] | None = Field(default=None, description="escalate: departments called in.")
+    department: str | None = Field(default=None, description="acknowledge: the department reporting in.")
+
+
+class PersonRef(BaseModel):
+    id: int
+    code: str
+    name: str | None = None
+    kind: str | None = None
+    unit: str | None = None
+
+
+class EventRead(BaseModel):
+    at: str
+    actor_kind: str
+    actor_name: str | None
+    action: str
+    from_status: str | None
+    to_status: str
+    note: str | None
+    detail: dict | None
+
+
+class DepartmentRead(BaseModel):
+    department: str
+    added_at: str
+    added_by: str | None
+    acknowledged_at: str | None
+    acknowledged_by: str | None
+
+
+class IncidentRead(BaseModel):
+    id: int
+    external_id: str | None
+    category: str
+    description: str = Field(description="Truncated and digit-masked for viewers.")
+    reported_at: str
+    reporter_kind: str
+    door_plate_code: str | None
+    status: str
+    version: int = Field(description="Send it back with a transition (optimistic concurrency).")
+    source: str
+    lon: float
+    lat: float
+    town_code: str | None
+    community_code: str | None
+    grid_code: str | None
+    grid: AreaRef | None = Field(description="The grid assigned at intake (a snapshot).")
+    assignee: PersonRef | None = Field(description="The responsible grid worker (snapshot).")
+    police: list[PersonRef] = Field(description="The police of the police–grid pair (snapshot).")
+    assignment_rule: str | None = Field(description="The rule that chose the assignee.")
+    assignee_worker_id: int | None
+    police_officer_ids: list[int] | None
+    deadline_at: str | None = Field(description="When the current stage must be done (UTC).")
+    stage_started_at: str | None
+    updated_at: str | None
+    closed_at: str | None
+    overdue: bool
+    timeline: list[EventRead] | None = None
+    departments: list[DepartmentRead] | None = None
+
+
+class IncidentPage(BaseModel):
+    total: int = Field(description="How many incidents match the filters.")
+    limit: int
+    offset: int
+    items: list[IncidentRead]

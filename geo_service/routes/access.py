@@ -39,6 +39,12 @@ async def authenticate(request: Request) -> auth.Identity:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     from_cookie = False
+    if (not secret or scheme.lower() != "bearer") and request.url.path.startswith("/open311/"):
+        # GeoReport v2 clients send their key as an `api_key` parameter.
+        secret = request.query_params.get("api_key", "")
+        if not secret and request.method == "POST":
+            secret = str((await request.form()).get("api_key") or "")
+        scheme = "bearer" if secret else scheme
     if not secret or scheme.lower() != "bearer":
         secret = request.cookies.get(SESSION_COOKIE, "")
         from_cookie = True

@@ -1,0 +1,75 @@
+"""An Open311 GeoReport v2 facade over the incidents, so existing 311 clients can submit and read.
+
+Services are the incident categories; a request's status is `open` unless the incident is
+closed or rejected. Submitted requests go through the same intake (and assignment) as
+/api/v1/incidents, with reporter kind `resident` unless `attribute[reporter_kind]` says otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy.orm import Session
+
+from geo_service import dispatch
+from geo_service.errors import InvalidInput
+
+
+def services(session: Session) -> list[dict]:
+    return [{"service_code": c["code"], "service_name": c["name"], "description": c["name_en"],
+             "metadata": False, "type": "realtime", "keywords": c["code"].replace("_", ","),
+             "group": "网格治理"} for c in dispatch.categories(session)]
+
+
+def as_request(incident: dict, names: dict[str, str]) -> dict:
+    closed = incident["status"] in dispatch.TERMINAL
+    grid = incident.get("grid") or {}
+    return {
+        "service_request_id": str(incident["id"]),
+        "status": "closed" if closed else "open",
+        "status_notes": incident["status"],
+        "service_name": names.get(incident["category"], incident["category"]),
+        "service_code": incident["category"],
+        "description": incident["description"],
+        "agency_responsible": f"{grid.get('name', '')} ({incident.get('grid_code') or '-'})",
+        "service_notice": None,
+        "requested_datetime": incident["reported_at"],
+        "updated_datetime": incident["updated_at"],
+        "expected_datetime": incident["deadline_at"],
+        "address": incident.get("door_plate_code"),
+        "address_id": incident.get("door_plate_code"),
+        "zipcode": None,
+        "lat": incident["lat"],
+        "long": incident["lon"],
+        "media_url": None,
+    }
+
+
+def filters(status: str | None, service_code: str | None, start_date: dt.datetime | None,
+            end_date: dt.datetime | None) -> dispatch.IncidentFilter:
+    if status not in (None, "open", "closed"):
+        raise InvalidInput(f"status {status!r} is not open or closed")
+    return dispatch.IncidentFilter(
+        category=[c.strip() for c in service_code.split(",")] if service_code else None,
+        since=start_date, until=end_date, open=None if status is None else status == "open",
+        sort="-reported_at", limit=1000)
+
+
+def report(form: dict[str, str]) -> dispatch.Report:
+    """A GeoReport v2 POST (form fields) as an intake report."""
+    missing = [f for f in ("service_code", "description") if not form.get(f)]
+    if missing:
+        raise InvalidInput(f"missing {', '.join(missing)}")
+    has_point = form.get("lat") and form.get("long")
+    if not has_point and not form.get("address_id"):
+        raise InvalidInput("give lat and long, or address_id (a door-plate code)")
+    try:
+        lon = float(form["long"]) if has_point else None
+        lat = float(form["lat"]) if has_point else None
+    except ValueError:
+        raise InvalidInput(f"lat {form.get('lat')!r} / long {form.get('long')!r} are not numbers") from None
+    return dispatch.Report(
+        category=form["service_code"], description=form["description"],
+        reporter_kind=form.get("attribute[reporter_kind]") or "resident", lon=lon, lat=lat,
+        crs=form.get("attribute[crs]") or "wgs84", door_plate=None if has_point else form["address_id"],
+        external_id=form.get("attribute[external_id]") or None)

@@ -1,0 +1,69 @@
+"""Open311 GeoReport v2 at /open311/v2 (JSON format only). Keys may be sent as `api_key`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from geo_service import audit, auth, dispatch, open311, privacy
+from geo_service.db import SessionDep
+from geo_service.routes.access import EVERYONE, Allow, client_address
+from geo_service.routes.ownership import IndexDep, json_response
+
+router = APIRouter(prefix="/open311/v2", tags=["open311"])
+AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
+
+
+def _names(session) -> dict[str, str]:
+    return {c["code"]: c["name"] for c in dispatch.categories(session)}
+
+
+@router.get("/services.json")
+def services(session: SessionDep, identity: AnyoneDep):
+    """The service list: one service per incident category."""
+    return json_response(open311.services(session))
+
+
+@router.get("/requests.json")
+def requests(request: Request, session: SessionDep, identity: AnyoneDep,
+             service_request_id: str | None = None, service_code: str | None = None,
+             start_date: dt.datetime | None = None, end_date: dt.datetime | None = None,
+             status: str | None = None):
+    """Service requests (incidents the caller may see), newest first, at most 1,000."""
+    names = _names(session)
+    if service_request_id:
+        ids = [int(i) for i in service_request_id.split(",") if i.strip().isdigit()]
+        found = [dispatch.get_for(session, identity, i) for i in ids]
+    else:
+        found, _ = dispatch.list_incidents(session, identity, open311.filters(status, service_code, start_date,
+                                                                              end_date), request.app.state.clock())
+    return json_response([open311.as_request(privacy.present_incident(i, identity), names) for i in found])
+
+
+@router.get("/requests/{request_id}.json")
+def one_request(session: SessionDep, identity: AnyoneDep, request_id: int):
+    """One service request, as a list of one (as GeoReport v2 answers)."""
+    incident = privacy.present_incident(dispatch.get_for(session, identity, request_id), identity)
+    return json_response([open311.as_request(incident, _names(session))])
+
+
+@router.post("/requests.json", status_code=201)
+async def create_request(request: Request, identity: Annotated[auth.Identity, Depends(Allow("worker", "dispatcher", "admin"))]):
+    """Submit a service request (form fields: service_code, lat, long or address_id, description)."""
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+
+    def submit():
+        with request.app.state.sessionmaker() as session:
+            incident, _ = dispatch.intake(session, request.app.state.ownership.current(), audit.actor_of(identity),
+                                          open311.report(form), request.app.state.clock(), source="open311",
+                                          address=client_address(request))
+            return incident
+
+    incident = await run_in_threadpool(submit)
+    response = json_response([{"service_request_id": str(incident["id"]), "service_notice": incident["status"],
+                               "account_id": None}])
+    response.status_code = 201
+    return response
