@@ -481,10 +481,8 @@ def transition(session: Session, identity, actor: audit.Actor, incident_id: int,
                            status=current["status"], allowed_actions=allowed_actions(current["status"]))
     if change.action == "reassign":
         values, detail = _reassignment(session, current, change, category, now)
-    if change.action == "escalate":
-        detail = {"departments": _add_departments(session, incident_id, change.departments or [], actor, now)}
-    if change.action == "acknowledge":
-        detail = {"department": _acknowledge(session, incident_id, change.department, actor, now)}
+    if change.action == "acknowledge" and not change.department:
+        raise InvalidInput("acknowledge needs the `department` that reports in")
     if target != current["status"] or change.action == "reassign":
         values.update(stage_started_at=now, deadline_at=deadline_for(target, category, now))
     if target == "closed":
@@ -501,6 +499,11 @@ def transition(session: Session, identity, actor: audit.Actor, incident_id: int,
         raise Conflict(f"incident {incident_id} was changed by someone else: it is at version {latest['version']}, "
                        f"you sent {change.version}; reload and retry", status=latest["status"],
                        version=latest["version"])
+    # Side effects only once this change has won the row (the UPDATE above holds its lock).
+    if change.action == "escalate":
+        detail = {"departments": _add_departments(session, incident_id, change.departments or [], actor, now)}
+    if change.action == "acknowledge":
+        detail = {"department": _acknowledge(session, incident_id, change.department, actor, now)}
     _event(session, incident_id, actor, change.action, current["status"], target, now, note, detail)
     audit.record(session, actor, f"incident.{change.action}", "incident", incident_id, address=address,
                  detail={"from": current["status"], "to": target, **(detail or {})})
@@ -540,10 +543,8 @@ def _add_departments(session: Session, incident_id: int, departments: list[str],
     return names
 
 
-def _acknowledge(session: Session, incident_id: int, department: str | None, actor: audit.Actor,
+def _acknowledge(session: Session, incident_id: int, department: str, actor: audit.Actor,
                  now: dt.datetime) -> str:
-    if not department:
-        raise InvalidInput("acknowledge needs the `department` that reports in")
     row = session.scalar(select(models.IncidentDepartment).where(
         models.IncidentDepartment.incident_id == incident_id, models.IncidentDepartment.department == department))
     if row is None:
