@@ -46,7 +46,7 @@ class Transition:
     summary: str = ""
 
 
-# The lifecycle, in one place (README's table is generated from the same facts).
+# The lifecycle, in one place (README's table is lifecycle_table() of these facts).
 # A `worker` may only act on incidents assigned to them (as grid worker or police officer).
 TRANSITIONS = {t.action: t for t in (
     Transition("accept", ("assigned", "returned", "reopened"), "accepted", ("worker", *STAFF),
@@ -69,6 +69,16 @@ TRANSITIONS = {t.action: t for t in (
     Transition("reassign", ("reported", "assigned", "accepted", "in_progress", "returned", "reopened", "escalated"),
                "assigned", STAFF, summary="to another `grid` (code) and/or `assignee` (grid worker id)"),
 )}
+
+
+def lifecycle_table() -> str:
+    """The lifecycle as the Markdown table the README carries (a test keeps the two equal)."""
+    rows = ["| action | from | to | who may | note |", "|---|---|---|---|---|"]
+    for t in TRANSITIONS.values():
+        who = ", ".join("worker (own)" if role == "worker" else role for role in t.roles)
+        rows.append(f"| `{t.action}` | {', '.join(t.sources)} | {t.target or '(unchanged)'} | {who} | "
+                    f"{t.summary}{'; note required' if t.needs_note else ''} |")
+    return "\n".join(rows)
 
 
 def allowed_actions(status: str) -> list[str]:

@@ -497,3 +497,11 @@ def test_categories_are_a_table_with_deadlines(client):
     assert categories["dispute"]["accept_hours"] == 2
     assert categories["labour_dispute"]["preferred_specialty"] == "labour"
     assert len(categories) == 7
+
+
+def test_readme_carries_the_lifecycle_table():
+    from geo_service.config import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    documented = readme.split("<!-- lifecycle -->")[1].split("<!-- /lifecycle -->")[0].strip()
+    assert documented == dispatch.lifecycle_table()
