@@ -5,7 +5,9 @@ from contextlib import asynccontextmanager
 
 import psycopg2
 from fastapi import FastAPI, Request
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 
 from geo_service import __version__
@@ -18,7 +20,7 @@ from geo_service.errors import (
     TooManyAttempts, Unauthenticated,
 )
 from geo_service.ownership import OwnershipCache
-from geo_service.routes import areas, auth, incidents, open311, ownership, system
+from geo_service.routes import areas, auth, incidents, layers, open311, ownership, pages, system
 
 # The one place where domain errors become HTTP statuses.
 ERROR_STATUS = {
@@ -52,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.dispose()
 
     app = FastAPI(
+        docs_url=None,  # served by routes/pages.py with vendored Swagger UI (the default loads a CDN)
+        redoc_url=None,
         title="geo_service",
         version=__version__,
         description="Heshan grid governance: who owns a location, incidents, map and hotspots.",
@@ -86,7 +90,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ownership.router)
     app.include_router(areas.router)
     app.include_router(incidents.router)
+    app.include_router(layers.router)
     app.include_router(open311.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=pages.WEB), name="static")
+    # Large answers (map layers) travel compressed to browsers; lookups stay below the threshold.
+    app.add_middleware(GZipMiddleware, minimum_size=16_384)
     return app
 
 

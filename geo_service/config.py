@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         "revocation takes effect within this time.")
     audit_lookups: bool = Field(default=True, description="Audit lookups that return personal data.")
     secure_cookies: bool = Field(default=False, description="Mark session cookies Secure (serve over HTTPS).")
+    tile_url: str | None = Field(
+        default=None, description="Basemap tile URL template for the map pages, e.g. a local folder served "
+        "under /static/tiles/{z}/{x}/{y}.png. Unset: vector layers on a plain background.")
+    tile_attribution: str | None = Field(default=None, description="Attribution shown for the basemap.")
     load_tolerance_m2: float = Field(
         default=1.0,
         description="Largest gap or overlap (m²) tolerated between sibling areas when loading.",

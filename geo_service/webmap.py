@@ -1,0 +1,111 @@
+"""The map pages, built with Folium, working on an intranet with no internet at all.
+
+Every script, stylesheet, font and icon comes from `web/vendor` (see `web/vendor/README.md`),
+served by the service under /static; `use_local_assets()` replaces Folium's CDN links with those.
+The pages carry no data: `web/js/geomap.js` loads every layer from the API as GeoJSON, with
+the session cookie of the login page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+import folium
+import folium.plugins
+from branca.element import Element
+
+from geo_service.config import Settings
+
+VENDOR = "/static/vendor"
+CENTER = (22.715, 112.81)  # the middle of Heshan
+PAGES = {
+    "overview": "鹤山市网格治理地图 · Map",
+    "dispatch": "调度台 · Dispatch",
+    "hotspots": "热点分析 · Hotspots",
+}
+# Who may open each page; the API behind them applies its own roles as well.
+PAGE_ROLES = {
+    "overview": ("viewer", "worker", "dispatcher", "analyst", "admin"),
+    "dispatch": ("worker", "dispatcher", "admin"),
+    "hotspots": ("analyst", "dispatcher", "admin"),
+}
+CREATORS = ("dispatcher", "admin")  # roles that may report incidents from the map
+
+
+def use_local_assets() -> None:
+    """Point Folium's Map and the plugins used at the vendored copies (idempotent)."""
+    folium.Map.default_js = [
+        ("leaflet", f"{VENDOR}/leaflet-1.9.3/leaflet.js"),
+        ("jquery", f"{VENDOR}/jquery-3.7.1/jquery.min.js"),
+        ("bootstrap", f"{VENDOR}/bootstrap-5.2.2/bootstrap.bundle.min.js"),
+        ("awesome_markers", f"{VENDOR}/leaflet.awesome-markers-2.0.5/leaflet.awesome-markers.js"),
+    ]
+    folium.Map.default_css = [
+        ("leaflet_css", f"{VENDOR}/leaflet-1.9.3/leaflet.css"),
+        ("bootstrap_css", f"{VENDOR}/bootstrap-5.2.2/bootstrap.min.css"),
+        ("glyphicons_css", f"{VENDOR}/bootstrap-3.4.1/css/bootstrap-glyphicons.css"),
+        ("awesome_markers_font_css", f"{VENDOR}/fontawesome-free-6.2.0/css/all.min.css"),
+        ("awesome_markers_css", f"{VENDOR}/leaflet.awesome-markers-2.0.5/leaflet.awesome-markers.css"),
+        ("awesome_rotate_css", f"{VENDOR}/leaflet.awesome-markers-2.0.5/leaflet.awesome.rotate.min.css"),
+    ]
+    folium.plugins.MarkerCluster.default_js = [
+        ("markerclusterjs", f"{VENDOR}/leaflet.markercluster-1.1.0/leaflet.markercluster.js")]
+    folium.plugins.MarkerCluster.default_css = [
+        ("markerclustercss", f"{VENDOR}/leaflet.markercluster-1.1.0/MarkerCluster.css"),
+        ("markerclusterdefaultcss", f"{VENDOR}/leaflet.markercluster-1.1.0/MarkerCluster.Default.css")]
+    folium.plugins.HeatMap.default_js = [("leaflet-heat.js", f"{VENDOR}/leaflet-heat/leaflet_heat.min.js")]
+
+
+def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf") -> str:
+    """The HTML of one map page for this caller."""
+    use_local_assets()
+    # maxZoom on the map itself: without a tile layer Leaflet has none, and MarkerCluster then
+    # throws "Map has no maxZoom specified", stopping every later script on the page.
+    m = folium.Map(location=CENTER, zoom_start=11, tiles=None, max_zoom=18, min_zoom=8,
+                   control_scale=True, prefer_canvas=True, maxZoom=18, minZoom=8)
+    if settings.tile_url:
+        folium.TileLayer(tiles=settings.tile_url, attr=settings.tile_attribution or "basemap", name="底图 basemap",
+                         max_zoom=18, overlay=False, control=True).add_to(m)
+    # The plugins' scripts come with (empty) instances; geomap.js fills its own layers.
+    folium.plugins.MarkerCluster(control=False).add_to(m)
+    folium.plugins.HeatMap([[CENTER[0], CENTER[1], 0]], control=False, show=False).add_to(m)
+    root = m.get_root()
+    root.header.add_child(Element(f"<title>{html.escape(PAGES[page])}</title>"))
+    root.header.add_child(Element('<link rel="icon" href="/favicon.ico">'))
+    root.header.add_child(folium.CssLink("/static/css/geomap.css"))
+    root.header.add_child(folium.JavascriptLink("/static/js/geomap.js"))
+    config = {
+        "page": page,
+        "user": identity.name,
+        "role": identity.role,
+        "towns": sorted(identity.towns) if identity.towns is not None else None,
+        "canCreate": identity.role in CREATORS,
+        "csrfCookie": csrf_field,
+        "pages": {name: title for name, title in PAGES.items() if identity.role in PAGE_ROLES[name]},
+    }
+    root.html.add_child(Element(_chrome(page, config)))
+    # Folium's script defines the map further down the same <script>: start once it has run.
+    root.script.add_child(Element(
+        f"document.addEventListener('DOMContentLoaded', function () {{ GeoMap.init({m.get_name()}, "
+        f"{json.dumps(config, ensure_ascii=False)}); }});"))
+    return root.render()
+
+
+def _chrome(page: str, config: dict) -> str:
+    """The page furniture around the map: a top bar with the pages and the user, and a side panel."""
+    links = "".join(
+        f'<a href="/map{"" if name == "overview" else "/" + name}" class="{"active" if name == page else ""}">'
+        f"{html.escape(title)}</a>" for name, title in config["pages"].items())
+    return (f'<div id="geo-topbar"><span class="brand">鹤山网格治理</span>{links}'
+            f'<span class="user">{html.escape(config["user"])} · {html.escape(config["role"])}</span>'
+            f'<form method="post" action="/logout"><button type="submit">退出 Sign out</button></form></div>'
+            f'<div id="geo-panel" class="geo-panel-{page}"></div>')
+
+
+def forbidden_page(page: str, identity) -> str:
+    allowed = ", ".join(PAGE_ROLES[page])
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>403</title>"
+            f"<link rel='icon' href='/favicon.ico'></head><body style='font-family:sans-serif;margin:3em'>"
+            f"<h1>403</h1><p>Role {html.escape(identity.role)!s} may not open this page; allowed: "
+            f"{html.escape(allowed)}.</p><p><a href='/map'>Back to the map</a></p></body></html>")

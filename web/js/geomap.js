@@ -1,0 +1,478 @@
+/* geo_service map pages. Every layer is loaded from the API (same origin, session cookie);
+ * nothing here reaches beyond the service. Folium builds the map; GeoMap.init(map, config)
+ * adds the layers, controls and panels. window.geoState exposes the layers to tests. */
+var GeoMap = (function () {
+  "use strict";
+
+  var STATUS_COLOURS = {
+    reported: "#757575", assigned: "#1e88e5", accepted: "#3949ab", in_progress: "#8e24aa",
+    resolved: "#43a047", verified: "#2e7d32", closed: "#90a4ae", escalated: "#e53935",
+    returned: "#fb8c00", reopened: "#f4511e", rejected: "#bdbdbd"
+  };
+  var STATIONS = {
+    governance_center: ["landmark", "darkblue", "综治中心 governance centre"],
+    dispute_resolution: ["scale-balanced", "green", "解纷站点 dispute resolution"],
+    foreign_legal_service: ["globe", "purple", "涉外法律服务 foreign-related legal service"],
+    labour_dispute_platform: ["briefcase", "orange", "劳动争议平台 labour disputes"],
+    police_station: ["shield-halved", "blue", "派出所 police station"],
+    public_service: ["heart", "cadetblue", "公共服务 public service"]
+  };
+  var DOOR_PLATE_ZOOM = 15;
+  var map, cfg, categories = [], control;
+  var state = { layers: {}, ready: false, errors: [] };
+
+  function esc(value) {
+    return String(value == null ? "" : value).replace(/[&<>"']/g, function (c) {
+      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
+    });
+  }
+
+  function cookie(name) {
+    var match = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  function api(path, options) {
+    options = options || {};
+    var init = { credentials: "same-origin", headers: { "Accept": "application/json" } };
+    if (options.body !== undefined) {
+      init.method = "POST";
+      init.headers["Content-Type"] = "application/json";
+      init.headers["X-CSRF-Token"] = cookie(cfg.csrfCookie);
+      init.body = JSON.stringify(options.body);
+    }
+    return fetch(path, init).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (body) {
+        if (!response.ok) {
+          var error = new Error(body.detail || ("HTTP " + response.status));
+          error.status = response.status;
+          error.body = body;
+          throw error;
+        }
+        return body;
+      });
+    });
+  }
+
+  function localTime(iso) {
+    if (!iso) return "";
+    return new Date(iso).toLocaleString("zh-CN", { timeZone: "Asia/Shanghai", hour12: false });
+  }
+
+  // ----------------------------------------------------------------- area layers
+
+  function areaLayer(name, url, style, interactive) {
+    var layer = L.geoJSON(null, { style: style, interactive: interactive });
+    state.layers[name] = layer;
+    return api(url).then(function (data) {
+      layer.addData(data);
+      return layer;
+    });
+  }
+
+  function gridTooltip(feature, layer) {
+    var p = feature.properties;
+    layer.bindTooltip("<b>" + esc(p.code) + "</b><br>" + esc(p.name), { sticky: true });
+    layer.on("mouseover", function () {
+      if (layer._owners) return;
+      layer._owners = true;
+      api("/api/v1/grids/" + encodeURIComponent(p.code) + "/owners").then(function (o) {
+        var workers = o.grid_workers.filter(function (w) {
+          return w.roles.indexOf("grid_leader") >= 0 || w.roles.indexOf("full_time_worker") >= 0;
+        }).map(function (w) { return esc(w.name); }).join("、");
+        var police = o.police.map(function (x) { return esc(x.name); }).join("、");
+        layer.setTooltipContent("<b>" + esc(p.code) + "</b><br>" + esc(p.name) +
+          "<br>网格员 grid workers: " + (workers || "—") + "<br>民警 police: " + (police || "—"));
+      }).catch(function () { layer._owners = false; });
+    });
+  }
+
+  function loadAreas() {
+    var towns = areaLayer("towns 镇街", "/api/v1/towns?geometry=true",
+      { color: "#1f3b5c", weight: 3, fill: false }, false);
+    var communities = areaLayer("communities 村(社区)", "/api/v1/communities?geometry=true",
+      { color: "#4f6f96", weight: 1.5, dashArray: "5 4", fill: false }, false);
+    var grids = L.geoJSON(null, {
+      style: { color: "#7f9cc0", weight: 1, fillColor: "#cfe0f5", fillOpacity: 0.12 },
+      onEachFeature: gridTooltip
+    });
+    state.layers["grids 网格"] = grids;
+    var gridsLoaded = api("/api/v1/grids?geometry=true").then(function (data) { grids.addData(data); });
+    var compounds = areaLayer("compounds 小区", "/api/v1/compounds",
+      { color: "#b26a00", weight: 1, fillColor: "#ffcc80", fillOpacity: 0.45 }, false);
+    return Promise.all([towns, communities, gridsLoaded, compounds]);
+  }
+
+  // ----------------------------------------------------------------- point layers
+
+  function loadStations() {
+    var layer = L.featureGroup();
+    state.layers["stations 站点"] = layer;
+    return api("/api/v1/stations").then(function (data) {
+      data.features.forEach(function (f) {
+        var style = STATIONS[f.properties.kind] || ["info", "gray", f.properties.kind];
+        var icon = L.AwesomeMarkers.icon({ icon: style[0], prefix: "fa", markerColor: style[1] });
+        L.marker([f.geometry.coordinates[1], f.geometry.coordinates[0]], { icon: icon, title: f.properties.name })
+          .bindPopup("<b>" + esc(f.properties.name) + "</b><br>" + esc(style[2]) + "<br>" + esc(f.properties.address))
+          .addTo(layer);
+      });
+    });
+  }
+
+  function loadDoorPlates() {
+    var layer = L.markerClusterGroup({ disableClusteringAtZoom: 18, chunkedLoading: true });
+    state.layers["door plates 粤居码"] = layer;
+    var hint = L.control({ position: "bottomleft" });
+    hint.onAdd = function () {
+      var div = L.DomUtil.create("div", "geo-hint");
+      div.id = "geo-door-plate-hint";
+      return div;
+    };
+    hint.addTo(map);
+    function refresh() {
+      var hintDiv = document.getElementById("geo-door-plate-hint");
+      if (!map.hasLayer(layer)) { hintDiv.textContent = ""; return; }
+      if (map.getZoom() < DOOR_PLATE_ZOOM) {
+        layer.clearLayers();
+        hintDiv.textContent = "放大到 " + DOOR_PLATE_ZOOM + " 级显示粤居码门牌 (zoom in to see door plates)";
+        return;
+      }
+      var b = map.getBounds();
+      api("/api/v1/door-plates?bbox=" + [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].join(","))
+        .then(function (data) {
+          layer.clearLayers();
+          var markers = data.features.map(function (f) {
+            var p = f.properties;
+            return L.marker([f.geometry.coordinates[1], f.geometry.coordinates[0]], {
+              icon: L.divIcon({ className: "", html: '<div class="geo-dot" style="background:' +
+                (p.is_rental ? "#00897b" : "#7cb342") + '"></div>', iconSize: [14, 14] }),
+              title: p.code
+            }).bindPopup("<b>粤居码 " + esc(p.code) + "</b><br>" + esc(p.address) +
+              "<br>出租屋 rental: " + (p.is_rental ? "是 yes" : "否 no") +
+              (p.resident_count != null ? "<br>登记人数 residents: " + p.resident_count : ""));
+          });
+          layer.addLayers(markers);
+          hintDiv.textContent = data.features.length + " 个门牌 door plates" + (data.truncated ? " (部分 partial)" : "");
+        }).catch(report);
+    }
+    map.on("moveend overlayadd", refresh);
+    state.refreshDoorPlates = refresh;
+    refresh();
+    return Promise.resolve();
+  }
+
+  function incidentIcon(status) {
+    return L.divIcon({ className: "", iconSize: [14, 14],
+      html: '<div class="geo-dot" style="background:' + (STATUS_COLOURS[status] || "#555") + '"></div>' });
+  }
+
+  function loadIncidents() {
+    var clusters = L.markerClusterGroup({ chunkedLoading: true });
+    var heat = L.heatLayer([], { radius: 16, blur: 18, maxZoom: 15 });
+    state.layers["incidents 事件"] = clusters;
+    state.layers["incident heat 热力"] = heat;
+    return api("/api/v1/incident-points").then(function (points) {
+      clusters.addLayers(points.map(function (p) {
+        return L.marker([p[2], p[1]], { icon: incidentIcon(p[3]), title: "#" + p[0] })
+          .bindPopup(function () { return incidentPopup(p); });
+      }));
+      heat.setLatLngs(points.map(function (p) { return [p[2], p[1], 0.6]; }));
+      state.incidentCount = points.length;
+    });
+  }
+
+  function incidentPopup(p) {
+    var div = document.createElement("div");
+    div.className = "geo-popup";
+    div.textContent = "…";
+    api("/api/v1/incidents/" + p[0]).then(function (i) { div.innerHTML = incidentHtml(i); }).catch(function (e) {
+      div.textContent = e.message;
+    });
+    return div;
+  }
+
+  function incidentHtml(i) {
+    var timeline = (i.timeline || []).map(function (e) {
+      return "<li>" + esc(localTime(e.at)) + " " + esc(e.action) + " → " + esc(e.to_status) +
+        (e.actor_name ? " (" + esc(e.actor_name) + ")" : "") + (e.note ? ": " + esc(e.note) : "") + "</li>";
+    }).join("");
+    return "<b>#" + i.id + " " + esc(i.category) + "</b> <span class='geo-status' style='background:" +
+      (STATUS_COLOURS[i.status] || "#555") + "'>" + esc(i.status) + "</span>" + (i.overdue ? " <b style='color:#c62828'>逾期 overdue</b>" : "") +
+      "<br>" + esc(i.description) + "<br>网格 grid: " + esc(i.grid ? i.grid.code + " " + i.grid.name : "—") +
+      "<br>负责 assignee: " + esc(i.assignee ? (i.assignee.name || i.assignee.code) : "—") +
+      "<br>民警 police: " + esc((i.police || []).map(function (x) { return x.name || x.code; }).join("、") || "—") +
+      "<br>期限 deadline: " + esc(localTime(i.deadline_at) || "—") +
+      "<ol class='geo-timeline'>" + timeline + "</ol>";
+  }
+
+  // ----------------------------------------------------------------- click: who owns this point
+
+  function lookupHtml(a) {
+    var workers = a.grid_workers.map(function (w) {
+      return esc(w.name) + " (" + esc(w.roles.join(", ")) + (w.phone ? ", " + esc(w.phone) : "") + ")";
+    }).join("<br>");
+    var police = a.police.map(function (p) {
+      return esc(p.name) + " · " + esc(p.unit) + (p.phone ? ", " + esc(p.phone) : "");
+    }).join("<br>");
+    var station = a.nearest_stations[0];
+    return "<table>" +
+      "<tr><th>镇街 town</th><td>" + esc(a.town.name) + " " + esc(a.town.code) + "</td></tr>" +
+      "<tr><th>村(社区)</th><td>" + esc(a.community.name) + " " + esc(a.community.code) + "</td></tr>" +
+      "<tr><th>网格 grid</th><td class='geo-grid-code'>" + esc(a.grid.code) + " " + esc(a.grid.name) +
+      (a.on_boundary ? " <i>(on a shared boundary)</i>" : "") + "</td></tr>" +
+      "<tr><th>小区 compound</th><td>" + esc(a.compound ? a.compound.name : "—") + "</td></tr>" +
+      "<tr><th>网格员 workers</th><td>" + (a.people_hidden ? "(outside your towns)" : workers || "—") + "</td></tr>" +
+      "<tr><th>民警 police</th><td class='geo-police'>" + (a.people_hidden ? "(outside your towns)" : police || "—") + "</td></tr>" +
+      "<tr><th>综治中心</th><td>" + (a.governance_center ? esc(a.governance_center.name) + " · " +
+        Math.round(a.governance_center.distance_m) + " m" : "—") + "</td></tr>" +
+      "<tr><th>解纷站点</th><td>" + (station ? esc(station.name) + " · " + Math.round(station.distance_m) + " m" : "—") +
+      "</td></tr></table>";
+  }
+
+  function createForm(latlng) {
+    var options = categories.map(function (c) {
+      return "<option value='" + esc(c.code) + "'>" + esc(c.name) + " " + esc(c.code) + "</option>";
+    }).join("");
+    return "<form class='geo-create'><b>上报事件 Report an incident here</b>" +
+      "<select name='category'>" + options + "</select>" +
+      "<select name='reporter_kind'><option value='hotline'>hotline</option><option value='resident'>resident</option>" +
+      "<option value='rider'>rider</option><option value='grid_worker'>grid_worker</option><option value='police'>police</option></select>" +
+      "<textarea name='description' rows='2' placeholder='描述 description' required></textarea>" +
+      "<button type='submit'>上报 Report</button> <span class='geo-create-result'></span></form>";
+  }
+
+  function onMapClick(e) {
+    var popup = L.popup({ maxWidth: 380 }).setLatLng(e.latlng).setContent("查询中 looking up…").openOn(map);
+    api("/api/v1/lookup?lon=" + e.latlng.lng.toFixed(7) + "&lat=" + e.latlng.lat.toFixed(7)).then(function (a) {
+      var html = "<div class='geo-popup'>" + lookupHtml(a) + (cfg.canCreate ? createForm(e.latlng) : "") + "</div>";
+      popup.setContent(html);
+      var form = popup.getElement() && popup.getElement().querySelector("form.geo-create");
+      if (form) {
+        form.addEventListener("submit", function (event) {
+          event.preventDefault();
+          var data = new FormData(form);
+          api("/api/v1/incidents", { body: {
+            category: data.get("category"), reporter_kind: data.get("reporter_kind"),
+            description: data.get("description"), lon: e.latlng.lng, lat: e.latlng.lat
+          } }).then(function (incident) {
+            form.querySelector(".geo-create-result").textContent = "#" + incident.id + " " + incident.status;
+            state.layers["incidents 事件"].addLayer(L.marker(e.latlng, { icon: incidentIcon(incident.status) }));
+            if (state.refreshQueue) state.refreshQueue();
+          }).catch(function (error) { form.querySelector(".geo-create-result").textContent = error.message; });
+        });
+      }
+    }).catch(function (error) {
+      var nearest = error.body && error.body.nearest_grid;
+      popup.setContent(esc(error.message) + (nearest ? "<br>最近网格 nearest grid: " + esc(nearest.code) + " " +
+        esc(nearest.name) + " · " + Math.round(nearest.distance_m) + " m" : ""));
+    });
+  }
+
+  // ----------------------------------------------------------------- controls
+
+  function addSearch() {
+    var search = L.control({ position: "topleft" });
+    search.onAdd = function () {
+      var div = L.DomUtil.create("div", "geo-search");
+      div.innerHTML = "<input type='search' id='geo-search-input' placeholder='网格编码 / 社区名 / 粤居码 search'>" +
+        "<ul id='geo-search-results'></ul>";
+      L.DomEvent.disableClickPropagation(div);
+      L.DomEvent.disableScrollPropagation(div);
+      var input = div.querySelector("input"), list = div.querySelector("ul");
+      input.addEventListener("keydown", function (event) {
+        if (event.key !== "Enter") return;
+        api("/api/v1/search?q=" + encodeURIComponent(input.value)).then(function (results) {
+          list.innerHTML = results.length ? "" : "<li>无结果 nothing found</li>";
+          results.forEach(function (r) {
+            var li = document.createElement("li");
+            li.textContent = r.kind + " · " + r.code + " " + (r.name !== r.code ? r.name : "") + (r.address ? " " + r.address : "");
+            li.addEventListener("click", function () { goTo(r); });
+            list.appendChild(li);
+          });
+          if (results.length === 1) goTo(results[0]);
+        }).catch(function (error) { list.innerHTML = "<li>" + esc(error.message) + "</li>"; });
+      });
+      return div;
+    };
+    search.addTo(map);
+  }
+
+  function goTo(result) {
+    var b = result.bbox;
+    if (result.kind === "door_plate") {
+      map.setView([b[1], b[0]], 17);
+      L.popup().setLatLng([b[1], b[0]]).setContent("<b>粤居码 " + esc(result.code) + "</b><br>" + esc(result.address))
+        .openOn(map);
+    } else {
+      map.fitBounds([[b[1], b[0]], [b[3], b[2]]]);
+    }
+  }
+
+  function addLegend() {
+    var legend = L.control({ position: "bottomright" });
+    legend.onAdd = function () {
+      var div = L.DomUtil.create("div", "geo-legend");
+      div.id = "geo-legend";
+      var html = "<b>事件状态 incident status</b><br>";
+      Object.keys(STATUS_COLOURS).forEach(function (s) {
+        html += "<i style='background:" + STATUS_COLOURS[s] + ";border-radius:50%'></i>" + s + "<br>";
+      });
+      html += "<b>站点 stations</b><br>";
+      Object.keys(STATIONS).forEach(function (k) {
+        html += "<i class='fa fa-" + STATIONS[k][0] + "' style='color:" + STATIONS[k][1] + "'></i>" + esc(STATIONS[k][2]) + "<br>";
+      });
+      html += "<b>边界 boundaries</b><br><i style='border-top:3px solid #1f3b5c'></i>镇街 town<br>" +
+        "<i style='border-top:2px dashed #4f6f96'></i>村(社区) community<br>" +
+        "<i style='background:#cfe0f5;border:1px solid #7f9cc0'></i>网格 grid<br>" +
+        "<i style='background:#ffcc80;border:1px solid #b26a00'></i>小区 compound";
+      div.innerHTML = html;
+      return div;
+    };
+    legend.addTo(map);
+  }
+
+  function report(error) {
+    state.errors.push(String(error && error.message || error));
+    if (window.console) console.warn("geomap:", error);
+  }
+
+  // ----------------------------------------------------------------- dispatch page
+
+  function dispatchPanel() {
+    var panel = document.getElementById("geo-panel");
+    var towns = "<option value=''>全部镇街 all towns</option>";
+    panel.innerHTML = "<h3>事件队列 incident queue</h3><div class='geo-filters'>" +
+      "<select id='geo-filter-status'><option value='open'>未办结 open</option><option value='overdue'>逾期 overdue</option>" +
+      Object.keys(STATUS_COLOURS).map(function (s) { return "<option value='" + s + "'>" + s + "</option>"; }).join("") +
+      "</select><select id='geo-filter-category'><option value=''>全部类别 all categories</option>" +
+      categories.map(function (c) { return "<option value='" + esc(c.code) + "'>" + esc(c.name) + "</option>"; }).join("") +
+      "</select><select id='geo-filter-town'>" + towns + "</select></div>" +
+      "<div id='geo-queue'></div><div id='geo-detail'></div>";
+    api("/api/v1/towns").then(function (list) {
+      document.getElementById("geo-filter-town").innerHTML = towns + list.map(function (t) {
+        return "<option value='" + esc(t.code) + "'>" + esc(t.name) + "</option>";
+      }).join("");
+    }).catch(report);
+    ["geo-filter-status", "geo-filter-category", "geo-filter-town"].forEach(function (id) {
+      document.getElementById(id).addEventListener("change", refreshQueue);
+    });
+    state.refreshQueue = refreshQueue;
+    return refreshQueue();
+  }
+
+  function refreshQueue() {
+    var status = document.getElementById("geo-filter-status").value;
+    var params = ["sort=deadline_at", "limit=200"];
+    if (status === "open") params.push("open=true");
+    else if (status === "overdue") params.push("overdue=true");
+    else params.push("status=" + status);
+    var category = document.getElementById("geo-filter-category").value;
+    var town = document.getElementById("geo-filter-town").value;
+    if (category) params.push("category=" + category);
+    if (town) params.push("town=" + town);
+    return api("/api/v1/incidents?" + params.join("&")).then(function (page) {
+      var queue = document.getElementById("geo-queue");
+      // Overdue first, then by deadline (the API sorts by deadline, which puts most overdue first).
+      var items = page.items.slice().sort(function (a, b) { return (b.overdue ? 1 : 0) - (a.overdue ? 1 : 0); });
+      queue.innerHTML = "<div class='meta'>" + page.total + " 件 incidents</div>";
+      items.forEach(function (i) {
+        var div = document.createElement("div");
+        div.className = "geo-queue-item" + (i.overdue ? " overdue" : "");
+        div.dataset.id = i.id;
+        div.innerHTML = "<b>#" + i.id + "</b> " + esc(i.category) + " <span class='geo-status' style='background:" +
+          (STATUS_COLOURS[i.status] || "#555") + "'>" + esc(i.status) + "</span><br>" + esc(i.description) +
+          "<div class='meta'>" + esc(i.grid ? i.grid.name : "") + " · 期限 " + esc(localTime(i.deadline_at)) + "</div>";
+        div.addEventListener("click", function () { showIncident(i); });
+        queue.appendChild(div);
+      });
+    }).catch(report);
+  }
+
+  function showIncident(i) {
+    map.setView([i.lat, i.lon], Math.max(map.getZoom(), 16));
+    api("/api/v1/incidents/" + i.id).then(function (detail) {
+      document.getElementById("geo-detail").innerHTML = "<h3>事件 #" + detail.id + "</h3>" + incidentHtml(detail);
+      L.popup().setLatLng([detail.lat, detail.lon]).setContent(incidentHtml(detail)).openOn(map);
+    }).catch(report);
+  }
+
+  // ----------------------------------------------------------------- hotspots page
+
+  function hotspotsPanel(grids) {
+    var panel = document.getElementById("geo-panel");
+    panel.innerHTML = "<h3>热点分析 hotspots</h3><div class='geo-filters'>" +
+      "<label>从 from <input type='date' id='geo-hot-from'></label><label>到 to <input type='date' id='geo-hot-to'></label>" +
+      "<select id='geo-hot-category'><option value=''>全部类别 all categories</option>" +
+      categories.map(function (c) { return "<option value='" + esc(c.code) + "'>" + esc(c.name) + "</option>"; }).join("") +
+      "</select></div><div id='geo-hot-summary' class='meta'></div>";
+    var layer = L.geoJSON(null, { style: { weight: 0.6, color: "#555", fillOpacity: 0.7 } });
+    state.layers["incident counts 事件数"] = layer;
+    layer.addTo(map);
+    function refresh() {
+      var params = [];
+      var from = document.getElementById("geo-hot-from").value, to = document.getElementById("geo-hot-to").value;
+      var category = document.getElementById("geo-hot-category").value;
+      if (from) params.push("from=" + from + "T00:00:00%2B08:00");
+      if (to) params.push("to=" + to + "T00:00:00%2B08:00");
+      if (category) params.push("category=" + category);
+      return api("/api/v1/incident-counts?" + params.join("&")).then(function (rows) {
+        var counts = {};
+        rows.forEach(function (r) { counts[r.code] = r.count; });
+        var values = grids.features.map(function (f) { return counts[f.properties.code] || 0; }).sort(function (a, b) { return a - b; });
+        var breaks = [0.2, 0.4, 0.6, 0.8].map(function (q) { return values[Math.floor(q * (values.length - 1))]; });
+        var colours = ["#fff5eb", "#fdd0a2", "#fd8d3c", "#d94801", "#7f2704"];
+        function colour(v) { var k = 0; while (k < breaks.length && v > breaks[k]) k++; return colours[k]; }
+        layer.clearLayers();
+        layer.addData(grids);
+        layer.eachLayer(function (l) {
+          var v = counts[l.feature.properties.code] || 0;
+          l.setStyle({ fillColor: colour(v) });
+          l.bindTooltip(esc(l.feature.properties.code) + " " + esc(l.feature.properties.name) + ": " + v);
+        });
+        document.getElementById("geo-hot-summary").textContent = "共 " + values.reduce(function (a, b) { return a + b; }, 0) +
+          " 件; 分级 classes (quintiles): " + breaks.join(" / ");
+      }).catch(report);
+    }
+    ["geo-hot-from", "geo-hot-to", "geo-hot-category"].forEach(function (id) {
+      document.getElementById(id).addEventListener("change", refresh);
+    });
+    return refresh();
+  }
+
+  // ----------------------------------------------------------------- start
+
+  function init(leafletMap, config) {
+    map = leafletMap;
+    cfg = config;
+    window.geoState = state;
+    state.map = map;
+    document.body.classList.add("geo-page-" + cfg.page);
+    map.invalidateSize();
+    var categoriesLoaded = api("/api/v1/incident-categories").then(function (list) { categories = list; });
+    var loads = [loadAreas(), loadStations(), loadIncidents(), categoriesLoaded];
+    Promise.all(loads).then(function () {
+      var shown = cfg.page === "hotspots" ? ["towns 镇街"] :
+        ["towns 镇街", "communities 村(社区)", "grids 网格", "compounds 小区", "stations 站点", "incidents 事件"];
+      shown.forEach(function (name) { state.layers[name].addTo(map); });
+      return loadDoorPlates();
+    }).then(function () {
+      control = L.control.layers(null, state.layers, { collapsed: false, position: "topright" }).addTo(map);
+      state.control = control;
+      addLegend();
+      addSearch();
+      map.on("click", onMapClick);
+      if (cfg.page === "dispatch") return dispatchPanel();
+      if (cfg.page === "hotspots") {
+        return api("/api/v1/grids?geometry=true").then(hotspotsPanel);
+      }
+    }).then(function () {
+      state.ready = true;
+      document.body.dataset.ready = "true";
+    }).catch(function (error) {
+      report(error);
+      document.body.dataset.ready = "error";
+    });
+  }
+
+  return { init: init };
+})();
