@@ -1,0 +1,244 @@
+"""The map pages in a real browser: Debian's Chromium driven by Playwright, against a real
+server process on the tiny dataset. Nothing may be requested from any other host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from sqlalchemy.orm import Session
+
+from geo_service import auth, loading
+from tests import tiny
+from tests.conftest import ThrowawayDatabase, migrate
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+PASSWORD = "map test password"
+
+
+@pytest.fixture(scope="module")
+def server(server_url, tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: run `make test` (it installs it) or "
+                    "`sudo apt-get install -y chromium fonts-noto-cjk`")
+    database = ThrowawayDatabase(server_url, "map")
+    migrate(database.engine)
+    with Session(database.engine) as session:
+        loading.load(session, tiny.write_tiny_dataset(tmp_path_factory.mktemp("m")), progress=lambda m: None)
+        for role in ("viewer", "dispatcher", "analyst"):
+            auth.create_user(session, f"map-{role}", role, password=PASSWORD)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GEO_DATABASE_URL": database.url.render_as_string(hide_password=False)}
+    process = subprocess.Popen([sys.executable, "-m", "geo_service.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(base + "/healthz")
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield base
+    process.terminate()
+    process.wait(10)
+    database.drop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page whose every request, failed request, console message and page error is kept."""
+
+    def __init__(self, browser, base: str):
+        self.base = base
+        self.context = browser.new_context(viewport={"width": 1400, "height": 900})
+        self.page = self.context.new_page()
+        self.requests, self.problems = [], []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("requestfailed", lambda r: self.problems.append(f"failed {r.url}"))
+        self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console {m.text}"))
+        self.page.on("pageerror", lambda e: self.problems.append(f"pageerror {e}"))
+
+    def login(self, role: str, path: str = "/map") -> None:
+        self.page.goto(f"{self.base}/login?next={path}")
+        self.page.fill("#username", f"map-{role}")
+        self.page.fill("#password", PASSWORD)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_url(f"{self.base}{path}")
+
+    def wait_ready(self) -> None:
+        self.page.wait_for_function("document.body && document.body.dataset.ready", timeout=30_000)
+        assert self.page.evaluate("document.body.dataset.ready") == "true", self.page.evaluate("geoState.errors")
+
+    def click_at(self, lon: float, lat: float) -> None:
+        # Close enough that markers nearby do not sit under the pointer.
+        self.page.evaluate("([lon, lat]) => geoState.map.setView([lat, lon], 15, {animate: false})", [lon, lat])
+        x, y = self.page.evaluate(
+            """([lon, lat]) => { const p = geoState.map.latLngToContainerPoint([lat, lon]);
+                 const r = geoState.map.getContainer().getBoundingClientRect(); return [r.left + p.x, r.top + p.y]; }""",
+            [lon, lat])
+        self.page.mouse.click(x, y)
+
+    def external(self) -> list[str]:
+        return [url for url in self.requests if not url.startswith(self.base) and not url.startswith("data:")]
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def watched(browser, server):
+    page = Watched(browser, server)
+    yield page
+    page.close()
+
+
+def test_overview_loads_offline_without_errors(watched):
+    watched.login("viewer")
+    watched.wait_ready()
+    assert watched.external() == []
+    assert watched.problems == []
+    assert any("/static/vendor/leaflet-1.9.3/leaflet.js" in url for url in watched.requests)
+    assert watched.page.locator(".leaflet-control-scale").count() == 1
+    assert "incident status" in watched.page.inner_text("#geo-legend")
+
+
+def test_every_layer_is_present_and_toggles(watched):
+    watched.login("viewer")
+    watched.wait_ready()
+    names = watched.page.evaluate("Object.keys(geoState.layers)")
+    assert set(names) == {"towns 镇街", "communities 村(社区)", "grids 网格", "compounds 小区", "stations 站点",
+                          "incidents 事件", "incident heat 热力", "door plates 粤居码"}
+    counts = watched.page.evaluate("""() => ({grids: geoState.layers['grids 网格'].getLayers().length,
+        stations: geoState.layers['stations 站点'].getLayers().length, incidents: geoState.incidentCount})""")
+    assert counts == {"grids": 9, "stations": 2, "incidents": 2}
+    for name in names:
+        label = watched.page.locator(".leaflet-control-layers-overlays label", has_text=name)
+        before = watched.page.evaluate("(n) => geoState.map.hasLayer(geoState.layers[n])", name)
+        label.locator("input").click()
+        after = watched.page.evaluate("(n) => geoState.map.hasLayer(geoState.layers[n])", name)
+        assert after is (not before), name
+    assert watched.problems == []
+
+
+def test_click_shows_the_grid_and_its_officer(watched):
+    watched.login("viewer")
+    watched.wait_ready()
+    watched.click_at(112.906, 22.707)  # inside grid 440784901001001
+    popup = watched.page.locator(".leaflet-popup-content .geo-grid-code")
+    popup.wait_for()
+    assert tiny.grid_code(1, 1, 1) in popup.inner_text()
+    assert "张某0001" in watched.page.inner_text(".leaflet-popup-content .geo-police")
+    assert "****" in watched.page.inner_text(".leaflet-popup-content")  # a viewer sees masked phones
+    assert watched.page.locator(".leaflet-popup-content form.geo-create").count() == 0  # and cannot report
+
+
+def test_search_finds_a_door_plate(watched):
+    watched.login("viewer")
+    watched.wait_ready()
+    box = watched.page.locator("#geo-search-input")
+    box.click()
+    box.press_sequentially("yj440784901001000001")
+    box.press("Enter")
+    watched.page.locator(".leaflet-popup-content", has_text="YJ440784901001000001").wait_for()
+    assert watched.page.evaluate("geoState.map.getZoom()") == 17
+    box.fill("")
+    box.press_sequentially("测试村21")
+    box.press("Enter")
+    watched.page.locator("#geo-search-results li", has_text="440784902001").wait_for()
+    assert watched.problems == []
+
+
+def test_door_plates_appear_from_a_useful_zoom(watched):
+    watched.login("viewer")
+    watched.wait_ready()
+    watched.page.locator(".leaflet-control-layers-overlays label", has_text="door plates").locator("input").click()
+    assert "zoom in" in watched.page.inner_text("#geo-door-plate-hint")
+    watched.page.evaluate("geoState.map.setView([22.703, 112.903], 16)")
+    watched.page.wait_for_function("document.getElementById('geo-door-plate-hint').textContent.includes('door plates')")
+    assert watched.page.evaluate("geoState.layers['door plates 粤居码'].getLayers().length") >= 1
+
+
+def test_dispatcher_reports_from_the_map_and_sees_it_queued(watched):
+    watched.login("dispatcher", "/map/dispatch")
+    watched.wait_ready()
+    assert watched.page.locator(".geo-queue-item").count() >= 1
+    watched.click_at(112.925, 22.735)  # grid 440784902002001
+    form = watched.page.locator(".leaflet-popup-content form.geo-create")
+    form.wait_for()
+    form.locator("select[name=category]").select_option("environment")
+    form.locator("textarea[name=description]").fill("地图上报的垃圾堆放")
+    form.locator("button[type=submit]").click()
+    result = form.locator(".geo-create-result")
+    result.filter(has_text="assigned").wait_for()
+    incident_id = result.inner_text().split()[0].lstrip("#")
+    queued = watched.page.locator(f".geo-queue-item[data-id='{incident_id}']")
+    queued.wait_for()
+    assert "地图上报的垃圾堆放" in queued.inner_text()
+    queued.click()
+    watched.page.locator("#geo-detail", has_text=f"#{incident_id}").wait_for()
+    assert "report" in watched.page.inner_text("#geo-detail")  # the timeline
+    assert watched.external() == [] and watched.problems == []
+
+
+def test_viewer_gets_no_dispatch_page(watched):
+    watched.login("viewer")
+    watched.wait_ready()
+    assert watched.page.locator("#geo-topbar a", has_text="Dispatch").count() == 0
+    response = watched.page.goto(f"{watched.base}/map/dispatch")
+    assert response.status == 403
+
+
+def test_hotspots_page_draws_counts(watched):
+    watched.login("analyst", "/map/hotspots")
+    watched.wait_ready()
+    assert watched.page.evaluate("geoState.layers['incident counts 事件数'].getLayers().length") == 9
+    total = int(watched.page.inner_text("#geo-hot-summary").split()[1])
+    assert total >= 2  # the tiny dataset's two, plus any a test reported meanwhile
+    watched.page.select_option("#geo-hot-category", "rental_housing")
+    watched.page.wait_for_function("document.getElementById('geo-hot-summary').textContent.startsWith('共 1 件')")
+    assert watched.external() == [] and watched.problems == []
+
+
+def test_unauthenticated_pages_redirect_to_login(watched):
+    response = watched.page.goto(f"{watched.base}/map/hotspots")
+    assert watched.page.url == f"{watched.base}/login?next=%2Fmap%2Fhotspots" and response.status == 200
+
+
+def test_api_docs_work_offline(watched):
+    watched.page.goto(f"{watched.base}/docs")
+    watched.page.locator(".swagger-ui .information-container").wait_for()
+    assert watched.external() == [] and watched.problems == []
+
+
+def test_no_page_or_asset_points_at_the_internet():
+    """Every file we serve is checked for absolute http(s) URLs of CDNs."""
+    from geo_service.config import PROJECT_ROOT
+
+    import re
+
+    cdn = re.compile(r"https?://(cdn\.|cdnjs\.|unpkg\.com|code\.jquery|maxcdn|netdna|stackpath|fonts\.googleapis|"
+                     r"cdn\.jsdelivr)")
+    offenders = [str(p) for p in (PROJECT_ROOT / "web").rglob("*") if p.suffix in (".js", ".css", ".html")
+                 and "vendor" not in p.parts and cdn.search(p.read_text(errors="ignore"))]
+    assert offenders == []
+    assert shutil.which("chromium") or os.path.exists(CHROMIUM)
