@@ -50,6 +50,12 @@ EXAMPLES = {
     ("POST", "/api/v1/incidents/{incident_id}/transitions"): {
         "path": "/api/v1/incidents/{incident}/transitions", "json": {"action": "accept", "version": 1},
         "ok": (200, 409)},
+    ("GET", "/api/v1/stations"): {},
+    ("GET", "/api/v1/compounds"): {},
+    ("GET", "/api/v1/door-plates"): {"params": {"bbox": "112.90,22.70,112.94,22.74"}},
+    ("GET", "/api/v1/incident-points"): {},
+    ("GET", "/api/v1/incident-counts"): {},
+    ("GET", "/api/v1/search"): {"params": {"q": "YJ44"}},
     ("GET", "/open311/v2/services.json"): {},
     ("GET", "/open311/v2/requests.json"): {},
     ("GET", "/open311/v2/requests/{request_id}.json"): {"path": "/open311/v2/requests/{incident}.json"},
