@@ -20,7 +20,9 @@ from geo_service.errors import (
     TooManyAttempts, Unauthenticated,
 )
 from geo_service.ownership import OwnershipCache
-from geo_service.routes import areas, auth, incidents, layers, open311, ownership, pages, system
+from geo_service.routes import (
+    analytics, areas, auth, incidents, layers, ogc, open311, ownership, pages, system,
+)
 
 # The one place where domain errors become HTTP statuses.
 ERROR_STATUS = {
@@ -91,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(areas.router)
     app.include_router(incidents.router)
     app.include_router(layers.router)
+    app.include_router(analytics.router)
+    app.include_router(ogc.router)
     app.include_router(open311.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.WEB), name="static")

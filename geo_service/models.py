@@ -398,3 +398,15 @@ class AuditLog(Base):
     address: Mapped[str | None] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(Text)
     detail: Mapped[dict | None] = mapped_column(JSONB)
+
+
+class HotspotRun(Base):
+    """A computed hotspot layer (GeoJSON with its metadata); OGC API serves the latest."""
+
+    __tablename__ = "hotspot_run"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    computed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    computed_by: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict] = mapped_column(JSONB)
+    layer: Mapped[dict] = mapped_column(JSONB)

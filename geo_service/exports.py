@@ -1,0 +1,194 @@
+"""Layers out, in the formats GIS tools read: GeoJSON, GeoPackage, Shapefile (zipped), KML,
+CSV (geometry as WKT), GeoParquet, FlatGeobuf.
+
+Files are written to a temporary directory by GDAL (pyogrio) or pyarrow and streamed from
+there, never built as one string in memory. Shapefile field names stop at 10 characters; the
+long names are shortened by SHAPEFILE_NAMES (documented in the README). People layers are for
+admins only; incident exports carry no personal names or phone numbers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import shapely
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from geo_service.errors import Forbidden, InvalidInput
+
+FORMATS = {  # format: (extension, media type)
+    "geojson": ("geojson", "application/geo+json"),
+    "gpkg": ("gpkg", "application/geopackage+sqlite3"),
+    "shp": ("zip", "application/zip"),
+    "kml": ("kml", "application/vnd.google-earth.kml+xml"),
+    "csv": ("csv", "text/csv; charset=utf-8"),
+    "parquet": ("parquet", "application/vnd.apache.parquet"),
+    "fgb": ("fgb", "application/flatgeobuf"),
+}
+TABLE_FORMATS = ("csv", "parquet")  # for layers without geometry
+SHAPEFILE_NAMES = {
+    "community_code": "comm_code", "no_litigation": "no_litig", "door_plate_code": "door_plate",
+    "reporter_kind": "reporter_k", "reported_at": "reported_a", "external_id": "external_i",
+    "resident_count": "resident_c", "assignee_worker_id": "assignee", "police_officer_ids": "police_ids",
+    "deadline_at": "deadline", "density_km2": "dens_km2", "door_plates": "plates",
+    "rate_per_1000_plates": "rate_1000", "is_rental": "rental", "grid_code": "grid_code",
+    "town_code": "town_code", "category": "category", "valid_from": "valid_from",
+    "grid_worker_code": "worker",
+}
+ALL = ("viewer", "worker", "dispatcher", "analyst", "admin")
+ANALYSTS = ("analyst", "dispatcher", "admin")
+
+# Raw SQL: each layer's columns, flat and export-ready (codes rather than internal ids).
+LAYERS = {
+    "towns": (ALL, "SELECT code, name, name_en, kind, geom FROM town ORDER BY code"),
+    "communities": (ALL, "SELECT c.code, c.name, c.kind, c.no_litigation, t.code AS town_code, c.geom "
+                         "FROM community c JOIN town t ON t.id = c.town_id ORDER BY c.code"),
+    "grids": (ALL, "SELECT g.code, g.name, c.code AS community_code, t.code AS town_code, g.geom FROM grid g "
+                   "JOIN community c ON c.id = g.community_id JOIN town t ON t.id = c.town_id ORDER BY g.code"),
+    "compounds": (ALL, "SELECT c.code, c.name, g.code AS grid_code, c.geom FROM compound c "
+                       "JOIN grid g ON g.id = c.grid_id ORDER BY c.code"),
+    "stations": (ALL, "SELECT s.code, s.name, s.kind, s.address, t.code AS town_code, s.geom FROM station s "
+                      "JOIN town t ON t.id = s.town_id ORDER BY s.code"),
+    "door_plates": (ANALYSTS, "SELECT code, address, building, unit, room, is_rental, geom FROM door_plate ORDER BY code"),
+    "incidents": (ANALYSTS, """
+        SELECT i.id, i.external_id, i.category_code AS category, i.status, i.reported_at, i.reporter_kind,
+               i.door_plate_code, i.town_code, i.community_code, i.grid_code, i.assignee_worker_id,
+               array_to_string(i.police_officer_ids, ';') AS police_officer_ids, i.deadline_at, i.source, i.geom
+        FROM incident i
+        WHERE (CAST(:since AS timestamptz) IS NULL OR i.reported_at >= :since)
+          AND (CAST(:until AS timestamptz) IS NULL OR i.reported_at < :until)
+          AND (CAST(:categories AS text[]) IS NULL OR i.category_code = ANY(:categories))
+          AND (CAST(:statuses AS text[]) IS NULL OR i.status = ANY(:statuses))
+          AND (CAST(:towns AS text[]) IS NULL OR i.town_code = ANY(:towns))
+        ORDER BY i.id"""),
+    "grid_workers": (("admin",), "SELECT code, name, phone, kind, is_rider, platform, specialty FROM grid_worker "
+                                 "ORDER BY code"),
+    "police_officers": (("admin",), "SELECT code, name, phone, unit, kind FROM police_officer ORDER BY code"),
+    "grid_assignments": (("admin",), """
+        SELECT g.code AS grid_code, a.role, coalesce(w.code, p.code) AS person_code, a.valid_from, a.valid_to
+        FROM grid_assignment a JOIN grid g ON g.id = a.grid_id
+        LEFT JOIN grid_worker w ON w.id = a.grid_worker_id LEFT JOIN police_officer p ON p.id = a.police_officer_id
+        ORDER BY g.code, a.role, person_code"""),
+}
+
+
+def allowed_roles(layer: str) -> tuple[str, ...]:
+    if layer == "hotspots":
+        return ANALYSTS
+    if layer not in LAYERS:
+        raise InvalidInput(f"layer {layer!r} is not one of {', '.join([*LAYERS, 'hotspots'])}")
+    return LAYERS[layer][0]
+
+
+@dataclass
+class Export:
+    path: Path  # the file to send
+    directory: Path  # remove it once sent
+    filename: str
+    media_type: str
+    rows: int
+
+
+def read_layer(session: Session, layer: str, params: dict | None = None,
+               progress: Callable[[int, int], None] = lambda done, total: None) -> gpd.GeoDataFrame | pd.DataFrame:
+    """The layer as a (Geo)DataFrame in EPSG:4326, read in chunks (progress(done, total))."""
+    sql = LAYERS[layer][1]
+    params = {"since": None, "until": None, "categories": None, "statuses": None, "towns": None, **(params or {})}
+    total = session.execute(text(f"SELECT count(*) FROM ({sql}) AS layer"), params).scalar_one()
+    result = session.execute(text(sql).execution_options(stream_results=True), params)  # a server-side cursor
+    columns = list(result.keys())
+    chunks, done = [], 0
+    for rows in result.partitions(20_000):
+        chunks.append(pd.DataFrame(rows, columns=columns))
+        done += len(rows)
+        progress(done, total)
+    frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=columns)
+    if "geom" not in columns:
+        return frame
+    geometry = shapely.from_wkb(frame.pop("geom").tolist()) if len(frame) else []
+    return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(geometry, crs="EPSG:4326"))
+
+
+def write(frame, fmt: str, layer: str, directory: Path) -> Path:
+    """Write a frame in one format into `directory`; returns the file to send."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    spatial = isinstance(frame, gpd.GeoDataFrame)
+    if not spatial and fmt not in TABLE_FORMATS:
+        raise InvalidInput(f"layer {layer!r} has no geometry: format must be one of {', '.join(TABLE_FORMATS)}")
+    frame = _text_friendly(frame, fmt)
+    extension = FORMATS[fmt][0]
+    path = directory / f"{layer}.{extension}"
+    if fmt == "parquet":
+        frame.to_parquet(path, index=False)
+    elif not spatial:
+        frame.to_csv(path, index=False)
+    elif fmt == "geojson":
+        frame.to_file(path, driver="GeoJSON", engine="pyogrio")
+    elif fmt == "gpkg":
+        frame.to_file(path, driver="GPKG", layer=layer, engine="pyogrio")
+    elif fmt == "kml":
+        frame = frame.assign(name=frame["name"] if "name" in frame else frame.iloc[:, 0].astype(str))
+        frame.to_file(path, driver="KML", engine="pyogrio")
+    elif fmt == "csv":
+        frame.to_file(path, driver="CSV", engine="pyogrio", GEOMETRY="AS_WKT")
+    elif fmt == "fgb":
+        # Without SPATIAL_INDEX=NO FlatGeobuf reorders features by their Hilbert index.
+        frame.to_file(path, driver="FlatGeobuf", engine="pyogrio", SPATIAL_INDEX="NO")
+    elif fmt == "shp":
+        shp = directory / "shp"
+        shp.mkdir()
+        renamed = frame.rename(columns={c: SHAPEFILE_NAMES.get(c, c)[:10] for c in frame.columns if c != "geometry"})
+        renamed.to_file(shp / f"{layer}.shp", driver="ESRI Shapefile", engine="pyogrio", encoding="UTF-8")
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for member in sorted(shp.iterdir()):
+                archive.write(member, member.name)
+    return path
+
+
+def _text_friendly(frame, fmt: str):
+    """Dates as ISO text where a format has no date type; lists as text everywhere."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if column == "geometry":
+            continue
+        series = frame[column]
+        if series.map(lambda v: isinstance(v, list | dict)).any():
+            frame[column] = series.map(lambda v: None if v is None else str(v))
+        elif fmt in ("shp", "kml", "csv") and pd.api.types.is_datetime64_any_dtype(series):
+            frame[column] = series.map(lambda v: None if pd.isna(v) else v.isoformat())
+        elif series.dtype == object and series.map(lambda v: isinstance(v, dt.date | dt.datetime)).any():
+            frame[column] = series.map(lambda v: None if v is None else v.isoformat())
+    return frame
+
+
+def export(session: Session, layer: str, fmt: str, identity, params: dict | None = None,
+           hotspot_layer: dict | None = None, progress=lambda done, total: None) -> Export:
+    """Write a layer the caller may export to a temporary file."""
+    roles = allowed_roles(layer)
+    if identity is not None and identity.role not in roles:
+        raise Forbidden(f"role {identity.role!r} may not export {layer}; allowed: {', '.join(roles)}")
+    if fmt not in FORMATS:
+        raise InvalidInput(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if layer == "hotspots":
+        frame = gpd.GeoDataFrame.from_features(hotspot_layer["features"], crs="EPSG:4326")
+    else:
+        frame = read_layer(session, layer, params, progress)
+    directory = Path(tempfile.mkdtemp(prefix="geo_export_"))
+    try:
+        path = write(frame, fmt, layer, directory)
+    except Exception:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
+    return Export(path=path, directory=directory, filename=f"heshan-{layer}-{stamp}.{FORMATS[fmt][0]}",
+                  media_type=FORMATS[fmt][1], rows=len(frame))

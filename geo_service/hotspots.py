@@ -1,0 +1,373 @@
+"""Where incidents concentrate beyond chance: counts per unit, Getis-Ord Gi*, kernel density.
+
+Units: grids (default), communities, towns, or regular hexagons / squares of `size_m` metres
+(PostGIS ST_HexagonGrid / ST_SquareGrid in GEO_METRIC_CRS, kept where they meet the county).
+Incidents are counted per area unit by the unit recorded at intake (the assignment snapshot,
+itself ST_Covers of the point), and per hexagon or square by ST_Covers of the point.
+
+Gi* (Getis & Ord 1992; Ord & Getis 1995) with binary weights and each unit its own neighbour:
+for unit i with neighbour set N(i) ∋ i, k_i = |N(i)|, n units, counts x, mean x̄ and population
+variance s²,
+
+    G*_i = Σ_{j∈N(i)} x_j / Σ_j x_j,   E[G*_i] = k_i / n,
+    Var[G*_i] = k_i (n − k_i) / (n − 1) / n² · s² / x̄²,   z_i = (G*_i − E[G*_i]) / √Var[G*_i],
+
+two-sided p_i = 2 (1 − Φ(|z_i|)). This is PySAL esda's `G_Local(star=True, transform='B')`
+(esda reports the one-sided p; a test checks the agreement). Neighbours: queen contiguity for
+polygon units (sharing at least one boundary point); for hexagons and squares a distance band of
+1.1 x the centre spacing of adjacent cells (6 hexagon / 8 square neighbours, queen-like).
+Confidence bins as ArcGIS: ±3, ±2, ±1 for 99 / 95 / 90 % (sign of z), else 0. With `fdr`, each
+level's significance is decided by the Benjamini–Hochberg procedure over all units instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+from pyproj import Transformer
+from scipy import sparse, stats
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from geo_service import models
+from geo_service.errors import InvalidInput
+
+UNITS = ("grid", "community", "town", "hex", "square")
+LEVELS = ((3, 0.01), (2, 0.05), (1, 0.10))
+MIN_CELL_M, MAX_CELL_M = 200.0, 20_000.0
+
+# Raw SQL throughout: each unit kind needs its own join, and counting a million incidents must
+# stay one GROUP BY in PostGIS.
+AREA_UNITS_SQL = {
+    "grid": "SELECT g.code, g.name, ST_AsBinary(g.geom) AS wkb, t.code AS town FROM grid g "
+            "JOIN community c ON c.id = g.community_id JOIN town t ON t.id = c.town_id ORDER BY g.code",
+    "community": "SELECT c.code, c.name, ST_AsBinary(c.geom) AS wkb, t.code AS town FROM community c "
+                 "JOIN town t ON t.id = c.town_id ORDER BY c.code",
+    "town": "SELECT t.code, t.name, ST_AsBinary(t.geom) AS wkb, t.code AS town FROM town t ORDER BY t.code",
+}
+CELLS_SQL = """
+WITH county AS (SELECT ST_Transform(ST_Union(geom), :srid) AS geom FROM town),
+cells AS (SELECT c.geom, c.i, c.j FROM county, {function}(:size, county.geom) AS c)
+SELECT format('{prefix}%s_%s', cells.i, cells.j) AS code, format('{prefix}%s_%s', cells.i, cells.j) AS name,
+       ST_AsBinary(ST_Transform(cells.geom, 4326)) AS wkb, NULL AS town
+FROM cells, county WHERE ST_Intersects(cells.geom, county.geom)
+ORDER BY cells.i, cells.j
+"""
+FILTERS = """
+  (CAST(:since AS timestamptz) IS NULL OR i.reported_at >= :since)
+  AND (CAST(:until AS timestamptz) IS NULL OR i.reported_at < :until)
+  AND (CAST(:categories AS text[]) IS NULL OR i.category_code = ANY(:categories))
+  AND (CAST(:statuses AS text[]) IS NULL OR i.status = ANY(:statuses))
+  AND (CAST(:reporter_kinds AS text[]) IS NULL OR i.reporter_kind = ANY(:reporter_kinds))
+  AND (CAST(:towns AS text[]) IS NULL OR i.town_code = ANY(:towns))
+"""
+AREA_COUNTS_SQL = "SELECT i.{column} AS code, count(*) FROM incident i WHERE " + FILTERS + " GROUP BY 1"
+CELL_COUNTS_SQL = """
+SELECT c.ord, count(i.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS c(wkb, ord)
+JOIN incident i ON ST_Covers(ST_GeomFromWKB(c.wkb, 4326), i.geom) WHERE """ + FILTERS + " GROUP BY 1"
+PLATES_SQL = """
+SELECT u.ord, count(d.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS u(wkb, ord)
+JOIN door_plate d ON ST_Covers(ST_GeomFromWKB(u.wkb, 4326), d.geom) GROUP BY 1
+"""
+
+
+@dataclass
+class Filters:
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    categories: list[str] | None = None
+    statuses: list[str] | None = None
+    reporter_kinds: list[str] | None = None
+    towns: list[str] | None = None
+
+    def params(self) -> dict:
+        return {"since": self.since, "until": self.until, "categories": self.categories or None,
+                "statuses": self.statuses or None, "reporter_kinds": self.reporter_kinds or None,
+                "towns": self.towns or None}
+
+    def describe(self) -> dict:
+        return {"from": self.since.isoformat() if self.since else None,
+                "to": self.until.isoformat() if self.until else None,
+                "category": self.categories, "status": self.statuses, "reporter_kind": self.reporter_kinds,
+                "town": self.towns}
+
+    def check(self) -> None:
+        for values, allowed, name in ((self.statuses, models.INCIDENT_STATUSES, "status"),
+                                      (self.reporter_kinds, models.REPORTER_KINDS, "reporter_kind")):
+            for value in values or []:
+                if value not in allowed:
+                    raise InvalidInput(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        if self.since and self.until and self.since >= self.until:
+            raise InvalidInput(f"from {self.since.isoformat()} is not before to {self.until.isoformat()}")
+
+
+@dataclass
+class Layer:
+    unit: str
+    size_m: float | None
+    codes: list[str]
+    names: list[str]
+    geoms: np.ndarray  # lon/lat
+    counts: np.ndarray
+    area_km2: np.ndarray
+    door_plates: np.ndarray
+    z: np.ndarray
+    p: np.ndarray
+    bins: np.ndarray
+    weights: str
+    fdr: bool
+    filters: dict
+    computed_at: str
+    extra: dict = field(default_factory=dict)
+
+    def metadata(self) -> dict:
+        return {"unit": self.unit, "size_m": self.size_m, "method": "gistar", "weights": self.weights,
+                "fdr": self.fdr, "filters": self.filters, "units": len(self.codes),
+                "incidents": int(self.counts.sum()), "computed_at": self.computed_at,
+                "bins": {"3": "hot spot, 99 %", "2": "hot spot, 95 %", "1": "hot spot, 90 %", "0": "not significant",
+                         "-1": "cold spot, 90 %", "-2": "cold spot, 95 %", "-3": "cold spot, 99 %"}}
+
+    def rows(self) -> list[dict]:
+        density = np.divide(self.counts, self.area_km2, out=np.zeros(len(self.counts)), where=self.area_km2 > 0)
+        rate = np.divide(self.counts * 1000.0, self.door_plates, out=np.full(len(self.counts), np.nan),
+                         where=self.door_plates > 0)
+        return [{"code": c, "name": n, "count": int(k), "area_km2": round(float(a), 4),
+                 "density_km2": round(float(d), 3), "door_plates": int(dp),
+                 "rate_per_1000_plates": None if np.isnan(r) else round(float(r), 3),
+                 "gi_z": round(float(z), 4), "gi_p": round(float(p), 6), "gi_bin": int(b)}
+                for c, n, k, a, d, dp, r, z, p, b in zip(self.codes, self.names, self.counts, self.area_km2, density,
+                                                         self.door_plates, rate, self.z, self.p, self.bins)]
+
+    def geojson(self) -> dict:
+        return {"type": "FeatureCollection", "metadata": self.metadata(), "features": [
+            {"type": "Feature", "id": row["code"], "properties": row, "geometry": shapely.geometry.mapping(geom)}
+            for row, geom in zip(self.rows(), self.geoms)]}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def gi_star(counts: np.ndarray, weights: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Gi* z-scores and two-sided p-values; `weights` binary with ones on the diagonal."""
+    x = np.asarray(counts, dtype=float)
+    n = len(x)
+    mean, variance = x.mean(), x.var()
+    if n < 3 or mean == 0 or variance == 0:
+        return np.zeros(n), np.ones(n)
+    k = np.asarray(weights.sum(axis=1)).ravel()
+    g = (weights @ x) / x.sum()
+    expected = k / n
+    var = k * (n - k) / (n - 1) / n**2 * variance / mean**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(var > 0, (g - expected) / np.sqrt(var), 0.0)
+    return z, 2 * stats.norm.sf(np.abs(z))
+
+
+def confidence_bins(z: np.ndarray, p: np.ndarray, fdr: bool = False) -> np.ndarray:
+    """±3/±2/±1 for 99/95/90 % confidence, 0 otherwise; with `fdr`, Benjamini–Hochberg per level."""
+    bins = np.zeros(len(z), dtype=int)
+    for level, alpha in reversed(LEVELS):  # 90 % first, then overwritten by 95 % and 99 %
+        significant = _benjamini_hochberg(p, alpha) if fdr else p < alpha
+        bins[significant] = level * np.sign(z[significant]).astype(int)
+    return bins
+
+
+def _benjamini_hochberg(p: np.ndarray, alpha: float) -> np.ndarray:
+    m = len(p)
+    order = np.argsort(p)
+    passed = p[order] <= alpha * np.arange(1, m + 1) / m
+    significant = np.zeros(m, dtype=bool)
+    if passed.any():
+        significant[order[: np.flatnonzero(passed).max() + 1]] = True
+    return significant
+
+
+def contiguity(geoms: np.ndarray) -> sparse.csr_matrix:
+    """Binary queen contiguity (sharing any boundary point) with each unit its own neighbour."""
+    left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    n = len(geoms)
+    return sparse.csr_matrix((np.ones(len(left)), (left, right)), shape=(n, n))
+
+
+def distance_band(centres: np.ndarray, threshold: float) -> sparse.csr_matrix:
+    """Binary weights for units whose centres (metres) lie within `threshold`, self included."""
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(centres).query_pairs(threshold, output_type="ndarray")
+    n = len(centres)
+    rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(n)])
+    cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(n)])
+    return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+
+
+# --------------------------------------------------------------------------- the layer
+
+
+def _units(session: Session, unit: str, size_m: float | None, srid: int) -> list:
+    if unit in AREA_UNITS_SQL:
+        return session.execute(text(AREA_UNITS_SQL[unit])).mappings().all()
+    if size_m is None or not MIN_CELL_M <= size_m <= MAX_CELL_M:
+        raise InvalidInput(f"size_m {size_m!r} outside [{MIN_CELL_M:g}, {MAX_CELL_M:g}] metres for unit {unit!r}")
+    function, prefix = ("ST_HexagonGrid", "H") if unit == "hex" else ("ST_SquareGrid", "S")
+    return session.execute(text(CELLS_SQL.format(function=function, prefix=prefix)),
+                           {"size": size_m, "srid": srid}).mappings().all()
+
+
+def compute(session: Session, unit: str = "grid", *, size_m: float | None = None, filters: Filters | None = None,
+            fdr: bool = False, metric_crs: str = "EPSG:4547") -> Layer:
+    """Counts, areas, door plates and Gi* per unit, in unit code order."""
+    if unit not in UNITS:
+        raise InvalidInput(f"unit {unit!r} is not one of {', '.join(UNITS)}")
+    filters = filters or Filters()
+    filters.check()
+    srid = int(metric_crs.rsplit(":", 1)[1])
+    rows = _units(session, unit, size_m, srid)
+    if not rows:
+        raise InvalidInput("no units to analyse: load the areas first")
+    codes = [r["code"] for r in rows]
+    wkbs = [bytes(r["wkb"]) for r in rows]
+    geoms = shapely.from_wkb(wkbs)
+    position = {code: i for i, code in enumerate(codes)}
+    counts = np.zeros(len(codes))
+    if unit in AREA_UNITS_SQL:
+        column = {"grid": "grid_code", "community": "community_code", "town": "town_code"}[unit]
+        for code, count in session.execute(text(AREA_COUNTS_SQL.format(column=column)), filters.params()).all():
+            if code in position:
+                counts[position[code]] = count
+    else:
+        for ordinal, count in session.execute(text(CELL_COUNTS_SQL), {**filters.params(), "wkbs": wkbs}).all():
+            counts[ordinal - 1] = count
+    plates = np.zeros(len(codes))
+    for ordinal, count in session.execute(text(PLATES_SQL), {"wkbs": wkbs}).all():
+        plates[ordinal - 1] = count
+    to_metric = Transformer.from_crs("EPSG:4326", metric_crs, always_xy=True)
+    metric = shapely.transform(geoms, lambda xy: np.column_stack(to_metric.transform(xy[:, 0], xy[:, 1])))
+    if unit in AREA_UNITS_SQL:
+        weights, described = contiguity(geoms), "queen contiguity, binary, each unit its own neighbour (Gi*)"
+    else:
+        spacing = size_m * np.sqrt(3) if unit == "hex" else size_m * np.sqrt(2)
+        threshold = 1.1 * spacing
+        weights = distance_band(shapely.get_coordinates(shapely.centroid(metric)), threshold)
+        described = f"distance band {threshold:.0f} m between cell centres, binary, each cell its own neighbour (Gi*)"
+    z, p = gi_star(counts, weights)
+    return Layer(unit=unit, size_m=size_m, codes=codes, names=[r["name"] for r in rows], geoms=geoms, counts=counts,
+                 area_km2=shapely.area(metric) / 1e6, door_plates=plates, z=z, p=p,
+                 bins=confidence_bins(z, p, fdr), weights=described, fdr=fdr, filters=filters.describe(),
+                 computed_at=dt.datetime.now(dt.UTC).isoformat())
+
+
+# --------------------------------------------------------------------------- kernel density
+
+
+@dataclass
+class Surface:
+    values: np.ndarray  # incidents per km², rows north to south
+    west: float
+    south: float
+    east: float
+    north: float
+    bandwidth_m: float
+    cell_m: float
+
+
+def density(session: Session, filters: Filters | None = None, *, bandwidth_m: float = 1000.0,
+            cell_m: float = 250.0) -> Surface:
+    """Gaussian kernel density of incidents (per km²) on a lon/lat raster over the county.
+
+    `bandwidth_m` is the kernel's standard deviation in metres (default 1 km: about a village or
+    a few urban grids); cells are `cell_m` metres at the county's latitude. Points are binned,
+    then the bins are convolved with the kernel (exact up to the binning).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if not 100 <= bandwidth_m <= 20_000:
+        raise InvalidInput(f"bandwidth_m {bandwidth_m!r} outside [100, 20000]")
+    if not 50 <= cell_m <= 2_000:
+        raise InvalidInput(f"cell_m {cell_m!r} outside [50, 2000]")
+    filters = filters or Filters()
+    filters.check()
+    west, south, east, north = session.execute(text(
+        "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM (SELECT ST_Extent(geom) AS e FROM town) t")).one()
+    if west is None:
+        raise InvalidInput("no towns loaded")
+    points = np.array(session.execute(text(
+        "SELECT ST_X(i.geom), ST_Y(i.geom) FROM incident i WHERE " + FILTERS), filters.params()).all(), dtype=float)
+    latitude = np.radians((south + north) / 2)
+    metres_x, metres_y = 111_320.0 * np.cos(latitude), 110_574.0
+    dx, dy = cell_m / metres_x, cell_m / metres_y
+    columns, rows = int(np.ceil((east - west) / dx)), int(np.ceil((north - south) / dy))
+    grid = np.zeros((rows, columns))
+    if len(points):
+        col = np.clip(((points[:, 0] - west) / dx).astype(int), 0, columns - 1)
+        row = np.clip(((north - points[:, 1]) / dy).astype(int), 0, rows - 1)
+        np.add.at(grid, (row, col), 1.0)
+    smoothed = gaussian_filter(grid, sigma=bandwidth_m / cell_m, mode="constant")
+    return Surface(values=smoothed / (cell_m / 1000.0) ** 2, west=west, south=north - rows * dy,
+                   east=west + columns * dx, north=north, bandwidth_m=bandwidth_m, cell_m=cell_m)
+
+
+# Low to high: transparent, then yellow through red (ColorBrewer YlOrRd).
+RAMP = np.array([[255, 255, 178], [254, 204, 92], [253, 141, 60], [240, 59, 32], [189, 0, 38]], dtype=float)
+
+
+def surface_png(surface: Surface) -> bytes:
+    """The surface as an RGBA PNG (transparent where nearly zero), for an image overlay."""
+    import struct
+    import zlib
+
+    values = surface.values
+    top = values.max() or 1.0
+    scaled = np.clip(values / top, 0, 1) * (len(RAMP) - 1)
+    low = np.floor(scaled).astype(int)
+    high = np.minimum(low + 1, len(RAMP) - 1)
+    frac = (scaled - low)[..., None]
+    rgb = RAMP[low] * (1 - frac) + RAMP[high] * frac
+    alpha = np.where(values / top < 0.02, 0, np.clip(80 + 175 * values / top, 0, 255))
+    rgba = np.dstack([rgb, alpha]).astype(np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rgba)
+    height, width = values.shape
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def surface_geotiff(surface: Surface, path) -> None:
+    """The surface as a float32 GeoTIFF in EPSG:4326 (GeoKeys for a geographic CRS, pixel is area)."""
+    import tifffile
+
+    height, width = surface.values.shape
+    scale_x = (surface.east - surface.west) / width
+    scale_y = (surface.north - surface.south) / height
+    geokeys = (1, 1, 0, 4,  # version, revision, minor, number of keys
+               1024, 0, 1, 2,  # GTModelTypeGeoKey = geographic
+               1025, 0, 1, 1,  # GTRasterTypeGeoKey = pixel is area
+               2048, 0, 1, 4326,  # GeographicTypeGeoKey = EPSG:4326
+               2054, 0, 1, 9102)  # GeogAngularUnitsGeoKey = degree
+    tifffile.imwrite(path, surface.values.astype(np.float32), extratags=[
+        (33550, "d", 3, (scale_x, scale_y, 0.0), False),
+        (33922, "d", 6, (0.0, 0.0, 0.0, surface.west, surface.north, 0.0), False),
+        (34735, "H", len(geokeys), geokeys, False),
+        (42113, "s", 0, "0", False),  # GDAL_NODATA
+    ])
+
+
+def save(session: Session, layer: Layer, computed_by: str | None) -> int:
+    """Keep a computed layer; the newest one is the OGC API's `hotspots` collection."""
+    run = models.HotspotRun(computed_by=computed_by, layer=layer.geojson(),
+                            params={"unit": layer.unit, "size_m": layer.size_m, "fdr": layer.fdr, **layer.filters})
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def latest(session: Session) -> dict | None:
+    from sqlalchemy import select
+
+    run = session.scalar(select(models.HotspotRun).order_by(models.HotspotRun.id.desc()).limit(1))
+    return None if run is None else run.layer
