@@ -481,5 +481,51 @@ def incidents_import(path: Path, strict: bool) -> None:
                f"{len(report.rejected):,} rejected ({seconds:.1f} s, {report.rows / seconds:,.0f} rows/s)")
 
 
+@main.command("export")
+@click.argument("layer")
+@click.option("--format", "fmt", default="gpkg", show_default=True,
+              help="geojson, gpkg, shp (zipped), kml, csv, parquet or fgb (people layers: csv or parquet).")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--from", "since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"]),
+              help="Incidents reported at or after (UTC date or ISO time).")
+@click.option("--to", "until", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"]),
+              help="Incidents reported before.")
+@click.option("--category", "categories", multiple=True, help="Only this incident category (repeatable).")
+def export_command(layer: str, fmt: str, out_file: Path, since, until, categories) -> None:
+    """Export a layer (towns, communities, grids, compounds, stations, door_plates, incidents,
+    grid_workers, police_officers, grid_assignments, hotspots) to a file, with progress."""
+    import datetime as dt
+    import shutil
+
+    from tqdm import tqdm
+
+    from geo_service import audit as audit_log
+    from geo_service import exports, hotspots
+
+    def utc(value):
+        return None if value is None else (value if value.tzinfo else value.replace(tzinfo=dt.UTC))
+
+    params = {"since": utc(since), "until": utc(until), "categories": list(categories) or None}
+    started = time.perf_counter()
+    with _session() as session, tqdm(unit="row", desc=f"read {layer}") as bar:
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        hotspot_layer = None
+        if layer == "hotspots":
+            hotspot_layer = hotspots.latest(session)
+            if hotspot_layer is None:
+                _fail("no hotspot layer has been computed yet (GET /api/v1/hotspots computes one)")
+        result = exports.export(session, layer, fmt, None, params, hotspot_layer=hotspot_layer, progress=advance)
+        audit_log.record(session, audit_log.CLI, "export", "layer", layer, detail={"format": fmt, "rows": result.rows,
+                                                                                  "out": str(out_file)})
+        session.commit()
+    shutil.move(str(result.path), out_file)
+    shutil.rmtree(result.directory, ignore_errors=True)
+    click.echo(f"wrote {result.rows:,} {layer} to {out_file} ({out_file.stat().st_size:,} bytes, "
+               f"{time.perf_counter() - started:.1f} s)")
+
+
 if __name__ == "__main__":
     main()

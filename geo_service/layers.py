@@ -1,5 +1,5 @@
 """Point layers and search for the map: stations, compounds, door plates in view, incident
-points and counts, and one search box over grid codes, community names and door plates."""
+points, and one search box over grid codes, community names and door plates."""
 
 from __future__ import annotations
 
@@ -48,16 +48,6 @@ WHERE (CAST(:since AS timestamptz) IS NULL OR i.reported_at >= :since)
   AND (CAST(:statuses AS text[]) IS NULL OR i.status = ANY(:statuses))
   AND (CAST(:towns AS text[]) IS NULL OR i.town_code = ANY(:towns))
   AND (CAST(:worker AS int) IS NULL OR i.assignee_worker_id = :worker OR :police = ANY(i.police_officer_ids))
-""")
-COUNTS_SQL = text("""
-SELECT i.grid_code AS code, count(*) AS count
-FROM incident AS i
-WHERE i.grid_code IS NOT NULL
-  AND (CAST(:since AS timestamptz) IS NULL OR i.reported_at >= :since)
-  AND (CAST(:until AS timestamptz) IS NULL OR i.reported_at < :until)
-  AND (CAST(:categories AS text[]) IS NULL OR i.category_code = ANY(:categories))
-  AND (CAST(:towns AS text[]) IS NULL OR i.town_code = ANY(:towns))
-GROUP BY i.grid_code ORDER BY i.grid_code
 """)
 SEARCH_SQL = text("""
 (SELECT 'grid' AS kind, g.code, g.name, NULL AS address,
@@ -110,12 +100,6 @@ def incident_points(session: Session, identity, now: dt.datetime, *, since=None,
     if identity.role == "worker":
         worker, police = identity.grid_worker_id or -1, identity.police_officer_id or -1
     return session.execute(INCIDENT_POINTS_SQL, {**params, "now": now, "worker": worker, "police": police}).scalar_one()
-
-
-def incident_counts(session: Session, identity, *, since=None, until=None, categories=None) -> list[dict]:
-    """Incidents per grid (as assigned at intake) in a time range and categories."""
-    params = _filters(identity, since, until, categories)
-    return [dict(row) for row in session.execute(COUNTS_SQL, params).mappings()]
 
 
 def search(session: Session, query: str) -> list[dict]:

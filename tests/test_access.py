@@ -54,7 +54,17 @@ EXAMPLES = {
     ("GET", "/api/v1/compounds"): {},
     ("GET", "/api/v1/door-plates"): {"params": {"bbox": "112.90,22.70,112.94,22.74"}},
     ("GET", "/api/v1/incident-points"): {},
-    ("GET", "/api/v1/incident-counts"): {},
+    ("GET", "/api/v1/hotspots"): {},
+    ("GET", "/api/v1/hotspots/density"): {},
+    ("GET", "/api/v1/export/{layer}"): {"path": "/api/v1/export/grids"},
+    ("GET", "/ogc"): {},
+    ("GET", "/ogc/conformance"): {},
+    ("GET", "/ogc/api"): {},
+    ("GET", "/ogc/collections"): {},
+    ("GET", "/ogc/collections/{collection_id}"): {"path": "/ogc/collections/grids"},
+    ("GET", "/ogc/collections/{collection_id}/items"): {"path": "/ogc/collections/grids/items"},
+    ("GET", "/ogc/collections/{collection_id}/items/{feature_id}"): {
+        "path": f"/ogc/collections/grids/items/{G111}"},
     ("GET", "/api/v1/search"): {"params": {"q": "YJ44"}},
     ("GET", "/open311/v2/services.json"): {},
     ("GET", "/open311/v2/requests.json"): {},
@@ -76,7 +86,7 @@ def all_routes(routes) -> list[APIRoute]:
 
 
 def api_routes(app) -> list[APIRoute]:
-    routes = [r for r in all_routes(app.routes) if r.path.startswith(("/api/", "/open311/"))]
+    routes = [r for r in all_routes(app.routes) if r.path.startswith(("/api/", "/open311/", "/ogc"))]
     assert len(routes) > 10, "route discovery found too few routes: the matrix would check nothing"
     return routes
 

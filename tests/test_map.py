@@ -208,14 +208,22 @@ def test_viewer_gets_no_dispatch_page(watched):
     assert response.status == 403
 
 
-def test_hotspots_page_draws_counts(watched):
+def test_hotspots_page_draws_gi_star_bins_and_offers_downloads(watched):
     watched.login("analyst", "/map/hotspots")
     watched.wait_ready()
-    assert watched.page.evaluate("geoState.layers['incident counts 事件数'].getLayers().length") == 9
-    total = int(watched.page.inner_text("#geo-hot-summary").split()[1])
-    assert total >= 2  # the tiny dataset's two, plus any a test reported meanwhile
-    watched.page.select_option("#geo-hot-category", "rental_housing")
-    watched.page.wait_for_function("document.getElementById('geo-hot-summary').textContent.startsWith('共 1 件')")
+    assert watched.page.evaluate("geoState.layers['hot spots 热点'].getLayers().length") == 9
+    assert "incidents" in watched.page.inner_text("#geo-hot-summary")
+    assert "queen contiguity" in watched.page.inner_text("#geo-hot-summary")
+    assert "热点 hot 99 %" in watched.page.inner_text("#geo-hot-legend")
+    links = watched.page.eval_on_selector_all("a.geo-download", "as => as.map(a => a.getAttribute('href'))")
+    assert {link.split("format=")[1] for link in links} == {"geojson", "gpkg", "shp", "kml", "csv", "parquet", "fgb",
+                                                             "tiff"}
+    watched.page.select_option("#geo-hot-unit", "town")
+    watched.page.wait_for_function("geoState.layers['hot spots 热点'].getLayers().length === 2")
+    with watched.page.expect_download() as download:
+        watched.page.locator("a.geo-download", has_text="gpkg").click()
+    assert download.value.suggested_filename.endswith(".gpkg")
+    assert watched.page.evaluate("geoState.layers['density 核密度'].getLayers().length") == 1
     assert watched.external() == [] and watched.problems == []
 
 

@@ -1,4 +1,4 @@
-"""Map layers: stations, compounds, door plates in view, incident points and counts, search."""
+"""Map layers: stations, compounds, door plates in view, incident points, search."""
 
 from __future__ import annotations
 
@@ -63,16 +63,6 @@ def incident_points(request: Request, session: SessionDep, identity: AnyoneDep,
     """Every visible incident as `[id, lon, lat, status, category, overdue]`, for clusters and heat."""
     return json_response(layers.incident_points(session, identity, request.app.state.clock(), since=since,
                                                 until=until, categories=_list(category), statuses=_list(status)))
-
-
-@router.get("/incident-counts")
-def incident_counts(session: SessionDep, identity: AnyoneDep,
-                    since: Annotated[dt.datetime | None, Query(alias="from")] = None,
-                    until: Annotated[dt.datetime | None, Query(alias="to")] = None,
-                    category: Annotated[str | None, Query(description="Comma-separated codes.")] = None):
-    """Incident counts per grid (the grid assigned at intake)."""
-    return json_response(layers.incident_counts(session, identity, since=since, until=until,
-                                                categories=_list(category)))
 
 
 @router.get("/search")

@@ -398,42 +398,80 @@ var GeoMap = (function () {
 
   // ----------------------------------------------------------------- hotspots page
 
-  function hotspotsPanel(grids) {
+  // The usual diverging colours of Gi* hot spot maps, cold 99 % to hot 99 %.
+  var BIN_COLOURS = { "-3": "#4575b5", "-2": "#849eba", "-1": "#c0ccbe", "0": "#ffffbf",
+                      "1": "#fab984", "2": "#ed7551", "3": "#d62f27" };
+  var BIN_NAMES = { "3": "热点 hot 99 %", "2": "热点 hot 95 %", "1": "热点 hot 90 %", "0": "不显著 not significant",
+                    "-1": "冷点 cold 90 %", "-2": "冷点 cold 95 %", "-3": "冷点 cold 99 %" };
+  var FORMATS = ["geojson", "gpkg", "shp", "kml", "csv", "parquet", "fgb"];
+
+  function hotspotsPanel() {
     var panel = document.getElementById("geo-panel");
-    panel.innerHTML = "<h3>热点分析 hotspots</h3><div class='geo-filters'>" +
+    panel.innerHTML = "<h3>热点分析 hotspots (Getis-Ord Gi*)</h3><div class='geo-filters'>" +
+      "<label>单元 unit <select id='geo-hot-unit'><option value='grid'>网格 grid</option>" +
+      "<option value='community'>村(社区) community</option><option value='town'>镇街 town</option>" +
+      "<option value='hex'>六边形 1 km hexagons</option></select></label>" +
       "<label>从 from <input type='date' id='geo-hot-from'></label><label>到 to <input type='date' id='geo-hot-to'></label>" +
       "<select id='geo-hot-category'><option value=''>全部类别 all categories</option>" +
       categories.map(function (c) { return "<option value='" + esc(c.code) + "'>" + esc(c.name) + "</option>"; }).join("") +
-      "</select></div><div id='geo-hot-summary' class='meta'></div>";
-    var layer = L.geoJSON(null, { style: { weight: 0.6, color: "#555", fillOpacity: 0.7 } });
-    state.layers["incident counts 事件数"] = layer;
+      "</select><label><input type='checkbox' id='geo-hot-fdr'> FDR 校正 correction</label></div>" +
+      "<div id='geo-hot-summary' class='meta'></div><div id='geo-hot-legend'></div>" +
+      "<h3>下载 download</h3><div id='geo-hot-downloads'></div>";
+    var layer = L.geoJSON(null, { style: { weight: 0.6, color: "#666", fillOpacity: 0.75 } });
+    var density = L.layerGroup();
+    state.layers["hot spots 热点"] = layer;
+    state.layers["density 核密度"] = density;
     layer.addTo(map);
-    function refresh() {
-      var params = [];
+    control.addOverlay(layer, "hot spots 热点");
+    control.addOverlay(density, "density 核密度");
+    function query() {
+      var params = ["unit=" + document.getElementById("geo-hot-unit").value];
+      if (params[0] === "unit=hex") params.push("size_m=1000");
       var from = document.getElementById("geo-hot-from").value, to = document.getElementById("geo-hot-to").value;
       var category = document.getElementById("geo-hot-category").value;
       if (from) params.push("from=" + from + "T00:00:00%2B08:00");
       if (to) params.push("to=" + to + "T00:00:00%2B08:00");
       if (category) params.push("category=" + category);
-      return api("/api/v1/incident-counts?" + params.join("&")).then(function (rows) {
-        var counts = {};
-        rows.forEach(function (r) { counts[r.code] = r.count; });
-        var values = grids.features.map(function (f) { return counts[f.properties.code] || 0; }).sort(function (a, b) { return a - b; });
-        var breaks = [0.2, 0.4, 0.6, 0.8].map(function (q) { return values[Math.floor(q * (values.length - 1))]; });
-        var colours = ["#fff5eb", "#fdd0a2", "#fd8d3c", "#d94801", "#7f2704"];
-        function colour(v) { var k = 0; while (k < breaks.length && v > breaks[k]) k++; return colours[k]; }
-        layer.clearLayers();
-        layer.addData(grids);
-        layer.eachLayer(function (l) {
-          var v = counts[l.feature.properties.code] || 0;
-          l.setStyle({ fillColor: colour(v) });
-          l.bindTooltip(esc(l.feature.properties.code) + " " + esc(l.feature.properties.name) + ": " + v);
-        });
-        document.getElementById("geo-hot-summary").textContent = "共 " + values.reduce(function (a, b) { return a + b; }, 0) +
-          " 件; 分级 classes (quintiles): " + breaks.join(" / ");
-      }).catch(report);
+      if (document.getElementById("geo-hot-fdr").checked) params.push("fdr=true");
+      return params.join("&");
     }
-    ["geo-hot-from", "geo-hot-to", "geo-hot-category"].forEach(function (id) {
+    function refresh() {
+      var q = query();
+      document.getElementById("geo-hot-downloads").innerHTML = FORMATS.map(function (f) {
+        return "<a class='geo-download' href='/api/v1/hotspots?" + q + "&format=" + f + "' download>" + f + "</a>";
+      }).join(" · ") + " · <a class='geo-download' href='/api/v1/hotspots/density?" +
+        q.replace(/unit=[^&]*&?(size_m=[^&]*&?)?/, "") + "&format=tiff' download>density GeoTIFF</a>";
+      var hot = api("/api/v1/hotspots?" + q).then(function (data) {
+        layer.clearLayers();
+        layer.addData(data);
+        var tally = {};
+        layer.eachLayer(function (l) {
+          var p = l.feature.properties;
+          tally[p.gi_bin] = (tally[p.gi_bin] || 0) + 1;
+          l.setStyle({ fillColor: BIN_COLOURS[String(p.gi_bin)] });
+          l.bindTooltip(esc(p.code) + " " + esc(p.name) + "<br>" + p.count + " 件 · z " + p.gi_z.toFixed(2) +
+            " · p " + p.gi_p.toPrecision(2) + "<br>" + esc(BIN_NAMES[String(p.gi_bin)]));
+        });
+        var m = data.metadata;
+        document.getElementById("geo-hot-summary").textContent = m.units + " 单元 units · " + m.incidents +
+          " 件 incidents · " + m.weights + (m.fdr ? " · FDR" : "");
+        document.getElementById("geo-hot-legend").innerHTML = ["3", "2", "1", "0", "-1", "-2", "-3"].map(function (b) {
+          return "<div><i style='display:inline-block;width:14px;height:12px;background:" + BIN_COLOURS[b] +
+            ";border:1px solid #999;margin-right:4px'></i>" + esc(BIN_NAMES[b]) + " (" + (tally[b] || 0) + ")</div>";
+        }).join("");
+      });
+      var surface = fetch("/api/v1/hotspots/density?" + q.replace(/unit=[^&]*&?(size_m=[^&]*&?)?/, "") + "&format=png",
+                          { credentials: "same-origin" }).then(function (response) {
+        if (!response.ok) throw new Error("density: HTTP " + response.status);
+        var b = response.headers.get("X-Bounds").split(",").map(Number);
+        return response.blob().then(function (blob) {
+          density.clearLayers();
+          density.addLayer(L.imageOverlay(URL.createObjectURL(blob), [[b[1], b[0]], [b[3], b[2]]], { opacity: 0.8 }));
+        });
+      });
+      return Promise.all([hot, surface]).catch(report);
+    }
+    ["geo-hot-unit", "geo-hot-from", "geo-hot-to", "geo-hot-category", "geo-hot-fdr"].forEach(function (id) {
       document.getElementById(id).addEventListener("change", refresh);
     });
     return refresh();
@@ -462,9 +500,7 @@ var GeoMap = (function () {
       addSearch();
       map.on("click", onMapClick);
       if (cfg.page === "dispatch") return dispatchPanel();
-      if (cfg.page === "hotspots") {
-        return api("/api/v1/grids?geometry=true").then(hotspotsPanel);
-      }
+      if (cfg.page === "hotspots") return hotspotsPanel();
     }).then(function () {
       state.ready = true;
       document.body.dataset.ready = "true";
