@@ -42,6 +42,9 @@ bench: setup
 	$(BIN)/geo-service load $(SAMPLE) --if-empty
 	cd benchmarks && ../$(BIN)/python load_sample.py
 	cd benchmarks && ../$(BIN)/python lookup.py
+	cd benchmarks && ../$(BIN)/python dispatch.py
+	cd benchmarks && ../$(BIN)/python map_render.py
+	cd benchmarks && ../$(BIN)/python hotspots.py
 
 ## clean-db: stop the embedded cluster and delete it (all data in var/ is lost)
 clean-db:

@@ -43,7 +43,7 @@ want "postgresql-${version}-postgis-3"
 for option in "$@"; do
   case "$option" in
     --test) want gdal-bin chromium fonts-noto-cjk ;;
-    --bench) want wrk ;;
+    --bench) want wrk chromium fonts-noto-cjk ;;
     *) echo "error: unknown option $option (use --test or --bench)" >&2; exit 2 ;;
   esac
 done
