@@ -65,3 +65,35 @@ def wrk(url: str, connections: int, seconds: int, script: str | None = None, env
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return {"rps": rps, "p50_ms": latency.get("50"), "p99_ms": latency.get("99"),
             "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+@contextmanager
+def throwaway_database(load_sample: bool = True):
+    """A migrated database of its own on the configured server (optionally with the sample); dropped after."""
+    import uuid
+
+    from alembic import command
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from geo_service import loading, localdb
+    from geo_service.cli import alembic_config
+    from geo_service.config import get_settings
+
+    server = localdb.database_url(get_settings()).set(database="postgres")
+    name = f"geo_service_bench_{uuid.uuid4().hex[:8]}"
+    localdb.ensure_database(server, name)
+    url = server.set(database=name)
+    engine = create_engine(url)
+    try:
+        config = alembic_config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        if load_sample:
+            with Session(engine) as session:
+                loading.load(session, ROOT / "gis_data" / "heshan", progress=lambda m: None)
+        yield engine, url
+    finally:
+        engine.dispose()
+        localdb.drop_database(server, name)

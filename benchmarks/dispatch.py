@@ -11,18 +11,13 @@ import datetime as dt
 import statistics
 import tempfile
 import time
-import uuid
 
 import numpy as np
 import pandas as pd
-from _servers import ROOT, uvicorn, wrk
-from alembic import command
-from sqlalchemy import create_engine
+from _servers import ROOT, throwaway_database, uvicorn, wrk
 from sqlalchemy.orm import Session
 
-from geo_service import audit, auth, dispatch, loading, localdb
-from geo_service.cli import alembic_config
-from geo_service.config import get_settings
+from geo_service import audit, auth, dispatch
 
 SAMPLE = ROOT / "gis_data" / "heshan"
 
@@ -34,18 +29,8 @@ def main() -> None:
     parser.add_argument("--import-rows", type=int, default=100_000)
     args = parser.parse_args()
 
-    server = localdb.database_url(get_settings()).set(database="postgres")
-    name = f"geo_service_bench_{uuid.uuid4().hex[:8]}"
-    localdb.ensure_database(server, name)
-    url = server.set(database=name)
-    engine = create_engine(url)
-    try:
-        config = alembic_config()
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+    with throwaway_database() as (engine, url):
         with Session(engine) as session:
-            loading.load(session, SAMPLE, progress=lambda m: None)
             _, key = auth.create_api_key(session, "bench", "dispatcher")
 
         plates = pd.read_csv(SAMPLE / "door_plates.csv", dtype=str).sample(5000, random_state=7)
@@ -81,9 +66,6 @@ def main() -> None:
         print(f"\n## Import of {args.import_rows:,} historical incidents with assignment ({args.rounds} rounds)")
         print(f"median {seconds:.1f} s = {args.import_rows / seconds:,.0f} rows/s (best {min(timings):.1f} s); "
               f"{placed:,} placed in the last round, the rest jittered outside the county")
-    finally:
-        engine.dispose()
-        localdb.drop_database(server, name)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import uuid
 
 import geopandas as gpd
-from _servers import ROOT
-from alembic import command
-from sqlalchemy import create_engine, text
+from _servers import throwaway_database
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import exports, hotspots, loading, localdb
+from geo_service import exports, hotspots
 from geo_service.auth import Identity
-from geo_service.cli import alembic_config
-from geo_service.config import get_settings
 
 
 def timed(function, rounds: int) -> tuple[float, object]:
@@ -53,17 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    server = localdb.database_url(get_settings()).set(database="postgres")
-    name = f"geo_service_bench_{uuid.uuid4().hex[:8]}"
-    localdb.ensure_database(server, name)
-    engine = create_engine(server.set(database=name))
-    try:
-        config = alembic_config()
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-        with Session(engine) as session:
-            loading.load(session, ROOT / "gis_data" / "heshan", progress=lambda m: None)
+    with throwaway_database() as (engine, _):
         print("## Gi* over the 338 grids (medians; whole `hotspots.compute` = count in PostGIS, door plates per")
         print("grid, areas, weights and statistics; esda timed on the same counts with weights built beforehand)")
         print("| incidents | count | hotspots.compute | our Gi* + weights | esda G_Local | max |z - esda z| |")
@@ -86,9 +72,6 @@ def main() -> None:
             seconds, result = timed(lambda: exports.export(session, "door_plates", "gpkg", admin), 3)
             print(f"\n## Export of all {result.rows:,} door plates to GeoPackage: median {seconds:.2f} s "
                   f"({result.path.stat().st_size / 1e6:.1f} MB)")
-    finally:
-        engine.dispose()
-        localdb.drop_database(server, name)
 
 
 if __name__ == "__main__":

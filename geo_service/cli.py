@@ -11,7 +11,7 @@ import click
 
 from geo_service import localdb
 from geo_service.config import PROJECT_ROOT, get_settings
-from geo_service.errors import DatabaseSetupError, DatasetInvalid, GeoServiceError
+from geo_service.errors import DatasetInvalid, GeoServiceError
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from geo_service import audit, models, ownership
 from geo_service.db import copy_rows
-from geo_service.errors import Conflict, Forbidden, InvalidInput, NotFound, OutsideCoverage
+from geo_service.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 TERMINAL = frozenset({"closed", "rejected"})
 OPEN_STATUSES = tuple(s for s in models.INCIDENT_STATUSES if s not in TERMINAL)

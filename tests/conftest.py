@@ -9,8 +9,14 @@ or PostGIS is missing the fixtures raise: the suite fails loudly instead of skip
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -168,3 +174,28 @@ def tiny_dir(tmp_path) -> Path:
     from tests.tiny import write_tiny_dataset
 
     return write_tiny_dataset(tmp_path / "tiny")
+
+
+@contextmanager
+def running_server(database: ThrowawayDatabase, workers: int = 1, log=subprocess.DEVNULL) -> Iterator[str]:
+    """`geo-service serve` as a real process on a free port against `database`; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "GEO_DATABASE_URL": database.url.render_as_string(hide_password=False)}
+    process = subprocess.Popen([sys.executable, "-m", "geo_service.cli", "serve", "--port", str(port),
+                                "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(base + "/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("the server did not start")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)

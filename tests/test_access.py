@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -22,6 +21,7 @@ from geo_service import auth, models
 from geo_service.app import create_app
 from geo_service.routes.access import Allow
 from tests import tiny
+from tests.conftest import running_server
 
 G111 = tiny.grid_code(1, 1, 1)
 PLATE = "YJ440784901001000001"
@@ -414,29 +414,12 @@ def test_audit_endpoint_filters(tiny_client, tiny_db):
 
 def test_no_secrets_in_the_server_log(tiny_db, users, tmp_path):
     """Run the real server, sign in, look up people, and search everything it logged."""
-    import os
-    import socket
 
     name = users("dispatcher")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GEO_DATABASE_URL": tiny_db.url.render_as_string(hide_password=False)}
     log = tmp_path / "server.log"
-    with log.open("w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "geo_service.cli", "serve", "--port", str(port)],
-                                  env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/healthz")
-                break
-            except OSError:
-                time.sleep(0.1)
+    with log.open("w") as out, running_server(tiny_db, log=out) as base:
         form = urllib.parse.urlencode({"username": name, "password": "correct horse battery"}).encode()
-        token = __import__("json").loads(urllib.request.urlopen(base + "/api/v1/auth/token", data=form).read())[
-            "access_token"]
+        token = json.loads(urllib.request.urlopen(base + "/api/v1/auth/token", data=form).read())["access_token"]
         try:
             urllib.request.urlopen(base + "/api/v1/auth/token", data=urllib.parse.urlencode(
                 {"username": name, "password": "a wrong secret"}).encode())
@@ -446,9 +429,6 @@ def test_no_secrets_in_the_server_log(tiny_db, users, tmp_path):
                                          headers={"Authorization": f"Bearer {token}"})
         answer = urllib.request.urlopen(request).read().decode()
         assert "13800000001" in answer  # the dispatcher did get the full number...
-    finally:
-        server.terminate()
-        server.wait(10)
     logged = log.read_text()
     assert "GET /api/v1/lookup" in logged  # the log is really being captured
     for secret in ("correct horse battery", "a wrong secret", token, tiny_db.keys["admin"]):

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -23,7 +18,7 @@ from sqlalchemy.orm import Session
 from geo_service import auth, dispatch, loading, models
 from geo_service.app import create_app
 from tests import tiny
-from tests.conftest import ThrowawayDatabase, migrate
+from tests.conftest import ThrowawayDatabase, migrate, running_server
 
 G111, G112, G221 = tiny.grid_code(1, 1, 1), tiny.grid_code(1, 1, 2), tiny.grid_code(2, 2, 1)
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)  # 09:00 in Shanghai
@@ -251,13 +246,6 @@ def test_stale_version_is_409_and_if_match_works(client):
 
 def test_two_dispatchers_race_and_exactly_one_wins(db, tmp_path):
     """Real concurrent requests against a real server process."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GEO_DATABASE_URL": db.url.render_as_string(hide_password=False)}
-    server = subprocess.Popen([sys.executable, "-m", "geo_service.cli", "serve", "--port", str(port),
-                               "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {db.keys['dispatcher']}", "Content-Type": "application/json"}
 
     def post(path, body):
@@ -268,13 +256,7 @@ def test_two_dispatchers_race_and_exactly_one_wins(db, tmp_path):
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
 
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/healthz")
-                break
-            except OSError:
-                time.sleep(0.1)
+    with running_server(db, workers=2) as base:
         status, incident = post("/api/v1/incidents", {"category": "dispute", "description": "race",
                                                       "reporter_kind": "hotline", "lon": 112.903, "lat": 22.703})
         assert status == 201
@@ -292,9 +274,6 @@ def test_two_dispatchers_race_and_exactly_one_wins(db, tmp_path):
             thread.start()
         for thread in threads:
             thread.join()
-    finally:
-        server.terminate()
-        server.wait(10)
     codes = sorted(code for code, _ in outcomes)
     assert codes == [200] + [409] * 7
     losers = [body for code, body in outcomes if code == 409]

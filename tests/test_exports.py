@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 import zipfile
 
 import geopandas as gpd
@@ -22,6 +17,7 @@ from sqlalchemy.orm import Session
 from geo_service.app import create_app
 from geo_service.exports import SHAPEFILE_NAMES
 from tests import tiny
+from tests.conftest import running_server
 
 G111 = tiny.grid_code(1, 1, 1)
 
@@ -179,22 +175,8 @@ def test_ogc_items_paging_bbox_datetime_and_one_feature(client):
 
 @pytest.fixture(scope="module")
 def server(tiny_db):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GEO_DATABASE_URL": tiny_db.url.render_as_string(hide_password=False)}
-    process = subprocess.Popen([sys.executable, "-m", "geo_service.cli", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(base + "/healthz")
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield base
-    process.terminate()
-    process.wait(10)
+    with running_server(tiny_db) as base:
+        yield base
 
 
 def gdal(*args, key: str) -> subprocess.CompletedProcess:

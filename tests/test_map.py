@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from sqlalchemy.orm import Session
 
 from geo_service import auth, loading
 from tests import tiny
-from tests.conftest import ThrowawayDatabase, migrate
+from tests.conftest import ThrowawayDatabase, migrate, running_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -36,22 +31,8 @@ def server(server_url, tmp_path_factory):
         loading.load(session, tiny.write_tiny_dataset(tmp_path_factory.mktemp("m")), progress=lambda m: None)
         for role in ("viewer", "dispatcher", "analyst"):
             auth.create_user(session, f"map-{role}", role, password=PASSWORD)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GEO_DATABASE_URL": database.url.render_as_string(hide_password=False)}
-    process = subprocess.Popen([sys.executable, "-m", "geo_service.cli", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(base + "/healthz")
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield base
-    process.terminate()
-    process.wait(10)
+    with running_server(database) as base:
+        yield base
     database.drop()
 
 

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from geo_service import audit, auth, dispatch, open311, privacy
 from geo_service.db import SessionDep
 from geo_service.routes.access import EVERYONE, Allow, client_address
-from geo_service.routes.ownership import IndexDep, json_response
+from geo_service.routes.ownership import json_response
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
 AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
