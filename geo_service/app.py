@@ -87,9 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 headers={"Retry-After": "5"})
         raise exc
 
+    app.include_router(ownership.router)  # first: the lookup is the hottest route, matched in order
     app.include_router(auth.router)
     app.include_router(system.router)
-    app.include_router(ownership.router)
     app.include_router(areas.router)
     app.include_router(incidents.router)
     app.include_router(layers.router)
@@ -100,7 +100,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=pages.WEB), name="static")
     # Large answers (map layers) travel compressed to browsers; lookups stay below the threshold.
     app.add_middleware(GZipMiddleware, minimum_size=16_384)
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The OpenAPI document, with the bearer sign-in declared once for every route."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        from geo_service.routes.access import SECURITY_SCHEME
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEME
+        schema["security"] = [{"OAuth2PasswordBearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def app_from_env() -> FastAPI:

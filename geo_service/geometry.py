@@ -147,3 +147,12 @@ def local_distance_m(lon: float, lat: float, lons: np.ndarray, lats: np.ndarray)
     dx = prime_vertical * np.cos(phi) * np.radians(lons - lon)
     dy = meridian * np.radians(lats - lat)
     return np.hypot(dx, dy)
+
+
+def local_distance_one_m(lon: float, lat: float, lon2: float, lat2: float) -> float:
+    """local_distance_m for a single pair, in plain floats (numpy costs more than the arithmetic)."""
+    phi = math.radians((lat + lat2) / 2.0)
+    w = 1.0 - _WGS84_E2 * math.sin(phi) ** 2
+    dx = _WGS84_A / math.sqrt(w) * math.cos(phi) * math.radians(lon2 - lon)
+    dy = _WGS84_A * (1.0 - _WGS84_E2) / (w * math.sqrt(w)) * math.radians(lat2 - lat)
+    return math.hypot(dx, dy)

@@ -215,8 +215,8 @@ class OwnershipIndex:
         answer["also_touching"] = [self.grids[int(i)]["grid"] for i in hits[1:]]
         center = static["governance_center"]
         if center is not None:
-            far = geometry.local_distance_m(lon, lat, np.array([center["lon"]]), np.array([center["lat"]]))[0]
-            center = {**center, "distance_m": round(float(far), 1)}
+            far = geometry.local_distance_one_m(lon, lat, center["lon"], center["lat"])
+            center = {**center, "distance_m": round(far, 1)}
         answer["governance_center"] = center
         answer["nearest_stations"] = self.nearest_stations(lon, lat, stations)
         return answer
