@@ -33,6 +33,7 @@ from geo_service.db import make_engine
 from geo_service.ownership import OWNER_SQL
 
 SAMPLE = ROOT / "gis_data" / "heshan"
+CONNECTIONS = (1, 8, 32)
 
 
 def median(values):
@@ -76,7 +77,7 @@ def single_lookups(seconds: int, rounds: int, workers: int, key: str) -> list[di
                     env={"GEO_AUDIT_LOOKUPS": "false"}) as unaudited:
         warm(audited, key, workers)
         warm(unaudited, key, workers)
-        for connections in (1, 8, 32):
+        for connections in CONNECTIONS:
             base, look, plain = [], [], []
             for _ in range(rounds):
                 base.append(wrk(hello + "/hello", connections, seconds))

@@ -279,30 +279,52 @@ def identify(session: Session, secret: str) -> Identity | None:
 
 
 class IdentityCache:
-    """Verified identities by secret digest, for `ttl` seconds; misses are not cached."""
+    """Verified identities by secret digest.
+
+    An entry is fresh for `ttl` seconds. For another `ttl` it is still answered, but marked for
+    a re-check that the caller runs in the background (`due_for_check`), so a slow database
+    never stalls requests that carry a known key; the re-check drops the entry when the key or
+    token is no longer valid. Revocation therefore takes effect within about 2 x ttl. Misses
+    are not cached.
+    """
 
     def __init__(self, ttl: float):
         self._ttl = ttl
         self._entries: dict[str, tuple[float, Identity]] = {}
+        self._checking: set[str] = set()
         self._lock = threading.Lock()
 
-    def get(self, secret: str) -> Identity | None:
+    def get(self, secret: str) -> tuple[Identity | None, bool]:
+        """(identity or None, whether a background re-check is due now)."""
         key = _digest(secret)
         entry = self._entries.get(key)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
-
-    def put(self, secret: str, identity: Identity) -> None:
+        now = time.monotonic()
+        if entry is None or entry[0] + self._ttl < now:
+            return None, False
+        if entry[0] >= now:
+            return entry[1], False
         with self._lock:
+            due = key not in self._checking
+            self._checking.add(key)
+        return entry[1], due
+
+    def put(self, secret: str, identity: Identity | None) -> None:
+        """Store a verified identity, or (None) forget the secret."""
+        key = _digest(secret)
+        with self._lock:
+            self._checking.discard(key)
+            if identity is None:
+                self._entries.pop(key, None)
+                return
             if len(self._entries) > 10_000:
-                now = time.monotonic()
+                now = time.monotonic() - self._ttl
                 self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
-            self._entries[_digest(secret)] = (time.monotonic() + self._ttl, identity)
+            self._entries[key] = (time.monotonic() + self._ttl, identity)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._checking.clear()
 
 
 DEMO_USERS = ("viewer", "worker", "dispatcher", "analyst", "admin")

@@ -10,6 +10,7 @@ has no such decision.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from fastapi import Request
@@ -56,14 +57,29 @@ async def authenticate(request: Request) -> auth.Identity:
         if not expected or not hmac.compare_digest(sent, expected):
             raise Forbidden(f"missing or wrong {CSRF_HEADER} header for a cookie-authenticated {request.method}")
     cache: auth.IdentityCache = request.app.state.identities
-    identity = cache.get(secret)
+    identity, recheck = cache.get(secret)
     if identity is None:
         identity = await run_in_threadpool(_identify, request, secret)
         if identity is None:
             raise Unauthenticated("invalid, expired or revoked credentials")
         cache.put(secret, identity)
+    elif recheck:
+        # Known and recently valid: answer now, confirm with the database meanwhile.
+        task = asyncio.create_task(_recheck(request, cache, secret))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
     request.state.identity = identity
     return identity
+
+
+_background: set = set()  # strong references to running re-checks
+
+
+async def _recheck(request: Request, cache: auth.IdentityCache, secret: str) -> None:
+    try:
+        cache.put(secret, await run_in_threadpool(_identify, request, secret))
+    except Exception:  # the database is down: keep the entry until it is too old, then refuse
+        cache.put(secret, None)
 
 
 def _identify(request: Request, secret: str) -> auth.Identity | None:
