@@ -5,7 +5,7 @@ random 256-bit secrets shaped `<kind>_<prefix>_<secret>`; only the SHA-256 diges
 secret is stored, found by its public prefix and compared with `hmac.compare_digest`, so a
 check costs microseconds and leaks no timing. Verified identities are cached for a few
 seconds (`IdentityCache`); revoking a key, ending a session or disabling a user therefore takes
-effect within that time.
+effect within about twice that time.
 """
 
 from __future__ import annotations

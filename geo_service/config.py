@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     session_hours: int = Field(default=8, description="Lifetime of a page session (login cookie).")
     identity_cache_seconds: float = Field(
         default=5.0, description="How long a verified token or key is trusted without asking the database; "
-        "revocation takes effect within this time.")
+        "for as long again it is re-checked in the background, so revocation takes effect within twice this.")
     audit_lookups: bool = Field(default=True, description="Audit lookups that return personal data.")
     secure_cookies: bool = Field(default=False, description="Mark session cookies Secure (serve over HTTPS).")
     tile_url: str | None = Field(
