@@ -211,10 +211,11 @@ def _event(session: Session, incident_id: int, actor: audit.Actor, action: str, 
         "note": note, "detail": detail}])
 
 
-def intake(session: Session, index: ownership.OwnershipIndex, actor: audit.Actor, report: Report,
+def intake(session: Session, outside: Callable[[float, float], Exception], actor: audit.Actor, report: Report,
            now: dt.datetime, source: str = "api", address: str | None = None) -> tuple[dict, bool]:
     """Record and assign a report in one transaction: (incident, created). A retried report
-    with a known `external_id` returns the existing incident and created=False."""
+    with a known `external_id` returns the existing incident and created=False. `outside(lon,
+    lat)` makes the error for a point no grid covers (the lookup's, with the nearest grid)."""
     if report.reporter_kind not in models.REPORTER_KINDS:
         raise InvalidInput(f"reporter_kind {report.reporter_kind!r} is not one of {', '.join(models.REPORTER_KINDS)}")
     if not report.description or not report.description.strip():
@@ -236,7 +237,7 @@ def intake(session: Session, index: ownership.OwnershipIndex, actor: audit.Actor
         lon, lat, _ = ownership.parse_point(report.lon, report.lat, report.crs)
     snapshot = assign_many(session, [lon], [lat], [category.code], now.astimezone(ownership.LOCAL_TZ).date()).get(0)
     if snapshot is None:
-        raise index.outside(lon, lat)
+        raise outside(lon, lat)
     status = "assigned" if snapshot["assignee"] else "reported"
     values = {
         "external_id": report.external_id, "category_code": category.code, "description": report.description.strip(),

@@ -11,7 +11,7 @@ from geo_service import audit, auth, dispatch, privacy
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
 from geo_service.routes.access import EVERYONE, Allow, client_address
-from geo_service.routes.ownership import IndexDep, json_response
+from geo_service.routes.ownership import json_response
 from geo_service.schemas import (
     CategoryRead, ErrorRead, IncidentCreate, IncidentPage, IncidentRead, OutsideRead, TransitionCreate,
 )
@@ -25,6 +25,11 @@ def now(request: Request) -> dt.datetime:
     return request.app.state.clock()
 
 
+def outside_error(request: Request):
+    """The lookup's 404 for a point outside the county (the index is only needed then)."""
+    return lambda lon, lat: request.app.state.ownership.current().outside(lon, lat)
+
+
 @router.get("/incident-categories", response_model=list[CategoryRead])
 def list_categories(session: SessionDep, identity: AnyoneDep):
     """Incident categories with their deadlines and assignment and escalation rules."""
@@ -34,11 +39,11 @@ def list_categories(session: SessionDep, identity: AnyoneDep):
 @router.post("/incidents", response_model=IncidentRead, status_code=201,
              responses={200: {"model": IncidentRead, "description": "A retried report (same external_id)."},
                         404: {"model": OutsideRead}, 422: {"model": ErrorRead}})
-def create_incident(request: Request, session: SessionDep, index: IndexDep, identity: ReporterDep,
-                    body: IncidentCreate):
+def create_incident(request: Request, session: SessionDep, identity: ReporterDep, body: IncidentCreate):
     """Report an incident at a point or door plate; it is assigned at once."""
-    incident, created = dispatch.intake(session, index, audit.actor_of(identity), dispatch.Report(**body.model_dump()),
-                                        now(request), address=client_address(request))
+    incident, created = dispatch.intake(session, outside_error(request), audit.actor_of(identity),
+                                        dispatch.Report(**body.model_dump()), now(request),
+                                        address=client_address(request))
     response = json_response(privacy.present_incident(incident, identity))
     response.status_code = 201 if created else 200
     return response

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from geo_service import audit, auth, dispatch, open311, privacy
 from geo_service.db import SessionDep
 from geo_service.routes.access import EVERYONE, Allow, client_address
+from geo_service.routes.incidents import outside_error
 from geo_service.routes.ownership import json_response
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
@@ -57,7 +58,7 @@ async def create_request(request: Request, identity: Annotated[auth.Identity, De
 
     def submit():
         with request.app.state.sessionmaker() as session:
-            incident, _ = dispatch.intake(session, request.app.state.ownership.current(), audit.actor_of(identity),
+            incident, _ = dispatch.intake(session, outside_error(request), audit.actor_of(identity),
                                           open311.report(form), request.app.state.clock(), source="open311",
                                           address=client_address(request))
             return incident
