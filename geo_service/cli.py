@@ -505,7 +505,7 @@ def export_command(layer: str, fmt: str, out_file: Path, since, until, categorie
     def utc(value):
         return None if value is None else (value if value.tzinfo else value.replace(tzinfo=dt.UTC))
 
-    params = {"since": utc(since), "until": utc(until), "categories": list(categories) or None}
+    filters = hotspots.Filters(since=utc(since), until=utc(until), categories=list(categories) or None)
     started = time.perf_counter()
     with _session() as session, tqdm(unit="row", desc=f"read {layer}") as bar:
         def advance(done: int, total: int) -> None:
@@ -517,7 +517,7 @@ def export_command(layer: str, fmt: str, out_file: Path, since, until, categorie
             hotspot_layer = hotspots.latest(session)
             if hotspot_layer is None:
                 _fail("no hotspot layer has been computed yet (GET /api/v1/hotspots computes one)")
-        result = exports.export(session, layer, fmt, None, params, hotspot_layer=hotspot_layer, progress=advance)
+        result = exports.export(session, layer, fmt, None, filters, hotspot_layer=hotspot_layer, progress=advance)
         audit_log.record(session, audit_log.CLI, "export", "layer", layer, detail={"format": fmt, "rows": result.rows,
                                                                                   "out": str(out_file)})
         session.commit()

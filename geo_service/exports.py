@@ -23,6 +23,7 @@ import shapely
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from geo_service import hotspots
 from geo_service.errors import Forbidden, InvalidInput
 
 FORMATS = {  # format: (extension, media type)
@@ -63,13 +64,7 @@ LAYERS = {
         SELECT i.id, i.external_id, i.category_code AS category, i.status, i.reported_at, i.reporter_kind,
                i.door_plate_code, i.town_code, i.community_code, i.grid_code, i.assignee_worker_id,
                array_to_string(i.police_officer_ids, ';') AS police_officer_ids, i.deadline_at, i.source, i.geom
-        FROM incident i
-        WHERE (CAST(:since AS timestamptz) IS NULL OR i.reported_at >= :since)
-          AND (CAST(:until AS timestamptz) IS NULL OR i.reported_at < :until)
-          AND (CAST(:categories AS text[]) IS NULL OR i.category_code = ANY(:categories))
-          AND (CAST(:statuses AS text[]) IS NULL OR i.status = ANY(:statuses))
-          AND (CAST(:towns AS text[]) IS NULL OR i.town_code = ANY(:towns))
-        ORDER BY i.id"""),
+        FROM incident i WHERE """ + hotspots.INCIDENT_FILTERS_SQL + " ORDER BY i.id"),
     "grid_workers": (("admin",), "SELECT code, name, phone, kind, is_rider, platform, specialty FROM grid_worker "
                                  "ORDER BY code"),
     "police_officers": (("admin",), "SELECT code, name, phone, unit, kind FROM police_officer ORDER BY code"),
@@ -98,11 +93,11 @@ class Export:
     rows: int
 
 
-def read_layer(session: Session, layer: str, params: dict | None = None,
+def read_layer(session: Session, layer: str, filters: hotspots.Filters | None = None,
                progress: Callable[[int, int], None] = lambda done, total: None) -> gpd.GeoDataFrame | pd.DataFrame:
     """The layer as a (Geo)DataFrame in EPSG:4326, read in chunks (progress(done, total))."""
     sql = LAYERS[layer][1]
-    params = {"since": None, "until": None, "categories": None, "statuses": None, "towns": None, **(params or {})}
+    params = (filters or hotspots.Filters()).params()
     total = session.execute(text(f"SELECT count(*) FROM ({sql}) AS layer"), params).scalar_one()
     result = session.execute(text(sql).execution_options(stream_results=True), params)  # a server-side cursor
     columns = list(result.keys())
@@ -171,7 +166,7 @@ def _text_friendly(frame, fmt: str):
     return frame
 
 
-def export(session: Session, layer: str, fmt: str, identity, params: dict | None = None,
+def export(session: Session, layer: str, fmt: str, identity, filters: hotspots.Filters | None = None,
            hotspot_layer: dict | None = None, progress=lambda done, total: None) -> Export:
     """Write a layer the caller may export to a temporary file."""
     roles = allowed_roles(layer)
@@ -182,7 +177,7 @@ def export(session: Session, layer: str, fmt: str, identity, params: dict | None
     if layer == "hotspots":
         frame = gpd.GeoDataFrame.from_features(hotspot_layer["features"], crs="EPSG:4326")
     else:
-        frame = read_layer(session, layer, params, progress)
+        frame = read_layer(session, layer, filters, progress)
     directory = Path(tempfile.mkdtemp(prefix="geo_export_"))
     try:
         path = write(frame, fmt, layer, directory)

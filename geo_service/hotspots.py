@@ -56,7 +56,8 @@ SELECT format('{prefix}%s_%s', cells.i, cells.j) AS code, format('{prefix}%s_%s'
 FROM cells, county WHERE ST_Intersects(cells.geom, county.geom)
 ORDER BY cells.i, cells.j
 """
-FILTERS = """
+# The incident filters, shared by everything that selects incidents in SQL (`Filters.params()`).
+INCIDENT_FILTERS_SQL = """
   (CAST(:since AS timestamptz) IS NULL OR i.reported_at >= :since)
   AND (CAST(:until AS timestamptz) IS NULL OR i.reported_at < :until)
   AND (CAST(:categories AS text[]) IS NULL OR i.category_code = ANY(:categories))
@@ -64,10 +65,10 @@ FILTERS = """
   AND (CAST(:reporter_kinds AS text[]) IS NULL OR i.reporter_kind = ANY(:reporter_kinds))
   AND (CAST(:towns AS text[]) IS NULL OR i.town_code = ANY(:towns))
 """
-AREA_COUNTS_SQL = "SELECT i.{column} AS code, count(*) FROM incident i WHERE " + FILTERS + " GROUP BY 1"
+AREA_COUNTS_SQL = "SELECT i.{column} AS code, count(*) FROM incident i WHERE " + INCIDENT_FILTERS_SQL + " GROUP BY 1"
 CELL_COUNTS_SQL = """
 SELECT c.ord, count(i.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS c(wkb, ord)
-JOIN incident i ON ST_Covers(ST_GeomFromWKB(c.wkb, 4326), i.geom) WHERE """ + FILTERS + " GROUP BY 1"
+JOIN incident i ON ST_Covers(ST_GeomFromWKB(c.wkb, 4326), i.geom) WHERE """ + INCIDENT_FILTERS_SQL + " GROUP BY 1"
 PLATES_SQL = """
 SELECT u.ord, count(d.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS u(wkb, ord)
 JOIN door_plate d ON ST_Covers(ST_GeomFromWKB(u.wkb, 4326), d.geom) GROUP BY 1
@@ -294,7 +295,7 @@ def density(session: Session, filters: Filters | None = None, *, bandwidth_m: fl
     if west is None:
         raise InvalidInput("no towns loaded")
     points = np.array(session.execute(text(
-        "SELECT ST_X(i.geom), ST_Y(i.geom) FROM incident i WHERE " + FILTERS), filters.params()).all(), dtype=float)
+        "SELECT ST_X(i.geom), ST_Y(i.geom) FROM incident i WHERE " + INCIDENT_FILTERS_SQL), filters.params()).all(), dtype=float)
     latitude = np.radians((south + north) / 2)
     metres_x, metres_y = 111_320.0 * np.cos(latitude), 110_574.0
     dx, dy = cell_m / metres_x, cell_m / metres_y

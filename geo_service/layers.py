@@ -8,7 +8,7 @@ import datetime as dt
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import dispatch, privacy
+from geo_service import hotspots, privacy
 from geo_service.errors import InvalidInput
 
 # Assembled as GeoJSON inside PostGIS: one round trip, no per-row Python.
@@ -42,13 +42,8 @@ SELECT coalesce(json_agg(json_build_array(i.id, round(ST_X(i.geom)::numeric, 6),
                                           i.deadline_at < :now AND i.status NOT IN ('closed', 'rejected'))
                          ORDER BY i.id), '[]')
 FROM incident AS i
-WHERE (CAST(:since AS timestamptz) IS NULL OR i.reported_at >= :since)
-  AND (CAST(:until AS timestamptz) IS NULL OR i.reported_at < :until)
-  AND (CAST(:categories AS text[]) IS NULL OR i.category_code = ANY(:categories))
-  AND (CAST(:statuses AS text[]) IS NULL OR i.status = ANY(:statuses))
-  AND (CAST(:towns AS text[]) IS NULL OR i.town_code = ANY(:towns))
-  AND (CAST(:worker AS int) IS NULL OR i.assignee_worker_id = :worker OR :police = ANY(i.police_officer_ids))
-""")
+WHERE (CAST(:worker AS int) IS NULL OR i.assignee_worker_id = :worker OR :police = ANY(i.police_officer_ids))
+  AND """ + hotspots.INCIDENT_FILTERS_SQL)
 SEARCH_SQL = text("""
 (SELECT 'grid' AS kind, g.code, g.name, NULL AS address,
         ST_XMin(g.geom) AS west, ST_YMin(g.geom) AS south, ST_XMax(g.geom) AS east, ST_YMax(g.geom) AS north
@@ -83,19 +78,13 @@ def door_plates_in(session: Session, bbox: tuple[float, float, float, float], id
         "counts": identity.role in privacy.RESIDENT_COUNT_ROLES}).scalar_one()
 
 
-def _filters(identity, since, until, categories, statuses=None) -> dict:
-    if statuses:
-        bad = [s for s in statuses if s not in dispatch.models.INCIDENT_STATUSES]
-        if bad:
-            raise InvalidInput(f"status {bad[0]!r} is not one of {', '.join(dispatch.models.INCIDENT_STATUSES)}")
-    return {"since": since, "until": until, "categories": categories or None, "statuses": statuses or None,
-            "towns": sorted(identity.towns) if identity.towns is not None else None}
-
-
 def incident_points(session: Session, identity, now: dt.datetime, *, since=None, until=None,
                     categories=None, statuses=None) -> list:
     """Every visible incident as [id, lon, lat, status, category, overdue]: compact, for clusters and heat."""
-    params = _filters(identity, since, until, categories, statuses)
+    filters = hotspots.Filters(since=since, until=until, categories=categories, statuses=statuses,
+                               towns=sorted(identity.towns) if identity.towns is not None else None)
+    filters.check()
+    params = filters.params()
     worker = police = None
     if identity.role == "worker":
         worker, police = identity.grid_worker_id or -1, identity.police_officer_id or -1

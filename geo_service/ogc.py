@@ -75,7 +75,7 @@ def _extent(session: Session, collection: str) -> dict:
 
 
 def _no_filters() -> dict:
-    return {"since": None, "until": None, "categories": None, "statuses": None, "towns": None}
+    return hotspots.Filters().params()
 
 
 def collection(session: Session, collection_id: str, base: str) -> dict:

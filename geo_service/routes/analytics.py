@@ -6,7 +6,6 @@ import datetime as dt
 import shutil
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
@@ -15,15 +14,12 @@ from geo_service import audit, auth, exports, hotspots
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
 from geo_service.routes.access import EVERYONE, Allow, client_address
+from geo_service.routes.params import GEOJSON, comma_list, json_response
 from geo_service.schemas import ErrorRead
 
 router = APIRouter(prefix="/api/v1", tags=["analytics"])
 AnalystDep = Annotated[auth.Identity, Depends(Allow("analyst", "dispatcher", "admin"))]
 FORMAT_DOC = "geojson (default), gpkg, shp (zipped), kml, csv (WKT geometry), parquet (GeoParquet) or fgb."
-
-
-def _list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 def incident_filters(
@@ -34,8 +30,8 @@ def incident_filters(
     reporter_kind: Annotated[str | None, Query(description="Comma-separated reporter kinds.")] = None,
     town: Annotated[str | None, Query(description="Comma-separated town codes.")] = None,
 ) -> hotspots.Filters:
-    return hotspots.Filters(since=since, until=until, categories=_list(category), statuses=_list(status),
-                            reporter_kinds=_list(reporter_kind), towns=_list(town))
+    return hotspots.Filters(since=since, until=until, categories=comma_list(category), statuses=comma_list(status),
+                            reporter_kinds=comma_list(reporter_kind), towns=comma_list(town))
 
 
 FiltersDep = Annotated[hotspots.Filters, Depends(incident_filters)]
@@ -75,7 +71,7 @@ def get_hotspots(request: Request, session: SessionDep, identity: AnalystDep, fi
                  address=client_address(request), detail={"format": format, **layer.metadata()["filters"]})
     session.commit()
     if format == "geojson":
-        return Response(orjson.dumps(geojson), media_type="application/geo+json")
+        return json_response(geojson, GEOJSON)
     return file_response(exports.export(session, "hotspots", format, identity, hotspot_layer=geojson))
 
 
@@ -110,9 +106,8 @@ def export_layer(request: Request, session: SessionDep,
                  format: Annotated[str, Query(description=FORMAT_DOC + " People layers: csv or parquet.")] = "geojson"):
     """Download a layer: towns, communities, grids, compounds, stations, door_plates, incidents
     (filtered), or (admins) grid_workers, police_officers, grid_assignments."""
-    params = {"since": filters.since, "until": filters.until, "categories": filters.categories,
-              "statuses": filters.statuses, "towns": _scoped(filters, identity).towns}
-    export = exports.export(session, layer, format, identity, params)
+    filters.check()
+    export = exports.export(session, layer, format, identity, _scoped(filters, identity))
     audit.record(session, audit.actor_of(identity), "export", "layer", layer, address=client_address(request),
                  detail={"format": format, "rows": export.rows})
     session.commit()

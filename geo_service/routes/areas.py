@@ -2,13 +2,12 @@
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from geo_service import areas
 from geo_service.db import SessionDep
 from geo_service.routes.access import EVERYONE, Allow
-from geo_service.routes.ownership import json_response
+from geo_service.routes.params import GEOJSON, json_response
 from geo_service.schemas import ErrorRead
 
 router = APIRouter(prefix="/api/v1", tags=["areas"], dependencies=[Depends(Allow(*EVERYONE))])
@@ -44,4 +43,4 @@ def list_grids(session: SessionDep,
 def get_grid(session: SessionDep, request: Request, code: str) -> Response:
     """One grid as a GeoJSON Feature: outline, community, town, area in km²."""
     feature = areas.grid_feature(session, code, request.app.state.settings.metric_srid)
-    return Response(orjson.dumps(feature), media_type="application/geo+json")
+    return json_response(feature, GEOJSON)

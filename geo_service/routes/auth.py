@@ -17,7 +17,7 @@ from geo_service import audit, auth
 from geo_service.db import SessionDep
 from geo_service.errors import Unauthenticated
 from geo_service.routes.access import CSRF_COOKIE, SESSION_COOKIE, Allow, client_address
-from geo_service.routes.ownership import json_response
+from geo_service.routes.params import json_response
 from geo_service.schemas import AuditRead, ErrorRead, IdentityRead, TokenRead
 
 router = APIRouter(tags=["access"])

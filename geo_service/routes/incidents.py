@@ -11,7 +11,8 @@ from geo_service import audit, auth, dispatch, privacy
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
 from geo_service.routes.access import EVERYONE, Allow, client_address
-from geo_service.routes.ownership import json_response
+from geo_service.routes import params
+from geo_service.routes.params import comma_list, json_response
 from geo_service.schemas import (
     CategoryRead, ErrorRead, IncidentCreate, IncidentPage, IncidentRead, OutsideRead, TransitionCreate,
 )
@@ -49,20 +50,6 @@ def create_incident(request: Request, session: SessionDep, identity: ReporterDep
     return response
 
 
-def _split(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
-def _bbox(value: str | None) -> tuple[float, float, float, float] | None:
-    if not value:
-        return None
-    try:
-        west, south, east, north = (float(v) for v in value.split(","))
-    except ValueError:
-        raise InvalidInput(f"bbox {value!r} is not four numbers west,south,east,north") from None
-    return west, south, east, north
-
-
 @router.get("/incidents", response_model=IncidentPage, responses={200: {"content": {"application/geo+json": {}}}})
 def list_incidents(
     request: Request, session: SessionDep, identity: AnyoneDep,
@@ -87,19 +74,16 @@ def list_incidents(
     if format not in ("json", "geojson"):
         raise InvalidInput(f"format {format!r} is not json or geojson")
     filters = dispatch.IncidentFilter(
-        status=_split(status), category=_split(category), town=town, community=community, grid=grid,
-        assignee=assignee, police=police, reporter_kind=reporter_kind, since=since, until=until, bbox=_bbox(bbox),
+        status=comma_list(status), category=comma_list(category), town=town, community=community, grid=grid,
+        assignee=assignee, police=police, reporter_kind=reporter_kind, since=since, until=until, bbox=params.bbox(bbox),
         overdue=overdue, open=open, sort=sort, limit=limit, offset=offset)
     items, total = dispatch.list_incidents(session, identity, filters, now(request))
     items = [privacy.present_incident(i, identity) for i in items]
     if format == "geojson":
         features = [{"type": "Feature", "id": i["id"], "geometry": {"type": "Point", "coordinates": [i["lon"], i["lat"]]},
                      "properties": i} for i in items]
-        response = json_response({"type": "FeatureCollection", "numberMatched": total,
-                                  "numberReturned": len(items), "features": features})
-        response.media_type = "application/geo+json"
-        response.headers["content-type"] = "application/geo+json"
-        return response
+        return json_response({"type": "FeatureCollection", "numberMatched": total,
+                              "numberReturned": len(items), "features": features}, params.GEOJSON)
     return json_response({"total": total, "limit": limit, "offset": offset, "items": items})
 
 

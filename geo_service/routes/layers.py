@@ -5,45 +5,28 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from geo_service import auth, layers
 from geo_service.db import SessionDep
-from geo_service.errors import InvalidInput
 from geo_service.routes.access import EVERYONE, Allow
-from geo_service.routes.ownership import json_response
+from geo_service.routes import params
+from geo_service.routes.params import GEOJSON, comma_list, json_response
 
 router = APIRouter(prefix="/api/v1", tags=["layers"])
 AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
 
 
-def geojson_response(content) -> Response:
-    return Response(orjson.dumps(content), media_type="application/geo+json")
-
-
-def _bbox(value: str) -> tuple[float, float, float, float]:
-    try:
-        west, south, east, north = (float(v) for v in value.split(","))
-    except ValueError:
-        raise InvalidInput(f"bbox {value!r} is not four numbers west,south,east,north") from None
-    return west, south, east, north
-
-
-def _list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
 @router.get("/stations")
 def list_stations(session: SessionDep, identity: AnyoneDep) -> Response:
     """Stations (governance centres, dispute-resolution stations, …) as GeoJSON."""
-    return geojson_response(layers.stations(session))
+    return json_response(layers.stations(session), GEOJSON)
 
 
 @router.get("/compounds")
 def list_compounds(session: SessionDep, identity: AnyoneDep) -> Response:
     """Residential compounds (小区) as GeoJSON."""
-    return geojson_response(layers.compounds(session))
+    return json_response(layers.compounds(session), GEOJSON)
 
 
 @router.get("/door-plates")
@@ -51,7 +34,7 @@ def door_plates(session: SessionDep, identity: AnyoneDep,
                 bbox: Annotated[str, Query(description="west,south,east,north in degrees.")],
                 limit: Annotated[int, Query(description="At most this many (≤ 5000).")] = layers.MAX_DOOR_PLATES) -> Response:
     """Door plates inside a bounding box, as GeoJSON; `truncated` says there were more."""
-    return geojson_response(layers.door_plates_in(session, _bbox(bbox), identity, limit))
+    return json_response(layers.door_plates_in(session, params.bbox(bbox), identity, limit), GEOJSON)
 
 
 @router.get("/incident-points")
@@ -62,7 +45,7 @@ def incident_points(request: Request, session: SessionDep, identity: AnyoneDep,
                     status: Annotated[str | None, Query(description="Comma-separated statuses.")] = None):
     """Every visible incident as `[id, lon, lat, status, category, overdue]`, for clusters and heat."""
     return json_response(layers.incident_points(session, identity, request.app.state.clock(), since=since,
-                                                until=until, categories=_list(category), statuses=_list(status)))
+                                                until=until, categories=comma_list(category), statuses=comma_list(status)))
 
 
 @router.get("/search")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request
 
 from geo_service import auth, ogc
 from geo_service.db import SessionDep
 from geo_service.routes.access import Allow
+from geo_service.routes.params import json_response
 
 router = APIRouter(prefix="/ogc", tags=["ogc"])
 ReaderDep = Annotated[auth.Identity, Depends(Allow("analyst", "dispatcher", "admin"))]
@@ -19,38 +19,34 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def _json(content, media_type: str = ogc.JSON) -> Response:
-    return Response(orjson.dumps(content), media_type=media_type)
-
-
 @router.get("")
 def landing(request: Request, identity: ReaderDep):
     """Landing page."""
-    return _json(ogc.landing(_base(request)))
+    return json_response(ogc.landing(_base(request)))
 
 
 @router.get("/conformance")
 def conformance(identity: ReaderDep):
     """Conformance classes: Core, GeoJSON, OpenAPI 3.0."""
-    return _json(ogc.conformance())
+    return json_response(ogc.conformance())
 
 
 @router.get("/api")
 def api(request: Request, identity: ReaderDep):
     """The OpenAPI 3.0 definition of this OGC API."""
-    return _json(ogc.openapi(_base(request)), "application/vnd.oai.openapi+json;version=3.0")
+    return json_response(ogc.openapi(_base(request)), "application/vnd.oai.openapi+json;version=3.0")
 
 
 @router.get("/collections")
 def collections(request: Request, session: SessionDep, identity: ReaderDep):
     """Every collection with its extent."""
-    return _json(ogc.collections(session, _base(request)))
+    return json_response(ogc.collections(session, _base(request)))
 
 
 @router.get("/collections/{collection_id}")
 def collection(request: Request, session: SessionDep, identity: ReaderDep, collection_id: str):
     """One collection."""
-    return _json(ogc.collection(session, collection_id, _base(request)))
+    return json_response(ogc.collection(session, collection_id, _base(request)))
 
 
 @router.get("/collections/{collection_id}/items")
@@ -60,11 +56,11 @@ def items(request: Request, session: SessionDep, identity: ReaderDep, collection
           offset: Annotated[int, Query(description="Features to skip (follow the `next` link).")] = 0,
           datetime: Annotated[str | None, Query(description="RFC 3339 instant or interval (incidents).")] = None):
     """Features of a collection, paged, as GeoJSON."""
-    return _json(ogc.items(session, collection_id, _base(request), bbox=bbox, limit=limit, offset=offset,
+    return json_response(ogc.items(session, collection_id, _base(request), bbox=bbox, limit=limit, offset=offset,
                            datetime=datetime), ogc.GEOJSON)
 
 
 @router.get("/collections/{collection_id}/items/{feature_id}")
 def item(session: SessionDep, identity: ReaderDep, collection_id: str, feature_id: str):
     """One feature."""
-    return _json(ogc.item(session, collection_id, feature_id), ogc.GEOJSON)
+    return json_response(ogc.item(session, collection_id, feature_id), ogc.GEOJSON)

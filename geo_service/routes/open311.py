@@ -12,7 +12,7 @@ from geo_service import audit, auth, dispatch, open311, privacy
 from geo_service.db import SessionDep
 from geo_service.routes.access import EVERYONE, Allow, client_address
 from geo_service.routes.incidents import outside_error
-from geo_service.routes.ownership import json_response
+from geo_service.routes.params import json_response
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
 AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]

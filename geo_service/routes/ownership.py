@@ -2,7 +2,6 @@
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -10,6 +9,7 @@ from geo_service import audit, auth, batch, ownership, privacy
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput, PayloadTooLarge
 from geo_service.routes.access import EVERYONE, Allow, client_address
+from geo_service.routes.params import json_response
 from geo_service.schemas import (
     BatchRead, BatchRequest, DoorPlateLookupRead, ErrorRead, GridOwnersRead, LookupRead, OutsideRead,
 )
@@ -25,12 +25,6 @@ IndexDep = Annotated[ownership.OwnershipIndex, Depends(current_index)]
 AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
 CRS_DOC = "Input coordinate system: wgs84 (default), cgcs2000 (= WGS-84), gcj02 (Amap, Tencent) or bd09 (Baidu)."
 STATIONS_DOC = "How many nearest dispute-resolution stations to list (0-20)."
-
-
-def json_response(content) -> Response:
-    # The lookup answer is built as plain dicts; serialising it directly skips a second
-    # validation pass through the response model (which stays for the documentation).
-    return Response(orjson.dumps(content), media_type="application/json")
 
 
 def audit_people(request: Request, identity: auth.Identity, action: str, answer: dict) -> None:
