@@ -33,7 +33,7 @@ def compare(session: Session, rounds: int, label: str) -> None:
     from esda.getisord import G_Local
     from libpysal.weights import Queen
 
-    ours, layer = timed(lambda: hotspots.compute(session, "grid"), rounds)
+    ours, layer = timed(lambda: hotspots.compute(session, None, "grid"), rounds)
     stats_only, _ = timed(lambda: hotspots.gi_star(layer.counts, hotspots.contiguity(layer.geoms)), rounds)
     frame = gpd.GeoDataFrame({"count": layer.counts}, geometry=list(layer.geoms), crs="EPSG:4326")
     queen = Queen.from_dataframe(frame, use_index=False, silence_warnings=True)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from geo_service import models
 from geo_service.db import copy_field
+from geo_service.errors import Forbidden
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,13 @@ class AuditBuffer:
         self.flush()
 
 
-def query(session: Session, *, actor: str | None = None, action: str | None = None,
+def query(session: Session, reader=None, *, actor: str | None = None, action: str | None = None,
           since: dt.datetime | None = None, until: dt.datetime | None = None,
           limit: int = 100, offset: int = 0) -> list[dict]:
-    """Audit rows, newest first. `actor` matches the actor's name; `action` a prefix (e.g. `auth.`)."""
+    """Audit rows, newest first. `actor` matches the actor's name; `action` a prefix (e.g. `auth.`).
+    The trail covers every town, so only a county-wide reader (or the CLI, None) may read it."""
+    if reader is not None and reader.towns is not None:
+        raise Forbidden("the audit trail covers every town: only an admin not limited to towns may read it")
     statement = select(models.AuditLog).order_by(models.AuditLog.id.desc()).limit(limit).offset(offset)
     if actor:
         statement = statement.where(models.AuditLog.actor_name == actor)

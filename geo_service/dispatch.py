@@ -26,7 +26,7 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from geo_service import audit, models, ownership
+from geo_service import audit, models, ownership, visibility
 from geo_service.db import copy_rows
 from geo_service.errors import Conflict, Forbidden, InvalidInput, NotFound
 
@@ -211,25 +211,47 @@ def _event(session: Session, incident_id: int, actor: audit.Actor, action: str, 
         "note": note, "detail": detail}])
 
 
-def intake(session: Session, outside: Callable[[float, float], Exception], actor: audit.Actor, report: Report,
-           now: dt.datetime, source: str = "api", address: str | None = None) -> tuple[dict, bool]:
+REPLAY_SQL = text("SELECT i.id, " + visibility.incidents("i") + " AS visible FROM incident AS i "
+                  "WHERE i.external_id = :external_id")
+
+
+def _replay(session: Session, identity, actor: audit.Actor, external_id: str, address: str | None) -> dict | None:
+    """The incident already recorded under `external_id`, if any, for an idempotent retry.
+
+    A caller who may not see that incident learns nothing of it (409 without details); the
+    attempt is audited, since probing external ids is a way to enumerate incidents."""
+    row = session.execute(REPLAY_SQL, {"external_id": external_id, **visibility.params(identity)}).one_or_none()
+    if row is None:
+        return None
+    if not row.visible:
+        session.rollback()
+        audit.record(session, actor, "incident.replay", "incident", row.id, address=address, outcome="denied",
+                     detail={"external_id": external_id})
+        session.commit()
+        raise Conflict(f"external_id {external_id!r} is already used by another report; choose a new one")
+    return incident_detail(session, row.id)
+
+
+def intake(session: Session, outside: Callable[[float, float], Exception], identity, actor: audit.Actor,
+           report: Report, now: dt.datetime, source: str = "api", address: str | None = None) -> tuple[dict, bool]:
     """Record and assign a report in one transaction: (incident, created). A retried report
     with a known `external_id` returns the existing incident and created=False. `outside(lon,
-    lat)` makes the error for a point no grid covers (the lookup's, with the nearest grid)."""
+    lat)` makes the error for a point no grid covers (the lookup's, with the nearest grid).
+    A caller limited to towns may report only inside them (403)."""
     if report.reporter_kind not in models.REPORTER_KINDS:
         raise InvalidInput(f"reporter_kind {report.reporter_kind!r} is not one of {', '.join(models.REPORTER_KINDS)}")
     if not report.description or not report.description.strip():
         raise InvalidInput("description must not be empty")
     category = _category(session, report.category)
     if report.external_id:
-        existing = session.scalar(select(models.Incident.id).where(models.Incident.external_id == report.external_id))
+        existing = _replay(session, identity, actor, report.external_id, address)
         if existing is not None:
-            return incident_detail(session, existing), False
+            return existing, False
     door_plate_code = None
     if report.door_plate:
         if report.lon is not None or report.lat is not None:
             raise InvalidInput("give either lon/lat or door_plate, not both")
-        plate = ownership.door_plate(session, report.door_plate)
+        plate = ownership.door_plate(session, report.door_plate, identity)
         lon, lat, door_plate_code = plate["lon"], plate["lat"], plate["code"]
     elif report.lon is None or report.lat is None:
         raise InvalidInput("a report needs lon and lat, or a door_plate code")
@@ -238,12 +260,14 @@ def intake(session: Session, outside: Callable[[float, float], Exception], actor
     snapshot = assign_many(session, [lon], [lat], [category.code], now.astimezone(ownership.LOCAL_TZ).date()).get(0)
     if snapshot is None:
         raise outside(lon, lat)
+    visibility.check_town(identity, snapshot["town"]["code"], f"the reported location lon {lon}, lat {lat}")
     status = "assigned" if snapshot["assignee"] else "reported"
     values = {
         "external_id": report.external_id, "category_code": category.code, "description": report.description.strip(),
         "reported_at": now, "reporter_kind": report.reporter_kind, "door_plate_code": door_plate_code,
         "status": status, "source": source, "geom": f"SRID=4326;POINT({lon!r} {lat!r})",
         "stage_started_at": now, "deadline_at": deadline_for(status, category, now), "updated_at": now,
+        "reported_by_kind": actor.kind, "reported_by_id": actor.id,
         **_assignment_columns(snapshot, now),
     }
     statement = insert(models.Incident).values(values).returning(models.Incident.id)
@@ -254,8 +278,7 @@ def intake(session: Session, outside: Callable[[float, float], Exception], actor
     incident_id = session.scalar(statement)
     if incident_id is None:
         session.rollback()
-        existing = session.scalar(select(models.Incident.id).where(models.Incident.external_id == report.external_id))
-        return incident_detail(session, existing), False
+        return _replay(session, identity, actor, report.external_id, address), False
     _event(session, incident_id, actor, "report", None, "reported", now, detail={"source": source})
     if status == "assigned":
         _event(session, incident_id, actor, "assign", "reported", "assigned", now,
@@ -275,6 +298,8 @@ INCIDENT_COLUMNS = """
     i.updated_at, i.closed_at, ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat
 """
 INCIDENT_SQL = text(f"SELECT {INCIDENT_COLUMNS} FROM incident AS i WHERE i.id = :id")
+VISIBLE_INCIDENT_SQL = text(f"SELECT {INCIDENT_COLUMNS} FROM incident AS i WHERE i.id = :id AND "
+                            + visibility.incidents("i"))
 EVENTS_SQL = text("""
 SELECT at, actor_kind, actor_name, action, from_status, to_status, note, detail
 FROM incident_event WHERE incident_id = :id ORDER BY id
@@ -300,8 +325,14 @@ def _incident_row(row, now: dt.datetime | None = None) -> dict:
     return incident
 
 
-def _load(session: Session, incident_id: int):
-    row = session.execute(INCIDENT_SQL, {"id": incident_id}).mappings().one_or_none()
+def _load(session: Session, incident_id: int, identity=None):
+    """The incident row, if the caller may see it (None: the CLI and the system see all).
+    An invisible incident is reported as missing, not forbidden: its existence is not leaked."""
+    if identity is None:
+        row = session.execute(INCIDENT_SQL, {"id": incident_id}).mappings().one_or_none()
+    else:
+        row = session.execute(VISIBLE_INCIDENT_SQL, {"id": incident_id, **visibility.params(identity)}
+                              ).mappings().one_or_none()
     if row is None:
         raise NotFound(f"incident {incident_id} does not exist")
     return row
@@ -318,32 +349,10 @@ def incident_detail(session: Session, incident_id: int, now: dt.datetime | None 
     return incident
 
 
-def visible_to(incident: dict, identity) -> bool:
-    """Town-scoped callers see only their towns; workers only what is assigned to them."""
-    if not identity.in_scope(incident["town_code"]):
-        return False
-    if identity.role == "worker":
-        return is_own(incident, identity)
-    return True
-
-
-def is_own(incident: dict, identity) -> bool:
-    return ((identity.grid_worker_id is not None and incident["assignee_worker_id"] == identity.grid_worker_id)
-            or (identity.police_officer_id is not None
-                and identity.police_officer_id in (incident["police_officer_ids"] or [])))
-
-
-def check_own(session: Session, identity, incident_id: int) -> None:
-    """A worker may act only on incidents assigned to them; others are invisible to them."""
-    if not is_own(_incident_row(_load(session, incident_id)), identity):
-        raise NotFound(f"incident {incident_id} does not exist")
-
-
 def get_for(session: Session, identity, incident_id: int) -> dict:
-    incident = incident_detail(session, incident_id)
-    if not visible_to(incident, identity):
-        raise NotFound(f"incident {incident_id} does not exist")  # invisible, not forbidden: no leak
-    return incident
+    """One incident with its timeline, if the caller may see it (404 otherwise)."""
+    _load(session, incident_id, identity)
+    return incident_detail(session, incident_id)
 
 
 @dataclass
@@ -400,15 +409,7 @@ def _conditions(f: IncidentFilter, identity, now: dt.datetime) -> list:
         where.append(overdue if f.overdue else ~overdue | i.deadline_at.is_(None))
     if f.open is not None:
         where.append(i.status.notin_(TERMINAL) if f.open else i.status.in_(TERMINAL))
-    if identity.towns is not None:
-        where.append(i.town_code.in_(sorted(identity.towns)))
-    if identity.role == "worker":
-        mine = []
-        if identity.grid_worker_id is not None:
-            mine.append(i.assignee_worker_id == identity.grid_worker_id)
-        if identity.police_officer_id is not None:
-            mine.append(i.police_officer_ids.any(identity.police_officer_id))
-        where.append(mine[0] if len(mine) == 1 else (mine[0] | mine[1]) if mine else False)
+    where.append(visibility.incident_clause(identity))
     return where
 
 
@@ -459,12 +460,12 @@ def transition(session: Session, identity, actor: audit.Actor, incident_id: int,
     rule = TRANSITIONS.get(change.action)
     if rule is None:
         raise InvalidInput(f"action {change.action!r} is not one of {', '.join(TRANSITIONS)}")
-    current = _load(session, incident_id)
-    incident = _incident_row(current, now)
-    if identity is not None and not visible_to(incident, identity):
-        raise NotFound(f"incident {incident_id} does not exist")
+    current = _load(session, incident_id, identity)
     if identity is not None and identity.role not in rule.roles:
         raise Forbidden(f"role {identity.role!r} may not {change.action} incidents; allowed: {', '.join(rule.roles)}")
+    if identity is not None and identity.role == "worker" and not _assigned_to(current, identity):
+        # A worker sees the reports they made, but acts only on what is assigned to them.
+        raise Forbidden(f"incident {incident_id} is not assigned to you")
     if current["status"] not in rule.sources:
         raise Conflict(f"incident {incident_id} is {current['status']}: {change.action!r} is not possible; "
                        f"allowed actions: {', '.join(allowed_actions(current['status'])) or 'none'}",
@@ -491,7 +492,7 @@ def transition(session: Session, identity, actor: audit.Actor, incident_id: int,
             raise Conflict(f"incident {incident_id} waits for departments to acknowledge: {', '.join(waiting)}",
                            status=current["status"], allowed_actions=allowed_actions(current["status"]))
     if change.action == "reassign":
-        values, detail = _reassignment(session, current, change, category, now)
+        values, detail = _reassignment(session, identity, current, change, category, now)
     if change.action == "acknowledge" and not change.department:
         raise InvalidInput("acknowledge needs the `department` that reports in")
     if target != current["status"] or change.action == "reassign":
@@ -522,23 +523,40 @@ def transition(session: Session, identity, actor: audit.Actor, incident_id: int,
     return incident_detail(session, incident_id, now)
 
 
-def _reassignment(session: Session, current, change: Change, category, now: dt.datetime) -> tuple[dict, dict]:
+def _assigned_to(current, identity) -> bool:
+    return ((identity.grid_worker_id is not None and current["assignee_worker_id"] == identity.grid_worker_id)
+            or (identity.police_officer_id is not None
+                and identity.police_officer_id in (current["police_officer_ids"] or [])))
+
+
+GRID_CENTRE_SQL = text("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(geom) AS p "
+                       "FROM grid WHERE code = :code) AS g")
+VISIBLE_WORKER_SQL = text("SELECT w.id, w.code, w.name, w.kind, " + visibility.grid_workers("w")
+                          + " AS visible FROM grid_worker AS w WHERE w.id = :id")
+
+
+def _reassignment(session: Session, identity, current, change: Change, category,
+                  now: dt.datetime) -> tuple[dict, dict]:
     if change.grid is None and change.assignee is None:
         raise InvalidInput("reassign needs a `grid` code, an `assignee` grid worker id, or both")
     if change.grid is not None:
-        centre = session.execute(text("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(geom) AS p "
-                                      "FROM grid WHERE code = :code) AS g"), {"code": change.grid}).one_or_none()
+        centre = session.execute(GRID_CENTRE_SQL, {"code": change.grid}).one_or_none()
         if centre is None:
             raise InvalidInput(f"grid {change.grid!r} does not exist")
         snapshot = assign_many(session, [centre[0]], [centre[1]], [category.code],
                                now.astimezone(ownership.LOCAL_TZ).date())[0]
+        visibility.check_town(identity, snapshot["town"]["code"], f"grid {change.grid}")
     else:
         snapshot = dict(current["assignment"])
         snapshot.pop("decided_at", None)
     if change.assignee is not None:
-        worker = session.get(models.GridWorker, change.assignee)
+        worker = session.execute(VISIBLE_WORKER_SQL, {"id": change.assignee, **visibility.params(identity)}
+                                 ).one_or_none()
         if worker is None:
             raise InvalidInput(f"assignee {change.assignee} is not a grid worker")
+        if not worker.visible:
+            raise Forbidden(f"grid worker {change.assignee} serves no grid in your towns "
+                            f"({', '.join(sorted(identity.towns))})")
         snapshot["assignee"] = {"id": worker.id, "code": worker.code, "name": worker.name, "kind": worker.kind}
         snapshot["rule"] = "reassigned by hand"
     values = _assignment_columns(snapshot, now)

@@ -23,8 +23,8 @@ import shapely
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import hotspots
-from geo_service.errors import Forbidden, InvalidInput
+from geo_service import audit, hotspots, visibility
+from geo_service.errors import Forbidden, InvalidInput, NotFound
 
 FORMATS = {  # format: (extension, media type)
     "geojson": ("geojson", "application/geo+json"),
@@ -59,19 +59,22 @@ LAYERS = {
                        "JOIN grid g ON g.id = c.grid_id ORDER BY c.code"),
     "stations": (ALL, "SELECT s.code, s.name, s.kind, s.address, t.code AS town_code, s.geom FROM station s "
                       "JOIN town t ON t.id = s.town_id ORDER BY s.code"),
-    "door_plates": (ANALYSTS, "SELECT code, address, building, unit, room, is_rental, geom FROM door_plate ORDER BY code"),
+    "door_plates": (ANALYSTS, "SELECT d.code, d.address, d.building, d.unit, d.room, d.is_rental, d.town_code, d.geom "
+                              "FROM door_plate AS d WHERE " + visibility.door_plates("d") + " ORDER BY d.code"),
     "incidents": (ANALYSTS, """
         SELECT i.id, i.external_id, i.category_code AS category, i.status, i.reported_at, i.reporter_kind,
                i.door_plate_code, i.town_code, i.community_code, i.grid_code, i.assignee_worker_id,
                array_to_string(i.police_officer_ids, ';') AS police_officer_ids, i.deadline_at, i.source, i.geom
         FROM incident i WHERE """ + hotspots.INCIDENT_FILTERS_SQL + " ORDER BY i.id"),
-    "grid_workers": (("admin",), "SELECT code, name, phone, kind, is_rider, platform, specialty FROM grid_worker "
-                                 "ORDER BY code"),
-    "police_officers": (("admin",), "SELECT code, name, phone, unit, kind FROM police_officer ORDER BY code"),
+    "grid_workers": (("admin",), "SELECT w.code, w.name, w.phone, w.kind, w.is_rider, w.platform, w.specialty "
+                                 "FROM grid_worker AS w WHERE " + visibility.grid_workers("w") + " ORDER BY w.code"),
+    "police_officers": (("admin",), "SELECT p.code, p.name, p.phone, p.unit, p.kind FROM police_officer AS p "
+                                    "WHERE " + visibility.police_officers("p") + " ORDER BY p.code"),
     "grid_assignments": (("admin",), """
         SELECT g.code AS grid_code, a.role, coalesce(w.code, p.code) AS person_code, a.valid_from, a.valid_to
         FROM grid_assignment a JOIN grid g ON g.id = a.grid_id
         LEFT JOIN grid_worker w ON w.id = a.grid_worker_id LEFT JOIN police_officer p ON p.id = a.police_officer_id
+        WHERE """ + visibility.grid_assignments("a") + """
         ORDER BY g.code, a.role, person_code"""),
 }
 
@@ -93,11 +96,12 @@ class Export:
     rows: int
 
 
-def read_layer(session: Session, layer: str, filters: hotspots.Filters | None = None,
+def read_layer(session: Session, layer: str, identity, filters: hotspots.Filters | None = None,
                progress: Callable[[int, int], None] = lambda done, total: None) -> gpd.GeoDataFrame | pd.DataFrame:
-    """The layer as a (Geo)DataFrame in EPSG:4326, read in chunks (progress(done, total))."""
+    """What the caller may see of the layer as a (Geo)DataFrame in EPSG:4326, read in chunks
+    (progress(done, total))."""
     sql = LAYERS[layer][1]
-    params = (filters or hotspots.Filters()).params()
+    params = (filters or hotspots.Filters()).params(identity)
     total = session.execute(text(f"SELECT count(*) FROM ({sql}) AS layer"), params).scalar_one()
     result = session.execute(text(sql).execution_options(stream_results=True), params)  # a server-side cursor
     columns = list(result.keys())
@@ -168,16 +172,23 @@ def _text_friendly(frame, fmt: str):
 
 def export(session: Session, layer: str, fmt: str, identity, filters: hotspots.Filters | None = None,
            hotspot_layer: dict | None = None, progress=lambda done, total: None) -> Export:
-    """Write a layer the caller may export to a temporary file."""
+    """Write what the caller may see of a layer to a temporary file (identity None: the CLI).
+    `hotspots` is the given layer, or else the newest saved one the caller may see."""
     roles = allowed_roles(layer)
     if identity is not None and identity.role not in roles:
         raise Forbidden(f"role {identity.role!r} may not export {layer}; allowed: {', '.join(roles)}")
     if fmt not in FORMATS:
         raise InvalidInput(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if filters is not None:
+        filters.check()
     if layer == "hotspots":
+        hotspot_layer = hotspot_layer or hotspots.latest(session, identity)
+        if hotspot_layer is None:
+            raise NotFound("no hotspot layer has been saved that you may see; save one with "
+                           "POST /api/v1/hotspots/saved (or compute one with GET /api/v1/hotspots?format=...)")
         frame = gpd.GeoDataFrame.from_features(hotspot_layer["features"], crs="EPSG:4326")
     else:
-        frame = read_layer(session, layer, filters, progress)
+        frame = read_layer(session, layer, identity, filters, progress)
     directory = Path(tempfile.mkdtemp(prefix="geo_export_"))
     try:
         path = write(frame, fmt, layer, directory)
@@ -187,3 +198,25 @@ def export(session: Session, layer: str, fmt: str, identity, filters: hotspots.F
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
     return Export(path=path, directory=directory, filename=f"heshan-{layer}-{stamp}.{FORMATS[fmt][0]}",
                   media_type=FORMATS[fmt][1], rows=len(frame))
+
+
+def export_for(session: Session, identity, actor: audit.Actor, layer: str, fmt: str,
+               filters: hotspots.Filters | None, address: str | None = None) -> Export:
+    """An export over HTTP: written, then audited (who took which layer, how many rows)."""
+    result = export(session, layer, fmt, identity, filters)
+    audit.record(session, actor, "export", "layer", layer, address=address, detail={"format": fmt, "rows": result.rows})
+    session.commit()
+    return result
+
+
+def density_geotiff(surface: hotspots.Surface) -> Export:
+    """A density surface as a GeoTIFF in a temporary directory."""
+    directory = Path(tempfile.mkdtemp(prefix="geo_density_"))
+    path = directory / "density.tif"
+    try:
+        hotspots.surface_geotiff(surface, path)
+    except Exception:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return Export(path=path, directory=directory, filename="heshan-incident-density.tif", media_type="image/tiff",
+                  rows=int(surface.values.size))

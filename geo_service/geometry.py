@@ -43,6 +43,26 @@ def check_lonlat(lon: float, lat: float) -> None:
         raise InvalidInput(f"lat {lat!r} outside [-90, 90]")
 
 
+def parse_bbox(value: str, name: str = "bbox") -> tuple[float, float, float, float]:
+    """`west,south,east,north` in degrees (a 3D box `minx,miny,minz,maxx,maxy,maxz` is flattened),
+    finite, in range and not empty or inverted."""
+    parts = value.split(",")
+    try:
+        numbers = [float(v) for v in parts]
+    except ValueError:
+        raise InvalidInput(f"{name} {value!r} is not four numbers west,south,east,north") from None
+    if len(numbers) == 6:
+        numbers = [numbers[0], numbers[1], numbers[3], numbers[4]]
+    if len(numbers) != 4 or not all(math.isfinite(n) for n in numbers):
+        raise InvalidInput(f"{name} {value!r} is not four finite numbers west,south,east,north")
+    west, south, east, north = numbers
+    if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= 90 and -90 <= north <= 90):
+        raise InvalidInput(f"{name} {value!r} is outside lon [-180, 180], lat [-90, 90]")
+    if not (west < east and south < north):
+        raise InvalidInput(f"{name} {value!r} is empty or inverted: need west < east and south < north")
+    return west, south, east, north
+
+
 def parse_crs(value: str) -> InputCRS:
     try:
         return InputCRS(value.strip().lower())

@@ -32,7 +32,7 @@ from scipy import sparse, stats
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import models
+from geo_service import audit, models, visibility
 from geo_service.errors import InvalidInput
 
 UNITS = ("grid", "community", "town", "hex", "square")
@@ -41,22 +41,27 @@ MIN_CELL_M, MAX_CELL_M = 200.0, 20_000.0
 
 # Raw SQL throughout: each unit kind needs its own join, and counting a million incidents must
 # stay one GROUP BY in PostGIS.
+# A caller limited to towns analyses the units of their towns only (the statistics are computed
+# over what they may see).
 AREA_UNITS_SQL = {
-    "grid": "SELECT g.code, g.name, ST_AsBinary(g.geom) AS wkb, t.code AS town FROM grid g "
-            "JOIN community c ON c.id = g.community_id JOIN town t ON t.id = c.town_id ORDER BY g.code",
+    "grid": "SELECT g.code, g.name, ST_AsBinary(g.geom) AS wkb, p.town_code AS town FROM grid g "
+            "JOIN grid_place p ON p.grid_id = g.id WHERE " + visibility.towns("p.town_code") + " ORDER BY g.code",
     "community": "SELECT c.code, c.name, ST_AsBinary(c.geom) AS wkb, t.code AS town FROM community c "
-                 "JOIN town t ON t.id = c.town_id ORDER BY c.code",
-    "town": "SELECT t.code, t.name, ST_AsBinary(t.geom) AS wkb, t.code AS town FROM town t ORDER BY t.code",
+                 "JOIN town t ON t.id = c.town_id WHERE " + visibility.towns("t.code") + " ORDER BY c.code",
+    "town": "SELECT t.code, t.name, ST_AsBinary(t.geom) AS wkb, t.code AS town FROM town t WHERE "
+            + visibility.towns("t.code") + " ORDER BY t.code",
 }
 CELLS_SQL = """
-WITH county AS (SELECT ST_Transform(ST_Union(geom), :srid) AS geom FROM town),
+WITH county AS (SELECT ST_Transform(ST_Union(t.geom), :srid) AS geom FROM town AS t
+                WHERE """ + visibility.towns("t.code") + """),
 cells AS (SELECT c.geom, c.i, c.j FROM county, {function}(:size, county.geom) AS c)
 SELECT format('{prefix}%s_%s', cells.i, cells.j) AS code, format('{prefix}%s_%s', cells.i, cells.j) AS name,
        ST_AsBinary(ST_Transform(cells.geom, 4326)) AS wkb, NULL AS town
 FROM cells, county WHERE ST_Intersects(cells.geom, county.geom)
 ORDER BY cells.i, cells.j
 """
-# The incident filters, shared by everything that selects incidents in SQL (`Filters.params()`).
+# The incident filters and the caller's visibility, shared by everything that selects incidents
+# in SQL as `i` (parameters: `Filters.params(identity)`).
 INCIDENT_FILTERS_SQL = """
   (CAST(:since AS timestamptz) IS NULL OR i.reported_at >= :since)
   AND (CAST(:until AS timestamptz) IS NULL OR i.reported_at < :until)
@@ -64,14 +69,15 @@ INCIDENT_FILTERS_SQL = """
   AND (CAST(:statuses AS text[]) IS NULL OR i.status = ANY(:statuses))
   AND (CAST(:reporter_kinds AS text[]) IS NULL OR i.reporter_kind = ANY(:reporter_kinds))
   AND (CAST(:towns AS text[]) IS NULL OR i.town_code = ANY(:towns))
-"""
+  AND """ + visibility.incidents("i") + "\n"
 AREA_COUNTS_SQL = "SELECT i.{column} AS code, count(*) FROM incident i WHERE " + INCIDENT_FILTERS_SQL + " GROUP BY 1"
 CELL_COUNTS_SQL = """
 SELECT c.ord, count(i.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS c(wkb, ord)
 JOIN incident i ON ST_Covers(ST_GeomFromWKB(c.wkb, 4326), i.geom) WHERE """ + INCIDENT_FILTERS_SQL + " GROUP BY 1"
 PLATES_SQL = """
 SELECT u.ord, count(d.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS u(wkb, ord)
-JOIN door_plate d ON ST_Covers(ST_GeomFromWKB(u.wkb, 4326), d.geom) GROUP BY 1
+JOIN door_plate d ON ST_Covers(ST_GeomFromWKB(u.wkb, 4326), d.geom) WHERE """ + visibility.door_plates("d") + """
+GROUP BY 1
 """
 
 
@@ -84,10 +90,12 @@ class Filters:
     reporter_kinds: list[str] | None = None
     towns: list[str] | None = None
 
-    def params(self) -> dict:
+    def params(self, identity) -> dict:
+        """Bound parameters of INCIDENT_FILTERS_SQL: these filters within what `identity` may see
+        (None: everything, for the CLI)."""
         return {"since": self.since, "until": self.until, "categories": self.categories or None,
                 "statuses": self.statuses or None, "reporter_kinds": self.reporter_kinds or None,
-                "towns": self.towns or None}
+                "towns": self.towns or None, **visibility.params(identity)}
 
     def describe(self) -> dict:
         return {"from": self.since.isoformat() if self.since else None,
@@ -122,11 +130,12 @@ class Layer:
     fdr: bool
     filters: dict
     computed_at: str
+    towns: list[str] | None = None  # the caller's towns it was computed over; None: the county
     extra: dict = field(default_factory=dict)
 
     def metadata(self) -> dict:
         return {"unit": self.unit, "size_m": self.size_m, "method": "gistar", "weights": self.weights,
-                "fdr": self.fdr, "filters": self.filters, "units": len(self.codes),
+                "fdr": self.fdr, "filters": self.filters, "within_towns": self.towns, "units": len(self.codes),
                 "incidents": int(self.counts.sum()), "computed_at": self.computed_at,
                 "bins": {"3": "hot spot, 99 %", "2": "hot spot, 95 %", "1": "hot spot, 90 %", "0": "not significant",
                          "-1": "cold spot, 90 %", "-2": "cold spot, 95 %", "-3": "cold spot, 99 %"}}
@@ -207,25 +216,27 @@ def distance_band(centres: np.ndarray, threshold: float) -> sparse.csr_matrix:
 # --------------------------------------------------------------------------- the layer
 
 
-def _units(session: Session, unit: str, size_m: float | None, srid: int) -> list:
+def _units(session: Session, unit: str, size_m: float | None, srid: int, identity) -> list:
+    scope = visibility.params(identity)
     if unit in AREA_UNITS_SQL:
-        return session.execute(text(AREA_UNITS_SQL[unit])).mappings().all()
+        return session.execute(text(AREA_UNITS_SQL[unit]), scope).mappings().all()
     if size_m is None or not MIN_CELL_M <= size_m <= MAX_CELL_M:
         raise InvalidInput(f"size_m {size_m!r} outside [{MIN_CELL_M:g}, {MAX_CELL_M:g}] metres for unit {unit!r}")
     function, prefix = ("ST_HexagonGrid", "H") if unit == "hex" else ("ST_SquareGrid", "S")
     return session.execute(text(CELLS_SQL.format(function=function, prefix=prefix)),
-                           {"size": size_m, "srid": srid}).mappings().all()
+                           {"size": size_m, "srid": srid, **scope}).mappings().all()
 
 
-def compute(session: Session, unit: str = "grid", *, size_m: float | None = None, filters: Filters | None = None,
-            fdr: bool = False, metric_crs: str = "EPSG:4547") -> Layer:
-    """Counts, areas, door plates and Gi* per unit, in unit code order."""
+def compute(session: Session, identity, unit: str = "grid", *, size_m: float | None = None,
+            filters: Filters | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547") -> Layer:
+    """Counts, areas, door plates and Gi* per unit, in unit code order, over what `identity`
+    may see (None: everything)."""
     if unit not in UNITS:
         raise InvalidInput(f"unit {unit!r} is not one of {', '.join(UNITS)}")
     filters = filters or Filters()
     filters.check()
     srid = int(metric_crs.rsplit(":", 1)[1])
-    rows = _units(session, unit, size_m, srid)
+    rows = _units(session, unit, size_m, srid, identity)
     if not rows:
         raise InvalidInput("no units to analyse: load the areas first")
     codes = [r["code"] for r in rows]
@@ -235,14 +246,16 @@ def compute(session: Session, unit: str = "grid", *, size_m: float | None = None
     counts = np.zeros(len(codes))
     if unit in AREA_UNITS_SQL:
         column = {"grid": "grid_code", "community": "community_code", "town": "town_code"}[unit]
-        for code, count in session.execute(text(AREA_COUNTS_SQL.format(column=column)), filters.params()).all():
+        for code, count in session.execute(text(AREA_COUNTS_SQL.format(column=column)),
+                                           filters.params(identity)).all():
             if code in position:
                 counts[position[code]] = count
     else:
-        for ordinal, count in session.execute(text(CELL_COUNTS_SQL), {**filters.params(), "wkbs": wkbs}).all():
+        for ordinal, count in session.execute(text(CELL_COUNTS_SQL),
+                                              {**filters.params(identity), "wkbs": wkbs}).all():
             counts[ordinal - 1] = count
     plates = np.zeros(len(codes))
-    for ordinal, count in session.execute(text(PLATES_SQL), {"wkbs": wkbs}).all():
+    for ordinal, count in session.execute(text(PLATES_SQL), {"wkbs": wkbs, **visibility.params(identity)}).all():
         plates[ordinal - 1] = count
     to_metric = Transformer.from_crs("EPSG:4326", metric_crs, always_xy=True)
     metric = shapely.transform(geoms, lambda xy: np.column_stack(to_metric.transform(xy[:, 0], xy[:, 1])))
@@ -257,7 +270,7 @@ def compute(session: Session, unit: str = "grid", *, size_m: float | None = None
     return Layer(unit=unit, size_m=size_m, codes=codes, names=[r["name"] for r in rows], geoms=geoms, counts=counts,
                  area_km2=shapely.area(metric) / 1e6, door_plates=plates, z=z, p=p,
                  bins=confidence_bins(z, p, fdr), weights=described, fdr=fdr, filters=filters.describe(),
-                 computed_at=dt.datetime.now(dt.UTC).isoformat())
+                 computed_at=dt.datetime.now(dt.UTC).isoformat(), towns=visibility.params(identity)["vis_towns"])
 
 
 # --------------------------------------------------------------------------- kernel density
@@ -274,7 +287,11 @@ class Surface:
     cell_m: float
 
 
-def density(session: Session, filters: Filters | None = None, *, bandwidth_m: float = 1000.0,
+MAX_DENSITY_CELLS = 4_000_000
+MAX_KERNEL_CELLS = 40  # bandwidth / cell: the smoothing costs cells x kernel width
+
+
+def density(session: Session, identity, filters: Filters | None = None, *, bandwidth_m: float = 1000.0,
             cell_m: float = 250.0) -> Surface:
     """Gaussian kernel density of incidents (per km²) on a lon/lat raster over the county.
 
@@ -288,18 +305,23 @@ def density(session: Session, filters: Filters | None = None, *, bandwidth_m: fl
         raise InvalidInput(f"bandwidth_m {bandwidth_m!r} outside [100, 20000]")
     if not 50 <= cell_m <= 2_000:
         raise InvalidInput(f"cell_m {cell_m!r} outside [50, 2000]")
+    if bandwidth_m > MAX_KERNEL_CELLS * cell_m:
+        raise InvalidInput(f"bandwidth_m {bandwidth_m!r} is more than {MAX_KERNEL_CELLS} cells of cell_m {cell_m!r}; "
+                           "use larger cells for a wide kernel")
     filters = filters or Filters()
     filters.check()
-    west, south, east, north = session.execute(text(
-        "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM (SELECT ST_Extent(geom) AS e FROM town) t")).one()
+    west, south, east, north = session.execute(EXTENT_SQL, visibility.params(identity)).one()
     if west is None:
         raise InvalidInput("no towns loaded")
-    points = np.array(session.execute(text(
-        "SELECT ST_X(i.geom), ST_Y(i.geom) FROM incident i WHERE " + INCIDENT_FILTERS_SQL), filters.params()).all(), dtype=float)
     latitude = np.radians((south + north) / 2)
     metres_x, metres_y = 111_320.0 * np.cos(latitude), 110_574.0
     dx, dy = cell_m / metres_x, cell_m / metres_y
     columns, rows = int(np.ceil((east - west) / dx)), int(np.ceil((north - south) / dy))
+    if columns * rows > MAX_DENSITY_CELLS:
+        raise InvalidInput(f"cell_m {cell_m!r} makes {columns * rows:,} cells over the area; at most "
+                           f"{MAX_DENSITY_CELLS:,}: use larger cells")
+    points = np.array(session.execute(text("SELECT ST_X(i.geom), ST_Y(i.geom) FROM incident i WHERE "
+                                           + INCIDENT_FILTERS_SQL), filters.params(identity)).all(), dtype=float)
     grid = np.zeros((rows, columns))
     if len(points):
         col = np.clip(((points[:, 0] - west) / dx).astype(int), 0, columns - 1)
@@ -309,6 +331,9 @@ def density(session: Session, filters: Filters | None = None, *, bandwidth_m: fl
     return Surface(values=smoothed / (cell_m / 1000.0) ** 2, west=west, south=north - rows * dy,
                    east=west + columns * dx, north=north, bandwidth_m=bandwidth_m, cell_m=cell_m)
 
+
+EXTENT_SQL = text("SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM (SELECT ST_Extent(t.geom) AS e "
+                  "FROM town AS t WHERE " + visibility.towns("t.code") + ") AS x")
 
 # Low to high: transparent, then yellow through red (ColorBrewer YlOrRd).
 RAMP = np.array([[255, 255, 178], [254, 204, 92], [253, 141, 60], [240, 59, 32], [189, 0, 38]], dtype=float)
@@ -358,17 +383,44 @@ def surface_geotiff(surface: Surface, path) -> None:
     ])
 
 
-def save(session: Session, layer: Layer, computed_by: str | None) -> int:
-    """Keep a computed layer; the newest one is the OGC API's `hotspots` collection."""
-    run = models.HotspotRun(computed_by=computed_by, layer=layer.geojson(),
+def save(session: Session, layer: Layer, name: str, computed_by: str | None) -> models.HotspotRun:
+    """Keep a computed layer under a name for others: the OGC API's `hotspots` collection and
+    the `hotspots` export serve the newest one each caller may see. Does not commit."""
+    run = models.HotspotRun(computed_by=computed_by, name=name, towns=layer.towns, layer=layer.geojson(),
                             params={"unit": layer.unit, "size_m": layer.size_m, "fdr": layer.fdr, **layer.filters})
     session.add(run)
     session.flush()
-    return run.id
+    return run
 
 
-def latest(session: Session) -> dict | None:
-    from sqlalchemy import select
+def publish(session: Session, identity, actor: audit.Actor, name: str, unit: str, *, size_m: float | None = None,
+            filters: Filters | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547",
+            address: str | None = None) -> dict:
+    """Compute a layer over what the caller may see, save it under `name` and audit it; commits."""
+    layer = compute(session, identity, unit, size_m=size_m, filters=filters, fdr=fdr, metric_crs=metric_crs)
+    run = save(session, layer, name.strip(), actor.name)
+    audit.record(session, actor, "hotspots.save", "hotspot_run", run.id, address=address,
+                 detail={"name": run.name, **run.params})
+    session.commit()
+    return {"id": run.id, "name": run.name, "computed_by": run.computed_by, "towns": run.towns,
+            "metadata": run.layer["metadata"]}
 
-    run = session.scalar(select(models.HotspotRun).order_by(models.HotspotRun.id.desc()).limit(1))
-    return None if run is None else run.layer
+
+SAVED_SQL = text("""
+SELECT r.id, r.name, r.computed_at, r.computed_by, r.towns, r.params
+FROM hotspot_run AS r WHERE """ + visibility.hotspot_runs("r") + """
+ORDER BY r.id DESC LIMIT :limit
+""")
+LATEST_SQL = text("SELECT r.layer FROM hotspot_run AS r WHERE " + visibility.hotspot_runs("r")
+                  + " ORDER BY r.id DESC LIMIT 1")
+
+
+def saved(session: Session, identity, limit: int = 100) -> list[dict]:
+    """Saved layers the caller may see, newest first (without the features)."""
+    return [{**dict(row), "computed_at": row.computed_at.isoformat()}
+            for row in session.execute(SAVED_SQL, {"limit": limit, **visibility.params(identity)}).mappings()]
+
+
+def latest(session: Session, identity) -> dict | None:
+    """The newest saved layer the caller may see, as GeoJSON (None when there is none)."""
+    return session.execute(LATEST_SQL, visibility.params(identity)).scalar()

@@ -8,7 +8,7 @@ import datetime as dt
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import hotspots, privacy
+from geo_service import hotspots, privacy, visibility
 from geo_service.errors import InvalidInput
 
 # Assembled as GeoJSON inside PostGIS: one round trip, no per-row Python.
@@ -30,10 +30,12 @@ SELECT json_build_object('type', 'FeatureCollection', 'truncated', count(*) > :l
   'features', coalesce(json_agg(json_build_object(
     'type', 'Feature', 'id', d.code, 'geometry', ST_AsGeoJSON(d.geom, 7)::json,
     'properties', json_build_object('code', d.code, 'address', d.address, 'is_rental', d.is_rental,
+                                    'town_code', d.town_code,
                                     'resident_count', CASE WHEN :counts THEN d.resident_count END))
   ) FILTER (WHERE d.n <= :limit), '[]'))
-FROM (SELECT *, row_number() OVER (ORDER BY code) AS n FROM door_plate
-      WHERE geom && ST_MakeEnvelope(:west, :south, :east, :north, 4326)) AS d
+FROM (SELECT d.*, row_number() OVER (ORDER BY d.code) AS n FROM door_plate AS d
+      WHERE d.geom && ST_MakeEnvelope(:west, :south, :east, :north, 4326) AND """ + visibility.door_plates("d") + """
+     ) AS d
 """)
 MAX_DOOR_PLATES = 5000
 INCIDENT_POINTS_SQL = text("""
@@ -42,8 +44,7 @@ SELECT coalesce(json_agg(json_build_array(i.id, round(ST_X(i.geom)::numeric, 6),
                                           i.deadline_at < :now AND i.status NOT IN ('closed', 'rejected'))
                          ORDER BY i.id), '[]')
 FROM incident AS i
-WHERE (CAST(:worker AS int) IS NULL OR i.assignee_worker_id = :worker OR :police = ANY(i.police_officer_ids))
-  AND """ + hotspots.INCIDENT_FILTERS_SQL)
+WHERE """ + hotspots.INCIDENT_FILTERS_SQL)
 SEARCH_SQL = text("""
 (SELECT 'grid' AS kind, g.code, g.name, NULL AS address,
         ST_XMin(g.geom) AS west, ST_YMin(g.geom) AS south, ST_XMax(g.geom) AS east, ST_YMax(g.geom) AS north
@@ -53,7 +54,8 @@ UNION ALL
  FROM community AS c WHERE c.name LIKE :contains OR c.code LIKE :prefix ORDER BY c.code LIMIT 10)
 UNION ALL
 (SELECT 'door_plate', d.code, d.code, d.address, ST_X(d.geom), ST_Y(d.geom), ST_X(d.geom), ST_Y(d.geom)
- FROM door_plate AS d WHERE d.code LIKE :prefix ORDER BY d.code LIMIT 10)
+ FROM door_plate AS d WHERE d.code LIKE :prefix AND """ + visibility.door_plates("d") + """
+ ORDER BY d.code LIMIT 10)
 """)
 
 
@@ -67,36 +69,28 @@ def compounds(session: Session) -> dict:
 
 def door_plates_in(session: Session, bbox: tuple[float, float, float, float], identity,
                    limit: int = MAX_DOOR_PLATES) -> dict:
-    """Door plates inside a bounding box, at most `limit` (then `truncated` is true)."""
+    """Door plates the caller may see inside a bounding box, at most `limit` (then `truncated`)."""
     west, south, east, north = bbox
-    if not (west < east and south < north):
-        raise InvalidInput(f"bbox {bbox} must be west,south,east,north with west < east and south < north")
     if not 1 <= limit <= MAX_DOOR_PLATES:
         raise InvalidInput(f"limit {limit} outside [1, {MAX_DOOR_PLATES}]")
     return session.execute(DOOR_PLATES_SQL, {
         "west": west, "south": south, "east": east, "north": north, "limit": limit,
-        "counts": identity.role in privacy.RESIDENT_COUNT_ROLES}).scalar_one()
+        "counts": identity.role in privacy.RESIDENT_COUNT_ROLES, **visibility.params(identity)}).scalar_one()
 
 
-def incident_points(session: Session, identity, now: dt.datetime, *, since=None, until=None,
-                    categories=None, statuses=None) -> list:
+def incident_points(session: Session, identity, now: dt.datetime, filters: hotspots.Filters) -> list:
     """Every visible incident as [id, lon, lat, status, category, overdue]: compact, for clusters and heat."""
-    filters = hotspots.Filters(since=since, until=until, categories=categories, statuses=statuses,
-                               towns=sorted(identity.towns) if identity.towns is not None else None)
     filters.check()
-    params = filters.params()
-    worker = police = None
-    if identity.role == "worker":
-        worker, police = identity.grid_worker_id or -1, identity.police_officer_id or -1
-    return session.execute(INCIDENT_POINTS_SQL, {**params, "now": now, "worker": worker, "police": police}).scalar_one()
+    return session.execute(INCIDENT_POINTS_SQL, {**filters.params(identity), "now": now}).scalar_one()
 
 
-def search(session: Session, query: str) -> list[dict]:
+def search(session: Session, query: str, identity) -> list[dict]:
     """Grids by code prefix, communities by name or code, door plates by code prefix."""
     query = query.strip()
     if len(query) < 2:
         raise InvalidInput(f"search {query!r} needs at least 2 characters")
     escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    rows = session.execute(SEARCH_SQL, {"prefix": escaped.upper() + "%", "contains": f"%{escaped}%"}).mappings()
+    rows = session.execute(SEARCH_SQL, {"prefix": escaped.upper() + "%", "contains": f"%{escaped}%",
+                                        **visibility.params(identity)}).mappings()
     return [{"kind": r["kind"], "code": r["code"], "name": r["name"], "address": r["address"],
              "bbox": [r["west"], r["south"], r["east"], r["north"]]} for r in rows]

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
-from sqlalchemy import Table, delete, func, literal_column, select
+from sqlalchemy import Table, delete, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -661,6 +661,8 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
                          ("county", "county")]:
         if layer in dataset:
             _delete_missing(session, t[table], "code", dataset[layer]["code"].tolist(), changes[layer])
+    # Areas or plates changed: each plate's town follows the ownership rule again.
+    session.execute(DOOR_PLATE_TOWNS_SQL)
     if "incidents" in dataset:
         started = time.perf_counter()
         frame = dataset["incidents"]
@@ -672,6 +674,15 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
         changes["incidents"] = LayerChange(inserted=imported.inserted, unchanged=imported.already)
         progress(f"wrote incidents with their assignment: {imported.inserted:,} new, {imported.already:,} already "
                  f"loaded ({time.perf_counter() - started:.1f} s)")
+
+
+# Raw SQL: one set-based pass over every plate; owning_grid() is the ownership rule in
+# PostGIS (migration 0006), grid_place the grid -> community -> town hierarchy.
+DOOR_PLATE_TOWNS_SQL = text("""
+UPDATE door_plate AS d SET town_code = p.town_code
+FROM grid_place AS p
+WHERE p.grid_id = owning_grid(d.geom) AND d.town_code IS DISTINCT FROM p.town_code
+""")
 
 
 def _replace_assignments(session: Session, t: dict, frame: pd.DataFrame, grid_ids: dict[str, int],

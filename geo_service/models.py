@@ -223,6 +223,9 @@ class DoorPlate(Base):
     room: Mapped[str | None] = mapped_column(Text)
     is_rental: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     resident_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The town owning the plate's location by the ownership rule; set by the loader, it is what
+    # town-scoped visibility filters on (geo_service/visibility.py).
+    town_code: Mapped[str | None] = mapped_column(String(9), index=True)
     geom = point_geom()
 
 
@@ -257,6 +260,7 @@ class Incident(Base):
         Index("ix_incident_assignee_worker_id", "assignee_worker_id"),
         Index("ix_incident_police_officer_ids", "police_officer_ids", postgresql_using="gin"),
         Index("ix_incident_deadline_at", "deadline_at"),
+        Index("ix_incident_reported_by", "reported_by_kind", "reported_by_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -287,6 +291,9 @@ class Incident(Base):
     stage_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # The actor who reported it (audit actor kind and id), so a worker sees their own reports.
+    reported_by_kind: Mapped[str | None] = mapped_column(Text)
+    reported_by_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class IncidentEvent(Base):
@@ -401,12 +408,16 @@ class AuditLog(Base):
 
 
 class HotspotRun(Base):
-    """A computed hotspot layer (GeoJSON with its metadata); OGC API serves the latest."""
+    """A hotspot layer an analyst saved (GeoJSON with its metadata); OGC API serves the latest."""
 
     __tablename__ = "hotspot_run"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     computed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     computed_by: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(Text)
+    # The towns the layer was computed over (None: the whole county); callers see a saved layer
+    # only when it lies inside their own towns.
+    towns: Mapped[list[str] | None] = mapped_column(ARRAY(String(9)))
     params: Mapped[dict] = mapped_column(JSONB)
     layer: Mapped[dict] = mapped_column(JSONB)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+import shapely
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import exports, hotspots
+from geo_service import exports, geometry, hotspots
 from geo_service.errors import InvalidInput, NotFound
+from geo_service.schemas import MAX_ID, MAX_OFFSET
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 CONFORMANCE = [
@@ -59,38 +61,44 @@ def conformance() -> dict:
     return {"conformsTo": CONFORMANCE}
 
 
-def _extent(session: Session, collection: str) -> dict:
+def _extent(session: Session, collection: str, identity) -> dict:
+    """The extent of what the caller may see of the collection."""
     if collection == "hotspots":
-        sql = "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM (SELECT ST_Extent(geom) AS e FROM town) t"
+        layer = hotspots.latest(session, identity)
+        bounds = (shapely.bounds(shapely.union_all([shapely.geometry.shape(f["geometry"]) for f in layer["features"]]))
+                  .tolist() if layer and layer["features"] else [None])
     else:
         sql = (f"SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM (SELECT ST_Extent(geom) AS e FROM "
                f"({exports.LAYERS[collection][1]}) AS l) t")
-    bbox = list(session.execute(text(sql), _no_filters()).one())
-    extent = {"spatial": {"bbox": [bbox] if bbox[0] is not None else [], "crs": CRS84}}
+        bounds = list(session.execute(text(sql), _visible(identity)).one())
+    extent = {"spatial": {"bbox": [bounds] if bounds[0] is not None else [], "crs": CRS84}}
     if COLLECTIONS[collection][3]:
-        first, last = session.execute(text("SELECT min(reported_at), max(reported_at) FROM incident")).one()
+        first, last = session.execute(text(
+            f"SELECT min(reported_at), max(reported_at) FROM ({exports.LAYERS[collection][1]}) AS l"),
+            _visible(identity)).one()
         extent["temporal"] = {"interval": [[first.isoformat() if first else None, last.isoformat() if last else None]],
                               "trs": "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"}
     return extent
 
 
-def _no_filters() -> dict:
-    return hotspots.Filters().params()
+def _visible(identity) -> dict:
+    """Parameters of a layer query: no filters, within what the caller may see."""
+    return hotspots.Filters().params(identity)
 
 
-def collection(session: Session, collection_id: str, base: str) -> dict:
+def collection(session: Session, collection_id: str, base: str, identity) -> dict:
     _check(collection_id)
     title, description, _, _ = COLLECTIONS[collection_id]
     href = f"{base}/ogc/collections/{collection_id}"
     return {"id": collection_id, "title": title, "description": description, "itemType": "feature",
-            "crs": [CRS84], "extent": _extent(session, collection_id),
+            "crs": [CRS84], "extent": _extent(session, collection_id, identity),
             "links": [{"href": href, "rel": "self", "type": JSON},
                       {"href": f"{href}/items", "rel": "items", "type": GEOJSON, "title": "the features"}]}
 
 
-def collections(session: Session, base: str) -> dict:
+def collections(session: Session, base: str, identity) -> dict:
     return {"links": [{"href": f"{base}/ogc/collections", "rel": "self", "type": JSON}],
-            "collections": [collection(session, c, base) for c in COLLECTIONS]}
+            "collections": [collection(session, c, base, identity) for c in COLLECTIONS]}
 
 
 def _datetime(value: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -103,30 +111,24 @@ def _datetime(value: str | None) -> tuple[dt.datetime | None, dt.datetime | None
             return None
         try:
             stamp = dt.datetime.fromisoformat(part.replace("Z", "+00:00"))
+            return stamp.astimezone(dt.UTC) if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
         except ValueError:
             raise InvalidInput(f"datetime {value!r} is not an RFC 3339 time or interval") from None
-        return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+        except OverflowError:
+            raise InvalidInput(f"datetime {value!r} is outside the years 1-9999 once in UTC") from None
+
+    def after(stamp: dt.datetime | None) -> dt.datetime | None:
+        if stamp is None:
+            return None
+        if stamp.year == 9999 and stamp.month == 12 and stamp.day == 31:
+            return None  # the end of time: nothing is later
+        return stamp + dt.timedelta(microseconds=1)
 
     if "/" in value:
         start, end = value.split("/", 1)
-        since, until = parse(start), parse(end)
-        return since, (until + dt.timedelta(microseconds=1) if until else None)
+        return parse(start), after(parse(end))
     instant = parse(value)
-    return instant, instant + dt.timedelta(microseconds=1)
-
-
-def _bbox(value: str | None) -> list[float] | None:
-    if not value:
-        return None
-    try:
-        numbers = [float(v) for v in value.split(",")]
-    except ValueError:
-        raise InvalidInput(f"bbox {value!r} is not four numbers") from None
-    if len(numbers) == 6:  # minx, miny, minz, maxx, maxy, maxz
-        numbers = [numbers[0], numbers[1], numbers[3], numbers[4]]
-    if len(numbers) != 4 or numbers[0] > numbers[2] or numbers[1] > numbers[3]:
-        raise InvalidInput(f"bbox {value!r} must be minlon,minlat,maxlon,maxlat")
-    return numbers
+    return instant, after(instant)
 
 
 ITEMS_SQL = """
@@ -137,22 +139,23 @@ FROM ({query}) AS l WHERE {where} ORDER BY l.{fid} LIMIT :limit OFFSET :offset
 COUNT_SQL = "SELECT count(*) FROM ({query}) AS l WHERE {where}"
 
 
-def items(session: Session, collection_id: str, base: str, *, bbox: str | None = None, limit: int = DEFAULT_LIMIT,
-          offset: int = 0, datetime: str | None = None) -> dict:
+def items(session: Session, collection_id: str, base: str, identity, *, bbox: str | None = None,
+          limit: int = DEFAULT_LIMIT, offset: int = 0, datetime: str | None = None) -> dict:
+    """One page of the features of a collection the caller may see."""
     _check(collection_id)
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit {limit} outside [1, {MAX_LIMIT}]")
-    if offset < 0:
-        raise InvalidInput(f"offset {offset} is negative")
-    box = _bbox(bbox)
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"offset {offset} outside [0, {MAX_OFFSET}]")
+    box = geometry.parse_bbox(bbox) if bbox is not None else None
     since, until = _datetime(datetime)
     if datetime and not COLLECTIONS[collection_id][3]:
         since = until = None  # no time on this collection: datetime matches every feature
     if collection_id == "hotspots":
-        features, matched = _hotspot_items(session, box, limit, offset)
+        features, matched = _hotspot_items(session, identity, box, limit, offset)
     else:
         where = ["TRUE"]
-        params = {**_no_filters(), "limit": limit, "offset": offset}
+        params = {**_visible(identity), "limit": limit, "offset": offset}
         if box:
             where.append("l.geom && ST_MakeEnvelope(:w, :s, :e, :n, 4326)")
             params.update(w=box[0], s=box[1], e=box[2], n=box[3])
@@ -178,10 +181,8 @@ def items(session: Session, collection_id: str, base: str, *, bbox: str | None =
             "timeStamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "features": features, "links": links}
 
 
-def _hotspot_items(session: Session, box, limit: int, offset: int) -> tuple[list, int]:
-    import shapely
-
-    layer = hotspots.latest(session)
+def _hotspot_items(session: Session, identity, box, limit: int, offset: int) -> tuple[list, int]:
+    layer = hotspots.latest(session, identity)
     features = layer["features"] if layer else []
     if box:
         area = shapely.box(*box)
@@ -189,19 +190,20 @@ def _hotspot_items(session: Session, box, limit: int, offset: int) -> tuple[list
     return features[offset:offset + limit], len(features)
 
 
-def item(session: Session, collection_id: str, feature_id: str) -> dict:
+def item(session: Session, collection_id: str, feature_id: str, identity) -> dict:
+    """One feature, if the caller may see it."""
     _check(collection_id)
     if collection_id == "hotspots":
-        layer = hotspots.latest(session) or {"features": []}
+        layer = hotspots.latest(session, identity) or {"features": []}
         found = [f for f in layer["features"] if str(f["id"]) == feature_id]
     else:
         fid = COLLECTIONS[collection_id][2]
-        value = int(feature_id) if fid == "id" and feature_id.isdigit() else feature_id
+        value = int(feature_id) if fid == "id" and feature_id.isdigit() and int(feature_id) <= MAX_ID else feature_id
         if fid == "id" and not isinstance(value, int):
             raise NotFound(f"feature {feature_id!r} does not exist in {collection_id}")
         found = session.execute(text(ITEMS_SQL.format(query=exports.LAYERS[collection_id][1], where=f"l.{fid} = :fid",
                                                       fid=fid)),
-                                {**_no_filters(), "fid": value, "limit": 1, "offset": 0}).scalars().all()
+                                {**_visible(identity), "fid": value, "limit": 1, "offset": 0}).scalars().all()
     if not found:
         raise NotFound(f"feature {feature_id!r} does not exist in {collection_id}")
     return found[0]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from geo_service import dispatch
 from geo_service.errors import InvalidInput
+from geo_service.schemas import IncidentCreate
 
 
 def services(session: Session) -> list[dict]:
@@ -45,18 +47,19 @@ def as_request(incident: dict, names: dict[str, str]) -> dict:
     }
 
 
-def filters(status: str | None, service_code: str | None, start_date: dt.datetime | None,
+def filters(status: str | None, service_codes: list[str] | None, start_date: dt.datetime | None,
             end_date: dt.datetime | None) -> dispatch.IncidentFilter:
     if status not in (None, "open", "closed"):
         raise InvalidInput(f"status {status!r} is not open or closed")
     return dispatch.IncidentFilter(
-        category=[c.strip() for c in service_code.split(",")] if service_code else None,
+        category=service_codes,
         since=start_date, until=end_date, open=None if status is None else status == "open",
         sort="-reported_at", limit=1000)
 
 
 def report(form: dict[str, str]) -> dispatch.Report:
-    """A GeoReport v2 POST (form fields) as an intake report."""
+    """A GeoReport v2 POST (form fields) as an intake report, held to the limits of
+    `POST /api/v1/incidents` (the same field types)."""
     missing = [f for f in ("service_code", "description") if not form.get(f)]
     if missing:
         raise InvalidInput(f"missing {', '.join(missing)}")
@@ -68,8 +71,19 @@ def report(form: dict[str, str]) -> dispatch.Report:
         lat = float(form["lat"]) if has_point else None
     except ValueError:
         raise InvalidInput(f"lat {form.get('lat')!r} / long {form.get('long')!r} are not numbers") from None
-    return dispatch.Report(
-        category=form["service_code"], description=form["description"],
-        reporter_kind=form.get("attribute[reporter_kind]") or "resident", lon=lon, lat=lat,
-        crs=form.get("attribute[crs]") or "wgs84", door_plate=None if has_point else form["address_id"],
-        external_id=form.get("attribute[external_id]") or None)
+    fields = {"category": form["service_code"], "description": form["description"],
+              "reporter_kind": form.get("attribute[reporter_kind]") or "resident", "lon": lon, "lat": lat,
+              "crs": form.get("attribute[crs]") or "wgs84", "door_plate": None if has_point else form["address_id"],
+              "external_id": form.get("attribute[external_id]") or None}
+    try:
+        checked = IncidentCreate.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = OPEN311_NAMES.get(str(first["loc"][0]), str(first["loc"][0]))
+        raise InvalidInput(f"{field}: {first['msg']}") from None
+    return dispatch.Report(**checked.model_dump())
+
+
+OPEN311_NAMES = {"category": "service_code", "door_plate": "address_id", "lon": "long",
+                 "reporter_kind": "attribute[reporter_kind]", "crs": "attribute[crs]",
+                 "external_id": "attribute[external_id]"}

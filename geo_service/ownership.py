@@ -20,6 +20,7 @@ have validity dates). Tests check that both paths give the same answers.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import threading
 import urllib.parse
@@ -29,15 +30,18 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import psycopg2
 import shapely
-from pyproj import Transformer
+import shapely.ops
+from pyproj import Geod, Transformer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from geo_service import geometry
+from geo_service import geometry, visibility
 from geo_service.errors import DatabaseUnavailable, InvalidInput, NotFound, OutsideCoverage
 
 CHANNEL = "ownership_changed"
+NEAR_DEGREES = 3.0  # within this of the grids, distances to a point outside are measured in the metric CRS
+GEOD = Geod(ellps="WGS84")
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 ROLE_ORDER = ("grid_leader", "full_time_worker", "professional_worker", "part_time_worker")
 RESPONSIBLE_ROLES = {"grid_leader", "full_time_worker"}  # who answers for the grid by default
@@ -245,13 +249,25 @@ class OwnershipIndex:
                 "police": static["police"], "as_of": self.built_for.isoformat()}
 
     def outside(self, lon: float, lat: float) -> OutsideCoverage:
-        x, y = self.to_metric.transform(lon, lat)
-        point = shapely.Point(x, y)
+        """The error for a point no grid covers, naming the nearest grid and its distance.
+
+        Near the county the distance is measured in the metric CRS; far away (where a
+        Gauss-Krüger zone stretches or cannot project at all) on the ellipsoid instead."""
         message = f"lon {lon}, lat {lat} is outside the county: no grid covers it"
         if len(self.grid_metric) == 0:
             return OutsideCoverage(message, nearest_grid=None)
-        nearest = int(self.metric_tree.nearest(point))
-        distance = float(shapely.distance(self.grid_metric[nearest], point))
+        west, south, east, north = shapely.total_bounds(self.grid_geoms)
+        x, y = self.to_metric.transform(lon, lat)
+        near = west - NEAR_DEGREES <= lon <= east + NEAR_DEGREES and south - NEAR_DEGREES <= lat <= north + NEAR_DEGREES
+        if near and math.isfinite(x) and math.isfinite(y):
+            point = shapely.Point(x, y)
+            nearest = int(self.metric_tree.nearest(point))
+            distance = float(shapely.distance(self.grid_metric[nearest], point))
+        else:
+            point = shapely.Point(lon, lat)
+            nearest = int(self.grid_tree.nearest(point))
+            closest = shapely.ops.nearest_points(self.grid_geoms[nearest], point)[0]
+            distance = float(GEOD.inv(lon, lat, closest.x, closest.y)[2])
         grid = self.grids[nearest]["grid"]
         return OutsideCoverage(message, nearest_grid={**grid, "distance_m": round(distance, 1)})
 
@@ -404,10 +420,9 @@ class OwnershipCache:
 # --------------------------------------------------------------------------- door plates
 
 DOOR_PLATE_SQL = text("""
-SELECT code, address, building, unit, room, is_rental, resident_count,
-       ST_X(geom) AS lon, ST_Y(geom) AS lat
-FROM door_plate WHERE code = :code
-""")
+SELECT d.code, d.address, d.building, d.unit, d.room, d.is_rental, d.resident_count,
+       ST_X(d.geom) AS lon, ST_Y(d.geom) AS lat
+FROM door_plate AS d WHERE d.code = :code AND """ + visibility.door_plates("d"))
 _QUERY_KEYS = ("code", "c", "id", "dp", "yjm")
 
 
@@ -436,10 +451,11 @@ def normalize_door_plate_code(raw: str) -> str:
     return value
 
 
-def door_plate(session: Session, raw_code: str) -> dict:
-    """The stored plate for a code in any accepted form (see normalize_door_plate_code)."""
+def door_plate(session: Session, raw_code: str, identity=None) -> dict:
+    """The stored plate for a code in any accepted form (see normalize_door_plate_code), if the
+    caller may see it (a plate in another town of a town-scoped caller does not exist for them)."""
     code = normalize_door_plate_code(raw_code)
-    row = session.execute(DOOR_PLATE_SQL, {"code": code}).mappings().one_or_none()
+    row = session.execute(DOOR_PLATE_SQL, {"code": code, **visibility.params(identity)}).mappings().one_or_none()
     if row is None:
         raise NotFound(f"door plate {code!r} does not exist")
     return dict(row)
@@ -466,7 +482,8 @@ def lookup_point(index: OwnershipIndex, lon: float, lat: float, crs: str = "wgs8
     return answer
 
 
-def lookup_door_plate(session: Session, index: OwnershipIndex, raw_code: str, stations: int = 3) -> dict:
+def lookup_door_plate(session: Session, index: OwnershipIndex, raw_code: str, stations: int = 3,
+                      identity=None) -> dict:
     """The plate and the ownership answer for its location."""
-    plate = door_plate(session, raw_code)
+    plate = door_plate(session, raw_code, identity)
     return {"door_plate": plate, "ownership": lookup_point(index, plate["lon"], plate["lat"], "wgs84", stations)}

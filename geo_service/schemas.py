@@ -1,6 +1,39 @@
-"""Request and response models of the HTTP API."""
+"""Request and response models of the HTTP API, and the bounded value types every input uses."""
 
-from pydantic import BaseModel, Field
+import datetime as dt
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it here rather than fail in the database.
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    return value
+
+
+def _storable_instant(value: dt.datetime) -> dt.datetime:
+    """The instant in UTC (naive times are taken as UTC); refuses what PostgreSQL cannot hold."""
+    try:
+        return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is outside the years 1-9999 once in UTC") from None
+
+
+def bounded_text(max_length: int, min_length: int = 0):
+    """A string type with a length limit and no NUL character (422 otherwise)."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length), AfterValidator(_no_nul)]
+
+
+Code = bounded_text(64)  # codes and enumerations: categories, grids, statuses, roles
+Name = bounded_text(200)  # names and short labels: departments, layer names
+Note = bounded_text(2000)  # free text: descriptions and notes
+Instant = Annotated[dt.datetime, AfterValidator(_storable_instant)]
+MAX_OFFSET = 10_000_000  # paging deeper than this is an export, not a page
+MAX_ID = 2**63 - 1
+MAX_INT4 = 2**31 - 1
+MAX_LIST_ITEMS = 50  # values in one comma-separated filter, departments in one escalation
 
 
 class ErrorRead(BaseModel):
@@ -9,9 +42,10 @@ class ErrorRead(BaseModel):
 
 class HealthRead(BaseModel):
     status: str = Field(description="`ok` when the service can answer, `unavailable` otherwise.")
-    database: str = Field(description="`ok`, or why the database cannot be reached.")
-    postgis: str | None = Field(default=None, description="PostGIS version, when reachable.")
-    version: str = Field(description="geo_service version.")
+    database: str | None = Field(default=None, description="`ok`, or why the database cannot be reached "
+                                 "(signed-in callers only).")
+    postgis: str | None = Field(default=None, description="PostGIS version, when reachable (signed-in callers only).")
+    version: str | None = Field(default=None, description="geo_service version (signed-in callers only).")
 
 
 class GridWorkerCounts(BaseModel):
@@ -151,7 +185,7 @@ class GridOwnersRead(BaseModel):
 
 class BatchRequest(BaseModel):
     points: list[tuple[float, float]] = Field(description="[lon, lat] pairs.")
-    crs: str | None = Field(default=None, description="wgs84 (default), cgcs2000, gcj02 or bd09.")
+    crs: Code | None = Field(default=None, description="wgs84 (default), cgcs2000, gcj02 or bd09.")
 
 
 class BatchResult(BaseModel):
@@ -216,26 +250,28 @@ class CategoryRead(BaseModel):
 
 
 class IncidentCreate(BaseModel):
-    category: str = Field(description="A code from /api/v1/incident-categories.")
-    description: str
-    reporter_kind: str = Field(description="grid_worker, rider (骑行侠 platform), resident, police or hotline.")
+    category: Code = Field(description="A code from /api/v1/incident-categories.")
+    description: Note = Field(description="What happened, at most 2,000 characters.")
+    reporter_kind: Code = Field(description="grid_worker, rider (骑行侠 platform), resident, police or hotline.")
     lon: float | None = Field(default=None, description="Longitude; with lat, or give door_plate instead.")
     lat: float | None = None
-    crs: str = Field(default="wgs84", description="wgs84, cgcs2000, gcj02 or bd09.")
-    door_plate: str | None = Field(default=None, description="A 粤居码 door-plate code (or scanned URL).")
-    external_id: str | None = Field(default=None, max_length=64,
-                                    description="The reporter's own id: a retried report returns the same incident.")
+    crs: Code = Field(default="wgs84", description="wgs84, cgcs2000, gcj02 or bd09.")
+    door_plate: bounded_text(512) | None = Field(default=None, description="A 粤居码 door-plate code (or scanned URL).")
+    external_id: Code | None = Field(default=None,
+                                     description="The reporter's own id: a retried report returns the same incident.")
 
 
 class TransitionCreate(BaseModel):
-    action: str = Field(description="accept, start, resolve, verify, close, escalate, acknowledge, return, "
-                        "reopen, reject or reassign.")
-    version: int | None = Field(default=None, description="The version you saw (or send an If-Match header).")
-    note: str | None = Field(default=None, description="Why; required for return, reopen and reject.")
-    grid: str | None = Field(default=None, description="reassign: the new grid's code.")
-    assignee: int | None = Field(default=None, description="reassign: the new grid worker's id.")
-    departments: list[str] | None = Field(default=None, description="escalate: departments called in.")
-    department: str | None = Field(default=None, description="acknowledge: the department reporting in.")
+    action: Code = Field(description="accept, start, resolve, verify, close, escalate, acknowledge, return, "
+                         "reopen, reject or reassign.")
+    version: int | None = Field(default=None, ge=1, le=MAX_INT4,
+                                description="The version you saw (or send an If-Match header).")
+    note: Note | None = Field(default=None, description="Why; required for return, reopen and reject.")
+    grid: Code | None = Field(default=None, description="reassign: the new grid's code.")
+    assignee: int | None = Field(default=None, ge=1, le=MAX_INT4, description="reassign: the new grid worker's id.")
+    departments: list[Name] | None = Field(default=None, max_length=MAX_LIST_ITEMS,
+                                           description="escalate: departments called in.")
+    department: Name | None = Field(default=None, description="acknowledge: the department reporting in.")
 
 
 class PersonRef(BaseModel):

@@ -20,7 +20,7 @@ from tests.conftest import SAMPLE_DIR
 @pytest.fixture(scope="module")
 def grid_layer(sample_db):
     with Session(sample_db.engine) as session:
-        return hotspots.compute(session, "grid")
+        return hotspots.compute(session, None, "grid")
 
 
 def test_gi_star_agrees_with_esda_on_the_same_counts_and_weights(grid_layer):
@@ -76,7 +76,7 @@ def test_planted_clusters_are_hot_spots_at_99_percent(sample_db, fdr):
     with Session(sample_db.engine) as session:
         for cluster in planted:
             props = cluster["properties"]
-            layer = hotspots.compute(session, "grid", filters=hotspots.Filters(categories=[props["category"]]), fdr=fdr)
+            layer = hotspots.compute(session, None, "grid", filters=hotspots.Filters(categories=[props["category"]]), fdr=fdr)
             rows = {row["code"]: row for row in layer.rows()}
             assert rows[props["grid_code"]]["gi_bin"] == 3, props
             assert rows[props["grid_code"]]["count"] >= 100
@@ -89,8 +89,8 @@ def test_planted_clusters_are_hot_spots_at_99_percent(sample_db, fdr):
 
 def test_hexagon_and_square_units_use_a_distance_band(sample_db):
     with Session(sample_db.engine) as session:
-        hexes = hotspots.compute(session, "hex", size_m=1500)
-        squares = hotspots.compute(session, "square", size_m=2000)
+        hexes = hotspots.compute(session, None, "hex", size_m=1500)
+        squares = hotspots.compute(session, None, "square", size_m=2000)
     assert hexes.codes[0].startswith("H") and squares.codes[0].startswith("S")
     from pyproj import Transformer
 
@@ -135,7 +135,7 @@ def test_hotspots_api_geojson_metadata_and_downloads(sample_db):
 
 def test_density_surface_png_and_geotiff(sample_db, tmp_path):
     with Session(sample_db.engine) as session:
-        surface = hotspots.density(session, bandwidth_m=800, cell_m=200)
+        surface = hotspots.density(session, None, bandwidth_m=800, cell_m=200)
     # The kernel integrates to the number of incidents (a little is lost past the raster's edge).
     assert surface.values.sum() * 0.2 * 0.2 == pytest.approx(6000, rel=0.03)
     with TestClient(create_app(sample_db.settings()), headers=sample_db.headers("analyst")) as client:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from geo_service import auth, layers
+from geo_service import auth, hotspots, layers
 from geo_service.db import SessionDep
 from geo_service.routes.access import EVERYONE, Allow
 from geo_service.routes import params
-from geo_service.routes.params import GEOJSON, comma_list, json_response
+from geo_service.routes.params import GEOJSON, json_response
 
 router = APIRouter(prefix="/api/v1", tags=["layers"])
 AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
@@ -32,24 +31,22 @@ def list_compounds(session: SessionDep, identity: AnyoneDep) -> Response:
 @router.get("/door-plates")
 def door_plates(session: SessionDep, identity: AnyoneDep,
                 bbox: Annotated[str, Query(description="west,south,east,north in degrees.")],
-                limit: Annotated[int, Query(description="At most this many (≤ 5000).")] = layers.MAX_DOOR_PLATES) -> Response:
+                limit: Annotated[int, Query(ge=1, le=layers.MAX_DOOR_PLATES,
+                                            description="At most this many.")] = layers.MAX_DOOR_PLATES) -> Response:
     """Door plates inside a bounding box, as GeoJSON; `truncated` says there were more."""
     return json_response(layers.door_plates_in(session, params.bbox(bbox), identity, limit), GEOJSON)
 
 
 @router.get("/incident-points")
 def incident_points(request: Request, session: SessionDep, identity: AnyoneDep,
-                    since: Annotated[dt.datetime | None, Query(alias="from")] = None,
-                    until: Annotated[dt.datetime | None, Query(alias="to")] = None,
-                    category: Annotated[str | None, Query(description="Comma-separated codes.")] = None,
-                    status: Annotated[str | None, Query(description="Comma-separated statuses.")] = None):
+                    filters: Annotated[hotspots.Filters, Depends(params.incident_filters)]):
     """Every visible incident as `[id, lon, lat, status, category, overdue]`, for clusters and heat."""
-    return json_response(layers.incident_points(session, identity, request.app.state.clock(), since=since,
-                                                until=until, categories=comma_list(category), statuses=comma_list(status)))
+    return json_response(layers.incident_points(session, identity, request.app.state.clock(), filters))
 
 
 @router.get("/search")
 def search(session: SessionDep, identity: AnyoneDep,
-           q: Annotated[str, Query(description="A grid code (prefix), community name or door-plate code.")]):
-    """Find grids, communities and door plates to zoom to."""
-    return json_response(layers.search(session, q))
+           q: Annotated[str, Query(max_length=100,
+                                   description="A grid code (prefix), community name or door-plate code.")]):
+    """Find grids, communities and door plates (those the caller may see) to zoom to."""
+    return json_response(layers.search(session, q, identity))

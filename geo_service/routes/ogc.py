@@ -10,6 +10,7 @@ from geo_service import auth, ogc
 from geo_service.db import SessionDep
 from geo_service.routes.access import Allow
 from geo_service.routes.params import json_response
+from geo_service.schemas import MAX_OFFSET
 
 router = APIRouter(prefix="/ogc", tags=["ogc"])
 ReaderDep = Annotated[auth.Identity, Depends(Allow("analyst", "dispatcher", "admin"))]
@@ -40,27 +41,30 @@ def api(request: Request, identity: ReaderDep):
 @router.get("/collections")
 def collections(request: Request, session: SessionDep, identity: ReaderDep):
     """Every collection with its extent."""
-    return json_response(ogc.collections(session, _base(request)))
+    return json_response(ogc.collections(session, _base(request), identity))
 
 
 @router.get("/collections/{collection_id}")
 def collection(request: Request, session: SessionDep, identity: ReaderDep, collection_id: str):
     """One collection."""
-    return json_response(ogc.collection(session, collection_id, _base(request)))
+    return json_response(ogc.collection(session, collection_id, _base(request), identity))
 
 
 @router.get("/collections/{collection_id}/items")
 def items(request: Request, session: SessionDep, identity: ReaderDep, collection_id: str,
           bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (CRS84).")] = None,
-          limit: Annotated[int, Query(description=f"Features per page, at most {ogc.MAX_LIMIT}.")] = ogc.DEFAULT_LIMIT,
-          offset: Annotated[int, Query(description="Features to skip (follow the `next` link).")] = 0,
-          datetime: Annotated[str | None, Query(description="RFC 3339 instant or interval (incidents).")] = None):
+          limit: Annotated[int, Query(ge=1, le=ogc.MAX_LIMIT,
+                                      description=f"Features per page, at most {ogc.MAX_LIMIT}.")] = ogc.DEFAULT_LIMIT,
+          offset: Annotated[int, Query(ge=0, le=MAX_OFFSET,
+                                       description="Features to skip (follow the `next` link).")] = 0,
+          datetime: Annotated[str | None, Query(max_length=100,
+                                                description="RFC 3339 instant or interval (incidents).")] = None):
     """Features of a collection, paged, as GeoJSON."""
-    return json_response(ogc.items(session, collection_id, _base(request), bbox=bbox, limit=limit, offset=offset,
-                           datetime=datetime), ogc.GEOJSON)
+    return json_response(ogc.items(session, collection_id, _base(request), identity, bbox=bbox, limit=limit,
+                                   offset=offset, datetime=datetime), ogc.GEOJSON)
 
 
 @router.get("/collections/{collection_id}/items/{feature_id}")
 def item(session: SessionDep, identity: ReaderDep, collection_id: str, feature_id: str):
     """One feature."""
-    return json_response(ogc.item(session, collection_id, feature_id), ogc.GEOJSON)
+    return json_response(ogc.item(session, collection_id, feature_id, identity), ogc.GEOJSON)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from geo_service import audit, auth, dispatch, open311, privacy
 from geo_service.db import SessionDep
 from geo_service.routes.access import EVERYONE, Allow, client_address
 from geo_service.routes.incidents import outside_error
-from geo_service.routes.params import json_response
+from geo_service.routes.params import comma_list, json_response
+from geo_service.schemas import MAX_ID, Instant
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
 AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
@@ -30,22 +30,25 @@ def services(session: SessionDep, identity: AnyoneDep):
 
 @router.get("/requests.json")
 def requests(request: Request, session: SessionDep, identity: AnyoneDep,
-             service_request_id: str | None = None, service_code: str | None = None,
-             start_date: dt.datetime | None = None, end_date: dt.datetime | None = None,
-             status: str | None = None):
+             service_request_id: Annotated[str | None, Query(description="Comma-separated ids (at most 50).")] = None,
+             service_code: Annotated[str | None, Query(description="Comma-separated service codes.")] = None,
+             start_date: Instant | None = None, end_date: Instant | None = None,
+             status: Annotated[str | None, Query(description="open or closed.")] = None):
     """Service requests (incidents the caller may see), newest first, at most 1,000."""
     names = _names(session)
     if service_request_id:
-        ids = [int(i) for i in service_request_id.split(",") if i.strip().isdigit()]
+        ids = [int(i) for i in comma_list(service_request_id, "service_request_id") or []
+               if i.isdigit() and int(i) <= MAX_ID]
         found = [dispatch.get_for(session, identity, i) for i in ids]
     else:
-        found, _ = dispatch.list_incidents(session, identity, open311.filters(status, service_code, start_date,
-                                                                              end_date), request.app.state.clock())
+        found, _ = dispatch.list_incidents(session, identity, open311.filters(
+            status, comma_list(service_code, "service_code"), start_date, end_date), request.app.state.clock())
     return json_response([open311.as_request(privacy.present_incident(i, identity), names) for i in found])
 
 
 @router.get("/requests/{request_id}.json")
-def one_request(session: SessionDep, identity: AnyoneDep, request_id: int):
+def one_request(session: SessionDep, identity: AnyoneDep,
+                request_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The service request id.")]):
     """One service request, as a list of one (as GeoReport v2 answers)."""
     incident = privacy.present_incident(dispatch.get_for(session, identity, request_id), identity)
     return json_response([open311.as_request(incident, _names(session))])
@@ -58,7 +61,7 @@ async def create_request(request: Request, identity: Annotated[auth.Identity, De
 
     def submit():
         with request.app.state.sessionmaker() as session:
-            incident, _ = dispatch.intake(session, outside_error(request), audit.actor_of(identity),
+            incident, _ = dispatch.intake(session, outside_error(request), identity, audit.actor_of(identity),
                                           open311.report(form), request.app.state.clock(), source="open311",
                                           address=client_address(request))
             return incident

@@ -80,7 +80,7 @@ def door_plate(request: Request, session: SessionDep, index: IndexDep, identity:
                                                      "(as `?code=`, `?c=`, `?id=` or the last path segment).")],
                stations: Annotated[int, Query(description=STATIONS_DOC)] = 3):
     """A door plate and the ownership of its location."""
-    found = ownership.lookup_door_plate(session, index, code, stations)
+    found = ownership.lookup_door_plate(session, index, code, stations, identity)
     answer = {"door_plate": privacy.present_door_plate(found["door_plate"], identity),
               "ownership": privacy.present_ownership(found["ownership"], identity)}
     audit_people(request, identity, "lookup.door_plate", answer["ownership"])

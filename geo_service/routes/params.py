@@ -1,15 +1,22 @@
-"""What every router shares: answers serialised once with orjson, and comma lists and bounding
-boxes read from query parameters (with 422 errors naming the bad value)."""
+"""What every router shares: answers serialised once with orjson, and query parameters read the
+same way everywhere (comma lists, bounding boxes, paging, the incident filters), with 422 errors
+naming the parameter and the bad value."""
 
 from __future__ import annotations
 
-import orjson
-from fastapi import Response
+from typing import Annotated
 
+import orjson
+from fastapi import Query, Response
+
+from geo_service import geometry, hotspots
 from geo_service.errors import InvalidInput
+from geo_service.schemas import MAX_LIST_ITEMS, MAX_OFFSET, Instant
 
 JSON = "application/json"
 GEOJSON = "application/geo+json"
+
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="How many to skip (paging).")]
 
 
 def json_response(content, media_type: str = JSON) -> Response:
@@ -18,17 +25,33 @@ def json_response(content, media_type: str = JSON) -> Response:
     return Response(orjson.dumps(content), media_type=media_type)
 
 
-def comma_list(value: str | None) -> list[str] | None:
-    """`a,b, c` as ['a', 'b', 'c']; None when empty."""
-    return [v.strip() for v in value.split(",") if v.strip()] or None if value else None
+def comma_list(value: str | None, name: str = "list") -> list[str] | None:
+    """`a,b, c` as ['a', 'b', 'c']; None when empty; at most MAX_LIST_ITEMS values of 64 characters."""
+    if not value:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if len(items) > MAX_LIST_ITEMS:
+        raise InvalidInput(f"{name} has {len(items)} values; at most {MAX_LIST_ITEMS}")
+    for item in items:
+        if len(item) > 64:
+            raise InvalidInput(f"{name} value {item[:70]!r}… is longer than 64 characters")
+    return items or None
 
 
 def bbox(value: str | None) -> tuple[float, float, float, float] | None:
-    """`west,south,east,north` in degrees."""
-    if not value:
-        return None
-    try:
-        west, south, east, north = (float(v) for v in value.split(","))
-    except ValueError:
-        raise InvalidInput(f"bbox {value!r} is not four numbers west,south,east,north") from None
-    return west, south, east, north
+    """`west,south,east,north` in degrees; None when the parameter is absent."""
+    return None if value is None else geometry.parse_bbox(value)
+
+
+def incident_filters(
+    since: Annotated[Instant | None, Query(alias="from", description="Reported at or after (ISO 8601).")] = None,
+    until: Annotated[Instant | None, Query(alias="to", description="Reported before (ISO 8601).")] = None,
+    category: Annotated[str | None, Query(description="Comma-separated category codes.")] = None,
+    status: Annotated[str | None, Query(description="Comma-separated statuses.")] = None,
+    reporter_kind: Annotated[str | None, Query(description="Comma-separated reporter kinds.")] = None,
+    town: Annotated[str | None, Query(description="Comma-separated town codes.")] = None,
+) -> hotspots.Filters:
+    """The incident filters of hotspots, density, map points and exports, declared once."""
+    return hotspots.Filters(since=since, until=until, categories=comma_list(category, "category"),
+                            statuses=comma_list(status, "status"),
+                            reporter_kinds=comma_list(reporter_kind, "reporter_kind"), towns=comma_list(town, "town"))
