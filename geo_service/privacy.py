@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from geo_service import visibility
+
 FULL_PHONE_ROLES = frozenset({"dispatcher", "admin"})
 RESIDENT_COUNT_ROLES = frozenset({"dispatcher", "admin"})
 VIEWER_DESCRIPTION_CHARS = 20
@@ -42,7 +44,7 @@ def _people(people: list[dict], role: str) -> list[dict]:
 def present_ownership(answer: dict, identity) -> dict:
     """A lookup answer (or grid owners) as this caller may see it. Never mutates the input."""
     town = answer.get("town", {}).get("code") if "town" in answer else None
-    if town is not None and not identity.in_scope(town):
+    if town is not None and not visibility.people_visible_in(identity, town):
         return {**answer, "grid_workers": [], "police": [], "people_hidden": True}
     return {**answer, "grid_workers": _people(answer["grid_workers"], identity.role),
             "police": _people(answer["police"], identity.role), "people_hidden": False}

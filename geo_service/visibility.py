@@ -10,8 +10,10 @@
 
 Everything else (towns, communities, grids, compounds, stations) is public to every role.
 Each condition is SQL text over a table alias with the bound parameters of `params(identity)`
-(all named `vis_*`), so raw SQL and SQLAlchemy Core compose the same text. There is no Python
-copy of the rule: a single object is read with the condition in its WHERE clause.
+(all named `vis_*`), so raw SQL and SQLAlchemy Core compose the same text; a single object is
+read with the condition in its WHERE clause. The one Python form, `people_visible_in`, serves
+the answers built from the in-memory ownership index (lookups, grid owners, batches), which
+never touch SQL.
 
 Writes are scoped by `check_town`: a caller limited to towns may not create or move things
 into another town.
@@ -86,6 +88,12 @@ def hotspot_runs(alias: str = "r") -> str:
 def incident_clause(identity, table: str = "incident") -> TextClause:
     """`incidents()` with its parameters bound, for SQLAlchemy Core statements on `table`."""
     return text(incidents(table)).bindparams(**params(identity))
+
+
+def people_visible_in(identity, town_code: str | None) -> bool:
+    """Whether the caller may see the people serving a grid of this town (the `_PEOPLE` rule for
+    answers computed in memory)."""
+    return identity is None or identity.towns is None or town_code in identity.towns
 
 
 def check_town(identity, town_code: str | None, what: str) -> None:

@@ -152,5 +152,5 @@ async def lookup_batch(request: Request,
         kind, body = _kind(content_type), await _read_limited(request, settings.batch_max_bytes)
     index = await run_in_threadpool(current_index, request)
     content, media_type = await run_in_threadpool(batch.run, index, body, kind, crs, settings.batch_max_points,
-                                                  identity.towns)
+                                                  identity)
     return Response(content, media_type=media_type)

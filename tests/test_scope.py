@@ -1,0 +1,418 @@
+"""Town scope, by construction: every route of the API has a scope decision here, and every
+route that returns incidents, door plates or people is probed as a caller limited to one town.
+
+For each such route the same probe runs twice on the Heshan sample: as a county-wide admin it
+must show something of another town (so the probe can fail), as an admin limited to Shaping
+(440784001) it must show nothing of another town. "Something of another town" is found in the
+raw answer: the external ids of incidents recorded elsewhere, the codes of door plates located
+elsewhere, the codes and phone numbers of people who serve no grid in the town, and markers a
+probe adds for what it checks structurally (incident ids, hotspot units, extents).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from geo_service import auth
+from geo_service.app import create_app
+from tests.conftest import make_client
+from tests.test_access import api_routes, route_key
+
+TOWN = "440784001"
+TOKENS = re.compile(r"HS-SAMPLE-\d+|YJ\d{18}|GW\d{5}|PO\d{5}|1[3-9]\d{9}|LEAK:[\w:.\-]+")
+
+
+@dataclass
+class World:
+    """What belongs to other towns than TOWN, read straight from the tables."""
+
+    foreign: set[str]
+    foreign_incident: dict  # one incident recorded elsewhere: id, external_id
+    own_incident: dict
+    foreign_plate: str
+    own_plate: str
+    foreign_grid: str
+    foreign_point: tuple[float, float]
+    own_point: tuple[float, float]
+    town_bbox: tuple[float, float, float, float]
+    incident_towns: dict[int, str]
+    worker_codes: dict[int, str]
+    police_codes: dict[int, str]
+
+    def leaks(self, answer: str) -> set[str]:
+        return {t for t in TOKENS.findall(answer) if t in self.foreign or t.startswith("LEAK:")}
+
+
+WORLD_SQL = {
+    "incidents": "SELECT external_id FROM incident WHERE town_code <> :town AND external_id IS NOT NULL",
+    "plates": "SELECT code FROM door_plate WHERE town_code <> :town",
+    "workers": """SELECT code, phone FROM grid_worker AS w WHERE NOT EXISTS (
+                    SELECT 1 FROM grid_assignment a JOIN grid_place p ON p.grid_id = a.grid_id
+                    WHERE a.grid_worker_id = w.id AND p.town_code = :town)""",
+    "police": """SELECT code, phone FROM police_officer AS o WHERE NOT EXISTS (
+                   SELECT 1 FROM grid_assignment a JOIN grid_place p ON p.grid_id = a.grid_id
+                   WHERE a.police_officer_id = o.id AND p.town_code = :town)""",
+}
+
+
+@pytest.fixture(scope="module")
+def world(sample_db) -> World:
+    with Session(sample_db.engine) as session:
+        def rows(sql):
+            return session.execute(text(sql), {"town": TOWN}).all()
+
+        foreign = {r[0] for r in rows(WORLD_SQL["incidents"])} | {r[0] for r in rows(WORLD_SQL["plates"])}
+        for row in rows(WORLD_SQL["workers"]) + rows(WORLD_SQL["police"]):
+            foreign |= {row[0], row[1]} - {None}
+        point = "SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(geom) AS p FROM grid WHERE code = :code) g"
+        foreign_grid = session.execute(text("SELECT grid_code FROM grid_place WHERE town_code <> :town "
+                                            "ORDER BY grid_code DESC LIMIT 1"), {"town": TOWN}).scalar()
+        own_grid = session.execute(text("SELECT grid_code FROM grid_place WHERE town_code = :town "
+                                        "ORDER BY grid_code LIMIT 1"), {"town": TOWN}).scalar()
+        bbox = session.execute(text("SELECT ST_XMin(geom), ST_YMin(geom), ST_XMax(geom), ST_YMax(geom) FROM town "
+                                    "WHERE code = :town"), {"town": TOWN}).one()
+        incident = ("SELECT id, external_id, version FROM incident WHERE town_code {} :town "
+                    "AND status IN ('assigned', 'accepted', 'in_progress') ORDER BY id LIMIT 1")
+        return World(
+            foreign=foreign,
+            foreign_incident=dict(session.execute(text(incident.format("<>")), {"town": TOWN}).mappings().one()),
+            own_incident=dict(session.execute(text(incident.format("=")), {"town": TOWN}).mappings().one()),
+            foreign_plate=session.execute(text("SELECT min(code) FROM door_plate WHERE town_code <> :town"),
+                                          {"town": TOWN}).scalar(),
+            own_plate=session.execute(text("SELECT min(code) FROM door_plate WHERE town_code = :town"),
+                                      {"town": TOWN}).scalar(),
+            foreign_grid=foreign_grid,
+            foreign_point=tuple(session.execute(text(point), {"code": foreign_grid}).one()),
+            own_point=tuple(session.execute(text(point), {"code": own_grid}).one()),
+            town_bbox=tuple(bbox),
+            incident_towns=dict(session.execute(text("SELECT id, town_code FROM incident")).all()),
+            worker_codes=dict(session.execute(text("SELECT id, code FROM grid_worker")).all()),
+            police_codes=dict(session.execute(text("SELECT id, code FROM police_officer")).all()),
+        )
+
+
+@pytest.fixture(scope="module")
+def scoped_key(sample_db) -> str:
+    """An admin limited to TOWN: every route is open to the role, only the town limits it."""
+    with Session(sample_db.engine) as session:
+        existing = session.execute(text("SELECT 1 FROM api_key WHERE name = 'scope-admin'")).first()
+        if existing is None:
+            sample_db.keys["scope-admin"] = auth.create_api_key(session, "scope-admin", "admin", towns=[TOWN])[1]
+    return sample_db.keys["scope-admin"]
+
+
+Call = Callable[..., object]  # call(method, url, **request options) -> response
+
+
+# --------------------------------------------------------------------------- probes
+
+def incident_ids_in(answer, world: World) -> str:
+    """Incident ids of other towns, as markers (for answers that carry only ids)."""
+    return " ".join(f"LEAK:incident:{i}" for i in answer if world.incident_towns.get(i) != TOWN)
+
+
+def people_in(ids: list | None, codes: dict[int, str]) -> str:
+    return " ".join(codes.get(i, "") for i in ids or [])
+
+
+def within(bounds, box) -> bool:
+    west, south, east, north = bounds
+    return west >= box[0] - 1e-6 and south >= box[1] - 1e-6 and east <= box[2] + 1e-6 and north <= box[3] + 1e-6
+
+
+def probe_lookup(call: Call, w: World) -> str:
+    lon, lat = w.foreign_point
+    return call("GET", "/api/v1/lookup", params={"lon": lon, "lat": lat}).text
+
+
+def asked(answer: str, *values: str) -> str:
+    """The answer without the identifiers the caller sent (an error may quote them back)."""
+    for value in values:
+        answer = answer.replace(value, "<asked>")
+    return answer
+
+
+def probe_door_plate(call: Call, w: World) -> str:
+    answer = call("GET", f"/api/v1/door-plates/{w.foreign_plate}")
+    return asked(answer.text, w.foreign_plate) + (" LEAK:plate" if answer.status_code == 200 else "")
+
+
+def probe_grid_owners(call: Call, w: World) -> str:
+    return call("GET", f"/api/v1/grids/{w.foreign_grid}/owners").text
+
+
+def probe_batch(call: Call, w: World) -> str:
+    answer = call("POST", "/api/v1/lookup/batch", json={"points": [list(w.foreign_point), list(w.own_point)]}).json()
+    return " ".join(people_in(r["grid_worker_ids"], w.worker_codes) + " " + people_in(r["police_ids"], w.police_codes)
+                    for r in answer["results"])
+
+
+def probe_incidents(call: Call, w: World) -> str:
+    answer = call("GET", "/api/v1/incidents", params={"limit": 1000})
+    return answer.text + incident_ids_in([i["id"] for i in answer.json()["items"]], w)
+
+
+def probe_incident(call: Call, w: World) -> str:
+    return call("GET", f"/api/v1/incidents/{w.foreign_incident['id']}").text
+
+
+def probe_report(call: Call, w: World) -> str:
+    """A report elsewhere is refused; a retry of another town's external id learns nothing."""
+    lon, lat = w.foreign_point
+    elsewhere = call("POST", "/api/v1/incidents", json={"category": "other", "description": "scope",
+                                                         "reporter_kind": "hotline", "lon": lon, "lat": lat})
+    replay = call("POST", "/api/v1/incidents", json={"category": "other", "description": "scope",
+                                                     "reporter_kind": "hotline", "lon": w.own_point[0],
+                                                     "lat": w.own_point[1],
+                                                     "external_id": w.foreign_incident["external_id"]})
+    created = " LEAK:created-elsewhere" if elsewhere.status_code in (200, 201) else ""
+    replayed = " LEAK:replayed" if replay.status_code == 200 else ""
+    return elsewhere.text + created + replayed + asked(replay.text, w.foreign_incident["external_id"])
+
+
+def probe_transition(call: Call, w: World) -> str:
+    """Another town's incident cannot be moved; the town's own cannot be moved to another town."""
+    foreign = call("POST", f"/api/v1/incidents/{w.foreign_incident['id']}/transitions",
+                   json={"action": "reassign", "version": w.foreign_incident["version"],
+                         "grid": w.foreign_grid})
+    own = call("POST", f"/api/v1/incidents/{w.own_incident['id']}/transitions",
+               json={"action": "reassign", "version": w.own_incident["version"], "grid": w.foreign_grid})
+    return (foreign.text + (" LEAK:moved" if foreign.status_code == 200 else "")
+            + (" LEAK:moved-away" if own.status_code == 200 else ""))
+
+
+def probe_door_plates(call: Call, w: World) -> str:
+    lon, lat = w.foreign_point
+    return call("GET", "/api/v1/door-plates", params={"bbox": f"{lon - 0.05},{lat - 0.05},{lon + 0.05},{lat + 0.05}"}
+                ).text
+
+
+def probe_incident_points(call: Call, w: World) -> str:
+    return incident_ids_in([p[0] for p in call("GET", "/api/v1/incident-points").json()], w)
+
+
+def probe_search(call: Call, w: World) -> str:
+    return call("GET", "/api/v1/search", params={"q": w.foreign_plate[:-2]}).text
+
+
+def hotspot_units(layer: dict) -> str:
+    return " ".join(f"LEAK:unit:{f['properties']['code']}" for f in layer["features"]
+                    if not f["properties"]["code"].startswith(TOWN))
+
+
+def probe_hotspots(call: Call, w: World) -> str:
+    return hotspot_units(call("GET", "/api/v1/hotspots").json())
+
+
+def probe_density(call: Call, w: World) -> str:
+    bounds = [float(v) for v in call("GET", "/api/v1/hotspots/density").headers["x-bounds"].split(",")]
+    # The surface covers the caller's towns: cells of a whole cell size may reach a little beyond.
+    margin = 0.01
+    box = (w.town_bbox[0] - margin, w.town_bbox[1] - margin, w.town_bbox[2] + margin, w.town_bbox[3] + margin)
+    return "" if within(bounds, box) else "LEAK:density-extent"
+
+
+def probe_save_hotspots(call: Call, w: World) -> str:
+    saved = call("POST", "/api/v1/hotspots/saved", params={"name": "scope probe", "unit": "grid"}).json()
+    layer = call("GET", "/ogc/collections/hotspots/items", params={"limit": 1000}).json()
+    return json.dumps(saved.get("towns")) + hotspot_units(layer)
+
+
+def probe_saved_hotspots(call: Call, w: World) -> str:
+    """Each saves a layer; the county-wide one is not listed for the town's admin."""
+    call("POST", "/api/v1/hotspots/saved", params={"name": "scope list", "unit": "town"})
+    return " ".join(f"LEAK:saved:{s['id']}" for s in call("GET", "/api/v1/hotspots/saved").json()
+                    if s["towns"] is None or set(s["towns"]) - {TOWN})
+
+
+def probe_export(call: Call, w: World) -> str:
+    answers = [call("GET", f"/api/v1/export/{layer}", params={"format": "csv"})
+               for layer in ("incidents", "door_plates", "grid_workers", "police_officers", "grid_assignments")]
+    text_ = " ".join(a.text for a in answers)
+    assignments = pd.read_csv(io.StringIO(answers[-1].text), dtype=str)
+    text_ += " ".join(f"LEAK:assignment:{g}" for g in assignments["grid_code"] if not g.startswith(TOWN))
+    return text_
+
+
+def probe_export_hotspots(call: Call, w: World) -> str:
+    call("POST", "/api/v1/hotspots/saved", params={"name": "scope export", "unit": "community"})
+    answer = call("GET", "/api/v1/export/hotspots", params={"format": "geojson"})
+    return hotspot_units(answer.json()) if answer.status_code == 200 else answer.text
+
+
+def probe_ogc_collections(call: Call, w: World) -> str:
+    found = []
+    for collection in call("GET", "/ogc/collections").json()["collections"]:
+        if collection["id"] in ("incidents", "door_plates") and collection["extent"]["spatial"]["bbox"]:
+            if not within(collection["extent"]["spatial"]["bbox"][0], w.town_bbox):
+                found.append(f"LEAK:extent:{collection['id']}")
+    one = call("GET", "/ogc/collections/incidents").json()["extent"]["spatial"]["bbox"]
+    if one and not within(one[0], w.town_bbox):
+        found.append("LEAK:extent:one")
+    return " ".join(found)
+
+
+def probe_ogc_items(call: Call, w: World) -> str:
+    return " ".join(call("GET", f"/ogc/collections/{c}/items", params={"limit": 10_000}).text
+                    for c in ("incidents", "door_plates"))
+
+
+def probe_ogc_item(call: Call, w: World) -> str:
+    plate = call("GET", f"/ogc/collections/door_plates/items/{w.foreign_plate}")
+    return (call("GET", f"/ogc/collections/incidents/items/{w.foreign_incident['id']}").text
+            + asked(plate.text, w.foreign_plate) + (" LEAK:plate" if plate.status_code == 200 else ""))
+
+
+def probe_open311_requests(call: Call, w: World) -> str:
+    answer = call("GET", "/open311/v2/requests.json")
+    by_id = call("GET", "/open311/v2/requests.json",
+                 params={"service_request_id": f"{w.foreign_incident['id']},{w.own_incident['id']}"})
+    ids = [int(r["service_request_id"]) for r in answer.json() + (by_id.json() if by_id.status_code == 200 else [])]
+    return answer.text + by_id.text + incident_ids_in(ids, w)
+
+
+def probe_open311_request(call: Call, w: World) -> str:
+    answer = call("GET", f"/open311/v2/requests/{w.foreign_incident['id']}.json")
+    ids = [int(r["service_request_id"]) for r in answer.json()] if answer.status_code == 200 else []
+    return answer.text + incident_ids_in(ids, w)
+
+
+def probe_open311_post(call: Call, w: World) -> str:
+    lon, lat = w.foreign_point
+    answer = call("POST", "/open311/v2/requests.json", data={"service_code": "other", "lat": str(lat),
+                                                              "long": str(lon), "description": "scope"})
+    return answer.text + (" LEAK:created-elsewhere" if answer.status_code == 201 else "")
+
+
+def probe_audit(call: Call, w: World) -> str:
+    answer = call("GET", "/api/v1/audit", params={"limit": 1000})
+    return answer.text + (" LEAK:audit" if answer.status_code == 200 else "")
+
+
+NONE = "answers nothing of a town: areas, stations, categories, the caller, the standards' documents"
+# Every API route and its scope decision. A new route fails test_every_route_has_a_scope_decision
+# until it is added here, with a probe when it returns incidents, door plates or people.
+SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
+    ("GET", "/api/v1/stats"): "county-wide inventory counts, no single incident, plate or person",
+    ("GET", "/api/v1/lookup"): probe_lookup,
+    ("GET", "/api/v1/door-plates/{code}"): probe_door_plate,
+    ("GET", "/api/v1/grids/{code}/owners"): probe_grid_owners,
+    ("POST", "/api/v1/lookup/batch"): probe_batch,
+    ("GET", "/api/v1/towns"): NONE,
+    ("GET", "/api/v1/communities"): NONE,
+    ("GET", "/api/v1/grids"): NONE,
+    ("GET", "/api/v1/grids/{code}"): NONE,
+    ("GET", "/api/v1/auth/me"): NONE,
+    ("POST", "/api/v1/auth/token"): NONE,
+    ("GET", "/api/v1/audit"): probe_audit,
+    ("GET", "/api/v1/incident-categories"): NONE,
+    ("GET", "/api/v1/incidents"): probe_incidents,
+    ("POST", "/api/v1/incidents"): probe_report,
+    ("GET", "/api/v1/incidents/{incident_id}"): probe_incident,
+    ("POST", "/api/v1/incidents/{incident_id}/transitions"): probe_transition,
+    ("GET", "/api/v1/stations"): NONE,
+    ("GET", "/api/v1/compounds"): NONE,
+    ("GET", "/api/v1/door-plates"): probe_door_plates,
+    ("GET", "/api/v1/incident-points"): probe_incident_points,
+    ("GET", "/api/v1/search"): probe_search,
+    ("GET", "/api/v1/hotspots"): probe_hotspots,
+    ("GET", "/api/v1/hotspots/density"): probe_density,
+    ("POST", "/api/v1/hotspots/saved"): probe_save_hotspots,
+    ("GET", "/api/v1/hotspots/saved"): probe_saved_hotspots,
+    ("GET", "/api/v1/export/{layer}"): probe_export,
+    ("GET", "/ogc"): NONE,
+    ("GET", "/ogc/conformance"): NONE,
+    ("GET", "/ogc/api"): NONE,
+    ("GET", "/ogc/collections"): probe_ogc_collections,
+    ("GET", "/ogc/collections/{collection_id}"): probe_ogc_collections,
+    ("GET", "/ogc/collections/{collection_id}/items"): probe_ogc_items,
+    ("GET", "/ogc/collections/{collection_id}/items/{feature_id}"): probe_ogc_item,
+    ("GET", "/open311/v2/services.json"): NONE,
+    ("GET", "/open311/v2/requests.json"): probe_open311_requests,
+    ("GET", "/open311/v2/requests/{request_id}.json"): probe_open311_request,
+    ("POST", "/open311/v2/requests.json"): probe_open311_post,
+}
+EXTRA_PROBES = {"export hotspots": probe_export_hotspots}
+
+
+def test_every_route_has_a_scope_decision(sample_db):
+    for route in api_routes(create_app(sample_db.settings())):
+        for key in route_key(route):
+            assert key in SCOPE, f"{key} has no scope decision in tests/test_scope.py: does it return " \
+                                 "incidents, door plates or people? Add a probe."
+
+
+def test_scope_probes_cover_incidents_plates_and_people(world):
+    assert len(world.foreign) > 20_000  # the probes below have something to find
+    probes = [p for p in SCOPE.values() if callable(p)]
+    assert len(probes) >= 20
+
+
+@pytest.mark.parametrize("name", sorted({p.__name__ for p in SCOPE.values() if callable(p)} | set(EXTRA_PROBES)))
+def test_a_town_scoped_caller_receives_nothing_of_another_town(name, sample_db, sample_session, world, scoped_key):
+    probe = EXTRA_PROBES.get(name) or next(p for p in SCOPE.values() if callable(p) and p.__name__ == name)
+    with make_client(sample_db, sample_session) as client:
+        def as_key(key: str) -> Call:
+            return lambda method, url, **options: client.request(
+                method, url, headers={"Authorization": f"Bearer {key}"}, **options)
+
+        county_wide = world.leaks(probe(as_key(sample_db.keys["admin"]), world))
+        assert county_wide, f"{name}: a county-wide admin sees nothing of other towns, so the probe cannot fail"
+        town = world.leaks(probe(as_key(scoped_key), world))
+        assert not town, f"{name}: a caller limited to {TOWN} received {sorted(town)[:10]}"
+
+
+def test_a_replayed_external_id_of_another_town_is_409_without_details_and_audited(
+        sample_db, sample_session, world, scoped_key):
+    with make_client(sample_db, sample_session) as client:
+        lon, lat = world.own_point
+        answer = client.post("/api/v1/incidents", headers={"Authorization": f"Bearer {scoped_key}"}, json={
+            "category": "other", "description": "retry", "reporter_kind": "hotline", "lon": lon, "lat": lat,
+            "external_id": world.foreign_incident["external_id"]})
+    assert answer.status_code == 409
+    assert set(answer.json()) == {"detail"} and "already used" in answer.json()["detail"]
+    row = sample_session.execute(text(
+        "SELECT actor_name, outcome, object_id FROM audit_log WHERE action = 'incident.replay' "
+        "ORDER BY id DESC LIMIT 1")).one()
+    assert (row.actor_name, row.outcome, row.object_id) == ("scope-admin", "denied", str(world.foreign_incident["id"]))
+
+
+@pytest.fixture(scope="module")
+def rider_token(sample_db) -> str:
+    """A worker account (committed, as sign-in needs) for a part-time worker serving elsewhere."""
+    with Session(sample_db.engine) as session:
+        code = session.execute(text(
+            "SELECT w.code FROM grid_worker w JOIN grid_assignment a ON a.grid_worker_id = w.id "
+            "JOIN grid_place p ON p.grid_id = a.grid_id WHERE a.role = 'part_time_worker' AND p.town_code <> :town "
+            "ORDER BY w.code LIMIT 1"), {"town": TOWN}).scalar()
+        auth.create_user(session, "scope-rider", "worker", password="rider password", person_code=code)
+        secret, _ = auth.sign_in(session, "scope-rider", "rider password", kind="bearer",
+                                 ttl=dt.timedelta(minutes=30), address=None)
+    return secret
+
+
+def test_a_worker_sees_their_own_reports_but_acts_only_on_what_is_assigned_to_them(
+        sample_db, sample_session, world, rider_token):
+    headers = {"Authorization": f"Bearer {rider_token}"}
+    with make_client(sample_db, sample_session) as client:
+        lon, lat = world.own_point
+        mine = client.post("/api/v1/incidents", headers=headers, json={
+            "category": "environment", "description": "rubbish", "reporter_kind": "rider", "lon": lon, "lat": lat})
+        assert mine.status_code == 201, mine.text
+        queue = client.get("/api/v1/incidents", headers=headers, params={"limit": 1000}).json()
+        assert mine.json()["id"] in [i["id"] for i in queue["items"]]
+        assert all(i["id"] == mine.json()["id"] or i["town_code"] != TOWN for i in queue["items"])
+        assert client.get(f"/api/v1/incidents/{world.own_incident['id']}", headers=headers).status_code == 404
+        accept = client.post(f"/api/v1/incidents/{mine.json()['id']}/transitions", headers=headers,
+                             json={"action": "accept", "version": mine.json()["version"]})
+        assert accept.status_code == 403 and "not assigned to you" in accept.json()["detail"]
