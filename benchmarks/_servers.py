@@ -80,7 +80,7 @@ def throwaway_database(load_sample: bool = True):
     from geo_service.cli import alembic_config
     from geo_service.config import get_settings
 
-    server = localdb.database_url(get_settings()).set(database="postgres")
+    server = localdb.admin_url(get_settings()).set(database="postgres")
     name = f"geo_service_bench_{uuid.uuid4().hex[:8]}"
     localdb.ensure_database(server, name)
     url = server.set(database=name)

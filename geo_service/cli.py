@@ -78,14 +78,37 @@ def alembic_config():
     return Config(str(PROJECT_ROOT / "alembic.ini"))
 
 
+def _change_schema(step, revision: str) -> None:
+    """Run an Alembic step as the owner, then grant the service role its privileges, in one transaction."""
+    from sqlalchemy import create_engine
+
+    from geo_service import privileges
+
+    settings = get_settings()
+    if not settings.database_url:
+        localdb.prepare(settings, progress=click.echo)  # roles and ownership of an older cluster
+    owner, service = localdb.owner_url(settings), localdb.service_url(settings)
+    engine = create_engine(owner)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            step(config, revision)
+            if service.username != owner.username:
+                privileges.grant(connection, service.username)
+    finally:
+        engine.dispose()
+    click.echo(f"schema at {revision}" + (f"; {service.username} granted the service's privileges"
+                                          if service.username != owner.username else ""))
+
+
 @db.command("migrate")
 @click.argument("revision", default="head")
 def db_migrate(revision: str) -> None:
-    """Upgrade the schema to REVISION (default: head)."""
+    """Upgrade the schema to REVISION (default: head) as the owner, then grant the service role."""
     from alembic import command
 
-    command.upgrade(alembic_config(), revision)
-    click.echo(f"schema at {revision}")
+    _change_schema(command.upgrade, revision)
 
 
 @db.command("downgrade")
@@ -94,14 +117,58 @@ def db_downgrade(revision: str) -> None:
     """Downgrade the schema to REVISION (e.g. -1, or base)."""
     from alembic import command
 
-    command.downgrade(alembic_config(), revision)
-    click.echo(f"schema at {revision}")
+    _change_schema(command.downgrade, revision)
+
+
+@db.command("grant")
+@click.argument("role", required=False)
+def db_grant(role: str | None) -> None:
+    """Grant ROLE (default: the user of GEO_DATABASE_URL) exactly the privileges the service uses,
+    revoking any others. Runs as the owner (GEO_DATABASE_OWNER_URL)."""
+    from sqlalchemy import create_engine
+
+    from geo_service import privileges
+
+    settings = get_settings()
+    role = role or localdb.service_url(settings).username
+    engine = create_engine(localdb.owner_url(settings))
+    try:
+        with engine.begin() as connection:
+            privileges.grant(connection, role)
+    finally:
+        engine.dispose()
+    click.echo(f"granted {role} the service's privileges (and revoked any others)")
 
 
 def _session():
+    """A session for the admin commands: they connect as the owner, not as the service role."""
     from geo_service.db import make_engine, make_sessionmaker
 
-    return make_sessionmaker(make_engine(get_settings()))()
+    settings = get_settings()
+    return make_sessionmaker(make_engine(settings, localdb.owner_url(settings)))()
+
+
+def _warn_about_service_role(settings) -> None:
+    """One warning when the service would connect as a superuser or as the owner of the tables."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+
+    from geo_service import privileges
+
+    engine = create_engine(localdb.service_url(settings), connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as connection:
+            problems = privileges.service_role_problems(connection)
+    except DBAPIError:
+        return  # unreachable now: the service starts anyway and answers 503 until it is back
+    finally:
+        engine.dispose()
+    if problems:
+        click.echo(
+            f"warning: the service connects as a role that holds more than it needs ({'; '.join(problems)}): "
+            "a bug or a leaked connection could rewrite the audit log or the schema. Connect it as a role "
+            "that owns nothing (GEO_DATABASE_URL), keep the owner for migrations (GEO_DATABASE_OWNER_URL) "
+            "and run `geo-service db grant`.", err=True)
 
 
 @main.command("load")
@@ -146,7 +213,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     import uvicorn
 
     settings = get_settings()
-    localdb.database_url(settings)  # fail here, clearly, when there is no database configured
+    localdb.service_url(settings)  # fail here, clearly, when there is no database configured
+    _warn_about_service_role(settings)
     uvicorn.run(
         "geo_service.app:app_from_env", factory=True,
         host=host or settings.host, port=port or settings.port, workers=workers or settings.workers,

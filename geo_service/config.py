@@ -25,9 +25,19 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of an existing PostGIS database. "
         "Unset: the embedded cluster under data_dir is used.",
     )
+    database_owner_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the role that owns the schema: migrations and the admin CLI "
+        "connect as it. Unset: GEO_DATABASE_URL (then the service runs as the owner; `serve` warns).",
+    )
     data_dir: Path = Field(default_factory=_default_data_dir)
     db_name: str = "geo_service"
+    # The embedded cluster's three roles: the bootstrap superuser administers the cluster
+    # (databases, roles, the postgis extension), the owner runs migrations and the admin CLI,
+    # and the service role, which owns nothing, is what `geo-service serve` connects as.
     db_user: str = "geo_service"
+    db_owner_user: str = "geo_owner"
+    db_service_user: str = "geo_app"
     pg_os_user: str = Field(
         default="postgres",
         description="Unprivileged OS user that owns and runs the embedded cluster when started as root.",

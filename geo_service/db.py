@@ -9,17 +9,19 @@ import orjson
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from geo_service import localdb
 from geo_service.config import Settings
 
 
-def make_engine(settings: Settings) -> Engine:
+def make_engine(settings: Settings, url: URL | None = None) -> Engine:
+    """An engine for `url`, by default the service role's (the admin CLI passes the owner's)."""
     # pool_pre_ping lets the service ride out a database restart: dead pooled connections
     # are replaced on checkout instead of failing the next request.
     return create_engine(
-        localdb.database_url(settings),
+        url or localdb.service_url(settings),
         pool_pre_ping=True,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,

@@ -3,7 +3,13 @@
 Used when `GEO_DATABASE_URL` is unset. `initdb` refuses to run as root, so when the CLI
 runs as root the cluster is created and run by an unprivileged OS user (`postgres` by
 default). The cluster listens on 127.0.0.1 only, on a free port chosen at creation, and
-requires a password that is generated once and kept in `data_dir/cluster.json` (mode 600).
+requires passwords that are generated once and kept in `data_dir/cluster.json` (mode 600).
+
+Three roles: the bootstrap superuser (`geo_service`) only administers the cluster (databases,
+roles, the postgis extension); the owner (`geo_owner`) owns the schema, runs migrations and the
+admin CLI; the service role (`geo_app`) is what `geo-service serve` connects as: no superuser,
+owns nothing, holds only the privileges in `geo_service.privileges`. Clusters made before the
+roles were split (everything owned by the superuser) are upgraded by `start` and `prepare`.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ from pathlib import Path
 
 import psycopg2
 from psycopg2 import sql
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
+from geo_service import privileges
 from geo_service.config import Settings
 from geo_service.errors import DatabaseSetupError
 
@@ -32,20 +41,34 @@ POSTGRES_ROOTS = (Path("/usr/lib/postgresql"), Path("/usr/local/lib/postgresql")
 class ClusterState:
     pgdata: str
     port: int
-    user: str
+    user: str  # the bootstrap superuser
     password: str
     database: str
     bindir: str
+    # None in a cluster.json written before the owner and service roles existed; `start` fills them.
+    owner_user: str | None = None
+    owner_password: str | None = None
+    service_user: str | None = None
+    service_password: str | None = None
 
-    def url(self, database: str | None = None) -> URL:
+    def _url(self, username: str, password: str, database: str | None) -> URL:
         return URL.create(
             "postgresql+psycopg2",
-            username=self.user,
-            password=self.password,
+            username=username,
+            password=password,
             host="127.0.0.1",
             port=self.port,
             database=database or self.database,
         )
+
+    def superuser_url(self, database: str | None = None) -> URL:
+        return self._url(self.user, self.password, database)
+
+    def owner_url(self, database: str | None = None) -> URL:
+        return self._url(self.owner_user, self.owner_password, database)
+
+    def service_url(self, database: str | None = None) -> URL:
+        return self._url(self.service_user, self.service_password, database)
 
 
 def install_hint() -> str:
@@ -221,7 +244,61 @@ def start(settings: Settings, progress=print) -> ClusterState:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise DatabaseSetupError(f"pg_ctl start failed:\n{result.stdout}{result.stderr}\n{tail}")
         progress(f"PostgreSQL started on 127.0.0.1:{state.port}")
-    ensure_database(state.url("postgres"), state.database)
+    return prepare(settings, state, progress)
+
+
+def prepare(settings: Settings, state: ClusterState | None = None, progress=print) -> ClusterState:
+    """Make the running cluster's roles and database what this version expects. Idempotent.
+
+    Creates the owner and service roles when missing (an older cluster), the database owned by
+    the owner with PostGIS, and hands the objects of an older cluster over to the owner.
+    """
+    state = state or load_state(settings)
+    if state is None or not is_running(settings, state):
+        raise DatabaseSetupError("the embedded PostgreSQL is not running; run `geo-service db start`")
+    state = ensure_roles(settings, state, progress)
+    moved = hand_over_database(state.superuser_url("postgres"), state.database, state.owner_user,
+                               state.service_user)
+    if moved:
+        progress(f"handed {moved} objects of database {state.database} over to {state.owner_user} "
+                 f"and granted {state.service_user} the service's privileges")
+    return state
+
+
+# The attributes each role must have; applied on every start, so a drifted role is put back.
+OWNER_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
+# NOINHERIT: were the service role ever made a member of another role, it would still not
+# silently gain that role's privileges.
+SERVICE_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT"
+# Serialises role set-up between processes starting at once (the test suite and `make run`):
+# concurrent ALTER ROLE of one role fails with "tuple concurrently updated".
+ROLES_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('geo_service.localdb.roles'))"
+
+
+def ensure_roles(settings: Settings, state: ClusterState, progress=print) -> ClusterState:
+    """Create the owner and service login roles when missing; (re)apply their attributes and passwords."""
+    if not state.owner_user or not state.service_user:
+        state.owner_user = state.owner_user or settings.db_owner_user
+        state.owner_password = state.owner_password or secrets.token_urlsafe(24)
+        state.service_user = state.service_user or settings.db_service_user
+        state.service_password = state.service_password or secrets.token_urlsafe(24)
+        _save_state(settings, state)  # before the roles exist, so a failure below loses no password
+    conn = psycopg2.connect(**_connect_args(state.superuser_url("postgres")))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(ROLES_LOCK_SQL)
+            for name, password, attributes in (
+                (state.owner_user, state.owner_password, OWNER_ROLE_ATTRIBUTES),
+                (state.service_user, state.service_password, SERVICE_ROLE_ATTRIBUTES),
+            ):
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
+                verb = "ALTER" if cur.fetchone() else "CREATE"
+                cur.execute(sql.SQL("{} ROLE {} WITH {} PASSWORD {}").format(
+                    sql.SQL(verb), sql.Identifier(name), sql.SQL(attributes), sql.Literal(password)))
+                if verb == "CREATE":
+                    progress(f"created role {name}")
+    finally:
+        conn.close()
     return state
 
 
@@ -242,6 +319,7 @@ def status(settings: Settings) -> dict:
     if settings.database_url:
         url = make_url(settings.database_url)
         return {"mode": "external", "url": url.render_as_string(hide_password=True),
+                "owner_url": owner_url(settings).render_as_string(hide_password=True),
                 "running": _reachable(url)}
     state = load_state(settings)
     if state is None:
@@ -249,7 +327,10 @@ def status(settings: Settings) -> dict:
                 "running": False}
     return {
         "mode": "embedded", "initialized": True, "pgdata": state.pgdata, "port": state.port,
-        "url": state.url().render_as_string(hide_password=True),
+        "url": (state.service_url() if state.service_user else state.superuser_url()).render_as_string(
+            hide_password=True),
+        "owner_url": (state.owner_url() if state.owner_user else state.superuser_url()).render_as_string(
+            hide_password=True),
         "running": is_running(settings, state),
     }
 
@@ -267,15 +348,25 @@ def _connect_args(url: URL) -> dict:
             "password": url.password, "dbname": url.database}
 
 
-def ensure_database(server_url: URL, name: str) -> None:
-    """Create database `name` with the postgis extension if it does not exist yet."""
+def ensure_database(server_url: URL, name: str, owner: str | None = None) -> None:
+    """Create database `name` (owned by `owner`) with the postgis extension if it does not exist yet.
+
+    `server_url` must be allowed to create extensions (a superuser: PostGIS is not a trusted
+    extension); that is why the extension is created here and not only by migration 0001,
+    which runs as the owner and finds it present. The database's owner also owns its `public`
+    schema (PostgreSQL 15), where the migrations create the tables.
+    """
     conn = psycopg2.connect(**_connect_args(server_url))
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cur.fetchone() is None:
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,))
+            row = cur.fetchone()
+            if row is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}{}").format(
+                    sql.Identifier(name), sql.SQL(" OWNER {}").format(sql.Identifier(owner)) if owner else sql.SQL("")))
+            elif owner and row[0] != owner:
+                cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(owner)))
     finally:
         conn.close()
     conn = psycopg2.connect(**_connect_args(server_url.set(database=name)))
@@ -297,14 +388,97 @@ def drop_database(server_url: URL, name: str) -> None:
         conn.close()
 
 
-def database_url(settings: Settings) -> URL:
-    """The URL everything connects to: the configured one, else the embedded cluster's."""
-    if settings.database_url:
-        return make_url(settings.database_url)
+# The app's objects in `public` owned by anyone but the owner, as (ALTER keyword, name). PostGIS's
+# own objects (spatial_ref_sys, its functions and types) are extension members and stay with
+# the superuser; sequences owned by a column follow their table (ALTER TABLE moves them, and
+# ALTER SEQUENCE refuses them), as do indexes.
+FOREIGN_OWNED_SQL = """
+SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
+                      WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, c.oid::regclass::text
+FROM pg_class AS c
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+  AND c.relowner <> CAST(:owner AS regrole)
+  AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                  AND (d.deptype = 'e' OR (c.relkind = 'S' AND d.deptype IN ('a', 'i'))))
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+       p.oid::regprocedure::text
+FROM pg_proc AS p
+WHERE p.pronamespace = 'public'::regnamespace AND p.proowner <> CAST(:owner AS regrole)
+  AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                  AND d.deptype = 'e')
+UNION ALL
+SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, t.oid::regtype::text
+FROM pg_type AS t
+WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('e', 'd') AND t.typowner <> CAST(:owner AS regrole)
+  AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid
+                  AND d.deptype = 'e')
+"""
+# Serialises hand-overs of one database between processes starting at once.
+HAND_OVER_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('geo_service.localdb.hand_over'))"
+
+
+def hand_over_database(server_url: URL, name: str, owner: str, service: str) -> int:
+    """Make `owner` own database `name` and the app's objects in it; returns how many objects moved.
+
+    A cluster made before the roles were split has everything owned by the bootstrap
+    superuser. REASSIGN OWNED cannot move the bootstrap superuser's objects (it would take
+    the system catalogs too), hence one ALTER ... OWNER TO per object, in one transaction: the
+    rows stay where they are. When anything moved, the service role is granted its privileges,
+    so the upgraded database serves at once. Idempotent: a second run moves nothing.
+    """
+    ensure_database(server_url, name, owner)
+    engine = create_engine(server_url.set(database=name), poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(HAND_OVER_LOCK_SQL))
+            foreign = connection.execute(text(FOREIGN_OWNED_SQL), {"owner": owner}).all()
+            quoted_owner = connection.dialect.identifier_preparer.quote(owner)
+            for keyword, object_name in foreign:
+                # object_name comes quoted already, from the regclass/regprocedure/regtype output.
+                connection.execute(text(f"ALTER {keyword} {object_name} OWNER TO {quoted_owner}"))
+            if foreign:
+                privileges.grant(connection, service)
+    finally:
+        engine.dispose()
+    return len(foreign)
+
+
+def _require_state(settings: Settings) -> ClusterState:
     state = load_state(settings)
     if state is None:
         raise DatabaseSetupError(
             f"no database configured and no embedded cluster in {settings.data_dir}; "
             "run `geo-service db start` or set GEO_DATABASE_URL"
         )
-    return state.url()
+    if not state.owner_user or not state.service_user:
+        raise DatabaseSetupError(
+            f"the embedded cluster in {settings.data_dir} predates the separate owner and service "
+            "roles; run `geo-service db start` to upgrade it (no data is lost)"
+        )
+    return state
+
+
+def service_url(settings: Settings) -> URL:
+    """What the HTTP service connects as: GEO_DATABASE_URL, else the embedded cluster's service role."""
+    if settings.database_url:
+        return make_url(settings.database_url)
+    return _require_state(settings).service_url()
+
+
+def owner_url(settings: Settings) -> URL:
+    """What migrations and the admin CLI connect as: GEO_DATABASE_OWNER_URL, else GEO_DATABASE_URL,
+    else the embedded cluster's owner role."""
+    if settings.database_owner_url:
+        return make_url(settings.database_owner_url)
+    if settings.database_url:
+        return make_url(settings.database_url)
+    return _require_state(settings).owner_url()
+
+
+def admin_url(settings: Settings) -> URL:
+    """Where databases are created and dropped (the benchmarks' throwaway databases): the embedded
+    cluster's superuser, else the owner URL."""
+    if settings.database_url or settings.database_owner_url:
+        return owner_url(settings)
+    return _require_state(settings).superuser_url()

@@ -38,7 +38,8 @@ def run_online() -> None:
     if connection is not None:
         run_migrations(connection)
         return
-    engine = create_engine(localdb.database_url(get_settings()))
+    # Migrations run as the role that owns the schema, never as the service's.
+    engine = create_engine(localdb.owner_url(get_settings()))
     with engine.connect() as connection:
         run_migrations(connection)
     engine.dispose()

@@ -4,6 +4,13 @@ The embedded cluster (or the server behind GEO_DATABASE_URL) hosts throwaway dat
 one migrated and empty, one with the Heshan sample loaded. Each test runs inside a
 transaction that is rolled back at teardown, so tests never share state. When PostgreSQL
 or PostGIS is missing the fixtures raise: the suite fails loudly instead of skipping.
+
+Every database is used as in production: it belongs to an owner role, which migrates it and
+loads the fixtures, and the app under test connects as a service role that owns nothing and
+holds only the grants of geo_service/privileges.py, so a missing grant fails the tests. On the
+embedded cluster these are its own `geo_owner` and `geo_app`; on another server the suite
+creates two roles of its own with random passwords (roles are cluster-wide, databases are per
+test session) and drops them at the end.
 """
 
 from __future__ import annotations
@@ -14,48 +21,128 @@ import subprocess
 import sys
 import time
 import urllib.request
+import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
 import pytest
 from alembic import command
-from sqlalchemy import Engine, create_engine, select
+from psycopg2 import sql
+from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from geo_service import localdb
+from geo_service import localdb, privileges
 from geo_service.cli import alembic_config
 from geo_service.config import PROJECT_ROOT, Settings
 
 SAMPLE_DIR = PROJECT_ROOT / "gis_data" / "heshan"
 
 
+@dataclass(frozen=True)
+class DatabaseRoles:
+    owner: str
+    owner_password: str
+    service: str
+    service_password: str
+
+
+# The session's two roles, set by `server_url`, so that tests keep making databases with just
+# ThrowawayDatabase(server_url, label).
+ROLES: DatabaseRoles | None = None
+
+
+def _connect(url: URL):
+    connection = psycopg2.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                                  dbname=url.database)
+    connection.autocommit = True
+    return connection
+
+
+def _create_roles(server: URL) -> DatabaseRoles:
+    suffix = uuid.uuid4().hex[:8]
+    roles = DatabaseRoles(f"geo_test_owner_{suffix}", secrets.token_urlsafe(24),
+                          f"geo_test_app_{suffix}", secrets.token_urlsafe(24))
+    connection = _connect(server)
+    try:
+        with connection.cursor() as cur:
+            for name, password, attributes in ((roles.owner, roles.owner_password, localdb.OWNER_ROLE_ATTRIBUTES),
+                                               (roles.service, roles.service_password,
+                                                localdb.SERVICE_ROLE_ATTRIBUTES)):
+                cur.execute(sql.SQL("CREATE ROLE {} WITH {} PASSWORD {}").format(
+                    sql.Identifier(name), sql.SQL(attributes), sql.Literal(password)))
+            cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            if not cur.fetchone()[0]:
+                # CREATE DATABASE ... OWNER and the tests' SET ROLE need membership, unless superuser.
+                cur.execute(sql.SQL("GRANT {}, {} TO CURRENT_USER").format(
+                    sql.Identifier(roles.owner), sql.Identifier(roles.service)))
+    finally:
+        connection.close()
+    return roles
+
+
+def _drop_roles(server: URL, roles: DatabaseRoles) -> None:
+    connection = _connect(server)
+    try:
+        with connection.cursor() as cur:
+            for name in (roles.service, roles.owner):
+                try:
+                    cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+                except psycopg2.Error:
+                    pass  # a database a failed test left behind still depends on it
+    finally:
+        connection.close()
+
+
 @pytest.fixture(scope="session")
-def server_url() -> URL:
-    """A PostgreSQL server where the suite may create and drop databases."""
+def server_url() -> Iterator[URL]:
+    """A PostgreSQL server where the suite may create and drop databases (as its administrator)."""
+    global ROLES
     configured = os.environ.get("GEO_DATABASE_URL")
     if configured:
-        return make_url(configured).set(database="postgres")
+        server = make_url(configured).set(database="postgres")
+        ROLES = _create_roles(server)
+        yield server
+        _drop_roles(server, ROLES)
+        return
     state = localdb.start(Settings(), progress=lambda message: None)
-    return state.url("postgres")
+    ROLES = DatabaseRoles(state.owner_user, state.owner_password, state.service_user, state.service_password)
+    yield state.superuser_url("postgres")
 
 
 def migrate(engine: Engine, revision: str = "head", down: bool = False) -> None:
+    """What `geo-service db migrate` does: the schema step as the engine's role (the owner), then
+    the service role's grants, in one transaction."""
     config = alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         (command.downgrade if down else command.upgrade)(config, revision)
+        privileges.grant(connection, ROLES.service)
 
 
 class ThrowawayDatabase:
+    """A database of its own, owned by the session's owner role.
+
+    `engine` and `url` connect as the owner (migrations, fixtures, the admin CLI);
+    `service_url` and `settings()` as the service role; `admin_engine` as the server's
+    administrator, which may act as the service role (see `make_client`).
+    """
+
     def __init__(self, server: URL, label: str):
         self.server = server
+        self.roles = ROLES
         self.name = f"geo_service_test_{label}_{uuid.uuid4().hex[:8]}"
-        localdb.ensure_database(server, self.name)
-        self.url = server.set(database=self.name)
+        localdb.ensure_database(server, self.name, owner=self.roles.owner)
+        self.url = server.set(database=self.name, username=self.roles.owner, password=self.roles.owner_password)
+        self.service_url = server.set(database=self.name, username=self.roles.service,
+                                      password=self.roles.service_password)
         self.engine = create_engine(self.url, pool_pre_ping=True)
+        self.admin_engine = create_engine(server.set(database=self.name), pool_pre_ping=True)
 
     def create_keys(self) -> dict[str, str]:
         """One committed API key per role, plus `scoped`: a dispatcher limited to the first town."""
@@ -73,10 +160,18 @@ class ThrowawayDatabase:
         return {"Authorization": f"Bearer {self.keys[role]}"}
 
     def settings(self, **overrides) -> Settings:
-        return Settings(database_url=self.url.render_as_string(hide_password=False), **overrides)
+        """The service's settings: it connects as the service role; the owner is there for the CLI."""
+        return Settings(database_url=self.service_url.render_as_string(hide_password=False),
+                        database_owner_url=self.url.render_as_string(hide_password=False), **overrides)
+
+    def environment(self) -> dict[str, str]:
+        """The same as GEO_ environment variables, for `geo-service` in a subprocess."""
+        return {"GEO_DATABASE_URL": self.service_url.render_as_string(hide_password=False),
+                "GEO_DATABASE_OWNER_URL": self.url.render_as_string(hide_password=False)}
 
     def drop(self) -> None:
         self.engine.dispose()
+        self.admin_engine.dispose()
         localdb.drop_database(self.server, self.name)
 
 
@@ -144,12 +239,44 @@ def _rolled_back_session(engine: Engine) -> Iterator[Session]:
 
 @pytest.fixture
 def empty_session(empty_db) -> Iterator[Session]:
-    yield from _rolled_back_session(empty_db.engine)
+    yield from _rolled_back_session(empty_db.admin_engine)
 
 
 @pytest.fixture
 def sample_session(sample_db) -> Iterator[Session]:
-    yield from _rolled_back_session(sample_db.engine)
+    yield from _rolled_back_session(sample_db.admin_engine)
+
+
+def as_service_role(session: Session, role: str):
+    """A `get_session` override: the app's requests join the test's transaction, but run with the
+    service role's privileges (SET ROLE), so a missing grant fails the test as it would fail the
+    service. Between requests the test's own code keeps the administrator's rights.
+
+    SET ROLE is undone when the savepoint it ran in is rolled back, so it is (re)applied each time
+    the session begins a transaction while a request runs (a rollback inside a request ends one).
+    """
+    quoted = session.get_bind().dialect.identifier_preparer.quote(role)
+    in_request = False
+
+    def apply_role(_session, _transaction, connection) -> None:
+        connection.exec_driver_sql(f"SET ROLE {quoted}" if in_request else "RESET ROLE")
+
+    event.listen(session, "after_begin", apply_role)
+
+    def dependency() -> Iterator[Session]:
+        nonlocal in_request
+        in_request = True
+        session.connection().exec_driver_sql(f"SET ROLE {quoted}")
+        try:
+            yield session
+        finally:
+            in_request = False
+            try:
+                session.connection().exec_driver_sql("RESET ROLE")
+            except DBAPIError:  # the request left its transaction failed; rolling it back undoes SET ROLE
+                session.rollback()
+
+    return dependency
 
 
 def make_client(database: ThrowawayDatabase, session: Session, role: str = "admin"):
@@ -159,7 +286,7 @@ def make_client(database: ThrowawayDatabase, session: Session, role: str = "admi
     from geo_service.db import get_session
 
     app = create_app(database.settings())
-    app.dependency_overrides[get_session] = lambda: session
+    app.dependency_overrides[get_session] = as_service_role(session, database.roles.service)
     return TestClient(app, headers=database.headers(role))
 
 
@@ -167,6 +294,26 @@ def make_client(database: ThrowawayDatabase, session: Session, role: str = "admi
 def sample_client(sample_db, sample_session):
     with make_client(sample_db, sample_session) as client:
         yield client
+
+
+@pytest.fixture
+def private_cluster(monkeypatch) -> Iterator[Settings]:
+    """An embedded cluster of its own, so stopping or reshaping it cannot disturb the other tests."""
+    import shutil
+    import tempfile
+
+    from geo_service.config import get_settings
+
+    directory = Path(tempfile.mkdtemp(prefix="geo_service_cluster_"))
+    directory.chmod(0o755)  # the unprivileged cluster owner must reach it when we run as root
+    monkeypatch.setenv("GEO_DATA_DIR", str(directory))
+    monkeypatch.delenv("GEO_DATABASE_URL", raising=False)
+    monkeypatch.delenv("GEO_DATABASE_OWNER_URL", raising=False)
+    get_settings.cache_clear()
+    yield Settings()
+    localdb.stop(Settings(), progress=lambda message: None)
+    get_settings.cache_clear()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -182,7 +329,7 @@ def running_server(database: ThrowawayDatabase, workers: int = 1, log=subprocess
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "GEO_DATABASE_URL": database.url.render_as_string(hide_password=False)}
+    env = {**os.environ, **database.environment()}
     process = subprocess.Popen([sys.executable, "-m", "geo_service.cli", "serve", "--port", str(port),
                                 "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

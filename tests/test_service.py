@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
-import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
@@ -15,8 +10,7 @@ from sqlalchemy.orm import Session
 from geo_service import auth, localdb
 from geo_service.app import create_app
 from geo_service.cli import main
-from geo_service.config import Settings, get_settings
-from tests.conftest import migrate
+from geo_service.config import Settings
 
 
 def test_healthz_reports_database_and_postgis(sample_client):
@@ -52,20 +46,6 @@ def test_unreachable_database_answers_503():
     assert stats.status_code == 503 and stats.json()["detail"] == "database unavailable; retry shortly"
 
 
-@pytest.fixture
-def private_cluster(monkeypatch):
-    """An embedded cluster of its own, so stopping it cannot disturb the other tests."""
-    directory = Path(tempfile.mkdtemp(prefix="geo_service_cluster_"))
-    directory.chmod(0o755)  # the unprivileged cluster owner must reach it when we run as root
-    monkeypatch.setenv("GEO_DATA_DIR", str(directory))
-    monkeypatch.delenv("GEO_DATABASE_URL", raising=False)
-    get_settings.cache_clear()
-    yield Settings()
-    localdb.stop(Settings(), progress=lambda message: None)
-    get_settings.cache_clear()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 def test_embedded_cluster_lifecycle_and_service_reconnects(private_cluster):
     runner = CliRunner()
     status = runner.invoke(main, ["db", "status"])
@@ -81,8 +61,9 @@ def test_embedded_cluster_lifecycle_and_service_reconnects(private_cluster):
 
     from sqlalchemy import create_engine
 
-    engine = create_engine(localdb.database_url(private_cluster))
-    migrate(engine)
+    migrated = runner.invoke(main, ["db", "migrate"])
+    assert migrated.exit_code == 0, migrated.output
+    engine = create_engine(localdb.owner_url(private_cluster))
     with Session(engine) as session:
         _, key = auth.create_api_key(session, "lifecycle", "viewer")
     engine.dispose()
