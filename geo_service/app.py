@@ -20,6 +20,7 @@ from geo_service.errors import (
     TooManyAttempts, Unauthenticated,
 )
 from geo_service.ownership import OwnershipCache
+from geo_service.security import SecurityHeaders
 from geo_service.routes import (
     analytics, areas, auth, incidents, layers, ogc, open311, ownership, pages, system,
 )
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         docs_url=None,  # served by routes/pages.py with vendored Swagger UI (the default loads a CDN)
         redoc_url=None,
+        openapi_url=None,  # served by routes/pages.py too: behind a sign-in unless GEO_PUBLIC_DOCS
         title="geo_service",
         version=__version__,
         description="Heshan grid governance: who owns a location, incidents, map and hotspots.",
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=pages.WEB), name="static")
     # Large answers (map layers) travel compressed to browsers; lookups stay below the threshold.
     app.add_middleware(GZipMiddleware, minimum_size=16_384)
+    app.add_middleware(SecurityHeaders, settings=settings)  # CSP, nosniff, HSTS...: on every answer
     app.openapi = lambda: _openapi(app)
     return app
 

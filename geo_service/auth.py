@@ -31,9 +31,21 @@ ROLES = models.ROLES
 PASSWORD_HASHER = PasswordHasher()
 # A real hash to verify against when the user does not exist, so both cases cost the same.
 _DUMMY_HASH = PASSWORD_HASHER.hash(secrets.token_urlsafe(16))
+# Failed sign-ins, counted over FAILED_SIGN_IN_WINDOW, slow further attempts down (see _throttle).
 FAILED_SIGN_IN_WINDOW = dt.timedelta(minutes=15)
-FAILED_SIGN_IN_LIMIT = 5  # per account
-FAILED_SIGN_IN_LIMIT_PER_ADDRESS = 20  # higher: an office behind one NAT address shares it
+FAILED_SIGN_IN_LIMIT = 5  # for one account from one address
+FAILED_SIGN_IN_LIMIT_PER_ADDRESS = 20  # from one address, any account; higher: an office behind one NAT address
+FAILED_SIGN_IN_LIMIT_PER_ACCOUNT = 10  # for one account from every address together
+ACCOUNT_WAIT_CAP = dt.timedelta(minutes=1)  # so that strangers elsewhere cannot keep the owner out
+KNOWN_ADDRESS_AGE = dt.timedelta(days=30)  # the owner's recent addresses skip the account-wide back-off
+# Sign-ins running at once in this process: argon2 takes ~64 MiB and a CPU for tens of ms, and a
+# sign-in holds a database connection while it waits for its locks, so a flood of sign-ins must
+# not take every connection from the rest of the API.
+CONCURRENT_SIGN_INS = threading.BoundedSemaphore(4)
+SIGN_IN_QUEUE_SECONDS = 10
+# Advisory-lock key spaces (first key of pg_advisory_xact_lock(int, int)); addresses are always
+# locked before accounts, so two sign-ins never wait for each other crosswise.
+ADDRESS_LOCK_SPACE, ACCOUNT_LOCK_SPACE = 0x67730001, 0x67730002
 
 
 @dataclass(frozen=True)
@@ -179,38 +191,103 @@ def list_api_keys(session: Session) -> list[models.ApiKey]:
 
 # --------------------------------------------------------------------------- signing in
 
+@dataclass(frozen=True)
+class BackOff:
+    """Past `limit` recent failures, each attempt waits `first_wait` s after the last failure,
+    doubling with every further failure, at most `max_wait` s."""
+
+    what: str  # how the refusal names what was throttled
+    limit: int
+    first_wait: float
+    max_wait: float
+
+    def wait(self, failures: int) -> float:
+        if failures < self.limit:
+            return 0.0
+        return min(self.first_wait * 2 ** min(failures - self.limit, 30), self.max_wait)
+
+
+WINDOW_SECONDS = FAILED_SIGN_IN_WINDOW.total_seconds()
+PAIR_BACK_OFF = BackOff("for {username!r} from this address", FAILED_SIGN_IN_LIMIT, 30, WINDOW_SECONDS)
+ADDRESS_BACK_OFF = BackOff("from this address", FAILED_SIGN_IN_LIMIT_PER_ADDRESS, 30, WINDOW_SECONDS)
+ACCOUNT_BACK_OFF = BackOff("for {username!r}", FAILED_SIGN_IN_LIMIT_PER_ACCOUNT, 30,
+                           ACCOUNT_WAIT_CAP.total_seconds())
+
+LOCK_SQL = text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))")
+# Recent failures of this account and of this address: how many, and seconds since the last.
 FAILURES_SQL = text("""
-SELECT count(*) FILTER (WHERE object_id = :username) AS by_account,
-       count(*) FILTER (WHERE address = :address) AS by_address,
-       max(at) AS last_at
+SELECT count(*) FILTER (WHERE object_id = :username AND address = :address) AS pair_n,
+       extract(epoch FROM clock_timestamp() - max(at) FILTER (WHERE object_id = :username AND address = :address))
+         AS pair_age,
+       count(*) FILTER (WHERE address = :address) AS address_n,
+       extract(epoch FROM clock_timestamp() - max(at) FILTER (WHERE address = :address)) AS address_age,
+       count(*) FILTER (WHERE object_id = :username) AS account_n,
+       extract(epoch FROM clock_timestamp() - max(at) FILTER (WHERE object_id = :username)) AS account_age
 FROM audit_log
 WHERE action = 'auth.sign_in' AND outcome = 'failed' AND at > now() - make_interval(secs => :window)
   AND (object_id = :username OR address = :address)
 """)
+KNOWN_ADDRESS_SQL = text("""
+SELECT EXISTS (SELECT FROM audit_log
+               WHERE action = 'auth.sign_in' AND outcome = 'ok' AND object_id = :username AND address = :address
+                 AND at > now() - make_interval(secs => :age))
+""")
+
+
+def _lock_sign_ins(session: Session, username: str, address: str | None) -> None:
+    """Serialise sign-ins from this address and for this account until the transaction ends.
+
+    The failures are counted before the (slow) password check and the failure is written after
+    it; without the locks a parallel burst would read the same count and every attempt would
+    get its password checked.
+    """
+    if address is not None:
+        session.execute(LOCK_SQL, {"space": ADDRESS_LOCK_SPACE, "key": address})
+    session.execute(LOCK_SQL, {"space": ACCOUNT_LOCK_SPACE, "key": username})
 
 
 def _throttle(session: Session, username: str, address: str | None) -> None:
-    """Refuse a sign-in after too many recent failures for the account or the address.
+    """Refuse a sign-in that comes too soon after too many recent failures.
 
-    Failures count over 15 minutes; past the limit each attempt must wait 30 s after the last
-    failure, doubling with every further failure.
+    Three counts over FAILED_SIGN_IN_WINDOW: this account from this address and this address
+    for any account back off exponentially (30 s, doubling, up to the window); this account
+    from every address only for at most a minute, and not at all from an address it signed in
+    from within KNOWN_ADDRESS_AGE, so that a stranger cannot lock its owner out.
     """
     row = session.execute(FAILURES_SQL, {"username": username, "address": address,
-                                         "window": FAILED_SIGN_IN_WINDOW.total_seconds()}).one()
-    excess = max(row.by_account - FAILED_SIGN_IN_LIMIT, row.by_address - FAILED_SIGN_IN_LIMIT_PER_ADDRESS)
-    if excess < 0:
-        return
-    wait = min(30 * 2 ** excess, int(FAILED_SIGN_IN_WINDOW.total_seconds()))
-    remaining = (row.last_at + dt.timedelta(seconds=wait) - dt.datetime.now(dt.UTC)).total_seconds()
-    if remaining > 0:
-        raise TooManyAttempts(f"too many failed sign-ins for {username!r} or from this address; "
-                              f"retry in {int(remaining) + 1} s", retry_after=int(remaining) + 1)
+                                         "window": WINDOW_SECONDS}).one()
+    waits = []
+    for back_off, failures, age in ((PAIR_BACK_OFF, row.pair_n, row.pair_age),
+                                    (ADDRESS_BACK_OFF, row.address_n, row.address_age),
+                                    (ACCOUNT_BACK_OFF, row.account_n, row.account_age)):
+        remaining = back_off.wait(failures) - float(age or 0)
+        if remaining > 0:
+            waits.append((remaining, back_off))
+    if any(back_off is ACCOUNT_BACK_OFF for _, back_off in waits) and address is not None and session.execute(
+            KNOWN_ADDRESS_SQL, {"username": username, "address": address,
+                                "age": KNOWN_ADDRESS_AGE.total_seconds()}).scalar():
+        waits = [wait for wait in waits if wait[1] is not ACCOUNT_BACK_OFF]
+    if waits:
+        remaining, back_off = max(waits, key=lambda wait: wait[0])
+        retry_after = int(remaining) + 1
+        raise TooManyAttempts(f"too many failed sign-ins {back_off.what.format(username=username)}; "
+                              f"retry in {retry_after} s", retry_after=retry_after)
 
 
 def sign_in(session: Session, username: str, password: str, *, kind: str, ttl: dt.timedelta,
             address: str | None) -> tuple[str, dt.datetime]:
     """Check a password and issue a bearer token or page session: (secret, expires_at)."""
-    username = username.strip().lower()
+    if not CONCURRENT_SIGN_INS.acquire(timeout=SIGN_IN_QUEUE_SECONDS):
+        raise TooManyAttempts("too many sign-ins at once; retry in 5 s", retry_after=5)
+    try:
+        return _sign_in(session, username.strip().lower(), password, kind, ttl, address)
+    finally:
+        CONCURRENT_SIGN_INS.release()
+
+
+def _sign_in(session: Session, username: str, password: str, kind: str, ttl: dt.timedelta,
+             address: str | None) -> tuple[str, dt.datetime]:
+    _lock_sign_ins(session, username, address)  # held until the commit that records the outcome
     try:
         _throttle(session, username, address)
     except TooManyAttempts:

@@ -212,6 +212,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the HTTP API and the map."""
     import uvicorn
 
+    from geo_service.security import uvicorn_log_config
+
     settings = get_settings()
     localdb.service_url(settings)  # fail here, clearly, when there is no database configured
     _warn_about_service_role(settings)
@@ -219,6 +221,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         "geo_service.app:app_from_env", factory=True,
         host=host or settings.host, port=port or settings.port, workers=workers or settings.workers,
         proxy_headers=False, log_level="info",
+        log_config=uvicorn_log_config(),  # the access log never shows a credential sent in a URL
     )
 
 

@@ -59,7 +59,10 @@ class Settings(BaseSettings):
         default=5.0, description="How long a verified token or key is trusted without asking the database; "
         "for as long again it is re-checked in the background, so revocation takes effect within twice this.")
     audit_lookups: bool = Field(default=True, description="Audit lookups that return personal data.")
-    secure_cookies: bool = Field(default=False, description="Mark session cookies Secure (serve over HTTPS).")
+    secure_cookies: bool = Field(default=False, description="Mark session cookies Secure and send HSTS "
+                                 "(serve over HTTPS).")
+    public_docs: bool = Field(default=False, description="Serve /docs and /openapi.json to anyone; "
+                              "by default they need a sign-in.")
     tile_url: str | None = Field(
         default=None, description="Basemap tile URL template for the map pages, e.g. a local folder served "
         "under /static/tiles/{z}/{x}/{y}.png. Unset: vector layers on a plain background.")

@@ -15,6 +15,7 @@ import folium
 import folium.plugins
 from branca.element import Element
 
+from geo_service import security
 from geo_service.config import Settings
 
 VENDOR = "/static/vendor"
@@ -57,8 +58,13 @@ def use_local_assets() -> None:
     folium.plugins.HeatMap.default_js = [("leaflet-heat.js", f"{VENDOR}/leaflet-heat/leaflet_heat.min.js")]
 
 
-def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf") -> str:
-    """The HTML of one map page for this caller."""
+def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf", *, csrf_token: str = "",
+           nonce: str | None = None) -> str:
+    """The HTML of one map page for this caller.
+
+    `csrf_token` goes into the sign-out form; with `nonce` every <script> carries it, which the
+    Content-Security-Policy requires of the page's inline scripts (security.SecurityHeaders).
+    """
     use_local_assets()
     # maxZoom on the map itself: without a tile layer Leaflet has none, and MarkerCluster then
     # throws "Map has no maxZoom specified", stopping every later script on the page.
@@ -84,22 +90,25 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
         "csrfCookie": csrf_field,
         "pages": {name: title for name, title in PAGES.items() if identity.role in PAGE_ROLES[name]},
     }
-    root.html.add_child(Element(_chrome(page, config)))
+    root.html.add_child(Element(_chrome(page, config, csrf_token)))
     # Folium's script defines the map further down the same <script>: start once it has run.
     root.script.add_child(Element(
         f"document.addEventListener('DOMContentLoaded', function () {{ GeoMap.init({m.get_name()}, "
         f"{json.dumps(config, ensure_ascii=False)}); }});"))
-    return root.render()
+    rendered = root.render()
+    return security.add_nonce(rendered, nonce) if nonce else rendered
 
 
-def _chrome(page: str, config: dict) -> str:
+def _chrome(page: str, config: dict, csrf_token: str = "") -> str:
     """The page furniture around the map: a top bar with the pages and the user, and a side panel."""
     links = "".join(
         f'<a href="/map{"" if name == "overview" else "/" + name}" class="{"active" if name == page else ""}">'
         f"{html.escape(title)}</a>" for name, title in config["pages"].items())
     return (f'<div id="geo-topbar"><span class="brand">鹤山网格治理</span>{links}'
             f'<span class="user">{html.escape(config["user"])} · {html.escape(config["role"])}</span>'
-            f'<form method="post" action="/logout"><button type="submit">退出 Sign out</button></form></div>'
+            # A plain form post (works without scripts): the CSRF token rides in a field.
+            f'<form method="post" action="/logout"><input type="hidden" name="csrf" '
+            f'value="{html.escape(csrf_token, quote=True)}"><button type="submit">退出 Sign out</button></form></div>'
             f'<div id="geo-panel" class="geo-panel-{page}"></div>')
 
 

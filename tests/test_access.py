@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.routing import APIRoute
@@ -17,8 +19,9 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from geo_service import auth, models
+from geo_service import auth, models, security
 from geo_service.app import create_app
+from geo_service.config import Settings
 from geo_service.routes.access import Allow
 from tests import tiny
 from tests.conftest import running_server
@@ -152,9 +155,32 @@ def test_every_role_against_every_endpoint(tiny_db):
         assert checked >= 20 * len(models.ROLES)
 
 
-def test_healthz_needs_no_credentials(tiny_client):
-    with TestClient(tiny_client.app) as anonymous:
-        assert anonymous.get("/healthz").status_code == 200
+def test_healthz_tells_the_anonymous_only_up_or_down(tiny_db):
+    with TestClient(create_app(tiny_db.settings())) as client:
+        anonymous = client.get("/healthz")
+        assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok"}
+        wrong = client.get("/healthz", headers={"Authorization": "Bearer gsk_000000000000_wrong"})
+        assert wrong.json() == {"status": "ok"}
+        detailed = client.get("/healthz", headers=tiny_db.headers("viewer")).json()
+        assert detailed["database"] == "ok" and detailed["postgis"].startswith("3.") and detailed["version"]
+    unreachable = Settings(database_url="postgresql+psycopg2://nobody:nothing@127.0.0.1:9/none")
+    with TestClient(create_app(unreachable)) as client:
+        down = client.get("/healthz")
+    assert down.status_code == 503 and down.json() == {"status": "unavailable"}  # no versions, no error text
+
+
+def test_docs_and_openapi_need_a_sign_in_unless_opened(tiny_db):
+    with TestClient(create_app(tiny_db.settings())) as client:
+        docs = client.get("/docs", follow_redirects=False)
+        assert docs.status_code == 303 and docs.headers["location"] == "/login?next=%2Fdocs"
+        document = client.get("/openapi.json")
+        assert document.status_code == 401 and "needs a sign-in" in document.json()["detail"]
+        assert client.get("/openapi.json", headers=tiny_db.headers("viewer")).json()["paths"]
+        signed_in = client.get("/docs", headers=tiny_db.headers("viewer"))
+        assert signed_in.status_code == 200 and "SwaggerUIBundle" in signed_in.text
+    with TestClient(create_app(tiny_db.settings(public_docs=True))) as client:
+        assert client.get("/docs").status_code == 200
+        assert "/api/v1/lookup" in client.get("/openapi.json").json()["paths"]
 
 
 @pytest.fixture
@@ -243,6 +269,73 @@ def test_malformed_and_unknown_credentials_are_401(tiny_client):
         assert response.status_code == 401, value
 
 
+def test_credentials_in_a_query_string_are_refused(tiny_db):
+    key = tiny_db.keys["dispatcher"]
+    with TestClient(create_app(tiny_db.settings())) as client:
+        for url in (f"/open311/v2/services.json?api_key={key}", f"/api/v1/stats?access_token={key}",
+                    f"/api/v1/stats?API%5FKEY={key}", f"/ogc/collections?token={key}"):
+            refused = client.get(url)
+            assert refused.status_code == 401, url
+            detail = refused.json()["detail"]
+            assert "not accepted in the URL" in detail and "Authorization: Bearer" in detail and key not in detail
+        # Refused even beside a good header: the key has leaked into logs and must be replaced.
+        both = client.get(f"/api/v1/stats?api_key={key}", headers={"Authorization": f"Bearer {key}"})
+        assert both.status_code == 401 and "'api_key'" in both.json()["detail"]
+        password = client.post("/api/v1/auth/token?password=hunter2hunter2", data={"username": "x", "password": "y"})
+        assert password.status_code == 401 and "'password'" in password.json()["detail"]
+        # Open311 keys: the bearer header, or the api_key field of a POST body.
+        assert client.get("/open311/v2/services.json", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        viewer_in_body = client.post("/open311/v2/requests.json", data={
+            "api_key": tiny_db.keys["viewer"], "service_code": "other", "lat": "22.703", "long": "112.903",
+            "description": "from the body"})
+        assert viewer_in_body.status_code == 403  # the key was read and identified (a viewer may not report)
+        assert "role 'viewer' may not" in viewer_in_body.json()["detail"]
+
+
+@pytest.mark.parametrize("tile_url, source", [
+    (None, None), ("/static/tiles/{z}/{x}/{y}.png", None),
+    ("https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png", "https://*.tile.openstreetmap.org"),
+    ("http://t{s}.tianditu.gov.cn/vec_c/wmts?tk=KEY", "http://*.tianditu.gov.cn"),
+    ("https://tiles.example.cn:8443/{z}/{x}/{y}.png", "https://tiles.example.cn:8443"),
+    ("https://a.{s}.example.cn/{z}/{x}/{y}.png", "https:"),
+])
+def test_tile_origin_for_the_content_security_policy(tile_url, source):
+    assert security.tile_source(tile_url) == source
+
+
+def test_security_headers_on_api_answers_and_pages(tiny_db, users):
+    name = users("viewer")
+    with TestClient(create_app(tiny_db.settings())) as client:
+        api = client.get("/api/v1/stats", headers=tiny_db.headers("viewer"))
+        for answer in (api, client.get("/healthz"), client.get("/api/v1/stats"), client.get("/static/js/geomap.js")):
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert answer.headers["referrer-policy"] == "same-origin"
+            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+            assert "strict-transport-security" not in answer.headers  # not served over HTTPS
+        assert api.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+        login = client.get("/login").headers["content-security-policy"]
+        assert "default-src 'self'" in login and "script-src 'self';" in login  # no inline script at all
+        client.post("/login", data={"username": name, "password": "correct horse battery"})
+        nonces = []
+        for _ in range(2):
+            page = client.get("/map")
+            policy = page.headers["content-security-policy"]
+            assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
+            assert "img-src 'self' data: blob:;" in policy  # no basemap configured: nothing from elsewhere
+            nonce = re.search(r"'nonce-([^']+)'", policy).group(1)
+            scripts = re.findall(r"<script[^>]*>", page.text)
+            assert len(scripts) > 3 and all(f'nonce="{nonce}"' in tag for tag in scripts)
+            assert page.headers["cache-control"] == "no-store"
+            nonces.append(nonce)
+        assert nonces[0] != nonces[1]
+    tiles = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png"
+    with TestClient(create_app(tiny_db.settings(secure_cookies=True, tile_url=tiles))) as client:
+        answer = client.get("/healthz")
+        assert answer.headers["strict-transport-security"].startswith("max-age=31536000")
+        login = client.get("/login").headers["content-security-policy"]
+        assert "img-src 'self' data: blob: https://*.tile.openstreetmap.org;" in login
+
+
 def test_key_comparison_is_timing_safe(tiny_db, monkeypatch):
     calls = []
     real = auth.hmac.compare_digest
@@ -286,6 +379,62 @@ def test_many_failures_from_one_address_slow_down_every_account_there(tiny_db, u
         assert blocked.status_code == 429
     denied = [r for r in audit_rows(tiny_db, "auth.sign_in") if r.object_id == names[-1]]
     assert [r.outcome for r in denied] == ["denied"]
+
+
+def test_a_parallel_burst_of_wrong_passwords_gets_no_more_tries_than_a_serial_one(tiny_db, users):
+    """The failures are counted and written under locks: 40 attempts at once against the real
+    server get their password checked exactly as often as 40 one after the other."""
+    serial_name, parallel_name = users("viewer"), users("viewer")
+    attempts = 40
+
+    def attempt(base: str, name: str) -> int:
+        form = urllib.parse.urlencode({"username": name, "password": "a wrong guess"}).encode()
+        try:
+            return urllib.request.urlopen(base + "/api/v1/auth/token", data=form).status
+        except urllib.error.HTTPError as refused:
+            return refused.code
+
+    with running_server(tiny_db) as base:
+        serial = [attempt(base, serial_name) for _ in range(attempts)]
+        start = threading.Barrier(attempts)
+
+        def at_once(_):
+            start.wait()
+            return attempt(base, parallel_name)
+
+        with ThreadPoolExecutor(attempts) as pool:
+            parallel = list(pool.map(at_once, range(attempts)))
+    assert serial == [401] * auth.FAILED_SIGN_IN_LIMIT + [429] * (attempts - auth.FAILED_SIGN_IN_LIMIT)
+    assert sorted(parallel) == sorted(serial)
+    checked = [r for r in audit_rows(tiny_db, "auth.sign_in") if r.object_id == parallel_name]
+    assert sorted(r.outcome for r in checked) == sorted(["failed"] * auth.FAILED_SIGN_IN_LIMIT
+                                                        + ["denied"] * (attempts - auth.FAILED_SIGN_IN_LIMIT))
+
+
+def test_a_stranger_elsewhere_cannot_lock_the_owner_out(tiny_db, users):
+    name = users("viewer")
+
+    def sign_in_from(address: str, password: str) -> int:
+        with TestClient(create_app(tiny_db.settings()), client=(address, 50000)) as client:
+            return client.post("/api/v1/auth/token", data={"username": name, "password": password})
+
+    def guess_from(address: str, times: int) -> list[int]:
+        with TestClient(create_app(tiny_db.settings()), client=(address, 50000)) as client:
+            return [client.post("/api/v1/auth/token", data={"username": name, "password": "a stranger's guess"})
+                    .status_code for _ in range(times)]
+
+    # A stranger at one address is slowed down there, and only there.
+    assert guess_from("198.51.100.1", 8) == [401] * 5 + [429] * 3
+    assert sign_in_from("10.0.0.2", "correct horse battery").status_code == 200
+    # Strangers at several addresses: the account as a whole backs off (for everyone new), but
+    # for at most a minute...
+    assert guess_from("198.51.100.2", 5) == [401] * 5
+    assert guess_from("198.51.100.3", 2) == [429] * 2
+    elsewhere = sign_in_from("203.0.113.9", "correct horse battery")
+    assert elsewhere.status_code == 429 and f"too many failed sign-ins for {name!r}" in elsewhere.json()["detail"]
+    assert 0 < int(elsewhere.headers["retry-after"]) <= auth.ACCOUNT_WAIT_CAP.total_seconds()
+    # ...and never from an address the owner has signed in from.
+    assert sign_in_from("10.0.0.2", "correct horse battery").status_code == 200
 
 
 def lookup_as(client, database, role, lon=112.903, lat=22.703):
@@ -363,9 +512,51 @@ def test_login_page_cookie_and_csrf(tiny_db, users):
         assert allowed.status_code == 200
         offsite = client.post("/login", data={"username": name, "password": "correct horse battery",
                                               "next": "//evil.example/"}, follow_redirects=False)
-        assert offsite.headers["location"] == "/map"
-        client.post("/logout")
-        assert client.get("/api/v1/auth/me").status_code == 401
+        assert offsite.status_code == 400 and "not a local path" in offsite.text
+
+
+@pytest.mark.parametrize("target, local", [
+    ("/map/dispatch?x=1", True), ("/api/v1/auth/me", True), ("/map/hotspots#top", True),
+    ("/\\evil.example", False), ("//evil.example", False), ("\\\\evil.example", False),
+    ("%2F%2Fevil.example", False), ("/%2F/evil.example", False), ("/%5Cevil.example", False),
+    ("/%255Cevil.example", False), ("/%252F%252Fevil.example", False), ("/\t/evil.example", False),
+    ("https://evil.example", False), ("javascript:alert(1)", False), ("map", False), ("", True),
+])
+def test_login_next_accepts_only_a_local_path(tiny_db, users, target, local):
+    name = users("viewer")
+    with TestClient(create_app(tiny_db.settings())) as client:
+        page = client.get("/login", params={"next": target})
+        assert page.status_code == (200 if local else 400)
+        if not local:
+            assert "not a local path" in page.text and 'name="next" value="/map"' in page.text
+        answer = client.post("/login", data={"username": name, "password": "correct horse battery", "next": target},
+                             follow_redirects=False)
+    if local:
+        assert answer.status_code == 303 and answer.headers["location"] == (target or "/map")
+    else:
+        assert answer.status_code == 400 and "set-cookie" not in answer.headers  # not signed in either
+
+
+def test_logout_needs_the_session_and_the_csrf_token(tiny_db, users):
+    name = users("viewer")
+    with TestClient(create_app(tiny_db.settings())) as client:
+        anonymous = client.post("/logout")
+        assert anonymous.status_code == 401 and "no session" in anonymous.json()["detail"]
+        client.post("/login", data={"username": name, "password": "correct horse battery"})
+        session_cookie, csrf = client.cookies["geo_session"], client.cookies["geo_csrf"]
+        forged = client.post("/logout")  # what another site's form could send: the cookie alone
+        assert forged.status_code == 403 and "X-CSRF-Token" in forged.json()["detail"]
+        assert client.post("/logout", data={"csrf": "not the token"}).status_code == 403
+        assert client.get("/api/v1/auth/me").json()["name"] == name  # still signed in
+        ended = client.post("/logout", data={"csrf": csrf}, follow_redirects=False)  # the pages' sign-out form
+        assert ended.status_code == 303 and ended.headers["location"] == "/login"
+        replayed = client.get("/api/v1/auth/me", headers={"Cookie": f"geo_session={session_cookie}"})
+        assert replayed.status_code == 401  # the session is over, not just its cookie deleted
+        client.post("/login", data={"username": name, "password": "correct horse battery"})
+        by_header = client.post("/logout", headers={"X-CSRF-Token": client.cookies["geo_csrf"]},
+                                follow_redirects=False)
+        assert by_header.status_code == 303 and client.get("/api/v1/auth/me").status_code == 401
+    assert [r.object_id for r in audit_rows(tiny_db, "auth.sign_out") if r.object_id == name] == [name, name]
 
 
 def audit_rows(database, action: str) -> list:
@@ -416,25 +607,59 @@ def test_audit_endpoint_filters(tiny_client, tiny_db):
 
 
 def test_no_secrets_in_the_server_log(tiny_db, users, tmp_path):
-    """Run the real server, sign in, look up people, and search everything it logged."""
+    """Run the real server, use every kind of credential (passwords, tokens, page sessions, CSRF
+    tokens, API keys in the header, in a POST body and, wrongly, in query strings), look up
+    people, and search everything it logged."""
 
     name = users("dispatcher")
+    key, viewer_key = tiny_db.keys["admin"], tiny_db.keys["viewer"]
     log = tmp_path / "server.log"
-    with log.open("w") as out, running_server(tiny_db, log=out) as base:
-        form = urllib.parse.urlencode({"username": name, "password": "correct horse battery"}).encode()
-        token = json.loads(urllib.request.urlopen(base + "/api/v1/auth/token", data=form).read())["access_token"]
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+
+    def call(url: str, data: dict | None = None, headers: dict | None = None):
+        """(status, body, headers) of one request, redirects not followed."""
+        body = urllib.parse.urlencode(data).encode() if data is not None else None
         try:
-            urllib.request.urlopen(base + "/api/v1/auth/token", data=urllib.parse.urlencode(
-                {"username": name, "password": "a wrong secret"}).encode())
-        except urllib.error.HTTPError:
-            pass
-        request = urllib.request.Request(base + "/api/v1/lookup?lon=112.903&lat=22.703",
-                                         headers={"Authorization": f"Bearer {token}"})
-        answer = urllib.request.urlopen(request).read().decode()
+            with opener.open(urllib.request.Request(url, data=body, headers=headers or {})) as answer:
+                return answer.status, answer.read().decode(), answer.headers
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read().decode(), refused.headers
+
+    with log.open("w") as out, running_server(tiny_db, log=out) as base:
+        status, body, _ = call(base + "/api/v1/auth/token", {"username": name, "password": "correct horse battery"})
+        token = json.loads(body)["access_token"]
+        assert call(base + "/api/v1/auth/token", {"username": name, "password": "a wrong secret"})[0] == 401
+        # The login page: a password in a form, then a session cookie and a CSRF token.
+        status, _, headers = call(base + "/login", {"username": name, "password": "correct horse battery"})
+        assert status == 303
+        cookies = dict(c.split(";")[0].split("=", 1) for c in headers.get_all("set-cookie"))
+        session, csrf = cookies["geo_session"], cookies["geo_csrf"]
+        page_cookies = {"Cookie": f"geo_session={session}; geo_csrf={csrf}"}
+        assert call(base + "/map", headers=page_cookies)[0] == 200
+        # Credentials in query strings are refused, and must not be logged either.
+        for url in (f"/open311/v2/services.json?api_key={key}", f"/api/v1/stats?access_token={token}",
+                    f"/api/v1/stats?key={viewer_key}&token={session}", f"/map?secret={csrf}"):
+            status, _, headers = call(base + url)
+            assert status == 401 or (status == 303 and "secret" not in headers["location"]), url
+        assert call(base + "/api/v1/auth/token?password=a%20query%20password",
+                    {"username": name, "password": "x"})[0] == 401
+        # The proper ways: header, POST body.
+        assert call(base + "/api/v1/stats", headers={"Authorization": f"Bearer {key}"})[0] == 200
+        assert call(base + "/open311/v2/requests.json", {"api_key": viewer_key, "service_code": "other"})[0] == 403
+        status, answer, _ = call(base + "/api/v1/lookup?lon=112.903&lat=22.703",
+                                 headers={"Authorization": f"Bearer {token}"})
         assert "13800000001" in answer  # the dispatcher did get the full number...
+        assert call(base + "/logout", {"csrf": csrf}, headers=page_cookies)[0] == 303
     logged = log.read_text()
     assert "GET /api/v1/lookup" in logged  # the log is really being captured
-    for secret in ("correct horse battery", "a wrong secret", token, tiny_db.keys["admin"]):
+    assert "GET /open311/v2/services.json?api_key=[redacted]" in logged
+    for secret in ("correct horse battery", "a wrong secret", "a query password", "a%20query%20password",
+                   token, session, csrf, key, viewer_key):
         assert secret not in logged
     assert not re.search(r"1[3-9]\d{9}", logged)  # ...but no full phone number reached the log
 

@@ -58,6 +58,11 @@ class Watched:
         self.page.on("requestfailed", lambda r: self.problems.append(f"failed {r.url}"))
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console {m.text}"))
         self.page.on("pageerror", lambda e: self.problems.append(f"pageerror {e}"))
+        # Chromium reports most Content-Security-Policy violations on the console; this catches the
+        # rest. (Predicates for wait_for_function are arrow functions: the policy forbids eval, which
+        # Playwright uses for bare expressions.)
+        self.page.add_init_script("document.addEventListener('securitypolicyviolation', function (e) {"
+                                  " console.error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI); });")
 
     def login(self, role: str, path: str = "/map") -> None:
         self.page.goto(f"{self.base}/login?next={path}")
@@ -67,7 +72,7 @@ class Watched:
         self.page.wait_for_url(f"{self.base}{path}")
 
     def wait_ready(self) -> None:
-        self.page.wait_for_function("document.body && document.body.dataset.ready", timeout=30_000)
+        self.page.wait_for_function("() => document.body && document.body.dataset.ready", timeout=30_000)
         assert self.page.evaluate("document.body.dataset.ready") == "true", self.page.evaluate("geoState.errors")
 
     def click_at(self, lon: float, lat: float) -> None:
@@ -155,7 +160,7 @@ def test_door_plates_appear_from_a_useful_zoom(watched):
     watched.page.locator(".leaflet-control-layers-overlays label", has_text="door plates").locator("input").click()
     assert "zoom in" in watched.page.inner_text("#geo-door-plate-hint")
     watched.page.evaluate("geoState.map.setView([22.703, 112.903], 16)")
-    watched.page.wait_for_function("document.getElementById('geo-door-plate-hint').textContent.includes('door plates')")
+    watched.page.wait_for_function("() => document.getElementById('geo-door-plate-hint').textContent.includes('door plates')")
     assert watched.page.evaluate("geoState.layers['door plates 粤居码'].getLayers().length") >= 1
 
 
@@ -200,7 +205,7 @@ def test_hotspots_page_draws_gi_star_bins_and_offers_downloads(watched):
     assert {link.split("format=")[1] for link in links} == {"geojson", "gpkg", "shp", "kml", "csv", "parquet", "fgb",
                                                              "tiff"}
     watched.page.select_option("#geo-hot-unit", "town")
-    watched.page.wait_for_function("geoState.layers['hot spots 热点'].getLayers().length === 2")
+    watched.page.wait_for_function("() => geoState.layers['hot spots 热点'].getLayers().length === 2")
     with watched.page.expect_download() as download:
         watched.page.locator("a.geo-download", has_text="gpkg").click()
     assert download.value.suggested_filename.endswith(".gpkg")
@@ -214,9 +219,45 @@ def test_unauthenticated_pages_redirect_to_login(watched):
 
 
 def test_api_docs_work_offline(watched):
-    watched.page.goto(f"{watched.base}/docs")
+    response = watched.page.goto(f"{watched.base}/docs")
+    assert watched.page.url == f"{watched.base}/login?next=%2Fdocs"  # the docs need a sign-in (GEO_PUBLIC_DOCS)
+    watched.login("viewer", "/docs")
     watched.page.locator(".swagger-ui .information-container").wait_for()
+    watched.page.locator(".swagger-ui .opblock", has_text="/api/v1/lookup").first.wait_for()  # the document loaded
     assert watched.external() == [] and watched.problems == []
+    assert response.status == 200
+
+
+def test_pages_run_under_the_content_security_policy(watched):
+    response = watched.page.goto(f"{watched.base}/login?next=/map")
+    assert "script-src 'self';" in response.headers["content-security-policy"]  # the login page runs no script
+    watched.login("dispatcher", "/map/dispatch")
+    watched.wait_ready()
+    page_response = watched.page.reload()  # to read the page's own response headers
+    policy = page_response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy and "'unsafe-eval'" not in policy
+    watched.wait_ready()
+    assert watched.problems == []
+    # Each page has its own nonce, and a script without it is refused and reported.
+    nonce = policy.split("'nonce-")[1].split("'")[0]
+    assert watched.page.evaluate("() => Array.from(document.scripts).every(s => s.nonce)") is True
+    assert nonce not in watched.page.content()  # the browser hides nonces from the DOM
+    watched.page.evaluate("""() => { const s = document.createElement('script');
+        s.textContent = 'window.injected = true'; document.body.appendChild(s); }""")
+    watched.page.wait_for_function("() => true")
+    assert watched.page.evaluate("window.injected") is None
+    assert any("Content Security Policy" in p or "CSP violation" in p for p in watched.problems), watched.problems
+
+
+def test_sign_out_button_ends_the_session(watched):
+    watched.login("viewer")
+    watched.wait_ready()
+    watched.page.locator("#geo-topbar button", has_text="Sign out").click()
+    watched.page.wait_for_url(f"{watched.base}/login")
+    watched.page.goto(f"{watched.base}/map")
+    assert watched.page.url == f"{watched.base}/login?next=%2Fmap"
+    # Leaving the map cancels its background loads ("failed" requests); nothing else went wrong.
+    assert [p for p in watched.problems if not p.startswith("failed ")] == []
 
 
 def test_no_page_or_asset_points_at_the_internet():

@@ -3,7 +3,8 @@
 Credentials come as `Authorization: Bearer <token or API key>` (API clients, GDAL, QGIS) or
 as the `geo_session` cookie set by the login page. A cookie-authenticated request that changes
 something must also send the `geo_csrf` cookie's value in an `X-CSRF-Token` header
-(double-submit; the cookies are SameSite=Strict as well). Every route under /api/v1 except
+(double-submit; the cookies are SameSite=Strict as well). A credential in a query string is
+refused (401), never used: URLs end up in logs. Every route under /api/v1 except
 `/healthz` declares who may call it with `Allow(...)`; tests/test_access.py fails when a route
 has no such decision.
 """
@@ -17,7 +18,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from geo_service import auth
+from geo_service import auth, security
 from geo_service.errors import Forbidden, Unauthenticated
 
 SESSION_COOKIE = "geo_session"
@@ -36,16 +37,19 @@ def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def authenticate(request: Request) -> auth.Identity:
-    """The caller's identity, from the identity cache or (on a miss) the database."""
+async def authenticate(request: Request, csrf_token: str | None = None) -> auth.Identity:
+    """The caller's identity, from the identity cache or (on a miss) the database.
+
+    `csrf_token` is the CSRF token when a form sent it in a field rather than the header.
+    """
+    refuse_credentials_in_url(request)
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     from_cookie = False
-    if (not secret or scheme.lower() != "bearer") and request.url.path.startswith("/open311/"):
-        # GeoReport v2 clients send their key as an `api_key` parameter.
-        secret = request.query_params.get("api_key", "")
-        if not secret and request.method == "POST":
-            secret = str((await request.form()).get("api_key") or "")
+    if (not secret or scheme.lower() != "bearer") and request.method == "POST" \
+            and request.url.path.startswith("/open311/"):
+        # GeoReport v2 clients send their key as an `api_key` field of the POST body.
+        secret = str((await request.form()).get("api_key") or "")
         scheme = "bearer" if secret else scheme
     if not secret or scheme.lower() != "bearer":
         secret = request.cookies.get(SESSION_COOKIE, "")
@@ -53,9 +57,33 @@ async def authenticate(request: Request) -> auth.Identity:
     if not secret:
         raise Unauthenticated("authentication required: send `Authorization: Bearer <token or API key>`")
     if from_cookie and request.method not in SAFE_METHODS:
-        sent, expected = request.headers.get(CSRF_HEADER, ""), request.cookies.get(CSRF_COOKIE, "")
-        if not expected or not hmac.compare_digest(sent, expected):
-            raise Forbidden(f"missing or wrong {CSRF_HEADER} header for a cookie-authenticated {request.method}")
+        check_csrf(request, csrf_token)
+    return await identify(request, secret)
+
+
+def refuse_credentials_in_url(request: Request) -> None:
+    """A key or token in a query string ends up in access logs, proxies and browser history:
+    refuse it, so that it is sent properly (and replaced) rather than kept working."""
+    query = request.scope.get("query_string")
+    if query:
+        name = security.credential_in_query(query)
+        if name is not None:
+            raise Unauthenticated(
+                f"credentials are not accepted in the URL (query parameter {name!r}): send "
+                "`Authorization: Bearer <token or API key>`, or for Open311 the `api_key` field of a POST body")
+
+
+def check_csrf(request: Request, csrf_token: str | None = None) -> None:
+    """Double-submit check for a cookie-authenticated change: the geo_csrf cookie's value must
+    come back in the X-CSRF-Token header (scripts) or, where a route allows it, a form field."""
+    sent = request.headers.get(CSRF_HEADER) or csrf_token or ""
+    expected = request.cookies.get(CSRF_COOKIE, "")
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise Forbidden(f"missing or wrong {CSRF_HEADER} header for a cookie-authenticated {request.method}")
+
+
+async def identify(request: Request, secret: str) -> auth.Identity:
+    """The identity behind a secret (cache first), or Unauthenticated."""
     cache: auth.IdentityCache = request.app.state.identities
     identity, recheck = cache.get(secret)
     if identity is None:

@@ -13,10 +13,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from starlette.concurrency import run_in_threadpool
 
-from geo_service import audit, auth
+from geo_service import audit, auth, security
 from geo_service.db import SessionDep
 from geo_service.errors import Unauthenticated
-from geo_service.routes.access import CSRF_COOKIE, SESSION_COOKIE, Allow, client_address
+from geo_service.routes.access import (
+    CSRF_COOKIE, SESSION_COOKIE, Allow, check_csrf, client_address, identify, refuse_credentials_in_url,
+)
 from geo_service.routes.params import json_response
 from geo_service.schemas import AuditRead, ErrorRead, IdentityRead, TokenRead
 
@@ -26,7 +28,10 @@ router = APIRouter(tags=["access"])
 @router.post("/api/v1/auth/token", response_model=TokenRead,
              responses={401: {"model": ErrorRead}, 429: {"model": ErrorRead}})
 def issue_token(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]):
-    """OAuth2 password flow: a short-lived bearer token for `Authorization: Bearer ...`."""
+    """OAuth2 password flow: a short-lived bearer token for `Authorization: Bearer ...`.
+
+    The form travels in the POST body; a password in the query string is refused (401)."""
+    refuse_credentials_in_url(request)
     ttl = dt.timedelta(minutes=request.app.state.settings.token_minutes)
     token, expires_at = auth.sign_in(session, form.username, form.password, kind="bearer", ttl=ttl,
                                      address=client_address(request))
@@ -75,39 +80,56 @@ button {{ margin-top: 1.2em; width: 100%; padding: .55em; background: #1f5fa8; c
 {error}</form></body></html>"""
 
 
-def _safe_next(value: str | None) -> str:
-    # Only same-site paths: an open redirect would let a link send users anywhere after login.
-    if not value or not value.startswith("/") or value.startswith("//") or "\\\\" in value:
-        return "/map"
-    return value
+DEFAULT_NEXT = "/map"
 
 
-def login_page(next_path: str = "/map", error: str = "", status_code: int = 200) -> HTMLResponse:
+def _next_or_error(value: str | None) -> tuple[str, str]:
+    """(where to go after signing in, an error message when `value` was refused).
+
+    Only a plain local path is followed: an open redirect would let a link send users anywhere
+    after login (see security.local_path for what is refused).
+    """
+    if not value:
+        return DEFAULT_NEXT, ""
+    if security.local_path(value):
+        return value, ""
+    return DEFAULT_NEXT, f"next {value[:200]!r} is not a local path on this site; refused"
+
+
+def login_page(next_path: str = DEFAULT_NEXT, error: str = "", status_code: int = 200) -> HTMLResponse:
     message = f'<p class="error">{html.escape(error)}</p>' if error else ""
-    return HTMLResponse(LOGIN_PAGE.format(next=html.escape(_safe_next(next_path), quote=True), error=message),
-                        status_code=status_code)
+    return HTMLResponse(LOGIN_PAGE.format(next=html.escape(next_path, quote=True), error=message),
+                        status_code=status_code, headers={"Cache-Control": "no-store"})
 
 
 def login_redirect(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    query = request.url.query
+    if query and security.credential_in_query(query):
+        query = ""  # a secret in the URL is not carried on into the next URL (and its log line)
+    target = request.url.path + (f"?{query}" if query else "")
     return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
 
 
 @router.get("/login", response_class=HTMLResponse, include_in_schema=False)
 def show_login(next: str | None = None):
-    return login_page(_safe_next(next))
+    target, error = _next_or_error(next)
+    return login_page(target, error, 400 if error else 200)
 
 
 @router.post("/login", include_in_schema=False)
 async def do_login(request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()],
                    next: Annotated[str | None, Form()] = None):
+    refuse_credentials_in_url(request)
+    target, error = _next_or_error(next)
+    if error:  # the page never offers a bad target (show_login replaces it): someone crafted this form
+        return login_page(target, error, 400)
     settings = request.app.state.settings
     try:
         secret, expires_at = await run_in_threadpool(
             _sign_in, request, username, password, dt.timedelta(hours=settings.session_hours))
     except Unauthenticated as exc:
-        return login_page(_safe_next(next), str(exc), 401)
-    response = RedirectResponse(_safe_next(next), status_code=303)
+        return login_page(target, str(exc), 401)
+    response = RedirectResponse(target, status_code=303)
     max_age = settings.session_hours * 3600
     response.set_cookie(SESSION_COOKIE, secret, max_age=max_age, httponly=True, samesite="strict",
                         secure=settings.secure_cookies, path="/")
@@ -123,12 +145,26 @@ def _sign_in(request: Request, username: str, password: str, ttl: dt.timedelta):
 
 
 @router.post("/logout", include_in_schema=False)
-def do_logout(request: Request, session: SessionDep):
+async def do_logout(request: Request):
+    """End the page session. Needs the session cookie and, like every cookie-authenticated
+    change, the CSRF token: in the X-CSRF-Token header or the `csrf` field of the pages'
+    sign-out form (else any site could sign users out)."""
     secret = request.cookies.get(SESSION_COOKIE)
-    if secret:
-        auth.sign_out(session, secret)
-        request.app.state.identities.clear()
+    if not secret:
+        raise Unauthenticated("no session to end: /logout needs the geo_session cookie of a sign-in")
+    form = await request.form()
+    check_csrf(request, str(form.get("csrf") or ""))
+    identity = await identify(request, secret)
+    await run_in_threadpool(_sign_out, request, secret, identity)
+    request.app.state.identities.put(secret, None)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")
     return response
+
+
+def _sign_out(request: Request, secret: str, identity: auth.Identity) -> None:
+    with request.app.state.sessionmaker() as session:
+        audit.record(session, audit.Actor("user", identity.id, identity.name), "auth.sign_out", "user",
+                     identity.name, address=client_address(request))
+        auth.sign_out(session, secret)  # commits the audit row with the revocation

@@ -1,12 +1,13 @@
-"""The map pages (behind the login page), the static assets and an offline /docs."""
+"""The map pages (behind the login page), the static assets and an offline /docs (behind it too,
+unless GEO_PUBLIC_DOCS opens /docs and /openapi.json)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 
-from geo_service import webmap
+from geo_service import security, webmap
 from geo_service.config import PROJECT_ROOT
 from geo_service.errors import Forbidden, Unauthenticated
 from geo_service.routes.access import CSRF_COOKIE, authenticate
@@ -24,7 +25,10 @@ async def _page(request: Request, page: str):
         return login_redirect(request)
     if identity.role not in webmap.PAGE_ROLES[page]:
         return HTMLResponse(webmap.forbidden_page(page, identity), status_code=403)
-    return HTMLResponse(webmap.render(page, identity, request.app.state.settings, CSRF_COOKIE))
+    page_html = webmap.render(page, identity, request.app.state.settings, CSRF_COOKIE,
+                              csrf_token=request.cookies.get(CSRF_COOKIE, ""), nonce=security.page_nonce(request))
+    # no-store: the page carries the CSRF token and is rendered for this user only.
+    return HTMLResponse(page_html, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/map")
@@ -52,9 +56,33 @@ def favicon():
     return FileResponse(WEB / "favicon.ico", media_type="image/x-icon")
 
 
+async def _docs_reader(request: Request) -> bool:
+    """Whether this caller may read the API documentation: anyone when GEO_PUBLIC_DOCS is set,
+    otherwise whoever is signed in (the document maps every route an attacker could try)."""
+    if request.app.state.settings.public_docs:
+        return True
+    try:
+        await authenticate(request)
+    except (Unauthenticated, Forbidden):
+        return False
+    return True
+
+
 @router.get("/docs")
-def docs():
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="geo_service API",
-                               swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
-                               swagger_css_url=f"{SWAGGER}/swagger-ui.css",
-                               swagger_favicon_url=f"{SWAGGER}/favicon-32x32.png")
+async def docs(request: Request):
+    if not await _docs_reader(request):
+        return login_redirect(request)
+    swagger = get_swagger_ui_html(openapi_url="/openapi.json", title="geo_service API",
+                                  swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
+                                  swagger_css_url=f"{SWAGGER}/swagger-ui.css",
+                                  swagger_favicon_url=f"{SWAGGER}/favicon-32x32.png")
+    # Swagger UI starts from an inline script: it runs only with this response's nonce.
+    return HTMLResponse(security.add_nonce(swagger.body.decode(), security.page_nonce(request)))
+
+
+@router.get("/openapi.json")
+async def openapi_document(request: Request):
+    if not await _docs_reader(request):
+        raise Unauthenticated("the API documentation needs a sign-in: send `Authorization: Bearer <token or API key>`"
+                              " or sign in at /login")
+    return JSONResponse(request.app.openapi())
