@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 import psycopg2
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -22,7 +23,7 @@ from geo_service.errors import (
 from geo_service.ownership import OwnershipCache
 from geo_service.security import SecurityHeaders
 from geo_service.routes import (
-    analytics, areas, auth, incidents, layers, ogc, open311, ownership, pages, system,
+    analytics, areas, auth, guard, incidents, layers, ogc, open311, ownership, pages, system,
 )
 
 # The one place where domain errors become HTTP statuses.
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    429: {"Retry-After": str(exc.extra.get("retry_after", 30))}}.get(status)
         return JSONResponse({"detail": exc.message, **exc.extra}, status_code=status, headers=headers)
 
+    app.add_exception_handler(RequestValidationError, guard.validation_error)
+
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError):
         # Connection loss (database stopped or restarting) is temporary: say so with 503.
@@ -102,6 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=pages.WEB), name="static")
     # Large answers (map layers) travel compressed to browsers; lookups stay below the threshold.
     app.add_middleware(GZipMiddleware, minimum_size=16_384)
+    # Outermost: bodies are capped and NUL characters refused before anything reads them.
+    app.add_middleware(guard.RequestGuard, default_limit=settings.max_body_bytes,
+                       limits={"/api/v1/lookup/batch": settings.batch_max_bytes})
     app.add_middleware(SecurityHeaders, settings=settings)  # CSP, nosniff, HSTS...: on every answer
     app.openapi = lambda: _openapi(app)
     return app

@@ -583,12 +583,7 @@ def export_command(layer: str, fmt: str, out_file: Path, since, until, categorie
             bar.total = total
             bar.update(done - bar.n)
 
-        hotspot_layer = None
-        if layer == "hotspots":
-            hotspot_layer = hotspots.latest(session)
-            if hotspot_layer is None:
-                _fail("no hotspot layer has been computed yet (GET /api/v1/hotspots computes one)")
-        result = exports.export(session, layer, fmt, None, filters, hotspot_layer=hotspot_layer, progress=advance)
+        result = exports.export(session, layer, fmt, None, filters, progress=advance)
         audit_log.record(session, audit_log.CLI, "export", "layer", layer, detail={"format": fmt, "rows": result.rows,
                                                                                   "out": str(out_file)})
         session.commit()

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     )
     batch_max_points: int = Field(default=100_000, description="Most points one batch lookup accepts.")
     batch_max_bytes: int = Field(default=64 * 1024 * 1024, description="Largest batch request body.")
+    max_body_bytes: int = Field(default=1024 * 1024, description="Largest request body of every other route "
+                                "(413 beyond, checked before authentication and parsing).")
     token_minutes: int = Field(default=30, description="Lifetime of a bearer token from /api/v1/auth/token.")
     session_hours: int = Field(default=8, description="Lifetime of a page session (login cookie).")
     identity_cache_seconds: float = Field(

@@ -59,6 +59,8 @@ EXAMPLES = {
     ("GET", "/api/v1/incident-points"): {},
     ("GET", "/api/v1/hotspots"): {},
     ("GET", "/api/v1/hotspots/density"): {},
+    ("POST", "/api/v1/hotspots/saved"): {"params": {"name": "matrix", "unit": "town"}, "ok": 201},
+    ("GET", "/api/v1/hotspots/saved"): {},
     ("GET", "/api/v1/export/{layer}"): {"path": "/api/v1/export/grids"},
     ("GET", "/ogc"): {},
     ("GET", "/ogc/conformance"): {},

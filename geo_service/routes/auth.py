@@ -19,8 +19,8 @@ from geo_service.errors import Unauthenticated
 from geo_service.routes.access import (
     CSRF_COOKIE, SESSION_COOKIE, Allow, check_csrf, client_address, identify, refuse_credentials_in_url,
 )
-from geo_service.routes.params import json_response
-from geo_service.schemas import AuditRead, ErrorRead, IdentityRead, TokenRead
+from geo_service.routes.params import Offset, json_response
+from geo_service.schemas import AuditRead, ErrorRead, IdentityRead, Instant, TokenRead
 
 router = APIRouter(tags=["access"])
 
@@ -48,14 +48,14 @@ def who_am_i(identity: Annotated[auth.Identity, Depends(Allow("viewer", "worker"
 
 @router.get("/api/v1/audit", response_model=list[AuditRead], responses={403: {"model": ErrorRead}})
 def list_audit(session: SessionDep, identity: Annotated[auth.Identity, Depends(Allow("admin"))],
-               actor: Annotated[str | None, Query(description="Actor name (username or key name).")] = None,
-               action: Annotated[str | None, Query(description="Action or action prefix, e.g. `auth.`.")] = None,
-               since: Annotated[dt.datetime | None, Query(description="From this time (ISO 8601).")] = None,
-               until: Annotated[dt.datetime | None, Query(description="Before this time (ISO 8601).")] = None,
+               actor: Annotated[str | None, Query(max_length=200, description="Actor name (username or key name).")] = None,
+               action: Annotated[str | None, Query(max_length=200, description="Action or action prefix, e.g. `auth.`.")] = None,
+               since: Annotated[Instant | None, Query(description="From this time (ISO 8601).")] = None,
+               until: Annotated[Instant | None, Query(description="Before this time (ISO 8601).")] = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-               offset: Annotated[int, Query(ge=0)] = 0):
+               offset: Offset = 0):
     """The audit trail, newest first (admins only)."""
-    return json_response(audit.query(session, actor=actor, action=action, since=since, until=until,
+    return json_response(audit.query(session, identity, actor=actor, action=action, since=since, until=until,
                                      limit=limit, offset=offset))
 
 
