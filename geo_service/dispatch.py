@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import any_, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -394,7 +394,7 @@ def _conditions(f: IncidentFilter, identity, now: dt.datetime) -> list:
         if value is not None:
             where.append(column == value)
     if f.police is not None:
-        where.append(i.police_officer_ids.any(f.police))
+        where.append(any_(i.police_officer_ids) == f.police)
     if f.since:
         where.append(i.reported_at >= f.since)
     if f.until:

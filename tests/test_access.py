@@ -558,6 +558,10 @@ def test_logout_needs_the_session_and_the_csrf_token(tiny_db, users):
         by_header = client.post("/logout", headers={"X-CSRF-Token": client.cookies["geo_csrf"]},
                                 follow_redirects=False)
         assert by_header.status_code == 303 and client.get("/api/v1/auth/me").status_code == 401
+        # A page left open past its session: signing out clears the cookies and shows the login page.
+        expired = client.post("/logout", headers={"Cookie": f"geo_session={session_cookie}; geo_csrf=t",
+                                                  "X-CSRF-Token": "t"}, follow_redirects=False)
+        assert expired.status_code == 303 and expired.headers["location"] == "/login"
     assert [r.object_id for r in audit_rows(tiny_db, "auth.sign_out") if r.object_id == name] == [name, name]
 
 

@@ -154,9 +154,13 @@ async def do_logout(request: Request):
         raise Unauthenticated("no session to end: /logout needs the geo_session cookie of a sign-in")
     form = await request.form()
     check_csrf(request, str(form.get("csrf") or ""))
-    identity = await identify(request, secret)
-    await run_in_threadpool(_sign_out, request, secret, identity)
-    request.app.state.identities.put(secret, None)
+    try:
+        identity = await identify(request, secret)
+    except Unauthenticated:
+        identity = None  # expired or revoked already: nothing to end but the cookies
+    if identity is not None:
+        await run_in_threadpool(_sign_out, request, secret, identity)
+        request.app.state.identities.put(secret, None)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")
