@@ -124,6 +124,9 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     """422 naming each bad parameter and its value (raw bodies are never echoed)."""
     errors = exc.errors()
     details = [_describe(e) for e in errors]
+    if any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        sent = request.headers.get("content-type", "no Content-Type").split(";")[0]
+        details.insert(0, f"the body must be a JSON object (Content-Type: application/json); got {sent}")
     return JSONResponse({"detail": "; ".join(details[:5]) or "invalid request",
                          "errors": [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
                                     for e in errors[:20]]}, status_code=422)
