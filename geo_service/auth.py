@@ -24,10 +24,10 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from geo_service import audit, models
+from geo_service import audit, models, roles
 from geo_service.errors import Conflict, InvalidInput, NotFound, TooManyAttempts, Unauthenticated
 
-ROLES = models.ROLES
+ROLES = roles.ROLES
 PASSWORD_HASHER = PasswordHasher()
 # A real hash to verify against when the user does not exist, so both cases cost the same.
 _DUMMY_HASH = PASSWORD_HASHER.hash(secrets.token_urlsafe(16))
@@ -404,7 +404,7 @@ class IdentityCache:
             self._checking.clear()
 
 
-DEMO_USERS = ("viewer", "worker", "dispatcher", "analyst", "admin")
+DEMO_USERS = roles.ROLES
 DEMO_WORKER_SQL = text("""
 SELECT w.code FROM grid_assignment AS a JOIN grid_worker AS w ON w.id = a.grid_worker_id
 WHERE a.role = 'grid_leader' ORDER BY w.code LIMIT 1

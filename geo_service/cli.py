@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from geo_service import localdb
+from geo_service import localdb, roles
 from geo_service.config import PROJECT_ROOT, get_settings
 from geo_service.errors import DatasetInvalid, GeoServiceError
 
@@ -348,7 +348,7 @@ def user() -> None:
 
 @user.command("add")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(["viewer", "worker", "dispatcher", "analyst", "admin"]))
+@click.option("--role", required=True, type=click.Choice(roles.ROLES))
 @click.option("--town", "towns", multiple=True, help="Limit the user to this town (repeatable).")
 @click.option("--person", help="Grid worker or police officer code this account belongs to (workers).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input; "
@@ -421,7 +421,7 @@ def apikey() -> None:
 
 @apikey.command("create")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(["viewer", "worker", "dispatcher", "analyst", "admin"]))
+@click.option("--role", required=True, type=click.Choice(roles.ROLES))
 @click.option("--town", "towns", multiple=True, help="Limit the key to this town (repeatable).")
 def apikey_create(name: str, role: str, towns: tuple[str, ...]) -> None:
     """Create a key; it is printed once, alone on the last line."""

@@ -26,13 +26,13 @@ from sqlalchemy import any_, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from geo_service import audit, models, ownership, visibility
+from geo_service import audit, models, ownership, roles, visibility
 from geo_service.db import copy_rows
 from geo_service.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 TERMINAL = frozenset({"closed", "rejected"})
 OPEN_STATUSES = tuple(s for s in models.INCIDENT_STATUSES if s not in TERMINAL)
-STAFF = ("dispatcher", "admin")
+STAFF = roles.STAFF
 REOPEN_WINDOW = dt.timedelta(days=30)
 
 

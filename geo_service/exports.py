@@ -23,7 +23,7 @@ import shapely
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import audit, hotspots, visibility
+from geo_service import audit, hotspots, roles, visibility
 from geo_service.errors import Forbidden, InvalidInput, NotFound
 
 FORMATS = {  # format: (extension, media type)
@@ -45,32 +45,30 @@ SHAPEFILE_NAMES = {
     "town_code": "town_code", "category": "category", "valid_from": "valid_from",
     "grid_worker_code": "worker",
 }
-ALL = ("viewer", "worker", "dispatcher", "analyst", "admin")
-ANALYSTS = ("analyst", "dispatcher", "admin")
 
 # Raw SQL: each layer's columns, flat and export-ready (codes rather than internal ids).
 LAYERS = {
-    "towns": (ALL, "SELECT code, name, name_en, kind, geom FROM town ORDER BY code"),
-    "communities": (ALL, "SELECT c.code, c.name, c.kind, c.no_litigation, t.code AS town_code, c.geom "
+    "towns": (roles.EVERYONE, "SELECT code, name, name_en, kind, geom FROM town ORDER BY code"),
+    "communities": (roles.EVERYONE, "SELECT c.code, c.name, c.kind, c.no_litigation, t.code AS town_code, c.geom "
                          "FROM community c JOIN town t ON t.id = c.town_id ORDER BY c.code"),
-    "grids": (ALL, "SELECT g.code, g.name, c.code AS community_code, t.code AS town_code, g.geom FROM grid g "
+    "grids": (roles.EVERYONE, "SELECT g.code, g.name, c.code AS community_code, t.code AS town_code, g.geom FROM grid g "
                    "JOIN community c ON c.id = g.community_id JOIN town t ON t.id = c.town_id ORDER BY g.code"),
-    "compounds": (ALL, "SELECT c.code, c.name, g.code AS grid_code, c.geom FROM compound c "
+    "compounds": (roles.EVERYONE, "SELECT c.code, c.name, g.code AS grid_code, c.geom FROM compound c "
                        "JOIN grid g ON g.id = c.grid_id ORDER BY c.code"),
-    "stations": (ALL, "SELECT s.code, s.name, s.kind, s.address, t.code AS town_code, s.geom FROM station s "
+    "stations": (roles.EVERYONE, "SELECT s.code, s.name, s.kind, s.address, t.code AS town_code, s.geom FROM station s "
                       "JOIN town t ON t.id = s.town_id ORDER BY s.code"),
-    "door_plates": (ANALYSTS, "SELECT d.code, d.address, d.building, d.unit, d.room, d.is_rental, d.town_code, d.geom "
+    "door_plates": (roles.ANALYSTS, "SELECT d.code, d.address, d.building, d.unit, d.room, d.is_rental, d.town_code, d.geom "
                               "FROM door_plate AS d WHERE " + visibility.door_plates("d") + " ORDER BY d.code"),
-    "incidents": (ANALYSTS, """
+    "incidents": (roles.ANALYSTS, """
         SELECT i.id, i.external_id, i.category_code AS category, i.status, i.reported_at, i.reporter_kind,
                i.door_plate_code, i.town_code, i.community_code, i.grid_code, i.assignee_worker_id,
                array_to_string(i.police_officer_ids, ';') AS police_officer_ids, i.deadline_at, i.source, i.geom
         FROM incident i WHERE """ + hotspots.INCIDENT_FILTERS_SQL + " ORDER BY i.id"),
-    "grid_workers": (("admin",), "SELECT w.code, w.name, w.phone, w.kind, w.is_rider, w.platform, w.specialty "
+    "grid_workers": (roles.ADMINS, "SELECT w.code, w.name, w.phone, w.kind, w.is_rider, w.platform, w.specialty "
                                  "FROM grid_worker AS w WHERE " + visibility.grid_workers("w") + " ORDER BY w.code"),
-    "police_officers": (("admin",), "SELECT p.code, p.name, p.phone, p.unit, p.kind FROM police_officer AS p "
+    "police_officers": (roles.ADMINS, "SELECT p.code, p.name, p.phone, p.unit, p.kind FROM police_officer AS p "
                                     "WHERE " + visibility.police_officers("p") + " ORDER BY p.code"),
-    "grid_assignments": (("admin",), """
+    "grid_assignments": (roles.ADMINS, """
         SELECT g.code AS grid_code, a.role, coalesce(w.code, p.code) AS person_code, a.valid_from, a.valid_to
         FROM grid_assignment a JOIN grid g ON g.id = a.grid_id
         LEFT JOIN grid_worker w ON w.id = a.grid_worker_id LEFT JOIN police_officer p ON p.id = a.police_officer_id
@@ -81,7 +79,7 @@ LAYERS = {
 
 def allowed_roles(layer: str) -> tuple[str, ...]:
     if layer == "hotspots":
-        return ANALYSTS
+        return roles.ANALYSTS
     if layer not in LAYERS:
         raise InvalidInput(f"layer {layer!r} is not one of {', '.join([*LAYERS, 'hotspots'])}")
     return LAYERS[layer][0]

@@ -12,6 +12,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from geo_service.roles import ROLES
+
 SRID = 4326
 
 TOWN_KINDS = ("subdistrict", "town")
@@ -27,7 +29,6 @@ STATION_KINDS = (
     "labour_dispute_platform", "police_station", "public_service",
 )
 REPORTER_KINDS = ("grid_worker", "rider", "resident", "police", "hotline")
-ROLES = ("viewer", "worker", "dispatcher", "analyst", "admin")
 INCIDENT_STATUSES = (
     "reported", "assigned", "accepted", "in_progress", "resolved", "verified", "closed",
     "escalated", "returned", "reopened", "rejected",

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import re
 
-from geo_service import visibility
+from geo_service import roles, visibility
 
-FULL_PHONE_ROLES = frozenset({"dispatcher", "admin"})
-RESIDENT_COUNT_ROLES = frozenset({"dispatcher", "admin"})
+FULL_PHONE_ROLES = frozenset(roles.STAFF)
+RESIDENT_COUNT_ROLES = frozenset(roles.STAFF)
 VIEWER_DESCRIPTION_CHARS = 20
 _DIGITS = re.compile(r"\d{3,}")
 

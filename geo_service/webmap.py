@@ -16,6 +16,7 @@ import folium.plugins
 from branca.element import Element
 
 from geo_service import security
+from geo_service import roles
 from geo_service.config import Settings
 
 VENDOR = "/static/vendor"
@@ -26,12 +27,8 @@ PAGES = {
     "hotspots": "热点分析 · Hotspots",
 }
 # Who may open each page; the API behind them applies its own roles as well.
-PAGE_ROLES = {
-    "overview": ("viewer", "worker", "dispatcher", "analyst", "admin"),
-    "dispatch": ("worker", "dispatcher", "admin"),
-    "hotspots": ("analyst", "dispatcher", "admin"),
-}
-CREATORS = ("dispatcher", "admin")  # roles that may report incidents from the map
+PAGE_ROLES = {"overview": roles.EVERYONE, "dispatch": roles.REPORTERS, "hotspots": roles.ANALYSTS}
+CREATORS = roles.STAFF  # roles that may report incidents from the map
 
 
 def use_local_assets() -> None:

@@ -9,16 +9,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from geo_service import audit, auth, exports, hotspots
+from geo_service import audit, exports, hotspots
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
-from geo_service.routes.access import EVERYONE, Allow, client_address
+from geo_service.routes.access import AnalystDep, AnyoneDep, PublisherDep, client_address
 from geo_service.routes.params import GEOJSON, incident_filters, json_response
 from geo_service.schemas import ErrorRead, Name
 
 router = APIRouter(prefix="/api/v1", tags=["analytics"])
-AnalystDep = Annotated[auth.Identity, Depends(Allow("analyst", "dispatcher", "admin"))]
-PublisherDep = Annotated[auth.Identity, Depends(Allow("analyst", "admin"))]
 FiltersDep = Annotated[hotspots.Filters, Depends(incident_filters)]
 FORMAT_DOC = "geojson (default), gpkg, shp (zipped), kml, csv (WKT geometry), parquet (GeoParquet) or fgb."
 UNIT_DOC = "grid, community, town, hex or square."
@@ -104,7 +102,7 @@ def get_density(request: Request, session: SessionDep, identity: AnalystDep, fil
                                           403: {"model": ErrorRead}, 404: {"model": ErrorRead},
                                           422: {"model": ErrorRead}})
 def export_layer(request: Request, session: SessionDep,
-                 identity: Annotated[auth.Identity, Depends(Allow(*EVERYONE))], filters: FiltersDep, layer: str,
+                 identity: AnyoneDep, filters: FiltersDep, layer: str,
                  format: Annotated[str, Query(description=FORMAT_DOC + " People layers: csv or parquet.")] = "geojson"):
     """Download a layer: towns, communities, grids, compounds, stations, door_plates, incidents
     (filtered), the newest saved hotspots layer, or (admins) grid_workers, police_officers,

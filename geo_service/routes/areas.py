@@ -6,11 +6,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from geo_service import areas
 from geo_service.db import SessionDep
-from geo_service.routes.access import EVERYONE, Allow
+from geo_service import roles
+from geo_service.routes.access import Allow
 from geo_service.routes.params import GEOJSON, json_response
 from geo_service.schemas import ErrorRead
 
-router = APIRouter(prefix="/api/v1", tags=["areas"], dependencies=[Depends(Allow(*EVERYONE))])
+router = APIRouter(prefix="/api/v1", tags=["areas"], dependencies=[Depends(Allow(*roles.EVERYONE))])
 GEOMETRY_DOC = "Answer a GeoJSON FeatureCollection with the outlines instead of a plain list."
 TOWN_DOC = "Only areas in this town (9-digit code)."
 COMMUNITY_DOC = "Only areas in this community (12-digit code)."

@@ -17,7 +17,7 @@ from geo_service import audit, auth, security
 from geo_service.db import SessionDep
 from geo_service.errors import Unauthenticated
 from geo_service.routes.access import (
-    CSRF_COOKIE, SESSION_COOKIE, Allow, check_csrf, client_address, identify, refuse_credentials_in_url,
+    CSRF_COOKIE, SESSION_COOKIE, AdminDep, AnyoneDep, check_csrf, client_address, identify, refuse_credentials_in_url,
 )
 from geo_service.routes.params import Offset, json_response
 from geo_service.schemas import AuditRead, ErrorRead, IdentityRead, Instant, TokenRead
@@ -39,7 +39,7 @@ def issue_token(request: Request, session: SessionDep, form: Annotated[OAuth2Pas
 
 
 @router.get("/api/v1/auth/me", response_model=IdentityRead)
-def who_am_i(identity: Annotated[auth.Identity, Depends(Allow("viewer", "worker", "dispatcher", "analyst", "admin"))]):
+def who_am_i(identity: AnyoneDep):
     """The caller's name, kind (user or API key), role and towns."""
     return {"kind": identity.kind, "name": identity.name, "role": identity.role,
             "towns": sorted(identity.towns) if identity.towns is not None else None,
@@ -47,7 +47,7 @@ def who_am_i(identity: Annotated[auth.Identity, Depends(Allow("viewer", "worker"
 
 
 @router.get("/api/v1/audit", response_model=list[AuditRead], responses={403: {"model": ErrorRead}})
-def list_audit(session: SessionDep, identity: Annotated[auth.Identity, Depends(Allow("admin"))],
+def list_audit(session: SessionDep, identity: AdminDep,
                actor: Annotated[str | None, Query(max_length=200, description="Actor name (username or key name).")] = None,
                action: Annotated[str | None, Query(max_length=200, description="Action or action prefix, e.g. `auth.`.")] = None,
                since: Annotated[Instant | None, Query(description="From this time (ISO 8601).")] = None,

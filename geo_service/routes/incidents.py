@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 
-from geo_service import audit, auth, dispatch, privacy
+from geo_service import audit, dispatch, privacy
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
-from geo_service.routes.access import EVERYONE, Allow, client_address
+from geo_service.routes.access import AnyoneDep, ReporterDep, client_address
 from geo_service.routes import params
 from geo_service.routes.params import comma_list, json_response
 from geo_service.schemas import (
@@ -19,8 +19,6 @@ from geo_service.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["incidents"])
-AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
-ReporterDep = Annotated[auth.Identity, Depends(Allow("worker", "dispatcher", "admin"))]
 
 
 def now(request: Request) -> dt.datetime:

@@ -6,14 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from geo_service import auth, hotspots, layers
+from geo_service import hotspots, layers
 from geo_service.db import SessionDep
-from geo_service.routes.access import EVERYONE, Allow
+from geo_service.routes.access import AnyoneDep
 from geo_service.routes import params
 from geo_service.routes.params import GEOJSON, json_response
 
 router = APIRouter(prefix="/api/v1", tags=["layers"])
-AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
 
 
 @router.get("/stations")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from geo_service import auth, ogc
+from geo_service import ogc
 from geo_service.db import SessionDep
-from geo_service.routes.access import Allow
+from geo_service.routes.access import AnalystDep
 from geo_service.routes.params import json_response
 from geo_service.schemas import MAX_OFFSET
 
 router = APIRouter(prefix="/ogc", tags=["ogc"])
-ReaderDep = Annotated[auth.Identity, Depends(Allow("analyst", "dispatcher", "admin"))]
 
 
 def _base(request: Request) -> str:
@@ -21,37 +20,37 @@ def _base(request: Request) -> str:
 
 
 @router.get("")
-def landing(request: Request, identity: ReaderDep):
+def landing(request: Request, identity: AnalystDep):
     """Landing page."""
     return json_response(ogc.landing(_base(request)))
 
 
 @router.get("/conformance")
-def conformance(identity: ReaderDep):
+def conformance(identity: AnalystDep):
     """Conformance classes: Core, GeoJSON, OpenAPI 3.0."""
     return json_response(ogc.conformance())
 
 
 @router.get("/api")
-def api(request: Request, identity: ReaderDep):
+def api(request: Request, identity: AnalystDep):
     """The OpenAPI 3.0 definition of this OGC API."""
     return json_response(ogc.openapi(_base(request)), "application/vnd.oai.openapi+json;version=3.0")
 
 
 @router.get("/collections")
-def collections(request: Request, session: SessionDep, identity: ReaderDep):
+def collections(request: Request, session: SessionDep, identity: AnalystDep):
     """Every collection with its extent."""
     return json_response(ogc.collections(session, _base(request), identity))
 
 
 @router.get("/collections/{collection_id}")
-def collection(request: Request, session: SessionDep, identity: ReaderDep, collection_id: str):
+def collection(request: Request, session: SessionDep, identity: AnalystDep, collection_id: str):
     """One collection."""
     return json_response(ogc.collection(session, collection_id, _base(request), identity))
 
 
 @router.get("/collections/{collection_id}/items")
-def items(request: Request, session: SessionDep, identity: ReaderDep, collection_id: str,
+def items(request: Request, session: SessionDep, identity: AnalystDep, collection_id: str,
           bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (CRS84).")] = None,
           limit: Annotated[int, Query(ge=1, le=ogc.MAX_LIMIT,
                                       description=f"Features per page, at most {ogc.MAX_LIMIT}.")] = ogc.DEFAULT_LIMIT,
@@ -65,6 +64,6 @@ def items(request: Request, session: SessionDep, identity: ReaderDep, collection
 
 
 @router.get("/collections/{collection_id}/items/{feature_id}")
-def item(session: SessionDep, identity: ReaderDep, collection_id: str, feature_id: str):
+def item(session: SessionDep, identity: AnalystDep, collection_id: str, feature_id: str):
     """One feature."""
     return json_response(ogc.item(session, collection_id, feature_id, identity), ogc.GEOJSON)

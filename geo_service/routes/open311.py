@@ -6,15 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from geo_service import audit, auth, dispatch, open311, privacy
+from geo_service import audit, dispatch, open311, privacy
 from geo_service.db import SessionDep
-from geo_service.routes.access import EVERYONE, Allow, client_address
+from geo_service.routes.access import AnyoneDep, ReporterDep, client_address
 from geo_service.routes.incidents import outside_error
 from geo_service.routes.params import comma_list, json_response
 from geo_service.schemas import MAX_ID, Instant
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
-AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
 
 
 def _names(session) -> dict[str, str]:
@@ -60,7 +59,7 @@ async def form_fields(request: Request) -> dict[str, str]:
 
 @router.post("/requests.json", status_code=201)
 def create_request(request: Request, session: SessionDep,
-                   identity: Annotated[auth.Identity, Depends(Allow("worker", "dispatcher", "admin"))],
+                   identity: ReporterDep,
                    form: Annotated[dict[str, str], Depends(form_fields)]):
     """Submit a service request (form fields: service_code, lat, long or address_id, description)."""
     incident, _ = dispatch.intake(session, outside_error(request), identity, audit.actor_of(identity),

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from geo_service import audit, auth, batch, ownership, privacy
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput, PayloadTooLarge
-from geo_service.routes.access import EVERYONE, Allow, client_address
+from geo_service.routes.access import AnalystDep, AnyoneDep, client_address
 from geo_service.routes.params import json_response
 from geo_service.schemas import (
     BatchRead, BatchRequest, DoorPlateLookupRead, ErrorRead, GridOwnersRead, LookupRead, OutsideRead,
@@ -22,7 +22,6 @@ def current_index(request: Request) -> ownership.OwnershipIndex:
 
 
 IndexDep = Annotated[ownership.OwnershipIndex, Depends(current_index)]
-AnyoneDep = Annotated[auth.Identity, Depends(Allow(*EVERYONE))]
 CRS_DOC = "Input coordinate system: wgs84 (default), cgcs2000 (= WGS-84), gcj02 (Amap, Tencent) or bd09 (Baidu)."
 STATIONS_DOC = "How many nearest dispute-resolution stations to list (0-20)."
 
@@ -137,7 +136,7 @@ def _kind(content_type: str, filename: str = "") -> str:
              responses={200: {"content": {"text/csv": {}, "application/geo+json": {}}},
                         413: {"model": ErrorRead}, 422: {"model": ErrorRead}})
 async def lookup_batch(request: Request,
-                       identity: Annotated[auth.Identity, Depends(Allow("dispatcher", "analyst", "admin"))],
+                       identity: AnalystDep,
                        crs: Annotated[str | None, Query(description=CRS_DOC)] = None) -> Response:
     """Ownership for up to `GEO_BATCH_MAX_POINTS` (100,000) points in one request."""
     settings = request.app.state.settings

@@ -6,7 +6,8 @@ from starlette.concurrency import run_in_threadpool
 
 from geo_service import health, stats
 from geo_service.db import SessionDep
-from geo_service.routes.access import EVERYONE, SESSION_COOKIE, Allow, authenticate
+from geo_service import roles
+from geo_service.routes.access import SESSION_COOKIE, Allow, authenticate
 from geo_service.schemas import HealthRead, StatsRead
 
 router = APIRouter()
@@ -35,7 +36,7 @@ async def _signed_in(request: Request) -> bool:
     return True
 
 
-@router.get("/api/v1/stats", response_model=StatsRead, tags=["system"], dependencies=[Depends(Allow(*EVERYONE))])
+@router.get("/api/v1/stats", response_model=StatsRead, tags=["system"], dependencies=[Depends(Allow(*roles.EVERYONE))])
 def get_stats(session: SessionDep) -> dict:
     """Counts of towns, communities, grids, compounds, people, stations, door plates, incidents."""
     return stats.counts(session)
