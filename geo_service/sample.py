@@ -5,16 +5,22 @@ Only the town names and their approximate seat locations are real (shared/REFERE
 The output follows the format contract described in gis_data/README.md.
 
 How the geometry is built, and why it nests exactly:
-1. A county outline is grown around the ten town seats (buffered hull with a smooth random
-   edge) and sized so that the final county measures about 1,083 km² in EPSG:4547.
-2. A Voronoi diagram of ~12,000 seeds (dense around Shaping and the town seats) is computed in
-   EPSG:4547. Each Voronoi edge gets a small fractal wiggle that is computed once and shared by
-   both cells on it. All vertices are transformed to EPSG:4326 and rounded to 1e-7 degrees
-   once, so two neighbouring cells carry identical vertices along their shared edge.
-3. Cells whose seed lies in the outline form the county; towns, communities and grids are
-   contiguous unions of cells grown by multi-source Dijkstra on the cell adjacency graph.
-   Every area is the union of its cells, so the levels tile each other without gaps or
-   overlaps and share exact vertices.
+1. A Voronoi diagram of ~12,000 seeds (dense around Shaping and the town seats) is computed in
+   EPSG:4547 (_build_cells).
+2. A smooth random field around the ten town seats decides the county: a cell belongs to it
+   when the field at its seed is above a threshold, bisected so that the county measures about
+   1,083 km² in EPSG:4547 (_select_county).
+3. Each Voronoi edge gets a small fractal wiggle that is computed once and shared by both cells
+   on it. All vertices are transformed to EPSG:4326 and rounded to 1e-7 degrees once, so two
+   neighbouring cells carry identical vertices along their shared edge (_wiggled_edges,
+   _cell_polygons).
+4. Towns, communities and grids are contiguous unions of cells grown by multi-source Dijkstra
+   on the cell adjacency graph (_build_areas). Every area is the union of its cells, so the
+   levels tile each other without gaps or overlaps and share exact vertices.
+
+Every random number comes from the one numpy Generator made from the seed, drawn in a fixed
+order; each step's docstring says what it draws. Moving a draw, or adding one, changes every
+file after that point, so tests/test_sample.py compares a fresh run with gis_data/heshan.
 """
 
 from __future__ import annotations
@@ -311,8 +317,80 @@ def _fractal_offsets(rng, n_edges):
     return d[:, 1:8]
 
 
+class _Voronoi:
+    """The Voronoi diagram of the seeds, with what the later steps read from it.
+
+    verts_ll are the vertices in EPSG:4326 rounded to 1e-7 degrees; this rounding is done
+    once here, so every cell that uses a vertex gets the very same coordinates. A ridge is a
+    `real_edge` when both ends are finite, they stay two distinct points after rounding and
+    it is longer than 0.5 m: only those edges make two cells neighbours. seed_area is the
+    straight (unwiggled) area of each bounded cell, used to size the county.
+    """
+
+    def __init__(self, seeds):
+        self.seeds = seeds
+        self.vor = vor = Voronoi(seeds)
+        self.verts_m = verts_m = vor.vertices
+        self.verts_ll = np.round(_to_ll(verts_m), 7)
+        # Vertices that round to the same point become one vertex.
+        _, canon = np.unique(self.verts_ll, axis=0, return_inverse=True)
+        canon = canon.ravel()
+
+        self.bounded = np.array([len(vor.regions[r]) > 0 and -1 not in vor.regions[r]
+                                 for r in vor.point_region])
+        self.rp = rp = vor.ridge_points
+        self.rv = rv = np.array(vor.ridge_vertices)
+        self.finite = finite = (rv >= 0).all(axis=1)
+        ridge_len = np.zeros(len(rp))
+        ridge_len[finite] = np.linalg.norm(verts_m[rv[finite, 0]] - verts_m[rv[finite, 1]],
+                                           axis=1)
+        self.ridge_len = ridge_len
+        safe = np.where(rv >= 0, rv, 0)
+        real_edge = finite & (canon[safe[:, 0]] != canon[safe[:, 1]])
+        real_edge &= ridge_len > 0.5
+        self.real_edge = real_edge
+
+        # Seed areas (straight cells) for sizing the county.
+        seed_area = np.zeros(len(seeds))
+        for i in np.flatnonzero(self.bounded):
+            v = verts_m[vor.regions[vor.point_region[i]]]
+            x, y = v[:, 0], v[:, 1]
+            seed_area[i] = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+        self.seed_area = seed_area
+
+    def region(self, i):
+        """Vertex ids of seed i's cell, in scipy's order."""
+        return self.vor.regions[self.vor.point_region[i]]
+
+
 def _build_cells(rng, seats_m) -> _Cells:
+    """The county's cells: seeds, Voronoi diagram, county selection, wiggled polygons and
+    the noisy adjacency graph that towns, communities and grids later grow on.
+
+    Draws from rng in this order: the shape field, the seeds, the edge wiggles, the friction
+    field and the edge-cost noise. Keep that order, or the committed sample changes.
+    """
     field = _shape_field(rng, seats_m)
+    seeds, d_seat, box_m = _county_seeds(rng, seats_m)
+    diagram = _Voronoi(seeds)
+    in_box = shapely.contains_xy(box_m, seeds[:, 0], seeds[:, 1])
+    kept = _select_county(diagram, field(seeds), d_seat, in_box, len(seats_m))
+    kept_idx = np.flatnonzero(kept)
+    wig_ll = _wiggled_edges(rng, diagram, kept)
+    polys = _cell_polygons(diagram, kept, kept_idx, wig_ll)
+    nbrs, nbr_cost, local = _cell_adjacency(rng, diagram, kept, kept_idx)
+    seat_cells = local[np.arange(len(seats_m))]
+    assert (seat_cells >= 0).all()
+    return _Cells(seeds[kept_idx], polys, nbrs, nbr_cost, seat_cells)
+
+
+def _county_seeds(rng, seats_m):
+    """Voronoi seeds in EPSG:4547: the ten seats first, then random seeds.
+
+    Returns (seeds, distance of each seed to its nearest seat, the limit box in metres).
+    Seeds are dense inside the limit box (plus 2.5 km) and thinned to a fifth in an 8 km
+    ring around it; the ring only exists so that the cells near the county edge are bounded.
+    """
     box_ll = np.array([[LIMIT_BOX[0], LIMIT_BOX[1]], [LIMIT_BOX[2], LIMIT_BOX[1]],
                        [LIMIT_BOX[2], LIMIT_BOX[3]], [LIMIT_BOX[0], LIMIT_BOX[3]]])
     box_m = shapely.Polygon(_to_m(shapely.get_coordinates(
@@ -329,54 +407,37 @@ def _build_cells(rng, seats_m) -> _Cells:
                              seeds[:, None, 1] - seats_m[None, :, 1]), axis=1)
     keep = np.ones(len(seeds), bool)
     keep[len(seats_m):] = d_seat[len(seats_m):] > 120
-    seeds = seeds[keep]
-    d_seat = d_seat[keep]
-    n_pts = len(seeds)
-    f_seed = field(seeds)
-    in_box = shapely.contains_xy(box_m, seeds[:, 0], seeds[:, 1])
+    return seeds[keep], d_seat[keep], box_m
 
-    vor = Voronoi(seeds)
-    verts_m = vor.vertices
-    verts_ll = np.round(_to_ll(verts_m), 7)
-    # Vertices that round to the same point become one vertex.
-    _, canon = np.unique(verts_ll, axis=0, return_inverse=True)
-    canon = canon.ravel()
 
-    bounded = np.array([len(vor.regions[r]) > 0 and -1 not in vor.regions[r]
-                        for r in vor.point_region])
-    rp = vor.ridge_points
-    rv = np.array(vor.ridge_vertices)
-    finite = (rv >= 0).all(axis=1)
-    ridge_len = np.zeros(len(rp))
-    ridge_len[finite] = np.linalg.norm(verts_m[rv[finite, 0]] - verts_m[rv[finite, 1]], axis=1)
-    safe = np.where(rv >= 0, rv, 0)
-    real_edge = finite & (canon[safe[:, 0]] != canon[safe[:, 1]])
-    real_edge &= ridge_len > 0.5
+def _select_county(diagram: _Voronoi, f_seed, d_seat, in_box, n_seats):
+    """Boolean mask of the seeds whose cells form the county.
 
-    # Seed areas (straight cells) for sizing the county.
-    seed_area = np.zeros(n_pts)
-    for i in np.flatnonzero(bounded):
-        v = verts_m[vor.regions[vor.point_region[i]]]
-        x, y = v[:, 0], v[:, 1]
-        seed_area[i] = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    The county is the upper level set of the shape field, bisected on its threshold until the
+    straight cell areas add up to TARGET_AREA_M2. No random draws.
+    """
+    n_pts = len(diagram.seeds)
+    bounded = diagram.bounded
+    a_idx = diagram.rp[diagram.real_edge, 0]
+    b_idx = diagram.rp[diagram.real_edge, 1]
 
-    a_idx, b_idx = rp[real_edge, 0], rp[real_edge, 1]
+    def components(mask):
+        # connected components of the cells in mask, through real edges
+        m = mask[a_idx] & mask[b_idx]
+        g = coo_matrix((np.ones(m.sum()), (a_idx[m], b_idx[m])), shape=(n_pts, n_pts))
+        return connected_components(g, directed=False)[1]
 
     def select(tau):
         # every seat at least ~3 km inside the county
         inside = ((f_seed > tau) | (d_seat < 3_000)) & in_box & bounded
-        inside[: len(seats_m)] = True
+        inside[:n_seats] = True
         # largest edge-connected part
-        m = inside[a_idx] & inside[b_idx]
-        g = coo_matrix((np.ones(m.sum()), (a_idx[m], b_idx[m])), shape=(n_pts, n_pts))
-        _, lab = connected_components(g, directed=False)
+        lab = components(inside)
         big = np.bincount(lab[inside]).argmax()
         inside &= lab == big
         # fill holes: outside cells not connected to the unbounded ring of cells
         out = ~inside
-        m = out[a_idx] & out[b_idx]
-        g = coo_matrix((np.ones(m.sum()), (a_idx[m], b_idx[m])), shape=(n_pts, n_pts))
-        _, lab = connected_components(g, directed=False)
+        lab = components(out)
         outer_labels = np.unique(lab[~bounded])
         inside |= out & ~np.isin(lab, outer_labels)
         return inside
@@ -384,16 +445,24 @@ def _build_cells(rng, seats_m) -> _Cells:
     lo, hi = float(f_seed.min()), float(f_seed.max())
     for _ in range(40):
         mid = 0.5 * (lo + hi)
-        area = seed_area[select(mid)].sum()
+        area = diagram.seed_area[select(mid)].sum()
         lo, hi = (lo, mid) if area < TARGET_AREA_M2 else (mid, hi)
-    kept = select(0.5 * (lo + hi))
-    kept_idx = np.flatnonzero(kept)
+    return select(0.5 * (lo + hi))
 
-    # Wiggled edges, computed once per ridge and shared by both cells.
+
+def _wiggled_edges(rng, diagram: _Voronoi, kept):
+    """{ridge index: interior points (EPSG:4326, rounded)} of every wiggled edge.
+
+    Each edge is wiggled once here and both cells on it read the same points, which is what
+    keeps neighbouring cells free of gaps and overlaps. Offsets are drawn for every ridge, even
+    the ones not used, so the number of draws depends only on the diagram. Short edges get
+    fewer points: 1 below 150 m, 3 below 500 m, otherwise 7; edges under 25 m stay straight.
+    """
+    rp, rv, verts_m, ridge_len = diagram.rp, diagram.rv, diagram.verts_m, diagram.ridge_len
     offs = _fractal_offsets(rng, len(rp))
     t = np.arange(1, 8) / 8.0
     wig_ll = {}
-    use = real_edge & (kept[rp[:, 0]] | kept[rp[:, 1]]) & (ridge_len >= 25)
+    use = diagram.real_edge & (kept[rp[:, 0]] | kept[rp[:, 1]]) & (ridge_len >= 25)
     idx = np.flatnonzero(use)
     p = verts_m[rv[idx, 0]]
     q = verts_m[rv[idx, 1]]
@@ -406,51 +475,74 @@ def _build_cells(rng, seats_m) -> _Cells:
         L = ridge_len[r]
         sel = [3] if L < 150 else ([1, 3, 5] if L < 500 else list(range(7)))
         wig_ll[r] = pts_ll[j, sel]
+    return wig_ll
 
+
+def _cell_ring(diagram: _Voronoi, i, ridge_of, wig_ll, straight):
+    """The closed ring (EPSG:4326, no repeated consecutive points) of seed i's cell.
+
+    Vertices go counter-clockwise around the seed; between two vertices come the shared
+    wiggle points of their ridge (reversed when the ridge runs the other way), unless the
+    ridge has been made straight.
+    """
+    rv, seeds = diagram.rv, diagram.seeds
+    vids = np.array(diagram.region(i))
+    v = diagram.verts_m[vids]
+    order = np.argsort(np.arctan2(v[:, 1] - seeds[i, 1], v[:, 0] - seeds[i, 0]))
+    vids = vids[order]
+    out = []
+    for j in range(len(vids)):
+        a, b = vids[j], vids[(j + 1) % len(vids)]
+        out.append(diagram.verts_ll[a])
+        r = ridge_of[(a, b)]
+        if r in wig_ll and not straight[r]:
+            w = wig_ll[r]
+            out.extend(w if rv[r, 0] == a else w[::-1])
+    xy = np.array(out)
+    dup = np.all(xy == np.roll(xy, 1, axis=0), axis=1)
+    return xy[~dup]
+
+
+def _invalid_or_overlapping(polys):
+    """Indices of polygons that are invalid or whose interior overlaps another one."""
+    bad = set(np.flatnonzero(~shapely.is_valid(polys)).tolist())
+    tree = shapely.STRtree(polys)
+    pa, pb = tree.query(polys, predicate="intersects")
+    m = pa < pb
+    pa, pb = pa[m], pb[m]
+    ov = shapely.relate_pattern(polys[pa], polys[pb], "T********")
+    bad.update(pa[ov].tolist())
+    bad.update(pb[ov].tolist())
+    return bad
+
+
+def _cell_polygons(diagram: _Voronoi, kept, kept_idx, wig_ll):
+    """The wiggled polygon (EPSG:4326) of every kept cell, in kept_idx order.
+
+    A wiggle can make a cell self-intersect or cross its neighbour. Every ridge of such a cell
+    is then made straight and the cells on those ridges are rebuilt, until all are valid and
+    none overlap; straightening a ridge changes both sides at once, so the tiling stays exact.
+    """
+    rp, rv, finite = diagram.rp, diagram.rv, diagram.finite
     ridge_of = {}
     for r in np.flatnonzero(finite):
         a, b = rv[r]
         ridge_of[(a, b)] = r
         ridge_of[(b, a)] = r
-
-    straight = np.zeros(len(rp), bool)
-
-    def ring_of(i):
-        vids = np.array(vor.regions[vor.point_region[i]])
-        v = verts_m[vids]
-        order = np.argsort(np.arctan2(v[:, 1] - seeds[i, 1], v[:, 0] - seeds[i, 0]))
-        vids = vids[order]
-        out = []
-        for j in range(len(vids)):
-            a, b = vids[j], vids[(j + 1) % len(vids)]
-            out.append(verts_ll[a])
-            r = ridge_of[(a, b)]
-            if r in wig_ll and not straight[r]:
-                w = wig_ll[r]
-                out.extend(w if rv[r, 0] == a else w[::-1])
-        xy = np.array(out)
-        dup = np.all(xy == np.roll(xy, 1, axis=0), axis=1)
-        return xy[~dup]
-
     cell_ridges = {i: [] for i in kept_idx}
     for r in np.flatnonzero(finite):
         for c in rp[r]:
             if kept[c]:
                 cell_ridges[c].append(r)
 
+    straight = np.zeros(len(rp), bool)
     polys = np.empty(len(kept_idx), dtype=object)
     todo = np.arange(len(kept_idx))
     for _attempt in range(12):
         for j in todo:
-            polys[j] = shapely.Polygon(ring_of(kept_idx[j]))
-        bad = set(np.flatnonzero(~shapely.is_valid(polys)).tolist())
-        tree = shapely.STRtree(polys)
-        pa, pb = tree.query(polys, predicate="intersects")
-        m = pa < pb
-        pa, pb = pa[m], pb[m]
-        ov = shapely.relate_pattern(polys[pa], polys[pb], "T********")
-        bad.update(pa[ov].tolist())
-        bad.update(pb[ov].tolist())
+            polys[j] = shapely.Polygon(_cell_ring(diagram, kept_idx[j], ridge_of, wig_ll,
+                                                  straight))
+        bad = _invalid_or_overlapping(polys)
         if not bad:
             break
         redo = set()
@@ -463,11 +555,21 @@ def _build_cells(rng, seats_m) -> _Cells:
         todo = np.array(sorted(redo | bad))
     else:
         raise RuntimeError("could not build valid cells")
+    return polys
 
-    # Adjacency between kept cells (through real, shared edges), with a noisy cost.
-    local = np.full(n_pts, -1)
+
+def _cell_adjacency(rng, diagram: _Voronoi, kept, kept_idx):
+    """(nbrs, nbr_cost, local): the graph the regions grow on.
+
+    Kept cells are neighbours through real, shared edges. The cost of an edge is the seed
+    distance times the terrain friction at its midpoint times a random factor in [1, 1.9),
+    so region boundaries bend instead of following straight bisectors. local maps a seed
+    index to its kept-cell index (-1 when not kept).
+    """
+    rp, seeds = diagram.rp, diagram.seeds
+    local = np.full(len(seeds), -1)
     local[kept_idx] = np.arange(len(kept_idx))
-    m = real_edge & kept[rp[:, 0]] & kept[rp[:, 1]]
+    m = diagram.real_edge & kept[rp[:, 0]] & kept[rp[:, 1]]
     ea, eb = local[rp[m, 0]], local[rp[m, 1]]
     seeds_k = seeds[kept_idx]
     mid = 0.5 * (seeds_k[ea] + seeds_k[eb])
@@ -481,9 +583,7 @@ def _build_cells(rng, seats_m) -> _Cells:
         nbr_cost[a].append(c)
         nbrs[b].append(a)
         nbr_cost[b].append(c)
-    seat_cells = local[np.arange(len(seats_m))]
-    assert (seat_cells >= 0).all()
-    return _Cells(seeds_k, polys, nbrs, nbr_cost, seat_cells)
+    return nbrs, nbr_cost, local
 
 
 def _friction_field(rng):
@@ -560,7 +660,13 @@ def _allocate(total, weights, lo, hi):
 
 
 class _Areas:
-    """Towns, communities and grids: polygons (EPSG:4326 and EPSG:4547), codes, names."""
+    """Towns, communities and grids: polygons (EPSG:4326 and EPSG:4547), codes, names.
+
+    A plain attribute bag filled in by _build_areas. Per cell: town_of, comm_of, grid_of.
+    Per community: comm_town, comm_urban, comm_code, comm_name, comm_src, comm_roads,
+    comm_no_litigation. Per grid: grid_comm, grid_town, grid_urban, grid_code, grid_nbrs,
+    grid_centre_m. Orders: comm_order and grid_order list the indices in code order.
+    """
 
 
 def _single(poly):
@@ -574,13 +680,59 @@ def _single(poly):
 
 
 def _build_areas(rng, cells: _Cells, seats_m) -> _Areas:
-    n = cells.n
-    everything = np.ones(n, bool)
-    town_of = _grow(cells, list(cells.seat_cells), everything, TOWN_GROWTH)
-    assert (town_of >= 0).all()
-    town_area = np.bincount(town_of, weights=cells.area_m, minlength=len(TOWNS))
+    """Towns, communities and grids as unions of cells, with codes, names and roads.
 
-    # communities per town: 13 urban in Shaping, 1 in every other town, villages by area
+    Draws from rng in this order: community sources, grid sources, community names, road
+    names, the no-litigation community of each town. Keep that order.
+    """
+    town_of = _grow(cells, list(cells.seat_cells), np.ones(cells.n, bool), TOWN_GROWTH)
+    assert (town_of >= 0).all()
+    comm_of, comm_town, comm_urban, comm_src = _grow_communities(rng, cells, seats_m, town_of)
+    grid_of, grid_comm = _grow_grids(rng, cells, comm_of, comm_urban, comm_src)
+    comm_code, comm_order = _community_codes(cells, seats_m, comm_town, comm_urban, comm_src)
+
+    a = _Areas()
+    a.cells = cells
+    a.town_of, a.comm_of, a.grid_of = town_of, comm_of, grid_of
+    _union_polygons(a, cells.polys_ll, len(comm_town), len(grid_comm))
+    a.grid_code, a.grid_order = _grid_codes(a.grid_polys, grid_comm, comm_order, comm_code)
+    names = _community_names(rng, comm_urban)
+    a.comm_town = comm_town
+    a.comm_urban = comm_urban
+    a.comm_code = comm_code
+    a.comm_name = names
+    a.comm_src = np.array(comm_src)
+    a.comm_order = comm_order
+    a.grid_comm = grid_comm
+    a.grid_town = comm_town[grid_comm]
+    a.grid_urban = comm_urban[grid_comm]
+    a.grid_tree = shapely.STRtree(a.grid_m)
+    a.grid_boundary_m = shapely.boundary(a.grid_m)
+    a.town_code = [COUNTY_CODE + t[0] for t in TOWNS]
+    a.comm_roads = _roads(rng, names, comm_urban)
+    a.grid_nbrs = _grid_neighbours(cells, grid_of, len(grid_comm))
+    a.grid_centre_m = shapely.get_coordinates(shapely.point_on_surface(a.grid_m))
+    # one 无讼 (no-litigation) community per town, anywhere in the town
+    no_lit = np.zeros(len(comm_town), bool)
+    for t in range(len(TOWNS)):
+        ids = np.flatnonzero(comm_town == t)
+        no_lit[rng.choice(ids)] = True
+    a.comm_no_litigation = no_lit
+    return a
+
+
+def _grow_communities(rng, cells: _Cells, seats_m, town_of):
+    """(comm_of, comm_town, comm_urban, comm_src): every town split into communities.
+
+    comm_of is the community of each cell; comm_town and comm_urban (arrays) give each
+    community's town and whether it is urban; comm_src (a list) its source cell. The
+    communities of a town are numbered urban first, with the seat cell as the source of the
+    first urban community; the rest of the sources come from k-means, nearest to the seat
+    first. Shaping has 13 urban communities, every other town one; the villages are shared
+    out by town area.
+    """
+    n = cells.n
+    town_area = np.bincount(town_of, weights=cells.area_m, minlength=len(TOWNS))
     urban_n = np.array([N_SHAPING_URBAN if t == SHAPING else 1 for t in range(len(TOWNS))])
     n_villages = N_COMMUNITIES - urban_n.sum()
     village_n = _allocate(n_villages, town_area, np.full(len(TOWNS), 3), np.full(len(TOWNS), 40))
@@ -591,6 +743,7 @@ def _build_areas(rng, cells: _Cells, seats_m) -> _Areas:
         members = np.flatnonzero(town_of == t)
         k = int(urban_n[t] + village_n[t])
         srcs, _ = _kmeans_sources(rng, cells, members, k)
+        # the seat cell replaces the source nearest to it, so the seat is urban
         seat = int(cells.seat_cells[t])
         d = np.hypot(*(cells.seeds_m[srcs] - seats_m[t]).T)
         order = np.argsort(d, kind="stable")
@@ -611,20 +764,27 @@ def _build_areas(rng, cells: _Cells, seats_m) -> _Areas:
             comm_urban.append(j < urban_n[t])
             comm_src.append(s)
     assert (comm_of >= 0).all()
-    comm_town = np.array(comm_town)
-    comm_urban = np.array(comm_urban)
-    n_comm = len(comm_town)
-    comm_cells = np.bincount(comm_of, minlength=n_comm)
+    return comm_of, np.array(comm_town), np.array(comm_urban), comm_src
 
-    # grids per community: urban communities get more (and so smaller) grids
+
+def _grow_grids(rng, cells: _Cells, comm_of, comm_urban, comm_src):
+    """(grid_of, grid_comm): every community split into grids.
+
+    Grids are shared out by cell count, urban cells weighing 2.6 times as much, so urban
+    grids come out smaller; a community never gets more grids than a third of its cells.
+    """
+    n = cells.n
+    n_comm = len(comm_urban)
+    comm_cells = np.bincount(comm_of, minlength=n_comm)
     w = comm_cells * np.where(comm_urban, 2.6, 1.0)
     grid_n = _allocate(N_GRIDS, w, np.ones(n_comm, int), np.maximum(comm_cells // 3, 1))
     grid_of = np.full(n, -1)
-    grid_comm, grid_src = [], []
+    grid_comm = []
     for c in range(n_comm):
         members = np.flatnonzero(comm_of == c)
         k = int(grid_n[c])
         if k == 1:
+            # a single grid is the whole community: no k-means (and no random draws)
             lab = np.zeros(n, int)
             srcs = [comm_src[c]]
         else:
@@ -632,16 +792,19 @@ def _build_areas(rng, cells: _Cells, seats_m) -> _Areas:
             lab = _grow(cells, srcs, comm_of == c)
         base = len(grid_comm)
         grid_of[members] = base + lab[members]
-        for s in srcs:
-            grid_comm.append(c)
-            grid_src.append(s)
+        grid_comm.extend([c] * len(srcs))
     assert (grid_of >= 0).all()
-    grid_comm = np.array(grid_comm)
+    return grid_of, np.array(grid_comm)
 
-    # ---- codes and order: towns as listed; urban communities 001.. by distance to the seat,
-    # villages 200.. by distance; grids 001.. north to south.
+
+def _community_codes(cells: _Cells, seats_m, comm_town, comm_urban, comm_src):
+    """(comm_code, comm_order): 12-digit community codes and the communities in code order.
+
+    Towns keep their listed order. Within a town, urban communities are numbered 001.. and
+    villages 200.., each by distance of the source cell from the seat.
+    """
     comm_order = []
-    comm_code = np.empty(n_comm, dtype=object)
+    comm_code = np.empty(len(comm_town), dtype=object)
     for t in range(len(TOWNS)):
         tc = COUNTY_CODE + TOWNS[t][0]
         ids = np.flatnonzero(comm_town == t)
@@ -653,14 +816,32 @@ def _build_areas(rng, cells: _Cells, seats_m) -> _Areas:
         for j, i in enumerate(vil):
             comm_code[i] = f"{tc}{200 + j:03d}"
         comm_order.extend(urb + vil)
+    return comm_code, comm_order
 
-    polys_ll = cells.polys_ll
-    county = _single(shapely.union_all(polys_ll))
-    town_polys = [_single(shapely.union_all(polys_ll[town_of == t])) for t in range(len(TOWNS))]
-    comm_polys = [_single(shapely.union_all(polys_ll[comm_of == c])) for c in range(n_comm)]
-    n_grid = len(grid_comm)
-    grid_polys = [_single(shapely.union_all(polys_ll[grid_of == g])) for g in range(n_grid)]
-    grid_code = np.empty(n_grid, dtype=object)
+
+def _union_polygons(a: _Areas, polys_ll, n_comm, n_grid):
+    """Set the county, town, community and grid polygons of `a` (EPSG:4326 and EPSG:4547).
+
+    Each area is the union of its cells, so the levels nest exactly and neighbours share
+    vertices; _single fails loudly if an area came apart.
+    """
+    a.county = _single(shapely.union_all(polys_ll))
+    a.county_m = _geoms_to_m(a.county)
+    town_polys = [_single(shapely.union_all(polys_ll[a.town_of == t])) for t in range(len(TOWNS))]
+    comm_polys = [_single(shapely.union_all(polys_ll[a.comm_of == c])) for c in range(n_comm)]
+    grid_polys = [_single(shapely.union_all(polys_ll[a.grid_of == g])) for g in range(n_grid)]
+    a.town_polys = np.array(town_polys, dtype=object)
+    a.comm_polys = np.array(comm_polys, dtype=object)
+    a.grid_polys = np.array(grid_polys, dtype=object)
+    a.town_m = _geoms_to_m(a.town_polys)
+    a.comm_m = _geoms_to_m(a.comm_polys)
+    a.grid_m = _geoms_to_m(a.grid_polys)
+
+
+def _grid_codes(grid_polys, grid_comm, comm_order, comm_code):
+    """(grid_code, grid_order): grids numbered 001.. within their community, north to south
+    (then west to east) by a point on their surface, and all grids in code order."""
+    grid_code = np.empty(len(grid_comm), dtype=object)
     grid_order = []
     for c in comm_order:
         ids = np.flatnonzero(grid_comm == c)
@@ -669,54 +850,23 @@ def _build_areas(rng, cells: _Cells, seats_m) -> _Areas:
         for j, o in enumerate(order):
             grid_code[ids[o]] = f"{comm_code[c]}{j + 1:03d}"
             grid_order.append(int(ids[o]))
+    return grid_code, grid_order
 
-    names = _community_names(rng, comm_urban)
 
-    a = _Areas()
-    a.cells = cells
-    a.town_of, a.comm_of, a.grid_of = town_of, comm_of, grid_of
-    a.county = county
-    a.county_m = _geoms_to_m(county)
-    a.town_polys = np.array(town_polys, dtype=object)
-    a.comm_polys = np.array(comm_polys, dtype=object)
-    a.grid_polys = np.array(grid_polys, dtype=object)
-    a.town_m = _geoms_to_m(a.town_polys)
-    a.comm_m = _geoms_to_m(a.comm_polys)
-    a.grid_m = _geoms_to_m(a.grid_polys)
-    a.comm_town = comm_town
-    a.comm_urban = comm_urban
-    a.comm_code = comm_code
-    a.comm_name = names
-    a.comm_src = np.array(comm_src)
-    a.comm_order = comm_order
-    a.grid_comm = grid_comm
-    a.grid_town = comm_town[grid_comm]
-    a.grid_code = grid_code
-    a.grid_order = grid_order
-    a.grid_urban = comm_urban[grid_comm]
-    a.grid_tree = shapely.STRtree(a.grid_m)
-    a.grid_boundary_m = shapely.boundary(a.grid_m)
-    a.town_code = [COUNTY_CODE + t[0] for t in TOWNS]
-    a.comm_roads = _roads(rng, names, comm_urban)
-    # grid adjacency through shared cell edges
+def _grid_neighbours(cells: _Cells, grid_of, n_grid):
+    """For each grid, the grids it shares a cell edge with (ascending)."""
     pairs = set()
-    for c in range(n):
+    for c in range(cells.n):
         gc = grid_of[c]
         for nb in cells.nbrs[c]:
             gn = grid_of[nb]
             if gn != gc:
                 pairs.add((min(gc, gn), max(gc, gn)))
-    a.grid_nbrs = [[] for _ in range(n_grid)]
+    grid_nbrs = [[] for _ in range(n_grid)]
     for g1, g2 in sorted(pairs):
-        a.grid_nbrs[g1].append(g2)
-        a.grid_nbrs[g2].append(g1)
-    a.grid_centre_m = shapely.get_coordinates(shapely.point_on_surface(a.grid_m))
-    no_lit = np.zeros(n_comm, bool)
-    for t in range(len(TOWNS)):
-        ids = np.flatnonzero(comm_town == t)
-        no_lit[rng.choice(ids)] = True
-    a.comm_no_litigation = no_lit
-    return a
+        grid_nbrs[g1].append(g2)
+        grid_nbrs[g2].append(g1)
+    return grid_nbrs
 
 
 def _community_names(rng, comm_urban):
@@ -872,46 +1022,61 @@ def _choose_cluster_centres(a: _Areas, seats_m):
     return out
 
 
+# Settlement kinds of the buildings outside compounds, with their share of those plates.
+_SETTLEMENT_MIX = [("shaping", 0.30), ("town", 0.25), ("urban_village", 0.08), ("village", 0.33),
+                   ("scattered", 0.04)]
+# (min, max) door plates per building, by kind.
+_PLATES_PER_BUILDING = {"shaping": (4, 14), "town": (3, 12), "urban_village": (4, 10),
+                        "village": (1, 4), "scattered": (1, 3), "compound": (4, 10)}
+# P(a plate is rented out), by kind.
+_RENTAL_P = {"shaping": 0.72, "town": 0.74, "urban_village": 0.95, "village": 0.80,
+             "scattered": 0.6, "compound": 0.62}
+
+
 def _make_door_plates(rng, a: _Areas, compounds, clusters, seats_m):
-    """Buildings (each 1-14 plates) sampled from a settlement mixture, strictly inside grids."""
-    n_comm = len(a.comm_town)
+    """Buildings (each 1-14 plates) sampled from a settlement mixture, strictly inside grids.
+
+    Returns one dict per plate, sorted by code. Draws from rng in this order: hamlets,
+    compound buildings, settlement buildings, plate details, resident counts. Keep that order.
+    """
+    hamlets = _hamlets(rng, a)
+    rent = clusters[0]
+    blds, sizes = _compound_buildings(rng, a, compounds)
+    _settlement_buildings(rng, a, blds, sizes, hamlets, rent, seats_m)
+    rows, xy_all = _expand_plates(rng, a, blds, sizes)
+    # Round to the published 6 decimals first, then check that the rounded point is still
+    # strictly inside the grid it was generated for.
+    xy_all = np.array(xy_all)
+    ll = _round_pts(xy_all)
+    xy_m = _to_m(ll)
+    gi = _locate(a, xy_m, min_dist=1.0)
+    assert (gi == np.array([r["grid"] for r in rows])).all(), "door plate left its grid"
+    residents = rng.choice(9, size=len(rows),
+                           p=[0.08, 0.2, 0.22, 0.18, 0.13, 0.09, 0.05, 0.03, 0.02])
+    for r, p, m, n_res in zip(rows, ll, xy_m, residents):
+        r["lon"], r["lat"] = float(p[0]), float(p[1])
+        r["xy_m"] = m
+        # only rented plates get the crowded households (up to 8 people)
+        r["resident_count"] = int(n_res) if r["is_rental"] else int(min(n_res, 5))
+    rows.sort(key=lambda r: r["code"])
+    return rows
+
+
+def _hamlets(rng, a: _Areas):
+    """Centres (EPSG:4547) of two hamlets per village, at random cells of the village."""
     cells = a.cells
-    vil_ids = np.flatnonzero(~a.comm_urban)
-    # two hamlets per village, at random cells of the village
     hamlets = []
-    for c in vil_ids:
+    for c in np.flatnonzero(~a.comm_urban):
         members = np.flatnonzero(a.comm_of == c)
         for s in rng.choice(members, size=min(2, len(members)), replace=False):
             hamlets.append(cells.seeds_m[s])
-    hamlets = np.array(hamlets)
-    rent = clusters[0]
+    return np.array(hamlets)
 
-    buildings = []  # (x, y, kind, compound or None)
 
-    def draw(n, kind):
-        if kind == "shaping":
-            xy = seats_m[SHAPING] + rng.normal(0, 1_500, (n, 2))
-        elif kind == "town":
-            t = rng.integers(1, len(TOWNS), n)
-            xy = seats_m[t] + rng.normal(0, 650, (n, 2))
-        elif kind == "urban_village":
-            xy = rent["centre_m"] + rng.normal(0, 170, (n, 2))
-        elif kind == "village":
-            h = rng.integers(0, len(hamlets), n)
-            xy = hamlets[h] + rng.normal(0, 180, (n, 2))
-        else:  # scattered
-            minx, miny, maxx, maxy = a.county_m.bounds
-            xy = np.column_stack([rng.uniform(minx, maxx, n), rng.uniform(miny, maxy, n)])
-        return xy
-
-    mix = [("shaping", 0.30), ("town", 0.25), ("urban_village", 0.08), ("village", 0.33),
-           ("scattered", 0.04)]
-    plates_per = {"shaping": (4, 14), "town": (3, 12), "urban_village": (4, 10),
-                  "village": (1, 4), "scattered": (1, 3), "compound": (4, 10)}
-    rental_p = {"shaping": 0.72, "town": 0.74, "urban_village": 0.95, "village": 0.80,
-                "scattered": 0.6, "compound": 0.62}
-
-    # buildings inside compounds first
+def _compound_buildings(rng, a: _Areas, compounds):
+    """(blds, sizes): 2-5 buildings inside every compound (10 m from its edge) and their
+    plate counts. A building is (x, y, kind, compound or None, grid)."""
+    buildings = []
     for comp in compounds:
         inner = comp["geom_m"].buffer(-10)
         minx, miny, maxx, maxy = inner.bounds
@@ -923,32 +1088,55 @@ def _make_door_plates(rng, a: _Areas, compounds, clusters, seats_m):
             for p in xy[ok][: k - got]:
                 buildings.append((p[0], p[1], "compound", comp))
                 got += 1
-
-    def accept(xy, kind):
-        gi = _locate(a, xy, min_dist=12.0)
-        ok = gi >= 0
-        if kind == "urban_village":
-            ok &= a.grid_comm[np.maximum(gi, 0)] == rent["comm"]
-        return gi, ok
-
     comp_xy = np.array([[b[0], b[1]] for b in buildings])
     comp_gi = _locate(a, comp_xy, min_dist=12.0)
     assert (comp_gi >= 0).all()
     blds = [(b[0], b[1], "compound", b[3], int(g)) for b, g in zip(buildings, comp_gi)]
-    lo, hi = plates_per["compound"]
+    lo, hi = _PLATES_PER_BUILDING["compound"]
     sizes = [int(rng.integers(lo, hi + 1)) for _ in blds]
-    # the other settlement kinds, each drawn until its share of plates is reached
+    return blds, sizes
+
+
+def _draw_settlement(rng, a: _Areas, n, kind, hamlets, rent, seats_m):
+    """n candidate building sites (EPSG:4547) of one settlement kind."""
+    if kind == "shaping":
+        xy = seats_m[SHAPING] + rng.normal(0, 1_500, (n, 2))
+    elif kind == "town":
+        t = rng.integers(1, len(TOWNS), n)
+        xy = seats_m[t] + rng.normal(0, 650, (n, 2))
+    elif kind == "urban_village":
+        xy = rent["centre_m"] + rng.normal(0, 170, (n, 2))
+    elif kind == "village":
+        h = rng.integers(0, len(hamlets), n)
+        xy = hamlets[h] + rng.normal(0, 180, (n, 2))
+    else:  # scattered
+        minx, miny, maxx, maxy = a.county_m.bounds
+        xy = np.column_stack([rng.uniform(minx, maxx, n), rng.uniform(miny, maxy, n)])
+    return xy
+
+
+def _settlement_buildings(rng, a: _Areas, blds, sizes, hamlets, rent, seats_m):
+    """Append the buildings outside compounds to blds and sizes.
+
+    Each kind gets its share of the plates still missing after the compounds, drawn in
+    batches of 64 sites. A site is kept when it is at least 12 m inside a grid, so the
+    3 m plate jitter later cannot leave the grid; urban-village sites must also fall in
+    the rental cluster's community.
+    """
     remaining = TARGET_DOOR_PLATES - sum(sizes)
-    for kind, share in mix:
+    for kind, share in _SETTLEMENT_MIX:
         quota = int(round(remaining * share))
         got = 0
         for _batch in range(20_000):
             if got >= quota:
                 break
-            xy = draw(64, kind)
-            gi, ok = accept(xy, kind)
+            xy = _draw_settlement(rng, a, 64, kind, hamlets, rent, seats_m)
+            gi = _locate(a, xy, min_dist=12.0)
+            ok = gi >= 0
+            if kind == "urban_village":
+                ok &= a.grid_comm[np.maximum(gi, 0)] == rent["comm"]
             for p, g in zip(xy[ok], gi[ok]):
-                lo, hi = plates_per[kind]
+                lo, hi = _PLATES_PER_BUILDING[kind]
                 k = int(rng.integers(lo, hi + 1))
                 blds.append((p[0], p[1], kind, None, int(g)))
                 sizes.append(k)
@@ -958,8 +1146,16 @@ def _make_door_plates(rng, a: _Areas, compounds, clusters, seats_m):
         else:
             raise RuntimeError(f"could not place {kind} door plates")
 
-    # expand buildings into plates: jitter <= 3 m, so each plate stays in its grid
-    per_comm_seq = np.zeros(n_comm, int)
+
+def _expand_plates(rng, a: _Areas, blds, sizes):
+    """(rows, xy_all): the plates of every building, with address, unit, room and rental
+    flag, and their EPSG:4547 positions (the building's, jittered by at most 3 m on each
+    axis).
+
+    Plate codes run per community in building order; house numbers grow by 1-3 along each
+    road; the rooms of one building are distinct.
+    """
+    per_comm_seq = np.zeros(len(a.comm_town), int)
     road_no = {}
     rows = []
     xy_all = []
@@ -995,23 +1191,11 @@ def _make_door_plates(rng, a: _Areas, compounds, clusters, seats_m):
                 "building": building,
                 "unit": f"{u}单元" if units > 1 or kind not in ("village", "scattered") else "",
                 "room": f"{f}{r:02d}",
-                "is_rental": bool(rng.uniform() < rental_p[kind]),
+                "is_rental": bool(rng.uniform() < _RENTAL_P[kind]),
                 "compound": comp["code"] if comp else None,
             })
             xy_all.append((x + jit[j, 0], y + jit[j, 1]))
-    xy_all = np.array(xy_all)
-    ll = _round_pts(xy_all)
-    xy_m = _to_m(ll)
-    gi = _locate(a, xy_m, min_dist=1.0)
-    assert (gi == np.array([r["grid"] for r in rows])).all(), "door plate left its grid"
-    residents = rng.choice(9, size=len(rows),
-                           p=[0.08, 0.2, 0.22, 0.18, 0.13, 0.09, 0.05, 0.03, 0.02])
-    for r, p, m, n_res in zip(rows, ll, xy_m, residents):
-        r["lon"], r["lat"] = float(p[0]), float(p[1])
-        r["xy_m"] = m
-        r["resident_count"] = int(n_res) if r["is_rental"] else int(min(n_res, 5))
-    rows.sort(key=lambda r: r["code"])
-    return rows
+    return rows, xy_all
 
 
 def _make_stations(rng, a: _Areas, seats_m, clusters):
@@ -1077,42 +1261,82 @@ def _make_stations(rng, a: _Areas, seats_m, clusters):
 # People and assignments
 
 
-def _make_people(rng, a: _Areas, plates):
-    n_grid = len(a.grid_polys)
-    plates_in = np.bincount([p["grid"] for p in plates], minlength=n_grid).astype(float)
-    gorder = a.grid_order  # grids in code order
-    valid_from = {}
+class _Roster:
+    """The people hired so far: workers, officers, their start dates and their
+    (grid, role, person code) assignments. Every hire draws its start date from rng."""
 
-    def start_date():
-        return (date(2024, 1, 2) + timedelta(days=int(rng.integers(0, 300)))).isoformat()
+    def __init__(self, rng):
+        self.rng = rng
+        self.workers = []
+        self.officers = []
+        self.valid_from = {}
+        self.assignments = []
 
-    assignments = []  # (grid, role, person_code)
-    workers = []
+    def start_date(self):
+        return (date(2024, 1, 2) + timedelta(days=int(self.rng.integers(0, 300)))).isoformat()
 
-    def new_worker(kind, is_rider=False, specialty=""):
-        code = f"GW{len(workers) + 1:05d}"
-        workers.append({"code": code, "kind": kind, "is_rider": is_rider,
-                        "platform": RIDER_PLATFORM if is_rider else "",
-                        "specialty": specialty})
-        valid_from[code] = start_date()
+    def new_worker(self, kind, is_rider=False, specialty=""):
+        code = f"GW{len(self.workers) + 1:05d}"
+        self.workers.append({"code": code, "kind": kind, "is_rider": is_rider,
+                             "platform": RIDER_PLATFORM if is_rider else "",
+                             "specialty": specialty})
+        self.valid_from[code] = self.start_date()
         return code
 
-    # full-time: one per grid (the first one is the grid leader) + 190 to dense grids
+    def assign(self, grid, role, code):
+        self.assignments.append((grid, role, code))
+
+
+def _make_people(rng, a: _Areas, plates):
+    """{"workers", "officers", "assignments"}: grid workers, police officers and the rows of
+    grid_assignments.csv.
+
+    Draws from rng in this order: full-time, part-time, professional and police hires, then
+    names. Keep that order.
+    """
+    n_grid = len(a.grid_polys)
+    plates_in = np.bincount([p["grid"] for p in plates], minlength=n_grid).astype(float)
+    roster = _Roster(rng)
+    _hire_full_time(roster, a, plates_in)
+    _hire_part_time(rng, roster, a, plates_in)
+    _hire_professionals(rng, roster, a)
+    _hire_police(rng, roster, a)
+    _name_people(rng, roster)
+
+    role_rank = {r: i for i, r in enumerate(["grid_leader", "full_time_worker", "part_time_worker",
+                                             "professional_worker", "deputy_grid_leader"])}
+    rows = sorted({(a.grid_code[g], role, code) for g, role, code in roster.assignments},
+                  key=lambda r: (r[0], role_rank[r[1]], r[2]))
+    assign_rows = [{"grid_code": g, "role": role, "person_code": code,
+                    "valid_from": roster.valid_from[code], "valid_to": ""}
+                   for g, role, code in rows]
+    return {"workers": roster.workers, "officers": roster.officers, "assignments": assign_rows}
+
+
+def _hire_full_time(roster: _Roster, a: _Areas, plates_in):
+    """One full-time worker per grid, who is also its grid leader, plus the remaining
+    full-time posts (up to 4 more per grid) shared out by the grid's door plates."""
+    n_grid = len(a.grid_polys)
     extra_ft = _allocate(N_FULL_TIME - n_grid, plates_in + 1, np.zeros(n_grid, int),
                          np.full(n_grid, 4))
-    for g in gorder:
+    for g in a.grid_order:
         for j in range(1 + int(extra_ft[g])):
-            code = new_worker("full_time")
+            code = roster.new_worker("full_time")
             if j == 0:
-                assignments.append((g, "grid_leader", code))
-            assignments.append((g, "full_time_worker", code))
+                roster.assign(g, "grid_leader", code)
+            roster.assign(g, "full_time_worker", code)
 
-    # part-time: non-riders serve one grid; riders 1-3 neighbouring grids of one town
+
+def _hire_part_time(rng, roster: _Roster, a: _Areas, plates_in):
+    """Part-time workers: non-riders serve one grid (at least one per grid, the rest by
+    plates); riders live in a grid drawn by plates and also serve 0-2 neighbouring grids of
+    the same town. They are hired in a random order, so rider and non-rider codes mix."""
+    n_grid = len(a.grid_polys)
     n_nonrider = N_PART_TIME - N_RIDERS
     extra_pt = _allocate(n_nonrider - n_grid, plates_in + 5, np.zeros(n_grid, int),
                          np.full(n_grid, 8))
     slots = []
-    for g in gorder:
+    for g in a.grid_order:
         slots.extend([("p", g)] * (1 + int(extra_pt[g])))
     w = (plates_in + 20) / (plates_in + 20).sum()
     homes = rng.choice(n_grid, size=N_RIDERS, p=w)
@@ -1120,27 +1344,31 @@ def _make_people(rng, a: _Areas, plates):
     for i in rng.permutation(len(slots)):
         kind, g = slots[i]
         if kind == "p":
-            code = new_worker("part_time")
-            assignments.append((g, "part_time_worker", code))
+            code = roster.new_worker("part_time")
+            roster.assign(g, "part_time_worker", code)
         else:
-            code = new_worker("part_time", is_rider=True)
+            code = roster.new_worker("part_time", is_rider=True)
             nb = [n for n in a.grid_nbrs[g] if a.grid_town[n] == a.grid_town[g]]
             k = min(int(rng.choice(3, p=[0.3, 0.4, 0.3])), len(nb))
             served = [g] + [int(x) for x in rng.choice(nb, size=k, replace=False)] if k else [g]
             for s in served:
-                assignments.append((s, "part_time_worker", code))
+                roster.assign(s, "part_time_worker", code)
 
-    # professionals: 2-4 grids of one town, every grid covered, labour in every town
+
+def _hire_professionals(rng, roster: _Roster, a: _Areas):
+    """Professional workers: each serves 2-4 nearby grids of one town; together they cover
+    every grid, and every town has at least one labour specialist."""
     n_town = len(TOWNS)
     grids_t = np.bincount(a.grid_town, minlength=n_town)
     prof_t = _allocate(N_PROFESSIONAL, grids_t, np.ceil(grids_t / 4).astype(int) + 1,
                        np.full(n_town, N_PROFESSIONAL))
     for t in range(n_town):
-        tg = np.array([g for g in gorder if a.grid_town[g] == t])
+        tg = np.array([g for g in a.grid_order if a.grid_town[g] == t])
         n_p = int(prof_t[t])
         spec = [SPECIALTIES[i] for i in rng.choice(len(SPECIALTIES), n_p, p=SPECIALTY_P)]
         if "labour" not in spec:
             spec[0] = "labour"
+        # deal the town's grids out in a random order, so every grid is covered ...
         served = [[] for _ in range(n_p)]
         for j, g in enumerate(tg[rng.permutation(len(tg))]):
             served[j % n_p].append(int(g))
@@ -1148,6 +1376,7 @@ def _make_people(rng, a: _Areas, plates):
             target = int(rng.integers(2, 5))
             if not served[j]:
                 served[j].append(int(rng.choice(tg)))
+            # ... then top each up with the grids nearest its first one (noisy distance)
             base = a.grid_centre_m[served[j][0]]
             d = np.hypot(*(a.grid_centre_m[tg] - base).T) * rng.uniform(1, 1.6, len(tg))
             for o in np.argsort(d, kind="stable"):
@@ -1155,16 +1384,20 @@ def _make_people(rng, a: _Areas, plates):
                     break
                 if int(tg[o]) not in served[j]:
                     served[j].append(int(tg[o]))
-            code = new_worker("professional", specialty=spec[j])
+            code = roster.new_worker("professional", specialty=spec[j])
             for g in served[j]:
-                assignments.append((g, "professional_worker", code))
+                roster.assign(g, "professional_worker", code)
 
-    # police: one deputy grid leader per grid, one officer per town covers two adjacent grids
-    officers = []
+
+def _hire_police(rng, roster: _Roster, a: _Areas):
+    """Police officers: one deputy grid leader per grid, except that in every town one
+    officer covers two adjacent grids, which gives exactly N_POLICE officers."""
+    n_town = len(TOWNS)
     kinds = np.array(["police"] * N_POLICE_KIND_POLICE
                      + ["auxiliary"] * (N_POLICE - N_POLICE_KIND_POLICE))[rng.permutation(N_POLICE)]
+    officers = roster.officers
     for t in range(n_town):
-        tg = [g for g in gorder if a.grid_town[g] == t]
+        tg = [g for g in a.grid_order if a.grid_town[g] == t]
         pairs = [(g, n) for g in tg for n in a.grid_nbrs[g]
                  if n > g and a.grid_town[n] == t]
         pg = pairs[int(rng.integers(len(pairs)))]
@@ -1175,106 +1408,144 @@ def _make_people(rng, a: _Areas, plates):
             code = f"PO{len(officers) + 1:05d}"
             officers.append({"code": code, "unit": f"鹤山市公安局{short}派出所",
                              "kind": str(kinds[len(officers)])})
-            valid_from[code] = start_date()
-            assignments.append((g, "deputy_grid_leader", code))
+            roster.valid_from[code] = roster.start_date()
+            roster.assign(g, "deputy_grid_leader", code)
             if g == pg[0]:
-                assignments.append((pg[1], "deputy_grid_leader", code))
+                roster.assign(pg[1], "deputy_grid_leader", code)
     assert len(officers) == N_POLICE, len(officers)
 
-    # synthetic names and phones
+
+def _name_people(rng, roster: _Roster):
+    """Synthetic names (a random surname, 某 and a serial number) and sequential placeholder
+    phone numbers: workers first, then officers."""
+    workers = roster.workers
     for i, w_ in enumerate(workers):
         w_["name"] = f"{SURNAMES[int(rng.integers(len(SURNAMES)))]}某{i + 1:04d}"
         w_["phone"] = f"1380000{i + 1:04d}"
-    for i, o in enumerate(officers):
+    for i, o in enumerate(roster.officers):
         o["name"] = f"{SURNAMES[int(rng.integers(len(SURNAMES)))]}某{len(workers) + i + 1:04d}"
         o["phone"] = f"1390000{i + 1:04d}"
-
-    role_rank = {r: i for i, r in enumerate(["grid_leader", "full_time_worker", "part_time_worker",
-                                             "professional_worker", "deputy_grid_leader"])}
-    rows = sorted({(a.grid_code[g], role, code) for g, role, code in assignments},
-                  key=lambda r: (r[0], role_rank[r[1]], r[2]))
-    assign_rows = [{"grid_code": g, "role": role, "person_code": code,
-                    "valid_from": valid_from[code], "valid_to": ""} for g, role, code in rows]
-    return {"workers": workers, "officers": officers, "assignments": assign_rows}
 
 
 # ---------------------------------------------------------------------------------------
 # Incidents
 
 
+# Relative number of reports in each local hour 0-23 (quiet at night, busy in office hours).
+_HOUR_P = np.array([1, 0.6, 0.4, 0.3, 0.3, 0.5, 1.2, 2.5, 4.5, 6, 6.5, 6, 4.5, 5, 6, 6.2, 6,
+                    5.5, 4.8, 4.2, 3.5, 2.8, 2, 1.4])
+_HOUR_P /= _HOUR_P.sum()
+
+
 def _make_incidents(rng, a: _Areas, plates, clusters, reference_date):
+    """The incident rows (sorted by time, then position) with their external ids.
+
+    Draws from rng in this order: background incidents, the rental-housing cluster, the
+    labour-dispute cluster, then descriptions and statuses. Keep that order.
+    """
     plate_xy = np.array([p["xy_m"] for p in plates])
     rental_idx = np.flatnonzero([p["is_rental"] for p in plates])
     ref = datetime.combine(reference_date, time(0, 0))
-    hour_w = np.array([1, 0.6, 0.4, 0.3, 0.3, 0.5, 1.2, 2.5, 4.5, 6, 6.5, 6, 4.5, 5, 6, 6.2, 6,
-                       5.5, 4.8, 4.2, 3.5, 2.8, 2, 1.4])
-    hour_w /= hour_w.sum()
+    rows = _background_incidents(rng, a, plate_xy, rental_idx, ref)
+    rows += _rental_cluster_incidents(rng, plates, plate_xy, rental_idx, clusters[0], ref)
+    rows += _labour_cluster_incidents(rng, a, clusters[1], ref)
+    rows_out = _describe_incidents(rng, a, plates, rows, ref)
+    rows_out.sort(key=lambda r: (r["_at"], r["lon"], r["lat"]))
+    for i, r in enumerate(rows_out):
+        r["external_id"] = f"HS-SAMPLE-{i + 1:06d}"
+    return rows_out
 
-    def when(n, max_days=365):
-        days = rng.integers(1, max_days + 1, n)
-        hours = rng.choice(24, n, p=hour_w)
-        secs = rng.integers(0, 3600, n)
-        out = []
-        for d, h, s in zip(days, hours, secs):
-            local = ref - timedelta(days=int(d)) + timedelta(hours=int(h), seconds=int(s))
-            out.append(local - timedelta(hours=8))  # Asia/Shanghai is UTC+8, no DST
-        return out
 
-    rows = []
+def _report_times(rng, ref, n, max_days=365):
+    """n report times (naive UTC datetimes) 1..max_days days before the reference date,
+    at a local hour drawn from _HOUR_P."""
+    days = rng.integers(1, max_days + 1, n)
+    hours = rng.choice(24, n, p=_HOUR_P)
+    secs = rng.integers(0, 3600, n)
+    out = []
+    for d, h, s in zip(days, hours, secs):
+        local = ref - timedelta(days=int(d)) + timedelta(hours=int(h), seconds=int(s))
+        out.append(local - timedelta(hours=8))  # Asia/Shanghai is UTC+8, no DST
+    return out
 
-    def add(cat, xy_m, plate, reporter, at):
-        rows.append({"category": cat, "xy_m": xy_m, "plate": plate, "reporter": reporter, "at": at})
 
-    # background
+def _incident(cat, xy_m, plate, reporter, at):
+    """One raw incident: category, EPSG:4547 position, plate index or None, reporter, time."""
+    return {"category": cat, "xy_m": xy_m, "plate": plate, "reporter": reporter, "at": at}
+
+
+def _inside_a_grid(a: _Areas, xy_m):
+    """Whether the point, once rounded to the published 6 decimals, lies at least 0.5 m
+    inside a grid: strictly inside one grid, never on a shared edge."""
+    return _locate(a, _to_m(_round_pts(xy_m[None])), min_dist=0.5)[0] >= 0
+
+
+def _background_incidents(rng, a: _Areas, plate_xy, rental_idx, ref):
+    """N_BACKGROUND_INCIDENTS incidents over the year, categories and reporters by the
+    published proportions. Rental-housing incidents sit on a rented plate; the others near a
+    random plate (82 %) or anywhere in the county."""
     n = N_BACKGROUND_INCIDENTS
     cats = rng.choice(len(INCIDENT_CATEGORIES), n, p=CATEGORY_P)
-    times = when(n)
+    times = _report_times(rng, ref, n)
+    rows = []
     for i in range(n):
         cat = INCIDENT_CATEGORIES[cats[i]]
         rep = REPORTER_KINDS[int(rng.choice(5, p=REPORTER_P[cat]))]
         if cat == "rental_housing":
             p = int(rng.choice(rental_idx))
-            add(cat, plate_xy[p], p, rep, times[i])
+            rows.append(_incident(cat, plate_xy[p], p, rep, times[i]))
             continue
         while True:
             if rng.uniform() < 0.82:
-                p = int(rng.integers(len(plates)))
+                p = int(rng.integers(len(plate_xy)))
                 xy = plate_xy[p] + rng.normal(0, 25, 2)
             else:
                 minx, miny, maxx, maxy = a.county_m.bounds
                 xy = np.array([rng.uniform(minx, maxx), rng.uniform(miny, maxy)])
-            if _locate(a, _to_m(_round_pts(xy[None])), min_dist=0.5)[0] >= 0:
+            if _inside_a_grid(a, xy):
                 break
-        add(cat, xy, None, rep, times[i])
+        rows.append(_incident(cat, xy, None, rep, times[i]))
+    return rows
 
-    # (a) rental-housing disputes around the urban-village centre
-    rent = clusters[0]
+
+def _rental_cluster_incidents(rng, plates, plate_xy, rental_idx, rent, ref):
+    """Planted cluster (a): N_PLANTED rental-housing disputes on rented plates within the
+    cluster radius and community, weighted towards the centre, over the last 270 days."""
     d = np.hypot(*(plate_xy[rental_idx] - rent["centre_m"]).T)
     in_comm = np.array([plates[i]["comm"] == rent["comm"] for i in rental_idx])
     cand = rental_idx[(d <= rent["radius_m"]) & in_comm]
     assert len(cand) >= 30, len(cand)
     wgt = np.exp(-(np.hypot(*(plate_xy[cand] - rent["centre_m"]).T) / 160) ** 2)
     picks = rng.choice(cand, N_PLANTED, p=wgt / wgt.sum())
-    times = when(N_PLANTED, 270)
+    times = _report_times(rng, ref, N_PLANTED, 270)
+    rows = []
     for p, at in zip(picks, times):
         rep = REPORTER_KINDS[int(rng.choice(5, p=[0.45, 0.25, 0.2, 0.1, 0.0]))]
-        add("rental_housing", plate_xy[p], int(p), rep, at)
+        rows.append(_incident("rental_housing", plate_xy[p], int(p), rep, at))
+    return rows
 
-    # (b) labour disputes around the Gonghe industrial park
-    lab = clusters[1]
-    times = when(N_PLANTED, 300)
+
+def _labour_cluster_incidents(rng, a: _Areas, lab, ref):
+    """Planted cluster (b): N_PLANTED labour disputes scattered (half-normal, 200 m) around
+    the Gonghe industrial park, inside its radius, over the last 300 days."""
+    times = _report_times(rng, ref, N_PLANTED, 300)
+    rows = []
     k = 0
     while k < N_PLANTED:
         r = min(abs(rng.normal(0, 200)), lab["radius_m"] * 0.95)
         ang = rng.uniform(0, 2 * np.pi)
         xy = lab["centre_m"] + r * np.array([math.cos(ang), math.sin(ang)])
-        if _locate(a, _to_m(_round_pts(xy[None])), min_dist=0.5)[0] < 0:
+        if not _inside_a_grid(a, xy):
             continue
         rep = REPORTER_KINDS[int(rng.choice(5, p=[0.3, 0.05, 0.35, 0.05, 0.25]))]
-        add("labour_dispute", xy, None, rep, times[k])
+        rows.append(_incident("labour_dispute", xy, None, rep, times[k]))
         k += 1
+    return rows
 
-    # locate, describe, give a status by age
+
+def _describe_incidents(rng, a: _Areas, plates, rows, ref):
+    """The output rows: position (the plate's own when there is one), a description naming
+    the place, the UTC report time and a status that depends on the incident's age."""
     xy = np.array([r["xy_m"] for r in rows])
     ll = _round_pts(xy)
     gi = _locate(a, _to_m(ll))
@@ -1300,9 +1571,6 @@ def _make_incidents(rng, a: _Areas, plates, clusters, reference_date):
             "door_plate_code": plate_code, "status": _status(rng, age, r["category"]),
             "_at": r["at"],
         })
-    rows_out.sort(key=lambda r: (r["_at"], r["lon"], r["lat"]))
-    for i, r in enumerate(rows_out):
-        r["external_id"] = f"HS-SAMPLE-{i + 1:06d}"
     return rows_out
 
 
@@ -1357,6 +1625,32 @@ def _write_csv(path, header, rows):
 
 def _write_all(out, seed, reference_date, a: _Areas, compounds, clusters, plates, stations,
                people, incidents):
+    """Write every file and the manifest; return {file stem: row count}.
+
+    The counts keep the order the files are written in, which is the order of the manifest.
+    """
+    counts = _write_polygon_layers(out, a, compounds)
+    counts.update(_write_tables(out, a, stations, plates, people, incidents))
+
+    recs = [{"name": c["name"], "category": c["category"], "radius_m": c["radius_m"],
+             "count": c["count"], "town_code": a.town_code[c["town"]],
+             "community_code": a.comm_code[c["comm"]], "grid_code": a.grid_code[c["grid"]]}
+            for c in clusters]
+    _write_geojson(out / "planted_clusters.geojson", recs,
+                   [shapely.Point(*c["centre_ll"]) for c in clusters])
+    counts["planted_clusters"] = len(recs)
+
+    manifest = {"name": "heshan-sample", "synthetic": True, "seed": int(seed),
+                "reference_date": reference_date.isoformat(), "crs": "EPSG:4326",
+                "generator": "geo_service.sample", "counts": counts}
+    with open(out / "manifest.json", "w", encoding="utf-8", newline="\n") as f:
+        json.dump(manifest, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+    return counts
+
+
+def _write_polygon_layers(out, a: _Areas, compounds):
+    """county, towns, communities, grids and compounds (.geojson), each sorted by code."""
     counts = {}
     _write_geojson(out / "county.geojson", [{"code": COUNTY_CODE, "name": COUNTY_NAME}],
                    [_multi(a.county)])
@@ -1390,7 +1684,13 @@ def _write_all(out, seed, reference_date, a: _Areas, compounds, clusters, plates
             for c in compounds]
     _write_geojson(out / "compounds.geojson", recs, [_multi(c["geom"]) for c in compounds])
     counts["compounds"] = len(recs)
+    return counts
 
+
+def _write_tables(out, a: _Areas, stations, plates, people, incidents):
+    """stations.geojson and the CSV files: door plates, workers, officers, assignments and
+    incidents."""
+    counts = {}
     recs = [{k: s[k] for k in ("code", "name", "kind", "town_code", "community_code", "address")}
             for s in stations]
     _write_geojson(out / "stations.geojson", recs,
@@ -1418,19 +1718,4 @@ def _write_all(out, seed, reference_date, a: _Areas, compounds, clusters, plates
                ["external_id", "category", "description", "reported_at", "reporter_kind",
                 "lon", "lat", "door_plate_code", "status"], incidents)
     counts["incidents"] = len(incidents)
-
-    recs = [{"name": c["name"], "category": c["category"], "radius_m": c["radius_m"],
-             "count": c["count"], "town_code": a.town_code[c["town"]],
-             "community_code": a.comm_code[c["comm"]], "grid_code": a.grid_code[c["grid"]]}
-            for c in clusters]
-    _write_geojson(out / "planted_clusters.geojson", recs,
-                   [shapely.Point(*c["centre_ll"]) for c in clusters])
-    counts["planted_clusters"] = len(recs)
-
-    manifest = {"name": "heshan-sample", "synthetic": True, "seed": int(seed),
-                "reference_date": reference_date.isoformat(), "crs": "EPSG:4326",
-                "generator": "geo_service.sample", "counts": counts}
-    with open(out / "manifest.json", "w", encoding="utf-8", newline="\n") as f:
-        json.dump(manifest, f, ensure_ascii=False, indent=2)
-        f.write("\n")
     return counts
