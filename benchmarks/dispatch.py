@@ -17,7 +17,7 @@ import pandas as pd
 from _servers import ROOT, throwaway_database, uvicorn, wrk
 from sqlalchemy.orm import Session
 
-from geo_service import audit, auth, dispatch
+from geo_service import audit, auth, incident_import
 
 SAMPLE = ROOT / "gis_data" / "heshan"
 
@@ -58,7 +58,7 @@ def main() -> None:
             lats = frame["lat"].astype(float).to_numpy() + rng.normal(0, 0.0003, len(frame))
             with Session(engine) as session:
                 started = time.perf_counter()
-                report = dispatch.import_rows(session, frame, lons, lats, audit.CLI, dt.datetime.now(dt.UTC))
+                report = incident_import.import_rows(session, frame, lons, lats, audit.CLI, dt.datetime.now(dt.UTC))
                 session.commit()
                 timings.append(time.perf_counter() - started)
             placed = report.inserted

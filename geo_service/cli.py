@@ -501,11 +501,11 @@ def dispatch_tick(at, grace_minutes: int) -> None:
     run it from cron, e.g. every 5 minutes)."""
     import datetime as dt
 
-    from geo_service import dispatch as dispatching
+    from geo_service import lifecycle
 
     now = (at.replace(tzinfo=at.tzinfo or dt.UTC)) if at else dt.datetime.now(dt.UTC)
     with _session() as session:
-        escalated = dispatching.tick(session, now, dt.timedelta(minutes=grace_minutes))
+        escalated = lifecycle.tick(session, now, dt.timedelta(minutes=grace_minutes))
     click.echo(f"escalated {len(escalated)} overdue incident(s)" + (f": {', '.join(map(str, escalated))}" if escalated else ""))
 
 
@@ -525,9 +525,9 @@ def incidents_import(path: Path, strict: bool) -> None:
     from tqdm import tqdm
 
     from geo_service import audit as audit_log
-    from geo_service import dispatch as dispatching
+    from geo_service import incident_import
 
-    frame, lons, lats = dispatching.read_import_file(path)
+    frame, lons, lats = incident_import.read_import_file(path)
     started = time.perf_counter()
     with _session() as session, tqdm(total=len(frame), unit="row", desc="import") as bar:
         done = [0]
@@ -536,7 +536,8 @@ def incidents_import(path: Path, strict: bool) -> None:
             bar.update(count - done[0])
             done[0] = count
 
-        report = dispatching.import_rows(session, frame, lons, lats, audit_log.CLI, dt.datetime.now(dt.UTC), advance)
+        report = incident_import.import_rows(session, frame, lons, lats, audit_log.CLI, dt.datetime.now(dt.UTC),
+                                             advance)
         if report.rejected and strict:
             session.rollback()
         else:
@@ -571,12 +572,12 @@ def export_command(layer: str, fmt: str, out_file: Path, since, until, categorie
     from tqdm import tqdm
 
     from geo_service import audit as audit_log
-    from geo_service import exports, hotspots
+    from geo_service import exports, incidents
 
     def utc(value):
         return None if value is None else (value if value.tzinfo else value.replace(tzinfo=dt.UTC))
 
-    filters = hotspots.Filters(since=utc(since), until=utc(until), categories=list(categories) or None)
+    filters = incidents.IncidentFilter(since=utc(since), until=utc(until), categories=list(categories) or None)
     started = time.perf_counter()
     with _session() as session, tqdm(unit="row", desc=f"read {layer}") as bar:
         def advance(done: int, total: int) -> None:

@@ -23,7 +23,7 @@ import shapely
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import audit, hotspots, roles, visibility
+from geo_service import audit, hotspots, incidents, roles, visibility
 from geo_service.errors import Forbidden, InvalidInput, NotFound
 
 FORMATS = {  # format: (extension, media type)
@@ -63,7 +63,7 @@ LAYERS = {
         SELECT i.id, i.external_id, i.category_code AS category, i.status, i.reported_at, i.reporter_kind,
                i.door_plate_code, i.town_code, i.community_code, i.grid_code, i.assignee_worker_id,
                array_to_string(i.police_officer_ids, ';') AS police_officer_ids, i.deadline_at, i.source, i.geom
-        FROM incident i WHERE """ + hotspots.INCIDENT_FILTERS_SQL + " ORDER BY i.id"),
+        FROM incident i WHERE """ + incidents.FILTER_SQL + " ORDER BY i.id"),
     "grid_workers": (roles.ADMINS, "SELECT w.code, w.name, w.phone, w.kind, w.is_rider, w.platform, w.specialty "
                                  "FROM grid_worker AS w WHERE " + visibility.grid_workers("w") + " ORDER BY w.code"),
     "police_officers": (roles.ADMINS, "SELECT p.code, p.name, p.phone, p.unit, p.kind FROM police_officer AS p "
@@ -94,12 +94,12 @@ class Export:
     rows: int
 
 
-def read_layer(session: Session, layer: str, identity, filters: hotspots.Filters | None = None,
+def read_layer(session: Session, layer: str, identity, filters: incidents.IncidentFilter | None = None,
                progress: Callable[[int, int], None] = lambda done, total: None) -> gpd.GeoDataFrame | pd.DataFrame:
     """What the caller may see of the layer as a (Geo)DataFrame in EPSG:4326, read in chunks
     (progress(done, total))."""
     sql = LAYERS[layer][1]
-    params = (filters or hotspots.Filters()).params(identity)
+    params = (filters or incidents.IncidentFilter()).params(identity)
     total = session.execute(text(f"SELECT count(*) FROM ({sql}) AS layer"), params).scalar_one()
     result = session.execute(text(sql).execution_options(stream_results=True), params)  # a server-side cursor
     columns = list(result.keys())
@@ -168,7 +168,7 @@ def _text_friendly(frame, fmt: str):
     return frame
 
 
-def export(session: Session, layer: str, fmt: str, identity, filters: hotspots.Filters | None = None,
+def export(session: Session, layer: str, fmt: str, identity, filters: incidents.IncidentFilter | None = None,
            hotspot_layer: dict | None = None, progress=lambda done, total: None) -> Export:
     """Write what the caller may see of a layer to a temporary file (identity None: the CLI).
     `hotspots` is the given layer, or else the newest saved one the caller may see."""
@@ -199,7 +199,7 @@ def export(session: Session, layer: str, fmt: str, identity, filters: hotspots.F
 
 
 def export_for(session: Session, identity, actor: audit.Actor, layer: str, fmt: str,
-               filters: hotspots.Filters | None, address: str | None = None) -> Export:
+               filters: incidents.IncidentFilter | None, address: str | None = None) -> Export:
     """An export over HTTP: written, then audited (who took which layer, how many rows)."""
     result = export(session, layer, fmt, identity, filters)
     audit.record(session, actor, "export", "layer", layer, address=address, detail={"format": fmt, "rows": result.rows})

@@ -32,7 +32,7 @@ from scipy import sparse, stats
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import audit, models, visibility
+from geo_service import audit, incidents, models, visibility
 from geo_service.errors import InvalidInput
 
 UNITS = ("grid", "community", "town", "hex", "square")
@@ -45,7 +45,7 @@ MIN_CELL_M, MAX_CELL_M = 200.0, 20_000.0
 # over what they may see).
 AREA_UNITS_SQL = {
     "grid": "SELECT g.code, g.name, ST_AsBinary(g.geom) AS wkb, p.town_code AS town FROM grid g "
-            "JOIN grid_place p ON p.grid_id = g.id WHERE " + visibility.towns("p.town_code") + " ORDER BY g.code",
+            "JOIN grid_area p ON p.grid_id = g.id WHERE " + visibility.towns("p.town_code") + " ORDER BY g.code",
     "community": "SELECT c.code, c.name, ST_AsBinary(c.geom) AS wkb, t.code AS town FROM community c "
                  "JOIN town t ON t.id = c.town_id WHERE " + visibility.towns("t.code") + " ORDER BY c.code",
     "town": "SELECT t.code, t.name, ST_AsBinary(t.geom) AS wkb, t.code AS town FROM town t WHERE "
@@ -60,57 +60,15 @@ SELECT format('{prefix}%s_%s', cells.i, cells.j) AS code, format('{prefix}%s_%s'
 FROM cells, county WHERE ST_Intersects(cells.geom, county.geom)
 ORDER BY cells.i, cells.j
 """
-# The incident filters and the caller's visibility, shared by everything that selects incidents
-# in SQL as `i` (parameters: `Filters.params(identity)`).
-INCIDENT_FILTERS_SQL = """
-  (CAST(:since AS timestamptz) IS NULL OR i.reported_at >= :since)
-  AND (CAST(:until AS timestamptz) IS NULL OR i.reported_at < :until)
-  AND (CAST(:categories AS text[]) IS NULL OR i.category_code = ANY(:categories))
-  AND (CAST(:statuses AS text[]) IS NULL OR i.status = ANY(:statuses))
-  AND (CAST(:reporter_kinds AS text[]) IS NULL OR i.reporter_kind = ANY(:reporter_kinds))
-  AND (CAST(:towns AS text[]) IS NULL OR i.town_code = ANY(:towns))
-  AND """ + visibility.incidents("i") + "\n"
-AREA_COUNTS_SQL = "SELECT i.{column} AS code, count(*) FROM incident i WHERE " + INCIDENT_FILTERS_SQL + " GROUP BY 1"
+AREA_COUNTS_SQL = "SELECT i.{column} AS code, count(*) FROM incident i WHERE " + incidents.FILTER_SQL + " GROUP BY 1"
 CELL_COUNTS_SQL = """
 SELECT c.ord, count(i.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS c(wkb, ord)
-JOIN incident i ON ST_Covers(ST_GeomFromWKB(c.wkb, 4326), i.geom) WHERE """ + INCIDENT_FILTERS_SQL + " GROUP BY 1"
+JOIN incident i ON ST_Covers(ST_GeomFromWKB(c.wkb, 4326), i.geom) WHERE """ + incidents.FILTER_SQL + " GROUP BY 1"
 PLATES_SQL = """
 SELECT u.ord, count(d.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS u(wkb, ord)
 JOIN door_plate d ON ST_Covers(ST_GeomFromWKB(u.wkb, 4326), d.geom) WHERE """ + visibility.door_plates("d") + """
 GROUP BY 1
 """
-
-
-@dataclass
-class Filters:
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-    categories: list[str] | None = None
-    statuses: list[str] | None = None
-    reporter_kinds: list[str] | None = None
-    towns: list[str] | None = None
-
-    def params(self, identity) -> dict:
-        """Bound parameters of INCIDENT_FILTERS_SQL: these filters within what `identity` may see
-        (None: everything, for the CLI)."""
-        return {"since": self.since, "until": self.until, "categories": self.categories or None,
-                "statuses": self.statuses or None, "reporter_kinds": self.reporter_kinds or None,
-                "towns": self.towns or None, **visibility.params(identity)}
-
-    def describe(self) -> dict:
-        return {"from": self.since.isoformat() if self.since else None,
-                "to": self.until.isoformat() if self.until else None,
-                "category": self.categories, "status": self.statuses, "reporter_kind": self.reporter_kinds,
-                "town": self.towns}
-
-    def check(self) -> None:
-        for values, allowed, name in ((self.statuses, models.INCIDENT_STATUSES, "status"),
-                                      (self.reporter_kinds, models.REPORTER_KINDS, "reporter_kind")):
-            for value in values or []:
-                if value not in allowed:
-                    raise InvalidInput(f"{name} {value!r} is not one of {', '.join(allowed)}")
-        if self.since and self.until and self.since >= self.until:
-            raise InvalidInput(f"from {self.since.isoformat()} is not before to {self.until.isoformat()}")
 
 
 @dataclass
@@ -228,12 +186,12 @@ def _units(session: Session, unit: str, size_m: float | None, srid: int, identit
 
 
 def compute(session: Session, identity, unit: str = "grid", *, size_m: float | None = None,
-            filters: Filters | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547") -> Layer:
+            filters: incidents.IncidentFilter | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547") -> Layer:
     """Counts, areas, door plates and Gi* per unit, in unit code order, over what `identity`
     may see (None: everything)."""
     if unit not in UNITS:
         raise InvalidInput(f"unit {unit!r} is not one of {', '.join(UNITS)}")
-    filters = filters or Filters()
+    filters = filters or incidents.IncidentFilter()
     filters.check()
     srid = int(metric_crs.rsplit(":", 1)[1])
     rows = _units(session, unit, size_m, srid, identity)
@@ -291,7 +249,7 @@ MAX_DENSITY_CELLS = 4_000_000
 MAX_KERNEL_CELLS = 40  # bandwidth / cell: the smoothing costs cells x kernel width
 
 
-def density(session: Session, identity, filters: Filters | None = None, *, bandwidth_m: float = 1000.0,
+def density(session: Session, identity, filters: incidents.IncidentFilter | None = None, *, bandwidth_m: float = 1000.0,
             cell_m: float = 250.0) -> Surface:
     """Gaussian kernel density of incidents (per km²) on a lon/lat raster over the county.
 
@@ -308,7 +266,7 @@ def density(session: Session, identity, filters: Filters | None = None, *, bandw
     if bandwidth_m > MAX_KERNEL_CELLS * cell_m:
         raise InvalidInput(f"bandwidth_m {bandwidth_m!r} is more than {MAX_KERNEL_CELLS} cells of cell_m {cell_m!r}; "
                            "use larger cells for a wide kernel")
-    filters = filters or Filters()
+    filters = filters or incidents.IncidentFilter()
     filters.check()
     west, south, east, north = session.execute(EXTENT_SQL, visibility.params(identity)).one()
     if west is None:
@@ -321,7 +279,7 @@ def density(session: Session, identity, filters: Filters | None = None, *, bandw
         raise InvalidInput(f"cell_m {cell_m!r} makes {columns * rows:,} cells over the area; at most "
                            f"{MAX_DENSITY_CELLS:,}: use larger cells")
     points = np.array(session.execute(text("SELECT ST_X(i.geom), ST_Y(i.geom) FROM incident i WHERE "
-                                           + INCIDENT_FILTERS_SQL), filters.params(identity)).all(), dtype=float)
+                                           + incidents.FILTER_SQL), filters.params(identity)).all(), dtype=float)
     grid = np.zeros((rows, columns))
     if len(points):
         col = np.clip(((points[:, 0] - west) / dx).astype(int), 0, columns - 1)
@@ -394,7 +352,7 @@ def save(session: Session, layer: Layer, name: str, computed_by: str | None) -> 
 
 
 def publish(session: Session, identity, actor: audit.Actor, name: str, unit: str, *, size_m: float | None = None,
-            filters: Filters | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547",
+            filters: incidents.IncidentFilter | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547",
             address: str | None = None) -> dict:
     """Compute a layer over what the caller may see, save it under `name` and audit it; commits."""
     layer = compute(session, identity, unit, size_m=size_m, filters=filters, fdr=fdr, metric_crs=metric_crs)

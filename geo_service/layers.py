@@ -8,7 +8,7 @@ import datetime as dt
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import hotspots, privacy, visibility
+from geo_service import incidents, privacy, visibility
 from geo_service.errors import InvalidInput
 
 # Assembled as GeoJSON inside PostGIS: one round trip, no per-row Python.
@@ -44,7 +44,7 @@ SELECT coalesce(json_agg(json_build_array(i.id, round(ST_X(i.geom)::numeric, 6),
                                           i.deadline_at < :now AND i.status NOT IN ('closed', 'rejected'))
                          ORDER BY i.id), '[]')
 FROM incident AS i
-WHERE """ + hotspots.INCIDENT_FILTERS_SQL)
+WHERE """ + incidents.FILTER_SQL)
 SEARCH_SQL = text("""
 (SELECT 'grid' AS kind, g.code, g.name, NULL AS address,
         ST_XMin(g.geom) AS west, ST_YMin(g.geom) AS south, ST_XMax(g.geom) AS east, ST_YMax(g.geom) AS north
@@ -78,7 +78,7 @@ def door_plates_in(session: Session, bbox: tuple[float, float, float, float], id
         "counts": identity.role in privacy.RESIDENT_COUNT_ROLES, **visibility.params(identity)}).scalar_one()
 
 
-def incident_points(session: Session, identity, now: dt.datetime, filters: hotspots.Filters) -> list:
+def incident_points(session: Session, identity, now: dt.datetime, filters: incidents.IncidentFilter) -> list:
     """Every visible incident as [id, lon, lat, status, category, overdue]: compact, for clusters and heat."""
     filters.check()
     return session.execute(INCIDENT_POINTS_SQL, {**filters.params(identity), "now": now}).scalar_one()

@@ -14,7 +14,7 @@ loaded completely or nothing changes.
 A present layer replaces what the database holds for it: rows are matched by code,
 inserted, updated or deleted, so loading the same data twice leaves the same state.
 Incidents are history and are only ever added (matched by external_id), never deleted; they
-are assigned to their grid and people as `geo_service.dispatch` assigns any import.
+are assigned to their grid and people as `geo_service.incident_import` assigns any import.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from geo_service import audit, dispatch, models
+from geo_service import audit, incident_import, models, ownership
 from geo_service.errors import DatasetInvalid, NotFound, Problem
 
 Progress = Callable[[str], None]
@@ -666,7 +666,7 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
     if "incidents" in dataset:
         started = time.perf_counter()
         frame = dataset["incidents"]
-        imported = dispatch.import_rows(session, frame, frame.geometry.x.to_numpy(), frame.geometry.y.to_numpy(),
+        imported = incident_import.import_rows(session, frame, frame.geometry.x.to_numpy(), frame.geometry.y.to_numpy(),
                                         actor, dt.datetime.now(dt.UTC))
         if imported.rejected:
             raise DatasetInvalid([Problem("incidents", "not assignable", reason, code=code)
@@ -676,12 +676,12 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
                  f"loaded ({time.perf_counter() - started:.1f} s)")
 
 
-# Raw SQL: one set-based pass over every plate; owning_grid() is the ownership rule in
-# PostGIS (migration 0006), grid_place the grid -> community -> town hierarchy.
+# Raw SQL: one set-based pass over every plate, by the ownership rule in PostGIS.
 DOOR_PLATE_TOWNS_SQL = text("""
-UPDATE door_plate AS d SET town_code = p.town_code
-FROM grid_place AS p
-WHERE p.grid_id = owning_grid(d.geom) AND d.town_code IS DISTINCT FROM p.town_code
+UPDATE door_plate AS d SET town_code = a.town_code
+FROM grid_area AS a
+WHERE a.grid_id = """ + ownership.OWNING_GRID_SQL.format(point="d.geom") + """
+  AND d.town_code IS DISTINCT FROM a.town_code
 """)
 
 

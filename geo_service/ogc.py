@@ -14,7 +14,7 @@ import shapely
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import exports, geometry, hotspots
+from geo_service import exports, geometry, hotspots, incidents
 from geo_service.errors import InvalidInput, NotFound
 from geo_service.schemas import MAX_ID, MAX_OFFSET
 
@@ -83,7 +83,7 @@ def _extent(session: Session, collection: str, identity) -> dict:
 
 def _visible(identity) -> dict:
     """Parameters of a layer query: no filters, within what the caller may see."""
-    return hotspots.Filters().params(identity)
+    return incidents.IncidentFilter().params(identity)
 
 
 def collection(session: Session, collection_id: str, base: str, identity) -> dict:

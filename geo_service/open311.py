@@ -12,7 +12,7 @@ import datetime as dt
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from geo_service import dispatch
+from geo_service import incidents, intake
 from geo_service.errors import InvalidInput
 from geo_service.schemas import IncidentCreate
 
@@ -20,11 +20,11 @@ from geo_service.schemas import IncidentCreate
 def services(session: Session) -> list[dict]:
     return [{"service_code": c["code"], "service_name": c["name"], "description": c["name_en"],
              "metadata": False, "type": "realtime", "keywords": c["code"].replace("_", ","),
-             "group": "网格治理"} for c in dispatch.categories(session)]
+             "group": "网格治理"} for c in incidents.categories(session)]
 
 
 def as_request(incident: dict, names: dict[str, str]) -> dict:
-    closed = incident["status"] in dispatch.TERMINAL
+    closed = incident["status"] in incidents.TERMINAL
     grid = incident.get("grid") or {}
     return {
         "service_request_id": str(incident["id"]),
@@ -48,16 +48,15 @@ def as_request(incident: dict, names: dict[str, str]) -> dict:
 
 
 def filters(status: str | None, service_codes: list[str] | None, start_date: dt.datetime | None,
-            end_date: dt.datetime | None) -> dispatch.IncidentFilter:
+            end_date: dt.datetime | None) -> incidents.IncidentFilter:
     if status not in (None, "open", "closed"):
         raise InvalidInput(f"status {status!r} is not open or closed")
-    return dispatch.IncidentFilter(
-        category=service_codes,
-        since=start_date, until=end_date, open=None if status is None else status == "open",
-        sort="-reported_at", limit=1000)
+    return incidents.IncidentFilter(
+        categories=service_codes,
+        since=start_date, until=end_date, open=None if status is None else status == "open")
 
 
-def report(form: dict[str, str]) -> dispatch.Report:
+def report(form: dict[str, str]) -> intake.Report:
     """A GeoReport v2 POST (form fields) as an intake report, held to the limits of
     `POST /api/v1/incidents` (the same field types)."""
     missing = [f for f in ("service_code", "description") if not form.get(f)]
@@ -81,7 +80,7 @@ def report(form: dict[str, str]) -> dispatch.Report:
         first = exc.errors()[0]
         field = OPEN311_NAMES.get(str(first["loc"][0]), str(first["loc"][0]))
         raise InvalidInput(f"{field}: {first['msg']}") from None
-    return dispatch.Report(**checked.model_dump())
+    return intake.Report(**checked.model_dump())
 
 
 OPEN311_NAMES = {"category": "service_code", "door_plate": "address_id", "lon": "long",

@@ -9,8 +9,9 @@ The ownership rule (the one place it is defined):
     nested, so the owning grid also names the community and town. A point no grid covers is
     outside coverage.
 
-`owner_in_db` applies the rule in PostGIS inside the caller's transaction (dispatch uses it to
-assign an incident). Read traffic goes to `OwnershipIndex`, an in-memory copy of the small
+`COVERING_GRIDS_SQL` / `OWNING_GRID_SQL` are the rule in PostGIS; assignment of incidents
+(assignment.py) and the door plates' towns use them, and `owner_in_db` answers with them inside
+the caller's transaction. Read traffic goes to `OwnershipIndex`, an in-memory copy of the small
 area layers and the rosters built from PostGIS, which stays the source of truth:
 `OwnershipCache` rebuilds the copy when PostgreSQL notifies a committed change (triggers
 on every table the answer depends on, migration 0002) or when the date changes (assignments
@@ -48,13 +49,13 @@ RESPONSIBLE_ROLES = {"grid_leader", "full_time_worker"}  # who answers for the g
 
 # --------------------------------------------------------------------------- PostGIS path
 
-# Raw SQL: the planner must see ST_Covers against the literal point to use the GiST index.
-OWNER_SQL = text("""
-SELECT g.id, g.code
-FROM grid AS g
-WHERE ST_Covers(g.geom, ST_SetSRID(ST_MakePoint(:lon, :lat), 4326))
-ORDER BY g.code
-""")
+# The ownership rule in SQL, written once: the grids covering a point (given as an SQL
+# expression), lowest code first; the first is the owner. Raw SQL: the planner must see
+# ST_Covers against the point to use the GiST index. Intake, import (assignment.py), the
+# door plates' towns (loading.py) and owner_in_db all format these.
+COVERING_GRIDS_SQL = "SELECT g.id, g.code FROM grid AS g WHERE ST_Covers(g.geom, {point}) ORDER BY g.code"
+OWNING_GRID_SQL = "(SELECT covering.id FROM (" + COVERING_GRIDS_SQL + ") AS covering LIMIT 1)"
+OWNER_SQL = text(COVERING_GRIDS_SQL.format(point="ST_SetSRID(ST_MakePoint(:lon, :lat), 4326)"))
 
 
 @dataclass
@@ -75,10 +76,9 @@ def owner_in_db(session: Session, lon: float, lat: float) -> DbOwner | None:
 # --------------------------------------------------------------------------- the in-memory index
 
 GRIDS_SQL = text("""
-SELECT g.id, g.code, g.name, ST_AsBinary(g.geom) AS wkb,
-       c.code AS community_code, c.name AS community_name, c.kind AS community_kind,
-       c.no_litigation, t.id AS town_id, t.code AS town_code, t.name AS town_name, t.kind AS town_kind
-FROM grid AS g JOIN community AS c ON c.id = g.community_id JOIN town AS t ON t.id = c.town_id
+SELECT g.id, g.code, g.name, ST_AsBinary(g.geom) AS wkb, a.community_code, a.community_name, a.community_kind,
+       a.no_litigation, a.town_id, a.town_code, a.town_name, a.town_kind
+FROM grid AS g JOIN grid_area AS a ON a.grid_id = g.id
 ORDER BY g.code
 """)
 COMPOUNDS_SQL = text("SELECT code, name, grid_id, ST_AsBinary(geom) AS wkb FROM compound ORDER BY code")

@@ -37,8 +37,8 @@ SERVICE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "grid_assignment": READ,
     # Categories, deadlines and rules come with the migrations.
     "incident_category": READ,
-    # Intake inserts (dispatch.intake, Open311); transitions update status, version, deadline
-    # and assignee (dispatch.transition).
+    # Intake inserts (intake.intake, Open311); transitions update status, version, deadline
+    # and assignee (lifecycle.transition).
     "incident": ("SELECT", "INSERT", "UPDATE"),
     # The timeline is only ever appended to.
     "incident_event": ("SELECT", "INSERT"),
@@ -55,7 +55,7 @@ SERVICE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     # Every computed hotspot layer is kept; the OGC API and exports serve the newest.
     "hotspot_run": ("SELECT", "INSERT"),
     # The grid -> community -> town join as a view (migration 0006): read like the areas.
-    "grid_place": READ,
+    "grid_area": READ,
     # Alembic's bookkeeping: none of the service's business.
     "alembic_version": (),
 }

@@ -32,10 +32,10 @@ _INCIDENTS = (_TOWNS.format(town="{t}.town_code")
                 " OR :vis_police = ANY({t}.police_officer_ids)"
                 " OR ({t}.reported_by_kind = :vis_actor_kind AND {t}.reported_by_id = :vis_actor_id))")
 _DOOR_PLATES = _TOWNS.format(town="{t}.town_code")
-_ASSIGNMENTS = ("(CAST(:vis_towns AS text[]) IS NULL OR EXISTS (SELECT 1 FROM grid_place AS vis_place"
+_ASSIGNMENTS = ("(CAST(:vis_towns AS text[]) IS NULL OR EXISTS (SELECT 1 FROM grid_area AS vis_place"
                 " WHERE vis_place.grid_id = {t}.grid_id AND vis_place.town_code = ANY(:vis_towns)))")
 _PEOPLE = ("(CAST(:vis_towns AS text[]) IS NULL OR EXISTS (SELECT 1 FROM grid_assignment AS vis_a"
-           " JOIN grid_place AS vis_place ON vis_place.grid_id = vis_a.grid_id"
+           " JOIN grid_area AS vis_place ON vis_place.grid_id = vis_a.grid_id"
            " WHERE vis_a.{column} = {t}.id AND vis_place.town_code = ANY(:vis_towns)))")
 
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import auth, dispatch, loading, models
+from geo_service import auth, incidents, lifecycle, loading, models
 from geo_service.app import create_app
 from tests import tiny
 from tests.conftest import ThrowawayDatabase, migrate, running_server
@@ -166,7 +166,7 @@ def set_status(db, incident_id: int, status: str, **extra) -> dict:
                              f"{', ' + assignments if assignments else ''} WHERE id = :id"),
                         {"status": status, "id": incident_id, **extra})
         session.commit()
-        return dispatch.incident_detail(session, incident_id)
+        return incidents.detail(session, incident_id)
 
 
 EXTRA = {"return": {"note": "not fixed"}, "reopen": {"note": "came back"}, "reject": {"note": "duplicate"},
@@ -175,7 +175,7 @@ EXTRA = {"return": {"note": "not fixed"}, "reopen": {"note": "came back"}, "reje
 
 @pytest.mark.parametrize("status", models.INCIDENT_STATUSES)
 def test_every_action_from_every_status(client, db, clock, status):
-    for action, rule in dispatch.TRANSITIONS.items():
+    for action, rule in lifecycle.TRANSITIONS.items():
         fresh = report(client).json()
         incident = set_status(db, fresh["id"], status, closed_at=clock())
         fields = dict(EXTRA.get(action, {}))
@@ -197,7 +197,7 @@ def test_every_action_from_every_status(client, db, clock, status):
             assert response.status_code == 409, (status, action)
             detail = response.json()
             assert detail["status"] == status
-            assert detail["allowed_actions"] == dispatch.allowed_actions(status)
+            assert detail["allowed_actions"] == lifecycle.allowed_actions(status)
             assert f"is {status}" in detail["detail"] and repr(action) in detail["detail"]
 
 
@@ -331,10 +331,10 @@ def test_deadlines_overdue_list_and_the_tick(client, db, clock):
     assert dispute["id"] in ids and rental["id"] not in ids
     assert all(i["overdue"] for i in overdue["items"])
     with Session(db.engine) as session:
-        escalated = dispatch.tick(session, clock.at)
+        escalated = lifecycle.tick(session, clock.at)
         assert dispute["id"] in escalated and rental["id"] not in escalated
-        assert dispatch.tick(session, clock.at) == []  # idempotent
-        later = dispatch.tick(session, T0 + dt.timedelta(hours=5))
+        assert lifecycle.tick(session, clock.at) == []  # idempotent
+        later = lifecycle.tick(session, T0 + dt.timedelta(hours=5))
     assert rental["id"] not in later
     after = client.get(f"/api/v1/incidents/{dispute['id']}").json()
     assert after["status"] == "escalated"
@@ -484,4 +484,4 @@ def test_readme_carries_the_lifecycle_table():
 
     readme = (PROJECT_ROOT / "README.md").read_text()
     documented = readme.split("<!-- lifecycle -->")[1].split("<!-- /lifecycle -->")[0].strip()
-    assert documented == dispatch.lifecycle_table()
+    assert documented == lifecycle.lifecycle_table()

@@ -12,7 +12,7 @@ import shapely
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from geo_service import hotspots
+from geo_service import hotspots, incidents
 from geo_service.app import create_app
 from tests.conftest import SAMPLE_DIR
 
@@ -76,7 +76,7 @@ def test_planted_clusters_are_hot_spots_at_99_percent(sample_db, fdr):
     with Session(sample_db.engine) as session:
         for cluster in planted:
             props = cluster["properties"]
-            layer = hotspots.compute(session, None, "grid", filters=hotspots.Filters(categories=[props["category"]]), fdr=fdr)
+            layer = hotspots.compute(session, None, "grid", filters=incidents.IncidentFilter(categories=[props["category"]]), fdr=fdr)
             rows = {row["code"]: row for row in layer.rows()}
             assert rows[props["grid_code"]]["gi_bin"] == 3, props
             assert rows[props["grid_code"]]["count"] >= 100

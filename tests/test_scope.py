@@ -57,10 +57,10 @@ WORLD_SQL = {
     "incidents": "SELECT external_id FROM incident WHERE town_code <> :town AND external_id IS NOT NULL",
     "plates": "SELECT code FROM door_plate WHERE town_code <> :town",
     "workers": """SELECT code, phone FROM grid_worker AS w WHERE NOT EXISTS (
-                    SELECT 1 FROM grid_assignment a JOIN grid_place p ON p.grid_id = a.grid_id
+                    SELECT 1 FROM grid_assignment a JOIN grid_area p ON p.grid_id = a.grid_id
                     WHERE a.grid_worker_id = w.id AND p.town_code = :town)""",
     "police": """SELECT code, phone FROM police_officer AS o WHERE NOT EXISTS (
-                   SELECT 1 FROM grid_assignment a JOIN grid_place p ON p.grid_id = a.grid_id
+                   SELECT 1 FROM grid_assignment a JOIN grid_area p ON p.grid_id = a.grid_id
                    WHERE a.police_officer_id = o.id AND p.town_code = :town)""",
 }
 
@@ -75,9 +75,9 @@ def world(sample_db) -> World:
         for row in rows(WORLD_SQL["workers"]) + rows(WORLD_SQL["police"]):
             foreign |= {row[0], row[1]} - {None}
         point = "SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(geom) AS p FROM grid WHERE code = :code) g"
-        foreign_grid = session.execute(text("SELECT grid_code FROM grid_place WHERE town_code <> :town "
+        foreign_grid = session.execute(text("SELECT grid_code FROM grid_area WHERE town_code <> :town "
                                             "ORDER BY grid_code DESC LIMIT 1"), {"town": TOWN}).scalar()
-        own_grid = session.execute(text("SELECT grid_code FROM grid_place WHERE town_code = :town "
+        own_grid = session.execute(text("SELECT grid_code FROM grid_area WHERE town_code = :town "
                                         "ORDER BY grid_code LIMIT 1"), {"town": TOWN}).scalar()
         bbox = session.execute(text("SELECT ST_XMin(geom), ST_YMin(geom), ST_XMax(geom), ST_YMax(geom) FROM town "
                                     "WHERE code = :town"), {"town": TOWN}).one()
@@ -393,7 +393,7 @@ def rider_token(sample_db) -> str:
     with Session(sample_db.engine) as session:
         code = session.execute(text(
             "SELECT w.code FROM grid_worker w JOIN grid_assignment a ON a.grid_worker_id = w.id "
-            "JOIN grid_place p ON p.grid_id = a.grid_id WHERE a.role = 'part_time_worker' AND p.town_code <> :town "
+            "JOIN grid_area p ON p.grid_id = a.grid_id WHERE a.role = 'part_time_worker' AND p.town_code <> :town "
             "ORDER BY w.code LIMIT 1"), {"town": TOWN}).scalar()
         auth.create_user(session, "scope-rider", "worker", password="rider password", person_code=code)
         secret, _ = auth.sign_in(session, "scope-rider", "rider password", kind="bearer",

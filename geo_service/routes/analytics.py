@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
@@ -13,11 +13,10 @@ from geo_service import audit, exports, hotspots
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
 from geo_service.routes.access import AnalystDep, AnyoneDep, PublisherDep, client_address
-from geo_service.routes.params import GEOJSON, incident_filters, json_response
+from geo_service.routes.params import GEOJSON, IncidentFilterDep, json_response
 from geo_service.schemas import ErrorRead, Name
 
 router = APIRouter(prefix="/api/v1", tags=["analytics"])
-FiltersDep = Annotated[hotspots.Filters, Depends(incident_filters)]
 FORMAT_DOC = "geojson (default), gpkg, shp (zipped), kml, csv (WKT geometry), parquet (GeoParquet) or fgb."
 UNIT_DOC = "grid, community, town, hex or square."
 SIZE_DOC = "Cell size in metres for hex and square (hexagon edge; square side)."
@@ -36,7 +35,7 @@ def _check_method(method: str) -> None:
 
 @router.get("/hotspots", responses={200: {"content": {"application/geo+json": {}, "application/zip": {}}},
                                     422: {"model": ErrorRead}})
-def get_hotspots(request: Request, session: SessionDep, identity: AnalystDep, filters: FiltersDep,
+def get_hotspots(request: Request, session: SessionDep, identity: AnalystDep, filters: IncidentFilterDep,
                  unit: Annotated[str, Query(description=UNIT_DOC)] = "grid",
                  size_m: Annotated[float | None, Query(description=SIZE_DOC)] = None,
                  method: Annotated[str, Query(description="gistar (Getis-Ord Gi*).")] = "gistar",
@@ -56,7 +55,7 @@ def get_hotspots(request: Request, session: SessionDep, identity: AnalystDep, fi
 
 
 @router.post("/hotspots/saved", status_code=201, responses={422: {"model": ErrorRead}})
-def save_hotspots(request: Request, session: SessionDep, identity: PublisherDep, filters: FiltersDep,
+def save_hotspots(request: Request, session: SessionDep, identity: PublisherDep, filters: IncidentFilterDep,
                   name: Annotated[Name, Query(min_length=1, description="What the layer shows, for its readers.")],
                   unit: Annotated[str, Query(description=UNIT_DOC)] = "grid",
                   size_m: Annotated[float | None, Query(description=SIZE_DOC)] = None,
@@ -80,7 +79,7 @@ def list_saved_hotspots(session: SessionDep, identity: AnalystDep):
 
 
 @router.get("/hotspots/density", responses={200: {"content": {"image/png": {}, "image/tiff": {}}}})
-def get_density(request: Request, session: SessionDep, identity: AnalystDep, filters: FiltersDep,
+def get_density(request: Request, session: SessionDep, identity: AnalystDep, filters: IncidentFilterDep,
                 bandwidth_m: Annotated[float, Query(description="Gaussian kernel standard deviation, metres.")] = 1000.0,
                 cell_m: Annotated[float, Query(description="Raster cell size, metres.")] = 250.0,
                 format: Annotated[str, Query(description="png (map overlay) or tiff (GeoTIFF, EPSG:4326).")] = "png"):
@@ -102,7 +101,7 @@ def get_density(request: Request, session: SessionDep, identity: AnalystDep, fil
                                           403: {"model": ErrorRead}, 404: {"model": ErrorRead},
                                           422: {"model": ErrorRead}})
 def export_layer(request: Request, session: SessionDep,
-                 identity: AnyoneDep, filters: FiltersDep, layer: str,
+                 identity: AnyoneDep, filters: IncidentFilterDep, layer: str,
                  format: Annotated[str, Query(description=FORMAT_DOC + " People layers: csv or parquet.")] = "geojson"):
     """Download a layer: towns, communities, grids, compounds, stations, door_plates, incidents
     (filtered), the newest saved hotspots layer, or (admins) grid_workers, police_officers,

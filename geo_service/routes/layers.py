@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from geo_service import hotspots, layers
+from geo_service import geometry, layers
 from geo_service.db import SessionDep
 from geo_service.routes.access import AnyoneDep
-from geo_service.routes import params
-from geo_service.routes.params import GEOJSON, json_response
+from geo_service.routes.params import GEOJSON, IncidentFilterDep, json_response
 
 router = APIRouter(prefix="/api/v1", tags=["layers"])
 
@@ -33,12 +32,12 @@ def door_plates(session: SessionDep, identity: AnyoneDep,
                 limit: Annotated[int, Query(ge=1, le=layers.MAX_DOOR_PLATES,
                                             description="At most this many.")] = layers.MAX_DOOR_PLATES) -> Response:
     """Door plates inside a bounding box, as GeoJSON; `truncated` says there were more."""
-    return json_response(layers.door_plates_in(session, params.bbox(bbox), identity, limit), GEOJSON)
+    return json_response(layers.door_plates_in(session, geometry.parse_bbox(bbox), identity, limit), GEOJSON)
 
 
 @router.get("/incident-points")
 def incident_points(request: Request, session: SessionDep, identity: AnyoneDep,
-                    filters: Annotated[hotspots.Filters, Depends(params.incident_filters)]):
+                    filters: IncidentFilterDep):
     """Every visible incident as `[id, lon, lat, status, category, overdue]`, for clusters and heat."""
     return json_response(layers.incident_points(session, identity, request.app.state.clock(), filters))
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from geo_service import audit, dispatch, open311, privacy
+from geo_service import audit, incidents, intake, open311, privacy
 from geo_service.db import SessionDep
 from geo_service.routes.access import AnyoneDep, ReporterDep, client_address
 from geo_service.routes.incidents import outside_error
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/open311/v2", tags=["open311"])
 
 
 def _names(session) -> dict[str, str]:
-    return {c["code"]: c["name"] for c in dispatch.categories(session)}
+    return {c["code"]: c["name"] for c in incidents.categories(session)}
 
 
 @router.get("/services.json")
@@ -37,10 +37,10 @@ def requests(request: Request, session: SessionDep, identity: AnyoneDep,
     if service_request_id:
         ids = [int(i) for i in comma_list(service_request_id, "service_request_id") or []
                if i.isdigit() and int(i) <= MAX_ID]
-        found = [dispatch.get_for(session, identity, i) for i in ids]
+        found = [incidents.get_for(session, identity, i) for i in ids]
     else:
-        found, _ = dispatch.list_incidents(session, identity, open311.filters(
-            status, comma_list(service_code, "service_code"), start_date, end_date), request.app.state.clock())
+        found, _ = incidents.list_for(session, identity, open311.filters(
+            status, comma_list(service_code, "service_code"), start_date, end_date), limit=1000)
     return json_response([open311.as_request(privacy.present_incident(i, identity), names) for i in found])
 
 
@@ -48,7 +48,7 @@ def requests(request: Request, session: SessionDep, identity: AnyoneDep,
 def one_request(session: SessionDep, identity: AnyoneDep,
                 request_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The service request id.")]):
     """One service request, as a list of one (as GeoReport v2 answers)."""
-    incident = privacy.present_incident(dispatch.get_for(session, identity, request_id), identity)
+    incident = privacy.present_incident(incidents.get_for(session, identity, request_id), identity)
     return json_response([open311.as_request(incident, _names(session))])
 
 
@@ -62,7 +62,7 @@ def create_request(request: Request, session: SessionDep,
                    identity: ReporterDep,
                    form: Annotated[dict[str, str], Depends(form_fields)]):
     """Submit a service request (form fields: service_code, lat, long or address_id, description)."""
-    incident, _ = dispatch.intake(session, outside_error(request), identity, audit.actor_of(identity),
+    incident, _ = intake.intake(session, outside_error(request), identity, audit.actor_of(identity),
                                   open311.report(form), request.app.state.clock(), source="open311",
                                   address=client_address(request))
     response = json_response([{"service_request_id": str(incident["id"]), "service_notice": incident["status"],

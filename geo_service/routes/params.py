@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import Query, Response
+from fastapi import Depends, Query, Request, Response
 
-from geo_service import geometry, hotspots
+from geo_service import geometry, incidents
 from geo_service.errors import InvalidInput
-from geo_service.schemas import MAX_LIST_ITEMS, MAX_OFFSET, Instant
+from geo_service.schemas import MAX_INT4, MAX_LIST_ITEMS, MAX_OFFSET, Instant
 
 JSON = "application/json"
 GEOJSON = "application/geo+json"
@@ -38,20 +38,29 @@ def comma_list(value: str | None, name: str = "list") -> list[str] | None:
     return items or None
 
 
-def bbox(value: str | None) -> tuple[float, float, float, float] | None:
-    """`west,south,east,north` in degrees; None when the parameter is absent."""
-    return None if value is None else geometry.parse_bbox(value)
-
-
 def incident_filters(
+    request: Request,
+    status: Annotated[str | None, Query(description="Comma-separated statuses.")] = None,
+    category: Annotated[str | None, Query(description="Comma-separated category codes.")] = None,
+    reporter_kind: Annotated[str | None, Query(description="Comma-separated reporter kinds.")] = None,
+    town: Annotated[str | None, Query(description="Comma-separated town codes (9 digits).")] = None,
+    community: Annotated[str | None, Query(description="Comma-separated community codes (12 digits).")] = None,
+    grid: Annotated[str | None, Query(description="Comma-separated grid codes (15 digits).")] = None,
+    assignee: Annotated[int | None, Query(ge=1, le=MAX_INT4, description="Grid worker id.")] = None,
+    police: Annotated[int | None, Query(ge=1, le=MAX_INT4, description="Police officer id.")] = None,
     since: Annotated[Instant | None, Query(alias="from", description="Reported at or after (ISO 8601).")] = None,
     until: Annotated[Instant | None, Query(alias="to", description="Reported before (ISO 8601).")] = None,
-    category: Annotated[str | None, Query(description="Comma-separated category codes.")] = None,
-    status: Annotated[str | None, Query(description="Comma-separated statuses.")] = None,
-    reporter_kind: Annotated[str | None, Query(description="Comma-separated reporter kinds.")] = None,
-    town: Annotated[str | None, Query(description="Comma-separated town codes.")] = None,
-) -> hotspots.Filters:
-    """The incident filters of hotspots, density, map points and exports, declared once."""
-    return hotspots.Filters(since=since, until=until, categories=comma_list(category, "category"),
-                            statuses=comma_list(status, "status"),
-                            reporter_kinds=comma_list(reporter_kind, "reporter_kind"), towns=comma_list(town, "town"))
+    bbox: Annotated[str | None, Query(description="west,south,east,north in degrees.")] = None,
+    overdue: Annotated[bool | None, Query(description="Only (or no) incidents past their stage deadline.")] = None,
+    open: Annotated[bool | None, Query(description="Only (or no) incidents not closed or rejected.")] = None,
+) -> incidents.IncidentFilter:
+    """The incident filter of lists, hotspots, density, map points and exports, declared once."""
+    return incidents.IncidentFilter(
+        statuses=comma_list(status, "status"), categories=comma_list(category, "category"),
+        reporter_kinds=comma_list(reporter_kind, "reporter_kind"), towns=comma_list(town, "town"),
+        communities=comma_list(community, "community"), grids=comma_list(grid, "grid"), assignee=assignee,
+        police=police, since=since, until=until, bbox=None if bbox is None else geometry.parse_bbox(bbox), overdue=overdue, open=open,
+        now=request.app.state.clock())
+
+
+IncidentFilterDep = Annotated[incidents.IncidentFilter, Depends(incident_filters)]

@@ -1,5 +1,5 @@
-"""Visibility: the grid hierarchy as a view, the covering-grid rule as a function, the town of
-every door plate, and the scope and name of saved hotspot layers.
+"""Visibility: the grid hierarchy as a view, the town of every door plate, who reported each
+incident, and the scope and name of saved hotspot layers.
 
 Revision ID: 0006
 Revises: 0005
@@ -17,27 +17,22 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # The grid -> community -> town join, written once.
+    # The grid -> community -> town hierarchy, written once (geo_service reads it everywhere).
     op.execute("""
-        CREATE VIEW grid_place AS
+        CREATE VIEW grid_area AS
         SELECT g.id AS grid_id, g.code AS grid_code, g.name AS grid_name,
                c.id AS community_id, c.code AS community_code, c.name AS community_name,
-               t.id AS town_id, t.code AS town_code, t.name AS town_name
+               c.kind AS community_kind, c.no_litigation,
+               t.id AS town_id, t.code AS town_code, t.name AS town_name, t.kind AS town_kind
         FROM grid AS g JOIN community AS c ON c.id = g.community_id JOIN town AS t ON t.id = c.town_id
-    """)
-    # The ownership rule in PostGIS (see geo_service/ownership.py): the grids covering a point,
-    # boundary included; on a shared edge or vertex the lowest code wins.
-    op.execute("""
-        CREATE FUNCTION owning_grid(point geometry) RETURNS integer
-        LANGUAGE sql STABLE PARALLEL SAFE AS $$
-            SELECT g.id FROM grid AS g WHERE ST_Covers(g.geom, point) ORDER BY g.code LIMIT 1
-        $$
     """)
     op.add_column("door_plate", sa.Column("town_code", sa.String(9), nullable=True))
     op.create_index("ix_door_plate_town_code", "door_plate", ["town_code"])
+    # The ownership rule as of this revision (geo_service/ownership.py: OWNING_GRID_SQL).
     op.execute("""
-        UPDATE door_plate AS d SET town_code = p.town_code
-        FROM grid_place AS p WHERE p.grid_id = owning_grid(d.geom)
+        UPDATE door_plate AS d SET town_code = a.town_code
+        FROM grid_area AS a
+        WHERE a.grid_id = (SELECT g.id FROM grid AS g WHERE ST_Covers(g.geom, d.geom) ORDER BY g.code LIMIT 1)
     """)
     # Who reported an incident (an actor of the audit trail), so a worker sees their own reports.
     op.add_column("incident", sa.Column("reported_by_kind", sa.Text(), nullable=True))
@@ -60,5 +55,4 @@ def downgrade() -> None:
     op.drop_column("incident", "reported_by_kind")
     op.drop_index("ix_door_plate_town_code", table_name="door_plate")
     op.drop_column("door_plate", "town_code")
-    op.execute("DROP FUNCTION owning_grid(geometry)")
-    op.execute("DROP VIEW grid_place")
+    op.execute("DROP VIEW grid_area")

@@ -1,0 +1,306 @@
+"""How an incident moves: the lifecycle as a table of transitions, deadlines per stage, and the
+periodic escalation of overdue incidents.
+
+Each row of TRANSITIONS is one action with everything that makes it: the statuses it starts
+from, the status it ends in, the roles that may take it, whether it needs a note, and its own
+`check` (refusals before anything is written), `prepare` (the columns it sets beyond the status)
+and `effect` (rows it adds once it has won the incident). `transition()` is the same for every
+action, so a new action is one row. README's lifecycle table is `lifecycle_table()`.
+
+Every change bumps `version` (optimistic concurrency: a change names the version it saw and
+is refused with 409 when someone else changed the incident first), adds an `incident_event`
+and an audit row, all in one transaction. Times are stored in UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.orm import Session
+
+from geo_service import assignment, audit, incidents, models, ownership, roles, visibility
+from geo_service.errors import Conflict, Forbidden, InvalidInput
+
+REOPEN_WINDOW = dt.timedelta(days=30)
+
+
+@dataclass
+class Change:
+    """What a caller asks: an action on the version they saw, with its arguments."""
+
+    action: str
+    version: int
+    note: str | None = None
+    grid: str | None = None  # reassign
+    assignee: int | None = None  # reassign
+    departments: list[str] | None = None  # escalate
+    department: str | None = None  # acknowledge
+
+
+@dataclass
+class Step:
+    """One transition being applied: what the rows' check, prepare and effect work with."""
+
+    session: Session
+    identity: object | None  # None: the system (the tick) or the CLI
+    actor: audit.Actor
+    incident_id: int
+    current: dict  # the incident row as loaded
+    change: Change
+    category: models.IncidentCategory
+    now: dt.datetime
+    values: dict = field(default_factory=dict)  # columns to set beyond status, version and times
+    detail: dict | None = None  # what the event and the audit row record
+
+
+@dataclass(frozen=True)
+class Transition:
+    action: str
+    sources: tuple[str, ...]
+    target: str | None  # None: the status does not change
+    roles: tuple[str, ...]
+    needs_note: bool = False
+    summary: str = ""
+    restarts_stage: bool = False  # a new deadline even when the status stays
+    check: Callable[[Step], None] | None = None
+    prepare: Callable[[Step], None] | None = None
+    effect: Callable[[Step], None] | None = None
+
+
+def deadline_for(status: str, category: models.IncidentCategory, since: dt.datetime) -> dt.datetime | None:
+    """When the stage entered at `since` must be finished; None for stages without a deadline."""
+    hours = {"assigned": category.accept_hours, "returned": category.accept_hours,
+             "reopened": category.accept_hours, "reported": category.accept_hours,
+             "accepted": category.resolve_hours, "in_progress": category.resolve_hours,
+             "escalated": category.resolve_hours, "resolved": category.verify_hours}.get(status)
+    return None if hours is None else since + dt.timedelta(hours=hours)
+
+
+# --------------------------------------------------------------------------- the rows' parts
+
+
+def _reopen_in_time(step: Step) -> None:
+    closed_at = step.current["closed_at"]
+    if closed_at is None or step.now - closed_at > REOPEN_WINDOW:
+        raise Conflict(f"incident {step.incident_id} was closed more than {REOPEN_WINDOW.days} days ago; "
+                       "report it anew", status=step.current["status"], allowed_actions=[])
+
+
+def _departments_acknowledged(step: Step) -> None:
+    if step.current["status"] != "escalated":
+        return
+    waiting = step.session.scalars(select(models.IncidentDepartment.department).where(
+        models.IncidentDepartment.incident_id == step.incident_id,
+        models.IncidentDepartment.acknowledged_at.is_(None))).all()
+    if waiting:
+        raise Conflict(f"incident {step.incident_id} waits for departments to acknowledge: {', '.join(waiting)}",
+                       status=step.current["status"], allowed_actions=allowed_actions(step.current["status"]))
+
+
+def _department_named(step: Step) -> None:
+    if not step.change.department:
+        raise InvalidInput("acknowledge needs the `department` that reports in")
+
+
+def _closed_now(step: Step) -> None:
+    step.values["closed_at"] = step.now
+
+
+VISIBLE_WORKER_SQL = text("SELECT w.id, w.code, w.name, w.kind, " + visibility.grid_workers("w")
+                          + " AS visible FROM grid_worker AS w WHERE w.id = :id")
+
+
+def _reassignment(step: Step) -> None:
+    """A new assignment snapshot: to another grid (decided there), and/or to a grid worker by hand."""
+    change, identity = step.change, step.identity
+    if change.grid is None and change.assignee is None:
+        raise InvalidInput("reassign needs a `grid` code, an `assignee` grid worker id, or both")
+    if change.grid is not None:
+        snapshot = assignment.assign_to_grid(step.session, change.grid, step.category.code,
+                                             step.now.astimezone(ownership.LOCAL_TZ).date())
+        if snapshot is None:
+            raise InvalidInput(f"grid {change.grid!r} does not exist")
+        visibility.check_town(identity, snapshot["town"]["code"], f"grid {change.grid}")
+    else:
+        snapshot = dict(step.current["assignment"])
+        snapshot.pop("decided_at", None)
+    if change.assignee is not None:
+        worker = step.session.execute(VISIBLE_WORKER_SQL, {"id": change.assignee, **visibility.params(identity)}
+                                      ).one_or_none()
+        if worker is None:
+            raise InvalidInput(f"assignee {change.assignee} is not a grid worker")
+        if not worker.visible:
+            raise Forbidden(f"grid worker {change.assignee} serves no grid in your towns "
+                            f"({', '.join(sorted(identity.towns))})")
+        snapshot["assignee"] = {"id": worker.id, "code": worker.code, "name": worker.name, "kind": worker.kind}
+        snapshot["rule"] = "reassigned by hand"
+    step.values.update(assignment.columns(snapshot, step.now))
+    step.detail = {"grid": snapshot["grid"], "assignee": snapshot["assignee"], "rule": snapshot["rule"]}
+
+
+def _call_departments(step: Step) -> None:
+    """中心吹哨: the departments called in, each to report in (acknowledge) before resolving."""
+    names = sorted({d.strip() for d in step.change.departments or [] if d and d.strip()})
+    for name in names:
+        step.session.execute(insert(models.IncidentDepartment).values(
+            incident_id=step.incident_id, department=name, added_at=step.now, added_by=step.actor.name))
+    step.detail = {"departments": names}
+
+
+def _department_reports_in(step: Step) -> None:
+    """部门报到: a called-in department acknowledges, once."""
+    department = step.change.department
+    row = step.session.scalar(select(models.IncidentDepartment).where(
+        models.IncidentDepartment.incident_id == step.incident_id,
+        models.IncidentDepartment.department == department))
+    if row is None:
+        raise InvalidInput(f"department {department!r} was not called in on incident {step.incident_id}")
+    if row.acknowledged_at is not None:
+        raise Conflict(f"department {department!r} already acknowledged incident {step.incident_id}")
+    row.acknowledged_at, row.acknowledged_by = step.now, step.actor.name
+    step.detail = {"department": department}
+
+
+# --------------------------------------------------------------------------- the table
+
+STAFF = roles.STAFF
+# The lifecycle, in one place (README's table is lifecycle_table() of these rows).
+# A `worker` may only act on incidents assigned to them (as grid worker or police officer).
+TRANSITIONS = {t.action: t for t in (
+    Transition("accept", ("assigned", "returned", "reopened"), "accepted", roles.REPORTERS,
+               summary="the assignee takes the case"),
+    Transition("start", ("accepted",), "in_progress", roles.REPORTERS, summary="work on site begins"),
+    Transition("resolve", ("accepted", "in_progress", "escalated"), "resolved", roles.REPORTERS,
+               summary="handled; from escalated only once every department has acknowledged",
+               check=_departments_acknowledged),
+    Transition("verify", ("resolved",), "verified", STAFF, summary="the centre checks the result"),
+    Transition("close", ("verified",), "closed", STAFF, summary="done", prepare=_closed_now),
+    Transition("escalate", ("assigned", "accepted", "in_progress", "returned", "reopened"), "escalated", STAFF,
+               summary="中心吹哨: the town centre takes over; `departments` may be added", effect=_call_departments),
+    Transition("acknowledge", ("escalated",), None, STAFF,
+               summary="部门报到: a called-in `department` reports in", check=_department_named,
+               effect=_department_reports_in),
+    Transition("return", ("resolved", "escalated"), "returned", STAFF, needs_note=True,
+               summary="sent back to the grid with a reason"),
+    Transition("reopen", ("closed",), "reopened", STAFF, needs_note=True,
+               summary=f"within {REOPEN_WINDOW.days} days of closing", check=_reopen_in_time),
+    Transition("reject", ("reported", "assigned"), "rejected", STAFF, needs_note=True,
+               summary="invalid or duplicate report"),
+    Transition("reassign", ("reported", "assigned", "accepted", "in_progress", "returned", "reopened", "escalated"),
+               "assigned", STAFF, summary="to another `grid` (code) and/or `assignee` (grid worker id)",
+               restarts_stage=True, prepare=_reassignment),
+)}
+
+
+def lifecycle_table() -> str:
+    """The lifecycle as the Markdown table the README carries (a test keeps the two equal)."""
+    rows = ["| action | from | to | who may | note |", "|---|---|---|---|---|"]
+    for t in TRANSITIONS.values():
+        who = ", ".join("worker (own)" if role == "worker" else role for role in t.roles)
+        rows.append(f"| `{t.action}` | {', '.join(t.sources)} | {t.target or '(unchanged)'} | {who} | "
+                    f"{t.summary}{'; note required' if t.needs_note else ''} |")
+    return "\n".join(rows)
+
+
+def allowed_actions(status: str) -> list[str]:
+    return [t.action for t in TRANSITIONS.values() if status in t.sources]
+
+
+# --------------------------------------------------------------------------- applying a row
+
+
+def _assigned_to(current, identity) -> bool:
+    return ((identity.grid_worker_id is not None and current["assignee_worker_id"] == identity.grid_worker_id)
+            or (identity.police_officer_id is not None
+                and identity.police_officer_id in (current["police_officer_ids"] or [])))
+
+
+def _refuse(current, incident_id: int, rule: Transition, change: Change, identity) -> None:
+    """The refusals every action shares: role, ownership, status, version."""
+    if identity is not None and identity.role not in rule.roles:
+        raise Forbidden(f"role {identity.role!r} may not {change.action} incidents; allowed: {', '.join(rule.roles)}")
+    if identity is not None and identity.role == "worker" and not _assigned_to(current, identity):
+        # A worker sees the reports they made, but acts only on what is assigned to them.
+        raise Forbidden(f"incident {incident_id} is not assigned to you")
+    if current["status"] not in rule.sources:
+        raise Conflict(f"incident {incident_id} is {current['status']}: {change.action!r} is not possible; "
+                       f"allowed actions: {', '.join(allowed_actions(current['status'])) or 'none'}",
+                       status=current["status"], allowed_actions=allowed_actions(current["status"]))
+    if change.version != current["version"]:
+        raise Conflict(f"incident {incident_id} was changed by someone else: it is at version "
+                       f"{current['version']}, you sent {change.version}; reload and retry",
+                       status=current["status"], version=current["version"])
+
+
+def transition(session: Session, identity, actor: audit.Actor, incident_id: int, change: Change,
+               now: dt.datetime, address: str | None = None) -> dict:
+    """Apply one lifecycle action, or refuse it with 409 (wrong state, stale version), 403 or
+    422; commits. Returns the incident with its timeline."""
+    rule = TRANSITIONS.get(change.action)
+    if rule is None:
+        raise InvalidInput(f"action {change.action!r} is not one of {', '.join(TRANSITIONS)}")
+    current = incidents.load(session, incident_id, identity)
+    _refuse(current, incident_id, rule, change, identity)
+    note = (change.note or "").strip() or None
+    if rule.needs_note and not note:
+        raise InvalidInput(f"{change.action!r} needs a note saying why")
+    step = Step(session, identity, actor, incident_id, dict(current), change,
+                incidents.category(session, current["category"]), now)
+    if rule.check:
+        rule.check(step)
+    if rule.prepare:
+        rule.prepare(step)
+    target = rule.target or current["status"]
+    if target != current["status"] or rule.restarts_stage:
+        step.values.update(stage_started_at=now, deadline_at=deadline_for(target, step.category, now))
+    step.values.update(status=target, updated_at=now, version=models.Incident.version + 1)
+    # The version in the WHERE clause makes the race safe: of two concurrent changes made from
+    # the same version, the second finds no row to update once the first has committed.
+    updated = session.execute(update(models.Incident).where(models.Incident.id == incident_id,
+                                                            models.Incident.version == change.version)
+                              .values(**step.values))
+    if updated.rowcount != 1:
+        session.rollback()
+        latest = incidents.load(session, incident_id)
+        raise Conflict(f"incident {incident_id} was changed by someone else: it is at version {latest['version']}, "
+                       f"you sent {change.version}; reload and retry", status=latest["status"],
+                       version=latest["version"])
+    if rule.effect:
+        try:
+            rule.effect(step)  # only once this change has won the row (the UPDATE holds its lock)
+        except Exception:
+            session.rollback()
+            raise
+    incidents.record_event(session, incident_id, actor, change.action, current["status"], target, now, note,
+                           step.detail)
+    audit.record(session, actor, f"incident.{change.action}", "incident", incident_id, address=address,
+                 detail={"from": current["status"], "to": target, **(step.detail or {})})
+    session.commit()
+    return incidents.detail(session, incident_id, now)
+
+
+# --------------------------------------------------------------------------- the periodic job
+
+OVERDUE_FOR_ESCALATION_SQL = text("""
+SELECT i.id, i.version FROM incident AS i JOIN incident_category AS c ON c.code = i.category_code
+WHERE c.auto_escalate AND i.status IN ('assigned', 'accepted', 'in_progress', 'returned', 'reopened')
+  AND i.deadline_at < :cutoff
+ORDER BY i.deadline_at
+""")
+
+
+def tick(session: Session, now: dt.datetime, grace: dt.timedelta = dt.timedelta(0)) -> list[int]:
+    """Escalate to the town centre every incident of an auto-escalating category that is overdue
+    by more than `grace`. Idempotent: escalated incidents are no longer candidates."""
+    escalated = []
+    for incident_id, version in session.execute(OVERDUE_FOR_ESCALATION_SQL, {"cutoff": now - grace}).all():
+        try:
+            transition(session, None, audit.SYSTEM, incident_id,
+                       Change("escalate", version, note="overdue: escalated automatically"), now)
+            escalated.append(incident_id)
+        except Conflict:
+            session.rollback()  # someone moved it meanwhile; the next tick looks again
+    return escalated
