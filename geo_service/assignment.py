@@ -1,8 +1,8 @@
 """Who an incident goes to, decided by its location: one set-based SQL statement for one
 report or 100,000 historical ones.
 
-The ownership rule in PostGIS (ownership.OWNING_GRID_SQL: ST_Covers, lowest grid code on a
-shared edge) gives the grid, and the grid_area view its community and town; the responsible
+The ownership rule in PostGIS (ownership.OWNERS_SQL: ST_Covers, lowest grid code on a shared
+edge) gives the grid, and the grid_area view its community and town; the responsible
 grid worker is the grid's full-time worker with the lowest staff code, unless the category
 prefers a specialty (e.g. labour disputes prefer a professional worker with specialty
 `labour`) and the grid has such a professional; the police are the grid's deputy grid
@@ -30,7 +30,9 @@ WITH point AS (
 ), owner AS MATERIALIZED (
     SELECT p.ord, p.category, a.grid_id, a.grid_code, a.grid_name, a.community_code, a.community_name,
            a.town_code, a.town_name
-    FROM point AS p JOIN grid_area AS a ON a.grid_id = """ + ownership.OWNING_GRID_SQL.format(point="p.geom") + """
+    FROM (""" + ownership.OWNERS_SQL.format(points="point AS p", key="p.ord", point="p.geom") + """) AS own
+    JOIN point AS p ON p.ord = own.point_key
+    JOIN grid_area AS a ON a.grid_id = own.grid_id
 ), pair AS (
     SELECT DISTINCT o.grid_id, o.category, cat.preferred_specialty
     FROM owner AS o JOIN incident_category AS cat ON cat.code = o.category

