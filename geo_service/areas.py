@@ -21,9 +21,9 @@ LIST_SQL = {
         WHERE (:town IS NULL OR t.code = :town) AND (:community IS NULL OR c.code = :community)
     """,
     "grids": """
-        SELECT g.code, g.name, c.code AS community_code, t.code AS town_code, g.geom
-        FROM grid AS g JOIN community AS c ON c.id = g.community_id JOIN town AS t ON t.id = c.town_id
-        WHERE (:town IS NULL OR t.code = :town) AND (:community IS NULL OR c.code = :community)
+        SELECT g.code, g.name, a.community_code, a.town_code, g.geom
+        FROM grid AS g JOIN grid_area AS a ON a.grid_id = g.id
+        WHERE (:town IS NULL OR a.town_code = :town) AND (:community IS NULL OR a.community_code = :community)
     """,
 }
 PLAIN = "SELECT coalesce(json_agg(to_jsonb(r) - 'geom' ORDER BY r.code), '[]') FROM ({query}) AS r"
@@ -44,10 +44,10 @@ SELECT json_build_object(
     'geometry', ST_AsGeoJSON(g.geom, 7)::json,
     'properties', json_build_object(
         'code', g.code, 'name', g.name,
-        'community', json_build_object('code', c.code, 'name', c.name),
-        'town', json_build_object('code', t.code, 'name', t.name),
+        'community', json_build_object('code', a.community_code, 'name', a.community_name),
+        'town', json_build_object('code', a.town_code, 'name', a.town_name),
         'area_km2', round((ST_Area(ST_Transform(g.geom, :metric_srid)) / 1e6)::numeric, 4)))
-FROM grid AS g JOIN community AS c ON c.id = g.community_id JOIN town AS t ON t.id = c.town_id
+FROM grid AS g JOIN grid_area AS a ON a.grid_id = g.id
 WHERE g.code = :code
 """)
 

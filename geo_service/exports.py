@@ -51,8 +51,8 @@ LAYERS = {
     "towns": (roles.EVERYONE, "SELECT code, name, name_en, kind, geom FROM town ORDER BY code"),
     "communities": (roles.EVERYONE, "SELECT c.code, c.name, c.kind, c.no_litigation, t.code AS town_code, c.geom "
                          "FROM community c JOIN town t ON t.id = c.town_id ORDER BY c.code"),
-    "grids": (roles.EVERYONE, "SELECT g.code, g.name, c.code AS community_code, t.code AS town_code, g.geom FROM grid g "
-                   "JOIN community c ON c.id = g.community_id JOIN town t ON t.id = c.town_id ORDER BY g.code"),
+    "grids": (roles.EVERYONE, "SELECT g.code, g.name, a.community_code, a.town_code, g.geom FROM grid g "
+                              "JOIN grid_area a ON a.grid_id = g.id ORDER BY g.code"),
     "compounds": (roles.EVERYONE, "SELECT c.code, c.name, g.code AS grid_code, c.geom FROM compound c "
                        "JOIN grid g ON g.id = c.grid_id ORDER BY c.code"),
     "stations": (roles.EVERYONE, "SELECT s.code, s.name, s.kind, s.address, t.code AS town_code, s.geom FROM station s "
