@@ -200,7 +200,9 @@ def sample_db(server_url) -> Iterator[ThrowawayDatabase]:
 
 @pytest.fixture(scope="session")
 def tiny_db(server_url, tmp_path_factory) -> Iterator[ThrowawayDatabase]:
-    """A migrated database with the tiny hand-made dataset loaded and committed. Read-only."""
+    """A migrated database with the tiny hand-made dataset loaded and committed. Tests only read
+    it (the audit rows their requests add are the one exception, append-only by design): a test
+    that writes uses a rolled-back session or a database of its own."""
     from geo_service import loading
     from tests.tiny import write_tiny_dataset
 
@@ -223,7 +225,7 @@ def tiny_client(tiny_db):
         yield client
 
 
-def _rolled_back_session(engine: Engine) -> Iterator[Session]:
+def rolled_back_session(engine: Engine) -> Iterator[Session]:
     # SQLAlchemy's "join a session into an external transaction" recipe: the code under
     # test may commit (it becomes a savepoint release); the outer rollback undoes it all.
     connection = engine.connect()
@@ -239,54 +241,62 @@ def _rolled_back_session(engine: Engine) -> Iterator[Session]:
 
 @pytest.fixture
 def empty_session(empty_db) -> Iterator[Session]:
-    yield from _rolled_back_session(empty_db.admin_engine)
+    yield from rolled_back_session(empty_db.admin_engine)
 
 
 @pytest.fixture
 def sample_session(sample_db) -> Iterator[Session]:
-    yield from _rolled_back_session(sample_db.admin_engine)
+    yield from rolled_back_session(sample_db.admin_engine)
 
 
 def as_service_role(session: Session, role: str):
-    """A `get_session` override: the app's requests join the test's transaction, but run with the
-    service role's privileges (SET ROLE), so a missing grant fails the test as it would fail the
-    service. Between requests the test's own code keeps the administrator's rights.
+    """A stand-in for the app's sessionmaker: every request path (the session dependency, sign-in,
+    identifying a key) borrows the test's session, so requests join the test's transaction, but
+    with the service role's privileges (SET ROLE), so a missing grant fails the test as it would
+    fail the service. Between requests the test's own code keeps the administrator's rights.
 
     SET ROLE is undone when the savepoint it ran in is rolled back, so it is (re)applied each time
     the session begins a transaction while a request runs (a rollback inside a request ends one).
+    Borrowing nests (a request identifies its caller while holding the session).
     """
     quoted = session.get_bind().dialect.identifier_preparer.quote(role)
-    in_request = False
+    depth = 0
 
     def apply_role(_session, _transaction, connection) -> None:
-        connection.exec_driver_sql(f"SET ROLE {quoted}" if in_request else "RESET ROLE")
+        connection.exec_driver_sql(f"SET ROLE {quoted}" if depth else "RESET ROLE")
 
     event.listen(session, "after_begin", apply_role)
 
-    def dependency() -> Iterator[Session]:
-        nonlocal in_request
-        in_request = True
-        session.connection().exec_driver_sql(f"SET ROLE {quoted}")
+    @contextmanager
+    def borrow() -> Iterator[Session]:
+        nonlocal depth
+        depth += 1
+        if depth == 1:
+            session.connection().exec_driver_sql(f"SET ROLE {quoted}")
         try:
             yield session
         finally:
-            in_request = False
-            try:
-                session.connection().exec_driver_sql("RESET ROLE")
-            except DBAPIError:  # the request left its transaction failed; rolling it back undoes SET ROLE
-                session.rollback()
+            depth -= 1
+            if depth == 0:
+                try:
+                    session.connection().exec_driver_sql("RESET ROLE")
+                except DBAPIError:  # the request left its transaction failed; rolling it back undoes SET ROLE
+                    session.rollback()
 
-    return dependency
+    return borrow
 
 
-def make_client(database: ThrowawayDatabase, session: Session, role: str = "admin"):
+def make_client(database: ThrowawayDatabase, session: Session, role: str = "admin", **settings):
+    """A client of an app whose every request runs inside `session`'s transaction (rolled back
+    by the fixture that made it), so what a test writes, sign-ins included, is gone after it.
+    Verified identities stay cached for the test's length: a background re-check would share
+    the session with a request."""
     from fastapi.testclient import TestClient
 
     from geo_service.app import create_app
-    from geo_service.db import get_session
 
-    app = create_app(database.settings())
-    app.dependency_overrides[get_session] = as_service_role(session, database.roles.service)
+    app = create_app(database.settings(identity_cache_seconds=3600, **settings))
+    app.state.sessionmaker = as_service_role(session, database.roles.service)
     return TestClient(app, headers=database.headers(role))
 
 

@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,12 +20,12 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from geo_service import auth, models, security
+from geo_service import auth, loading, models, security
 from geo_service.app import create_app
 from geo_service.config import Settings
 from geo_service.routes.access import Allow
 from tests import tiny
-from tests.conftest import running_server
+from tests.conftest import ThrowawayDatabase, migrate, running_server
 
 G111 = tiny.grid_code(1, 1, 1)
 PLATE = "YJ440784901001000001"
@@ -108,8 +109,8 @@ def route_key(route: APIRoute) -> list[tuple[str, str]]:
     return [(method, route.path.replace("{code:path}", "{code}")) for method in route.methods]
 
 
-def test_every_api_route_has_an_access_decision(tiny_db):
-    app = create_app(tiny_db.settings())
+def test_every_api_route_has_an_access_decision(access_db):
+    app = create_app(access_db.settings())
     for route in api_routes(app):
         for key in route_key(route):
             assert key in EXAMPLES, f"{key} has no example in tests/test_access.py: decide who may call it"
@@ -119,15 +120,15 @@ def test_every_api_route_has_an_access_decision(tiny_db):
                 assert allowed_roles(route), f"{key} has no Allow(...) dependency"
 
 
-def test_every_role_against_every_endpoint(tiny_db):
-    app = create_app(tiny_db.settings())
+def test_every_role_against_every_endpoint(access_db):
+    app = create_app(access_db.settings())
     with TestClient(app) as client:
         # An incident assigned to the tiny dataset's full-time worker, whom a worker account is.
-        with Session(tiny_db.engine) as session:
+        with Session(access_db.engine) as session:
             if not session.scalar(select(models.AppUser).where(models.AppUser.username == "matrix-worker")):
                 auth.create_user(session, "matrix-worker", "worker", password="matrix password", person_code="GW00001")
         worker = client.post("/api/v1/auth/token", data={"username": "matrix-worker", "password": "matrix password"})
-        credentials = {role: tiny_db.keys[role] for role in models.ROLES}
+        credentials = {role: access_db.keys[role] for role in models.ROLES}
         credentials["worker"] = worker.json()["access_token"]
         checked = 0
         for route in api_routes(app):
@@ -137,7 +138,7 @@ def test_every_role_against_every_endpoint(tiny_db):
                     continue
                 example = dict(EXAMPLES[(method, path)])
                 ok = example.pop("ok", 200)
-                created = client.post("/api/v1/incidents", headers=tiny_db.headers("dispatcher"), json={
+                created = client.post("/api/v1/incidents", headers=access_db.headers("dispatcher"), json={
                     "category": "other", "description": "matrix", "reporter_kind": "hotline",
                     "lon": 112.903, "lat": 22.703}).json()
                 url = example.pop("path", path).replace("{incident}", str(created["id"]))
@@ -157,13 +158,13 @@ def test_every_role_against_every_endpoint(tiny_db):
         assert checked >= 20 * len(models.ROLES)
 
 
-def test_healthz_tells_the_anonymous_only_up_or_down(tiny_db):
-    with TestClient(create_app(tiny_db.settings())) as client:
+def test_healthz_tells_the_anonymous_only_up_or_down(access_db):
+    with TestClient(create_app(access_db.settings())) as client:
         anonymous = client.get("/healthz")
         assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok"}
         wrong = client.get("/healthz", headers={"Authorization": "Bearer gsk_000000000000_wrong"})
         assert wrong.json() == {"status": "ok"}
-        detailed = client.get("/healthz", headers=tiny_db.headers("viewer")).json()
+        detailed = client.get("/healthz", headers=access_db.headers("viewer")).json()
         assert detailed["database"] == "ok" and detailed["postgis"].startswith("3.") and detailed["version"]
     unreachable = Settings(database_url="postgresql+psycopg2://nobody:nothing@127.0.0.1:9/none")
     with TestClient(create_app(unreachable)) as client:
@@ -171,36 +172,50 @@ def test_healthz_tells_the_anonymous_only_up_or_down(tiny_db):
     assert down.status_code == 503 and down.json() == {"status": "unavailable"}  # no versions, no error text
 
 
-def test_docs_and_openapi_need_a_sign_in_unless_opened(tiny_db):
-    with TestClient(create_app(tiny_db.settings())) as client:
+def test_docs_and_openapi_need_a_sign_in_unless_opened(access_db):
+    with TestClient(create_app(access_db.settings())) as client:
         docs = client.get("/docs", follow_redirects=False)
         assert docs.status_code == 303 and docs.headers["location"] == "/login?next=%2Fdocs"
         document = client.get("/openapi.json")
         assert document.status_code == 401 and "needs a sign-in" in document.json()["detail"]
-        assert client.get("/openapi.json", headers=tiny_db.headers("viewer")).json()["paths"]
-        signed_in = client.get("/docs", headers=tiny_db.headers("viewer"))
+        assert client.get("/openapi.json", headers=access_db.headers("viewer")).json()["paths"]
+        signed_in = client.get("/docs", headers=access_db.headers("viewer"))
         assert signed_in.status_code == 200 and "SwaggerUIBundle" in signed_in.text
-    with TestClient(create_app(tiny_db.settings(public_docs=True))) as client:
+    with TestClient(create_app(access_db.settings(public_docs=True))) as client:
         assert client.get("/docs").status_code == 200
         assert "/api/v1/lookup" in client.get("/openapi.json").json()["paths"]
 
 
-@pytest.fixture
-def users(tiny_db):
-    """Users committed for these tests, removed afterwards (with their tokens)."""
-    names = []
+@pytest.fixture(scope="module")
+def access_db(server_url, tmp_path_factory):
+    """The tiny dataset in a database of this module's own: these tests sign in, create users
+    and keys and report incidents for real (committed, as a server sees them), so they keep
+    out of the shared read-only databases. Names are unique per test, so no test reads another's."""
+    database = ThrowawayDatabase(server_url, "access")
+    migrate(database.engine)
+    with Session(database.engine) as session:
+        loading.load(session, tiny.write_tiny_dataset(tmp_path_factory.mktemp("access")), progress=lambda m: None)
+    database.create_keys()
+    yield database
+    database.drop()
 
+
+@pytest.fixture
+def client(access_db):
+    with TestClient(create_app(access_db.settings()), headers=access_db.headers()) as client:
+        yield client
+
+
+@pytest.fixture
+def users(access_db):
+    """Users committed for a test, with names no other test uses."""
     def make(role: str, password: str = "correct horse battery", **kwargs) -> str:
-        name = f"u{len(names)}-{role}-{int(time.time() * 1000) % 100000}"
-        with Session(tiny_db.engine) as session:
+        name = f"u-{role}-{uuid.uuid4().hex[:10]}"
+        with Session(access_db.engine) as session:
             auth.create_user(session, name, role, password=password, **kwargs)
-        names.append(name)
         return name
 
-    yield make
-    with Session(tiny_db.engine) as session:
-        session.execute(text("DELETE FROM app_user WHERE username = ANY(:names)"), {"names": names})
-        session.commit()
+    return make
 
 
 def token_for(client, username: str, password: str = "correct horse battery") -> str:
@@ -210,14 +225,14 @@ def token_for(client, username: str, password: str = "correct horse battery") ->
     return response.json()["access_token"]
 
 
-def test_password_flow_token_works_and_passwords_are_argon2(tiny_db, users):
+def test_password_flow_token_works_and_passwords_are_argon2(access_db, users):
     name = users("viewer")
-    with TestClient(create_app(tiny_db.settings())) as client:
+    with TestClient(create_app(access_db.settings())) as client:
         token = token_for(client, name)
         me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
         assert me == {"kind": "user", "name": name, "role": "viewer", "towns": None,
                       "grid_worker_id": None, "police_officer_id": None}
-    with Session(tiny_db.engine) as session:
+    with Session(access_db.engine) as session:
         stored = session.scalar(select(models.AppUser.password_hash).where(models.AppUser.username == name))
         digest = session.scalar(select(models.AccessToken.digest).join(models.AppUser)
                                 .where(models.AppUser.username == name))
@@ -225,25 +240,25 @@ def test_password_flow_token_works_and_passwords_are_argon2(tiny_db, users):
     assert token not in digest and len(digest) == 64
 
 
-def test_expired_token_is_refused(tiny_db, users):
+def test_expired_token_is_refused(access_db, users):
     name = users("viewer")
-    with Session(tiny_db.engine) as session:
+    with Session(access_db.engine) as session:
         token, _ = auth.sign_in(session, name, "correct horse battery", kind="bearer",
                                 ttl=dt.timedelta(seconds=-1), address=None)
-    with TestClient(create_app(tiny_db.settings())) as client:
+    with TestClient(create_app(access_db.settings())) as client:
         response = client.get("/api/v1/stats", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert response.json()["detail"] == "invalid, expired or revoked credentials"
 
 
-def test_revoked_key_stops_working_within_the_cache_time(tiny_db):
-    with Session(tiny_db.engine) as session:
+def test_revoked_key_stops_working_within_the_cache_time(access_db):
+    with Session(access_db.engine) as session:
         _, key = auth.create_api_key(session, f"revoke-me-{time.time_ns()}", "viewer")
         name = session.scalar(select(models.ApiKey.name).order_by(models.ApiKey.id.desc()))
-    with TestClient(create_app(tiny_db.settings(identity_cache_seconds=0.5))) as client:
+    with TestClient(create_app(access_db.settings(identity_cache_seconds=0.5))) as client:
         headers = {"Authorization": f"Bearer {key}"}
         assert client.get("/api/v1/stats", headers=headers).status_code == 200
-        with Session(tiny_db.engine) as session:
+        with Session(access_db.engine) as session:
             auth.revoke_api_key(session, name)
         revoked_at = time.monotonic()
         while client.get("/api/v1/stats", headers=headers).status_code == 200:
@@ -252,28 +267,28 @@ def test_revoked_key_stops_working_within_the_cache_time(tiny_db):
         assert time.monotonic() - revoked_at >= 0.4  # it was served from the cache meanwhile
 
 
-def test_disabling_a_user_ends_their_tokens(tiny_db, users):
+def test_disabling_a_user_ends_their_tokens(access_db, users):
     name = users("dispatcher")
-    with TestClient(create_app(tiny_db.settings(identity_cache_seconds=0))) as client:
+    with TestClient(create_app(access_db.settings(identity_cache_seconds=0))) as client:
         token = token_for(client, name)
         headers = {"Authorization": f"Bearer {token}"}
         assert client.get("/api/v1/stats", headers=headers).status_code == 200
-        with Session(tiny_db.engine) as session:
+        with Session(access_db.engine) as session:
             auth.set_disabled(session, name, True)
         assert client.get("/api/v1/stats", headers=headers).status_code == 401
         refused = client.post("/api/v1/auth/token", data={"username": name, "password": "correct horse battery"})
         assert refused.status_code == 401
 
 
-def test_malformed_and_unknown_credentials_are_401(tiny_client):
+def test_malformed_and_unknown_credentials_are_401(client):
     for value in ("Bearer nonsense", "Bearer gsk_000000000000_nothing", "Basic dXNlcjpwdw=="):
-        response = tiny_client.get("/api/v1/stats", headers={"Authorization": value})
+        response = client.get("/api/v1/stats", headers={"Authorization": value})
         assert response.status_code == 401, value
 
 
-def test_credentials_in_a_query_string_are_refused(tiny_db):
-    key = tiny_db.keys["dispatcher"]
-    with TestClient(create_app(tiny_db.settings())) as client:
+def test_credentials_in_a_query_string_are_refused(access_db):
+    key = access_db.keys["dispatcher"]
+    with TestClient(create_app(access_db.settings())) as client:
         for url in (f"/open311/v2/services.json?api_key={key}", f"/api/v1/stats?access_token={key}",
                     f"/api/v1/stats?API%5FKEY={key}", f"/ogc/collections?token={key}"):
             refused = client.get(url)
@@ -288,7 +303,7 @@ def test_credentials_in_a_query_string_are_refused(tiny_db):
         # Open311 keys: the bearer header, or the api_key field of a POST body.
         assert client.get("/open311/v2/services.json", headers={"Authorization": f"Bearer {key}"}).status_code == 200
         viewer_in_body = client.post("/open311/v2/requests.json", data={
-            "api_key": tiny_db.keys["viewer"], "service_code": "other", "lat": "22.703", "long": "112.903",
+            "api_key": access_db.keys["viewer"], "service_code": "other", "lat": "22.703", "long": "112.903",
             "description": "from the body"})
         assert viewer_in_body.status_code == 403  # the key was read and identified (a viewer may not report)
         assert "role 'viewer' may not" in viewer_in_body.json()["detail"]
@@ -305,10 +320,10 @@ def test_tile_origin_for_the_content_security_policy(tile_url, source):
     assert security.tile_source(tile_url) == source
 
 
-def test_security_headers_on_api_answers_and_pages(tiny_db, users):
+def test_security_headers_on_api_answers_and_pages(access_db, users):
     name = users("viewer")
-    with TestClient(create_app(tiny_db.settings())) as client:
-        api = client.get("/api/v1/stats", headers=tiny_db.headers("viewer"))
+    with TestClient(create_app(access_db.settings())) as client:
+        api = client.get("/api/v1/stats", headers=access_db.headers("viewer"))
         for answer in (api, client.get("/healthz"), client.get("/api/v1/stats"), client.get("/static/js/geomap.js")):
             assert answer.headers["x-content-type-options"] == "nosniff"
             assert answer.headers["referrer-policy"] == "same-origin"
@@ -331,14 +346,14 @@ def test_security_headers_on_api_answers_and_pages(tiny_db, users):
             nonces.append(nonce)
         assert nonces[0] != nonces[1]
     tiles = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png"
-    with TestClient(create_app(tiny_db.settings(secure_cookies=True, tile_url=tiles))) as client:
+    with TestClient(create_app(access_db.settings(secure_cookies=True, tile_url=tiles))) as client:
         answer = client.get("/healthz")
         assert answer.headers["strict-transport-security"].startswith("max-age=31536000")
         login = client.get("/login").headers["content-security-policy"]
         assert "img-src 'self' data: blob: https://*.tile.openstreetmap.org;" in login
 
 
-def test_key_comparison_is_timing_safe(tiny_db, monkeypatch):
+def test_key_comparison_is_timing_safe(access_db, monkeypatch):
     calls = []
     real = auth.hmac.compare_digest
 
@@ -347,16 +362,16 @@ def test_key_comparison_is_timing_safe(tiny_db, monkeypatch):
         return real(a, b)
 
     monkeypatch.setattr(auth.hmac, "compare_digest", spy)
-    with Session(tiny_db.engine) as session:
-        assert auth.identify(session, tiny_db.keys["viewer"]).role == "viewer"
-        prefix = tiny_db.keys["viewer"].split("_")[1]
+    with Session(access_db.engine) as session:
+        assert auth.identify(session, access_db.keys["viewer"]).role == "viewer"
+        prefix = access_db.keys["viewer"].split("_")[1]
         assert auth.identify(session, f"gsk_{prefix}_wrong") is None
     assert len(calls) == 2 and all(len(a) == len(b) == 64 for a, b in calls)
 
 
-def test_repeated_failed_sign_ins_are_slowed_down(tiny_db, users):
+def test_repeated_failed_sign_ins_are_slowed_down(access_db, users):
     name = users("viewer")
-    with TestClient(create_app(tiny_db.settings()), client=("192.0.2.10", 50000)) as client:
+    with TestClient(create_app(access_db.settings()), client=("192.0.2.10", 50000)) as client:
         for _ in range(auth.FAILED_SIGN_IN_LIMIT):
             wrong = client.post("/api/v1/auth/token", data={"username": name, "password": "wrong password!"})
             assert wrong.status_code == 401
@@ -366,24 +381,24 @@ def test_repeated_failed_sign_ins_are_slowed_down(tiny_db, users):
         assert "too many failed sign-ins" in blocked.json()["detail"]
     # Another account from another address is not affected.
     other = users("viewer")
-    with TestClient(create_app(tiny_db.settings()), client=("192.0.2.11", 50000)) as client:
+    with TestClient(create_app(access_db.settings()), client=("192.0.2.11", 50000)) as client:
         token_for(client, other)
 
 
-def test_many_failures_from_one_address_slow_down_every_account_there(tiny_db, users):
+def test_many_failures_from_one_address_slow_down_every_account_there(access_db, users):
     accounts = auth.FAILED_SIGN_IN_LIMIT_PER_ADDRESS // auth.FAILED_SIGN_IN_LIMIT
     names = [users("viewer") for _ in range(accounts + 1)]
-    with TestClient(create_app(tiny_db.settings()), client=("192.0.2.20", 50000)) as client:
+    with TestClient(create_app(access_db.settings()), client=("192.0.2.20", 50000)) as client:
         for name in names[:accounts]:
             for _ in range(auth.FAILED_SIGN_IN_LIMIT):
                 assert client.post("/api/v1/auth/token", data={"username": name, "password": "wrong!"}).status_code == 401
         blocked = client.post("/api/v1/auth/token", data={"username": names[-1], "password": "correct horse battery"})
         assert blocked.status_code == 429
-    denied = [r for r in audit_rows(tiny_db, "auth.sign_in") if r.object_id == names[-1]]
+    denied = [r for r in audit_rows(access_db, "auth.sign_in") if r.object_id == names[-1]]
     assert [r.outcome for r in denied] == ["denied"]
 
 
-def test_a_parallel_burst_of_wrong_passwords_gets_no_more_tries_than_a_serial_one(tiny_db, users):
+def test_a_parallel_burst_of_wrong_passwords_gets_no_more_tries_than_a_serial_one(access_db, users):
     """The failures are counted and written under locks: 40 attempts at once against the real
     server get their password checked exactly as often as 40 one after the other."""
     serial_name, parallel_name = users("viewer"), users("viewer")
@@ -396,7 +411,7 @@ def test_a_parallel_burst_of_wrong_passwords_gets_no_more_tries_than_a_serial_on
         except urllib.error.HTTPError as refused:
             return refused.code
 
-    with running_server(tiny_db) as base:
+    with running_server(access_db) as base:
         serial = [attempt(base, serial_name) for _ in range(attempts)]
         start = threading.Barrier(attempts)
 
@@ -408,20 +423,20 @@ def test_a_parallel_burst_of_wrong_passwords_gets_no_more_tries_than_a_serial_on
             parallel = list(pool.map(at_once, range(attempts)))
     assert serial == [401] * auth.FAILED_SIGN_IN_LIMIT + [429] * (attempts - auth.FAILED_SIGN_IN_LIMIT)
     assert sorted(parallel) == sorted(serial)
-    checked = [r for r in audit_rows(tiny_db, "auth.sign_in") if r.object_id == parallel_name]
+    checked = [r for r in audit_rows(access_db, "auth.sign_in") if r.object_id == parallel_name]
     assert sorted(r.outcome for r in checked) == sorted(["failed"] * auth.FAILED_SIGN_IN_LIMIT
                                                         + ["denied"] * (attempts - auth.FAILED_SIGN_IN_LIMIT))
 
 
-def test_a_stranger_elsewhere_cannot_lock_the_owner_out(tiny_db, users):
+def test_a_stranger_elsewhere_cannot_lock_the_owner_out(access_db, users):
     name = users("viewer")
 
     def sign_in_from(address: str, password: str) -> int:
-        with TestClient(create_app(tiny_db.settings()), client=(address, 50000)) as client:
+        with TestClient(create_app(access_db.settings()), client=(address, 50000)) as client:
             return client.post("/api/v1/auth/token", data={"username": name, "password": password})
 
     def guess_from(address: str, times: int) -> list[int]:
-        with TestClient(create_app(tiny_db.settings()), client=(address, 50000)) as client:
+        with TestClient(create_app(access_db.settings()), client=(address, 50000)) as client:
             return [client.post("/api/v1/auth/token", data={"username": name, "password": "a stranger's guess"})
                     .status_code for _ in range(times)]
 
@@ -445,55 +460,55 @@ def lookup_as(client, database, role, lon=112.903, lat=22.703):
 
 @pytest.mark.parametrize("role, full", [("viewer", False), ("worker", False), ("analyst", False),
                                         ("dispatcher", True), ("admin", True)])
-def test_phone_masking_by_role(tiny_client, tiny_db, role, full):
-    body = lookup_as(tiny_client, tiny_db, role)
+def test_phone_masking_by_role(client, access_db, role, full):
+    body = lookup_as(client, access_db, role)
     phones = [p["phone"] for p in body["grid_workers"] + body["police"]]
     if full:
         assert phones[0] == "13800000001" and "13900000001" in phones
     else:
         assert phones[0] == "138****0001" and all("****" in p for p in phones)
-    owners = tiny_client.get(f"/api/v1/grids/{G111}/owners", headers=tiny_db.headers(role)).json()
+    owners = client.get(f"/api/v1/grids/{G111}/owners", headers=access_db.headers(role)).json()
     assert ("****" in owners["grid_workers"][0]["phone"]) is not full
 
 
 @pytest.mark.parametrize("role, visible", [("viewer", False), ("analyst", False), ("worker", False),
                                            ("dispatcher", True), ("admin", True)])
-def test_resident_counts_only_for_dispatchers_and_admins(tiny_client, tiny_db, role, visible):
-    plate = tiny_client.get(f"/api/v1/door-plates/{PLATE}", headers=tiny_db.headers(role)).json()["door_plate"]
+def test_resident_counts_only_for_dispatchers_and_admins(client, access_db, role, visible):
+    plate = client.get(f"/api/v1/door-plates/{PLATE}", headers=access_db.headers(role)).json()["door_plate"]
     assert plate["resident_count"] == (3 if visible else None)
 
 
-def test_town_scoped_caller_sees_the_area_but_not_the_people_elsewhere(tiny_client, tiny_db):
-    inside = lookup_as(tiny_client, tiny_db, "scoped", 112.903, 22.703)  # town 440784901
+def test_town_scoped_caller_sees_the_area_but_not_the_people_elsewhere(client, access_db):
+    inside = lookup_as(client, access_db, "scoped", 112.903, 22.703)  # town 440784901
     assert inside["people_hidden"] is False and inside["grid_workers"]
-    outside = lookup_as(tiny_client, tiny_db, "scoped", 112.925, 22.735)  # town 440784902
+    outside = lookup_as(client, access_db, "scoped", 112.925, 22.735)  # town 440784902
     assert outside["grid"]["code"] == tiny.grid_code(2, 2, 1)
     assert outside["people_hidden"] is True and outside["grid_workers"] == [] and outside["police"] == []
-    results = tiny_client.post("/api/v1/lookup/batch", json={"points": [[112.903, 22.703], [112.925, 22.735]]},
-                               headers=tiny_db.headers("scoped")).json()["results"]
+    results = client.post("/api/v1/lookup/batch", json={"points": [[112.903, 22.703], [112.925, 22.735]]},
+                               headers=access_db.headers("scoped")).json()["results"]
     assert results[0]["grid_worker_ids"] and results[0]["police_ids"]
     assert results[1]["grid_code"] == tiny.grid_code(2, 2, 1)
     assert results[1]["grid_worker_ids"] is None and results[1]["police_ids"] is None
 
 
-def test_user_towns_must_exist(tiny_db):
-    with Session(tiny_db.engine) as session, pytest.raises(Exception, match="town '999999999' does not exist"):
+def test_user_towns_must_exist(access_db):
+    with Session(access_db.engine) as session, pytest.raises(Exception, match="town '999999999' does not exist"):
         auth.create_user(session, "nowhere", "viewer", towns=["999999999"], password="long enough pw")
 
 
-def test_worker_accounts_belong_to_a_person(tiny_db, users):
-    with Session(tiny_db.engine) as session, pytest.raises(Exception, match="must be linked"):
+def test_worker_accounts_belong_to_a_person(access_db, users):
+    with Session(access_db.engine) as session, pytest.raises(Exception, match="must be linked"):
         auth.create_user(session, "loose-worker", "worker", password="long enough pw")
     name = users("worker", person_code="PO00001")
-    with TestClient(create_app(tiny_db.settings())) as client:
+    with TestClient(create_app(access_db.settings())) as client:
         token = token_for(client, name)
         me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
     assert me["role"] == "worker" and me["police_officer_id"] is not None
 
 
-def test_login_page_cookie_and_csrf(tiny_db, users):
+def test_login_page_cookie_and_csrf(access_db, users):
     name = users("admin")
-    with TestClient(create_app(tiny_db.settings())) as client:
+    with TestClient(create_app(access_db.settings())) as client:
         page = client.get("/login?next=/api/v1/auth/me")
         assert page.status_code == 200 and 'name="username"' in page.text and 'name="password"' in page.text
         assert "http://" not in page.text and "https://" not in page.text  # nothing from the internet
@@ -524,9 +539,9 @@ def test_login_page_cookie_and_csrf(tiny_db, users):
     ("/%255Cevil.example", False), ("/%252F%252Fevil.example", False), ("/\t/evil.example", False),
     ("https://evil.example", False), ("javascript:alert(1)", False), ("map", False), ("", True),
 ])
-def test_login_next_accepts_only_a_local_path(tiny_db, users, target, local):
+def test_login_next_accepts_only_a_local_path(access_db, users, target, local):
     name = users("viewer")
-    with TestClient(create_app(tiny_db.settings())) as client:
+    with TestClient(create_app(access_db.settings())) as client:
         page = client.get("/login", params={"next": target})
         assert page.status_code == (200 if local else 400)
         if not local:
@@ -539,9 +554,9 @@ def test_login_next_accepts_only_a_local_path(tiny_db, users, target, local):
         assert answer.status_code == 400 and "set-cookie" not in answer.headers  # not signed in either
 
 
-def test_logout_needs_the_session_and_the_csrf_token(tiny_db, users):
+def test_logout_needs_the_session_and_the_csrf_token(access_db, users):
     name = users("viewer")
-    with TestClient(create_app(tiny_db.settings())) as client:
+    with TestClient(create_app(access_db.settings())) as client:
         anonymous = client.post("/logout")
         assert anonymous.status_code == 401 and "no session" in anonymous.json()["detail"]
         client.post("/login", data={"username": name, "password": "correct horse battery"})
@@ -562,7 +577,7 @@ def test_logout_needs_the_session_and_the_csrf_token(tiny_db, users):
         expired = client.post("/logout", headers={"Cookie": f"geo_session={session_cookie}; geo_csrf=t",
                                                   "X-CSRF-Token": "t"}, follow_redirects=False)
         assert expired.status_code == 303 and expired.headers["location"] == "/login"
-    assert [r.object_id for r in audit_rows(tiny_db, "auth.sign_out") if r.object_id == name] == [name, name]
+    assert [r.object_id for r in audit_rows(access_db, "auth.sign_out") if r.object_id == name] == [name, name]
 
 
 def audit_rows(database, action: str) -> list:
@@ -571,20 +586,20 @@ def audit_rows(database, action: str) -> list:
                                     "WHERE action = :action ORDER BY id"), {"action": action}).all()
 
 
-def test_audit_rows_for_sign_ins_users_keys_and_lookups(tiny_db, users):
+def test_audit_rows_for_sign_ins_users_keys_and_lookups(access_db, users):
     name = users("dispatcher")
-    with TestClient(create_app(tiny_db.settings())) as client:
+    with TestClient(create_app(access_db.settings())) as client:
         client.post("/api/v1/auth/token", data={"username": name, "password": "wrong password!"})
         token = token_for(client, name)
         client.get("/api/v1/lookup", params={"lon": 112.903, "lat": 22.703},
                    headers={"Authorization": f"Bearer {token}"})
     # Leaving the client's context shut the app down, which flushed the buffered lookup rows.
-    sign_ins = [r for r in audit_rows(tiny_db, "auth.sign_in") if r.object_id == name]
+    sign_ins = [r for r in audit_rows(access_db, "auth.sign_in") if r.object_id == name]
     assert [r.outcome for r in sign_ins] == ["failed", "ok"]
     assert sign_ins[0].address == "testclient"
-    assert any(r.object_id == name for r in audit_rows(tiny_db, "user.create"))
-    assert any(r.object_id == "test-viewer" for r in audit_rows(tiny_db, "apikey.create"))
-    lookups = [r for r in audit_rows(tiny_db, "lookup.point") if r.actor_name == name]
+    assert any(r.object_id == name for r in audit_rows(access_db, "user.create"))
+    assert any(r.object_id == "test-viewer" for r in audit_rows(access_db, "apikey.create"))
+    lookups = [r for r in audit_rows(access_db, "lookup.point") if r.actor_name == name]
     assert [(r.object_type, r.object_id) for r in lookups] == [("grid", G111)]
 
 
@@ -598,27 +613,27 @@ def test_data_loads_are_audited(empty_session, tiny_dir):
     assert row.detail["grids"]["inserted"] == 9
 
 
-def test_audit_log_cannot_be_changed(tiny_db):
+def test_audit_log_cannot_be_changed(access_db):
     for statement in ("UPDATE audit_log SET outcome = 'ok'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
-        with Session(tiny_db.engine) as session:
+        with Session(access_db.engine) as session:
             with pytest.raises(DBAPIError, match="append-only"):
                 session.execute(text(statement))
 
 
-def test_audit_endpoint_filters(tiny_client, tiny_db):
-    rows = tiny_client.get("/api/v1/audit", params={"action": "apikey.", "limit": 50}).json()
+def test_audit_endpoint_filters(client, access_db):
+    rows = client.get("/api/v1/audit", params={"action": "apikey.", "limit": 50}).json()
     assert rows and all(r["action"].startswith("apikey.") for r in rows)
     assert [r["id"] for r in rows] == sorted((r["id"] for r in rows), reverse=True)
     assert all("gsk_" not in str(r) for r in rows)
 
 
-def test_no_secrets_in_the_server_log(tiny_db, users, tmp_path):
+def test_no_secrets_in_the_server_log(access_db, users, tmp_path):
     """Run the real server, use every kind of credential (passwords, tokens, page sessions, CSRF
     tokens, API keys in the header, in a POST body and, wrongly, in query strings), look up
     people, and search everything it logged."""
 
     name = users("dispatcher")
-    key, viewer_key = tiny_db.keys["admin"], tiny_db.keys["viewer"]
+    key, viewer_key = access_db.keys["admin"], access_db.keys["viewer"]
     log = tmp_path / "server.log"
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -636,7 +651,7 @@ def test_no_secrets_in_the_server_log(tiny_db, users, tmp_path):
         except urllib.error.HTTPError as refused:
             return refused.code, refused.read().decode(), refused.headers
 
-    with log.open("w") as out, running_server(tiny_db, log=out) as base:
+    with log.open("w") as out, running_server(access_db, log=out) as base:
         status, body, _ = call(base + "/api/v1/auth/token", {"username": name, "password": "correct horse battery"})
         token = json.loads(body)["access_token"]
         assert call(base + "/api/v1/auth/token", {"username": name, "password": "a wrong secret"})[0] == 401
@@ -670,19 +685,19 @@ def test_no_secrets_in_the_server_log(tiny_db, users, tmp_path):
     assert not re.search(r"1[3-9]\d{9}", logged)  # ...but no full phone number reached the log
 
 
-def test_audit_buffer_copies_awkward_text_and_flushes_on_close(tiny_db):
+def test_audit_buffer_copies_awkward_text_and_flushes_on_close(access_db):
     from geo_service import audit
 
-    buffer = audit.AuditBuffer(tiny_db.engine, interval=60)  # only close() will write
+    buffer = audit.AuditBuffer(access_db.engine, interval=60)  # only close() will write
     marker = f"odd\\name\twith\ttabs\nand newline {time.time_ns()}"
     for i in range(3):
         buffer.add(audit.row(audit.Actor("user", 7, marker), "lookup.point", "grid", f"G{i}",
                              address="10.0.0.1", detail={"note": "引号 \" and \\ backslash\t"}))
-    assert not [r for r in audit_rows(tiny_db, "lookup.point") if r.actor_name == marker]
+    assert not [r for r in audit_rows(access_db, "lookup.point") if r.actor_name == marker]
     buffer.close()
-    rows = [r for r in audit_rows(tiny_db, "lookup.point") if r.actor_name == marker]
+    rows = [r for r in audit_rows(access_db, "lookup.point") if r.actor_name == marker]
     assert [r.object_id for r in rows] == ["G0", "G1", "G2"]
-    with Session(tiny_db.engine) as session:
+    with Session(access_db.engine) as session:
         detail = session.scalar(text("SELECT detail FROM audit_log WHERE actor_name = :m LIMIT 1"), {"m": marker})
     assert detail == {"note": "引号 \" and \\ backslash\t"}
 

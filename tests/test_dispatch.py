@@ -7,6 +7,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from geo_service import auth, incidents, lifecycle, loading, models
 from geo_service.app import create_app
 from tests import tiny
-from tests.conftest import ThrowawayDatabase, migrate, running_server
+from tests.conftest import ThrowawayDatabase, make_client, migrate, rolled_back_session, running_server
 
 G111, G112, G221 = tiny.grid_code(1, 1, 1), tiny.grid_code(1, 1, 2), tiny.grid_code(2, 2, 1)
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)  # 09:00 in Shanghai
@@ -34,7 +35,8 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def db(server_url, tmp_path_factory):
-    """The tiny dataset, with one worker account for the full-time worker and one for the officer."""
+    """The tiny dataset, with one worker account for the full-time worker and one for the officer.
+    Tests never commit to it: each runs in a rolled-back transaction (`session`)."""
     database = ThrowawayDatabase(server_url, "dispatch")
     migrate(database.engine)
     with Session(database.engine) as session:
@@ -53,14 +55,34 @@ def clock():
 
 
 @pytest.fixture
-def client(db, clock):
-    app = create_app(db.settings())
-    app.state.clock = clock
-    with TestClient(app, headers=db.headers("dispatcher")) as client:
+def session(db) -> Iterator[Session]:
+    yield from rolled_back_session(db.admin_engine)
+
+
+@pytest.fixture
+def client(db, session, clock):
+    with make_client(db, session, "dispatcher") as client:
+        client.app.state.clock = clock
         for name in ("gw1", "po1", "gw3"):
             response = client.post("/api/v1/auth/token", data={"username": name, "password": "worker password"})
             db.keys[name] = response.json()["access_token"]
         yield client
+
+
+@pytest.fixture(scope="module")
+def race_db(server_url, tmp_path_factory):
+    """A database of its own for the tests that need committed data and concurrent requests."""
+    database = ThrowawayDatabase(server_url, "race")
+    migrate(database.engine)
+    with Session(database.engine) as session:
+        loading.load(session, tiny.write_tiny_dataset(tmp_path_factory.mktemp("r")), progress=lambda m: None)
+    database.create_keys()
+    yield database
+    database.drop()
+
+
+# What a test reported (at T0, its clock), not the dataset's own incidents.
+THIS_TEST = {"limit": 1000, "from": T0.isoformat(), "to": (T0 + dt.timedelta(seconds=1)).isoformat()}
 
 
 def report(client, **fields):
@@ -116,34 +138,37 @@ def test_door_plate_and_gcj02_intake(client):
     ({"description": "   "}, 422, "description must not be empty"),
     ({"lon": 500}, 422, "lon 500.0 outside [-180, 180]"),
 ])
-def test_bad_reports_are_refused_and_write_nothing(client, db, fields, status, message):
-    with Session(db.engine) as session:
-        before = session.scalar(text("SELECT count(*) FROM incident"))
+def test_bad_reports_are_refused_and_write_nothing(client, session, fields, status, message):
+    before = session.scalar(text("SELECT count(*) FROM incident"))
     response = report(client, **fields)
     assert response.status_code == status and message in response.json()["detail"]
     if status == 404:
         assert response.json()["nearest_grid"]["code"] == tiny.grid_code(2, 1, 2)
-    with Session(db.engine) as session:
-        assert session.scalar(text("SELECT count(*) FROM incident")) == before
+    assert session.scalar(text("SELECT count(*) FROM incident")) == before
 
 
-def test_external_id_makes_intake_idempotent_even_when_raced(client, db):
+def test_external_id_makes_intake_idempotent(client, session):
     first = report(client, external_id="rider-app-42")
     again = report(client, external_id="rider-app-42")
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json()["id"] == first.json()["id"]
+    assert session.scalar(text("SELECT count(*) FROM incident WHERE external_id = 'rider-app-42'")) == 1
+
+
+def test_external_id_makes_intake_idempotent_when_raced(race_db):
+    """Concurrent retries, each request in its own transaction as in the service."""
     results = []
+    with TestClient(create_app(race_db.settings()), headers=race_db.headers("dispatcher")) as client:
+        def send():
+            results.append(report(client, external_id="rider-app-43").status_code)
 
-    def send():
-        results.append(report(client, external_id="rider-app-43").status_code)
-
-    threads = [threading.Thread(target=send) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        threads = [threading.Thread(target=send) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     assert sorted(results) == [200] * 5 + [201]
-    with Session(db.engine) as session:
+    with Session(race_db.engine) as session:
         assert session.scalar(text("SELECT count(*) FROM incident WHERE external_id = 'rider-app-43'")) == 1
 
 
@@ -158,15 +183,14 @@ def test_assignment_equals_the_lookup_for_random_points(client):
         assert [p["id"] for p in incident["police"]] == [p["id"] for p in looked_up["police"]]
 
 
-def set_status(db, incident_id: int, status: str, **extra) -> dict:
+def set_status(session, incident_id: int, status: str, **extra) -> dict:
     """Test setup: put an incident straight into a state (bumping its version)."""
-    with Session(db.engine) as session:
-        assignments = ", ".join(f"{k} = :{k}" for k in extra)
-        session.execute(text(f"UPDATE incident SET status = :status, version = version + 1"
-                             f"{', ' + assignments if assignments else ''} WHERE id = :id"),
-                        {"status": status, "id": incident_id, **extra})
-        session.commit()
-        return incidents.detail(session, incident_id)
+    assignments = ", ".join(f"{k} = :{k}" for k in extra)
+    session.execute(text(f"UPDATE incident SET status = :status, version = version + 1"
+                         f"{', ' + assignments if assignments else ''} WHERE id = :id"),
+                    {"status": status, "id": incident_id, **extra})
+    session.commit()
+    return incidents.detail(session, incident_id)
 
 
 EXTRA = {"return": {"note": "not fixed"}, "reopen": {"note": "came back"}, "reject": {"note": "duplicate"},
@@ -174,16 +198,15 @@ EXTRA = {"return": {"note": "not fixed"}, "reopen": {"note": "came back"}, "reje
 
 
 @pytest.mark.parametrize("status", models.INCIDENT_STATUSES)
-def test_every_action_from_every_status(client, db, clock, status):
+def test_every_action_from_every_status(client, session, clock, status):
     for action, rule in lifecycle.TRANSITIONS.items():
         fresh = report(client).json()
-        incident = set_status(db, fresh["id"], status, closed_at=clock())
+        incident = set_status(session, fresh["id"], status, closed_at=clock())
         fields = dict(EXTRA.get(action, {}))
         if action == "acknowledge":
-            with Session(db.engine) as session:
-                session.execute(text("INSERT INTO incident_department (incident_id, department, added_at) "
-                                     "VALUES (:id, '城管', now())"), {"id": incident["id"]})
-                session.commit()
+            session.execute(text("INSERT INTO incident_department (incident_id, department, added_at) "
+                                 "VALUES (:id, '城管', now())"), {"id": incident["id"]})
+            session.commit()
             fields["department"] = "城管"
         response = act(client, incident, action, **fields)
         if status in rule.sources:
@@ -225,12 +248,11 @@ def test_roles_and_ownership_of_transitions(client, db):
 def test_worker_queue_shows_only_their_incidents(client, db):
     mine = report(client, category="labour_dispute").json()  # GW00003
     report(client)  # GW00001
-    queue = client.get("/api/v1/incidents", params={"limit": 1000}, headers=db.headers("gw3")).json()
-    assert queue["total"] >= 1
-    assert {i["assignee"]["code"] for i in queue["items"]} == {"GW00003"}
-    assert mine["id"] in [i["id"] for i in queue["items"]]
-    police_queue = client.get("/api/v1/incidents", params={"limit": 1000}, headers=db.headers("po1")).json()
-    assert police_queue["total"] >= queue["total"]  # PO00001 is on every grid
+    today = THIS_TEST
+    queue = client.get("/api/v1/incidents", params=today, headers=db.headers("gw3")).json()
+    assert queue["total"] == 1 and [i["id"] for i in queue["items"]] == [mine["id"]]
+    police_queue = client.get("/api/v1/incidents", params=today, headers=db.headers("po1")).json()
+    assert police_queue["total"] == 2  # PO00001 is on every grid
 
 
 def test_stale_version_is_409_and_if_match_works(client):
@@ -244,9 +266,9 @@ def test_stale_version_is_409_and_if_match_works(client):
     assert response.status_code == 200 and response.json()["status"] == "in_progress"
 
 
-def test_two_dispatchers_race_and_exactly_one_wins(db, tmp_path):
+def test_two_dispatchers_race_and_exactly_one_wins(race_db, tmp_path):
     """Real concurrent requests against a real server process."""
-    headers = {"Authorization": f"Bearer {db.keys['dispatcher']}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {race_db.keys['dispatcher']}", "Content-Type": "application/json"}
 
     def post(path, body):
         request = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers=headers)
@@ -256,7 +278,7 @@ def test_two_dispatchers_race_and_exactly_one_wins(db, tmp_path):
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
 
-    with running_server(db, workers=2) as base:
+    with running_server(race_db, workers=2) as base:
         status, incident = post("/api/v1/incidents", {"category": "dispute", "description": "race",
                                                       "reporter_kind": "hotline", "lon": 112.903, "lat": 22.703})
         assert status == 201
@@ -278,7 +300,7 @@ def test_two_dispatchers_race_and_exactly_one_wins(db, tmp_path):
     assert codes == [200] + [409] * 7
     losers = [body for code, body in outcomes if code == 409]
     assert all("changed by someone else" in b["detail"] or "is not possible" in b["detail"] for b in losers)
-    with Session(db.engine) as session:
+    with Session(race_db.engine) as session:
         version, events = session.execute(text(
             "SELECT i.version, (SELECT count(*) FROM incident_event e WHERE e.incident_id = i.id) "
             "FROM incident i WHERE i.id = :id"), {"id": incident["id"]}).one()
@@ -322,33 +344,36 @@ def test_reassignment_writes_a_new_snapshot(client):
     assert act(client, by_hand, "reassign", grid="440784999999999").status_code == 422
 
 
-def test_deadlines_overdue_list_and_the_tick(client, db, clock):
+def test_deadlines_overdue_list_and_the_tick(client, session, clock):
     dispute = report(client).json()  # accept within 2 h, auto-escalates
     rental = report(client, category="rental_housing").json()  # accept within 4 h, never auto-escalates
     clock.at = T0 + dt.timedelta(hours=3)
-    overdue = client.get("/api/v1/incidents", params={"overdue": "true", "limit": 1000}).json()
-    ids = {i["id"] for i in overdue["items"]}
-    assert dispute["id"] in ids and rental["id"] not in ids
-    assert all(i["overdue"] for i in overdue["items"])
-    with Session(db.engine) as session:
-        escalated = lifecycle.tick(session, clock.at)
-        assert dispute["id"] in escalated and rental["id"] not in escalated
-        assert lifecycle.tick(session, clock.at) == []  # idempotent
-        later = lifecycle.tick(session, T0 + dt.timedelta(hours=5))
-    assert rental["id"] not in later
+    today = THIS_TEST
+    overdue = client.get("/api/v1/incidents", params={"overdue": "true", **today}).json()
+    assert [i["id"] for i in overdue["items"]] == [dispute["id"]] and overdue["items"][0]["overdue"]
+    not_overdue = client.get("/api/v1/incidents", params={"overdue": "false", **today}).json()
+    assert [i["id"] for i in not_overdue["items"]] == [rental["id"]]
+    escalated = lifecycle.tick(session, clock.at)
+    assert dispute["id"] in escalated and rental["id"] not in escalated
+    assert lifecycle.tick(session, clock.at) == []  # idempotent
+    assert rental["id"] not in lifecycle.tick(session, T0 + dt.timedelta(hours=5))  # never auto-escalates
     after = client.get(f"/api/v1/incidents/{dispute['id']}").json()
     assert after["status"] == "escalated"
     assert after["timeline"][-1]["actor_kind"] == "system"
     assert after["deadline_at"] == (clock.at + dt.timedelta(hours=72)).isoformat()
 
 
-def test_lists_filter_sort_page_and_geojson(client, db):
-    report(client, category="environment", lon=112.925, lat=22.735)
-    page = client.get("/api/v1/incidents", params={"category": "environment", "town": "440784902"}).json()
-    assert page["total"] >= 1 and all(i["category"] == "environment" and i["town_code"] == "440784902"
-                                      for i in page["items"])
-    boxed = client.get("/api/v1/incidents", params={"bbox": "112.92,22.72,112.94,22.74", "limit": 1000}).json()
-    assert all(112.92 <= i["lon"] <= 112.94 and 22.72 <= i["lat"] <= 22.74 for i in boxed["items"])
+def test_lists_filter_sort_page_and_geojson(client):
+    wanted = report(client, category="environment", lon=112.925, lat=22.735).json()
+    for _ in range(6):
+        report(client)  # disputes in town 440784901, lon 112.903, lat 22.703
+    today = THIS_TEST
+    page = client.get("/api/v1/incidents", params={"category": "environment", "town": "440784902", **today}).json()
+    assert page["total"] == 1 and [i["id"] for i in page["items"]] == [wanted["id"]]
+    boxed = client.get("/api/v1/incidents", params={"bbox": "112.92,22.72,112.94,22.74", **today}).json()
+    assert [i["id"] for i in boxed["items"]] == [wanted["id"]]
+    by_grid = client.get("/api/v1/incidents", params={"grid": G111, **today}).json()
+    assert by_grid["total"] == 6
     sorted_page = client.get("/api/v1/incidents", params={"sort": "id", "limit": 3}).json()["items"]
     assert [i["id"] for i in sorted_page] == sorted(i["id"] for i in sorted_page)
     second = client.get("/api/v1/incidents", params={"sort": "id", "limit": 3, "offset": 3}).json()["items"]
@@ -376,12 +401,11 @@ def test_town_scope_and_viewer_masking(client, db):
         "name" not in analyst["assignee"]
 
 
-def test_changes_are_audited(client, db):
+def test_changes_are_audited(client, session):
     incident = report(client).json()
     act(client, incident, "accept")
-    with Session(db.engine) as session:
-        actions = session.scalars(text("SELECT action FROM audit_log WHERE object_type = 'incident' AND "
-                                       "object_id = :id ORDER BY id"), {"id": str(incident["id"])}).all()
+    actions = session.scalars(text("SELECT action FROM audit_log WHERE object_type = 'incident' AND "
+                                   "object_id = :id ORDER BY id"), {"id": str(incident["id"])}).all()
     assert actions == ["incident.create", "incident.accept"]
 
 
@@ -408,7 +432,7 @@ def test_snapshot_survives_a_roster_change(server_url, tmp_path):
         database.drop()
 
 
-def test_import_with_rejections_is_idempotent(db, tmp_path):
+def test_import_with_rejections_is_idempotent(race_db, tmp_path):
     rows = pd.DataFrame([
         dict(external_id="IMP-1", category="dispute", description="a", reported_at="2026-01-05T02:00:00Z",
              reporter_kind="rider", lon="112.903", lat="22.703", status="closed", door_plate_code=""),
@@ -429,7 +453,7 @@ def test_import_with_rejections_is_idempotent(db, tmp_path):
     from geo_service.config import get_settings
 
     get_settings.cache_clear()
-    env = {"GEO_DATABASE_URL": db.url.render_as_string(hide_password=False)}
+    env = race_db.environment()
     first = CliRunner().invoke(main, ["incidents", "import", str(path)], env=env)
     get_settings.cache_clear()
     assert first.exit_code == 0, first.output
@@ -439,7 +463,7 @@ def test_import_with_rejections_is_idempotent(db, tmp_path):
     again = CliRunner().invoke(main, ["incidents", "import", str(path)], env=env)
     get_settings.cache_clear()
     assert "2 already known" in again.output
-    with Session(db.engine) as session:
+    with Session(race_db.engine) as session:
         imported = session.execute(text("SELECT external_id, grid_code, status, source, deadline_at IS NOT NULL "
                                         "FROM incident WHERE external_id LIKE 'IMP-%' ORDER BY 1")).all()
     assert [tuple(r) for r in imported] == [("IMP-1", G111, "closed", "import", False),
@@ -468,7 +492,7 @@ def test_open311_round_trip(client, db):
     closed = client.get("/open311/v2/requests.json", params={"service_request_id": request_id}).json()[0]
     assert closed["status"] == "closed" and closed["status_notes"] == "closed"
     listed = client.get("/open311/v2/requests.json", params={"status": "closed", "service_code": "environment"}).json()
-    assert request_id in [r["service_request_id"] for r in listed]
+    assert [r["service_request_id"] for r in listed] == [request_id]
     assert client.post("/open311/v2/requests.json", data={"service_code": "dispute"}).status_code == 422
 
 

@@ -11,7 +11,6 @@ probe adds for what it checks structurally (incident ids, hotspot units, extents
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import re
@@ -101,14 +100,11 @@ def world(sample_db) -> World:
         )
 
 
-@pytest.fixture(scope="module")
-def scoped_key(sample_db) -> str:
-    """An admin limited to TOWN: every route is open to the role, only the town limits it."""
-    with Session(sample_db.engine) as session:
-        existing = session.execute(text("SELECT 1 FROM api_key WHERE name = 'scope-admin'")).first()
-        if existing is None:
-            sample_db.keys["scope-admin"] = auth.create_api_key(session, "scope-admin", "admin", towns=[TOWN])[1]
-    return sample_db.keys["scope-admin"]
+@pytest.fixture
+def scoped_key(sample_session) -> str:
+    """An admin limited to TOWN (every route is open to the role, only the town limits it),
+    created in the test's rolled-back transaction."""
+    return auth.create_api_key(sample_session, "scope-admin", "admin", towns=[TOWN])[1]
 
 
 Call = Callable[..., object]  # call(method, url, **request options) -> response
@@ -387,24 +383,22 @@ def test_a_replayed_external_id_of_another_town_is_409_without_details_and_audit
     assert (row.actor_name, row.outcome, row.object_id) == ("scope-admin", "denied", str(world.foreign_incident["id"]))
 
 
-@pytest.fixture(scope="module")
-def rider_token(sample_db) -> str:
-    """A worker account (committed, as sign-in needs) for a part-time worker serving elsewhere."""
-    with Session(sample_db.engine) as session:
-        code = session.execute(text(
-            "SELECT w.code FROM grid_worker w JOIN grid_assignment a ON a.grid_worker_id = w.id "
-            "JOIN grid_area p ON p.grid_id = a.grid_id WHERE a.role = 'part_time_worker' AND p.town_code <> :town "
-            "ORDER BY w.code LIMIT 1"), {"town": TOWN}).scalar()
-        auth.create_user(session, "scope-rider", "worker", password="rider password", person_code=code)
-        secret, _ = auth.sign_in(session, "scope-rider", "rider password", kind="bearer",
-                                 ttl=dt.timedelta(minutes=30), address=None)
-    return secret
+@pytest.fixture
+def rider_code(sample_session) -> str:
+    """A worker account for a part-time worker serving elsewhere (in the rolled-back transaction)."""
+    code = sample_session.execute(text(
+        "SELECT w.code FROM grid_worker w JOIN grid_assignment a ON a.grid_worker_id = w.id "
+        "JOIN grid_area p ON p.grid_id = a.grid_id WHERE a.role = 'part_time_worker' AND p.town_code <> :town "
+        "ORDER BY w.code LIMIT 1"), {"town": TOWN}).scalar()
+    auth.create_user(sample_session, "scope-rider", "worker", password="rider password", person_code=code)
+    return code
 
 
 def test_a_worker_sees_their_own_reports_but_acts_only_on_what_is_assigned_to_them(
-        sample_db, sample_session, world, rider_token):
-    headers = {"Authorization": f"Bearer {rider_token}"}
+        sample_db, sample_session, world, rider_code):
     with make_client(sample_db, sample_session) as client:
+        token = client.post("/api/v1/auth/token", data={"username": "scope-rider", "password": "rider password"})
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
         lon, lat = world.own_point
         mine = client.post("/api/v1/incidents", headers=headers, json={
             "category": "environment", "description": "rubbish", "reporter_kind": "rider", "lon": lon, "lat": lat})

@@ -18,7 +18,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session
 
 from geo_service import auth, security
 from geo_service import roles as role_names
@@ -113,7 +112,7 @@ async def _recheck(request: Request, cache: auth.IdentityCache, secret: str) -> 
 
 
 def _identify(request: Request, secret: str) -> auth.Identity | None:
-    with Session(request.app.state.engine) as session:
+    with request.app.state.sessionmaker() as session:
         return auth.identify(session, secret)
 
 
