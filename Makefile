@@ -15,8 +15,9 @@ run: setup
 	$(BIN)/geo-service user demo
 	$(BIN)/geo-service serve --host $(HOST) --port $(PORT)
 
-## test: install what is missing, then run the whole suite against a real PostGIS
+## test: install what is missing, lint (ruff, configured in pyproject.toml), then run the whole suite against a real PostGIS
 test: system-deps-test venv
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: system-deps venv

@@ -24,7 +24,6 @@ import pandas as pd
 import shapely
 from _servers import ROOT, uvicorn, wrk
 from sqlalchemy import text
-
 from sqlalchemy.orm import Session
 
 from geo_service import auth
@@ -134,7 +133,8 @@ def postgis_alone(repeats: int = 2000) -> dict:
                                   {"lon": points[0][0], "lat": points[0][1]}).scalars().all()
         raw = connection.connection.dbapi_connection
         with raw.cursor() as cursor:
-            cursor.execute("PREPARE owner(float8, float8) AS " + OWNER_SQL.text.replace(":lon", "$1").replace(":lat", "$2"))
+            prepared = OWNER_SQL.text.replace(":lon", "$1").replace(":lat", "$2")
+            cursor.execute("PREPARE owner(float8, float8) AS " + prepared)
             timings = []
             for lon, lat in points:
                 started = time.perf_counter()
@@ -173,7 +173,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|---|")
         for row in single_lookups(args.seconds, args.rounds, args.workers, key):
             print(f"| {row['connections']} | {row['hello_rps']:,.0f} | {row['lookup_rps']:,.0f} | "
-                  f"{row['lookup_rps'] / row['hello_rps']:.2f} | {row['hello_p50_ms']:.2f} / {row['hello_p99_ms']:.2f} | "
+                  f"{row['lookup_rps'] / row['hello_rps']:.2f} | "
+                  f"{row['hello_p50_ms']:.2f} / {row['hello_p99_ms']:.2f} | "
                   f"{row['lookup_p50_ms']:.2f} / {row['lookup_p99_ms']:.2f} | {row['lookup_rps_min']:,.0f} | "
                   f"{row['unaudited_rps']:,.0f} | {row['unaudited_p99_ms']:.2f} | "
                   f"{1 - row['lookup_rps'] / row['unaudited_rps']:+.1%} |")

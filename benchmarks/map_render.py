@@ -47,7 +47,7 @@ def main() -> None:
             with page.expect_navigation():
                 page.click("button[type=submit]")
             requests = []
-            page.on("requestfinished", lambda r: requests.append(r))
+            page.on("requestfinished", requests.append)
             started = time.perf_counter()
             page.goto(f"{base}/map")
             page.wait_for_function("document.body && document.body.dataset.ready === 'true'", timeout=60_000)

@@ -53,14 +53,6 @@ def record(session: Session, actor: Actor, action: str, object_type: str | None 
     session.execute(insert(models.AuditLog), [row(actor, action, object_type, object_id, **fields)])
 
 
-def record_now(engine: Engine, actor: Actor, action: str, object_type: str | None = None,
-               object_id: str | None = None, **fields) -> None:
-    """Write one audit row in its own transaction (e.g. a refusal, where nothing else commits)."""
-    with Session(engine) as session:
-        record(session, actor, action, object_type, object_id, **fields)
-        session.commit()
-
-
 COPY_COLUMNS = ("at", "actor_kind", "actor_id", "actor_name", "action", "object_type", "object_id",
                 "address", "outcome", "detail")
 
@@ -111,7 +103,8 @@ class AuditBuffer:
         connection = self._engine.raw_connection()
         try:
             with connection.cursor() as cursor:
-                cursor.copy_expert(f"COPY audit_log ({', '.join(COPY_COLUMNS)}) FROM STDIN", io.StringIO("".join(lines)))
+                cursor.copy_expert(f"COPY audit_log ({', '.join(COPY_COLUMNS)}) FROM STDIN",
+                                   io.StringIO("".join(lines)))
             connection.commit()
         finally:
             connection.close()

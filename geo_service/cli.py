@@ -360,7 +360,8 @@ def user_add(name: str, role: str, towns: tuple[str, ...], person: str | None, p
     with _session() as session:
         created, password = auth.create_user(session, name, role, towns=list(towns) or None,
                                              password=_read_password(password_stdin), person_code=person)
-    click.echo(f"created user {created.username} ({role}{', towns ' + ', '.join(created.towns) if created.towns else ''})")
+    towns = f", towns {', '.join(created.towns)}" if created.towns else ""
+    click.echo(f"created user {created.username} ({role}{towns})")
     if not password_stdin:
         click.echo(f"password: {password}")
 
@@ -506,7 +507,8 @@ def dispatch_tick(at, grace_minutes: int) -> None:
     now = (at.replace(tzinfo=at.tzinfo or dt.UTC)) if at else dt.datetime.now(dt.UTC)
     with _session() as session:
         escalated = lifecycle.tick(session, now, dt.timedelta(minutes=grace_minutes))
-    click.echo(f"escalated {len(escalated)} overdue incident(s)" + (f": {', '.join(map(str, escalated))}" if escalated else ""))
+    listed = f": {', '.join(map(str, escalated))}" if escalated else ""
+    click.echo(f"escalated {len(escalated)} overdue incident(s){listed}")
 
 
 @main.group(cls=_Group)

@@ -57,7 +57,8 @@ LAYERS = {
                        "JOIN grid g ON g.id = c.grid_id ORDER BY c.code"),
     "stations": (roles.EVERYONE, "SELECT s.code, s.name, s.kind, s.address, t.code AS town_code, s.geom FROM station s "
                       "JOIN town t ON t.id = s.town_id ORDER BY s.code"),
-    "door_plates": (roles.ANALYSTS, "SELECT d.code, d.address, d.building, d.unit, d.room, d.is_rental, d.town_code, d.geom "
+    "door_plates": (roles.ANALYSTS, "SELECT d.code, d.address, d.building, d.unit, d.room, d.is_rental, "
+                                    "d.town_code, d.geom "
                               "FROM door_plate AS d WHERE " + visibility.door_plates("d") + " ORDER BY d.code"),
     "incidents": (roles.ANALYSTS, """
         SELECT i.id, i.external_id, i.category_code AS category, i.status, i.reported_at, i.reporter_kind,

@@ -10,14 +10,17 @@ and answered in WGS-84 (EPSG:4326; CGCS2000 differs by centimetres and is treate
 from __future__ import annotations
 
 import math
-from enum import Enum
+from enum import StrEnum
+from functools import lru_cache
 
 import numpy as np
+import shapely
+from pyproj import Transformer
 
 from geo_service.errors import InvalidInput
 
 
-class InputCRS(str, Enum):
+class InputCRS(StrEnum):
     wgs84 = "wgs84"
     cgcs2000 = "cgcs2000"
     gcj02 = "gcj02"
@@ -176,3 +179,15 @@ def local_distance_one_m(lon: float, lat: float, lon2: float, lat2: float) -> fl
     dx = _WGS84_A / math.sqrt(w) * math.cos(phi) * math.radians(lon2 - lon)
     dy = _WGS84_A * (1.0 - _WGS84_E2) / (w * math.sqrt(w)) * math.radians(lat2 - lat)
     return math.hypot(dx, dy)
+
+
+@lru_cache(maxsize=8)
+def metric_transformer(metric_crs: str) -> Transformer:
+    """lon/lat (EPSG:4326) to the projected CRS lengths and areas are measured in (x before y)."""
+    return Transformer.from_crs("EPSG:4326", metric_crs, always_xy=True)
+
+
+def to_metric(geoms, metric_crs: str):
+    """A geometry (or an array of them) from lon/lat into `metric_crs`, for measuring in metres."""
+    transformer = metric_transformer(metric_crs)
+    return shapely.transform(geoms, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))

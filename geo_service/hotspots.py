@@ -23,16 +23,15 @@ level's significance is decided by the Benjamini–Hochberg procedure over all u
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import shapely
-from pyproj import Transformer
 from scipy import sparse, stats
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import audit, incidents, models, visibility
+from geo_service import audit, geometry, incidents, models, visibility
 from geo_service.errors import InvalidInput
 
 UNITS = ("grid", "community", "town", "hex", "square")
@@ -89,7 +88,6 @@ class Layer:
     filters: dict
     computed_at: str
     towns: list[str] | None = None  # the caller's towns it was computed over; None: the county
-    extra: dict = field(default_factory=dict)
 
     def metadata(self) -> dict:
         return {"unit": self.unit, "size_m": self.size_m, "method": "gistar", "weights": self.weights,
@@ -144,13 +142,8 @@ def confidence_bins(z: np.ndarray, p: np.ndarray, fdr: bool = False) -> np.ndarr
 
 
 def _benjamini_hochberg(p: np.ndarray, alpha: float) -> np.ndarray:
-    m = len(p)
-    order = np.argsort(p)
-    passed = p[order] <= alpha * np.arange(1, m + 1) / m
-    significant = np.zeros(m, dtype=bool)
-    if passed.any():
-        significant[order[: np.flatnonzero(passed).max() + 1]] = True
-    return significant
+    """Which tests the Benjamini–Hochberg procedure rejects at false discovery rate `alpha`."""
+    return stats.false_discovery_control(p, method="bh") <= alpha
 
 
 def contiguity(geoms: np.ndarray) -> sparse.csr_matrix:
@@ -215,8 +208,7 @@ def compute(session: Session, identity, unit: str = "grid", *, size_m: float | N
     plates = np.zeros(len(codes))
     for ordinal, count in session.execute(text(PLATES_SQL), {"wkbs": wkbs, **visibility.params(identity)}).all():
         plates[ordinal - 1] = count
-    to_metric = Transformer.from_crs("EPSG:4326", metric_crs, always_xy=True)
-    metric = shapely.transform(geoms, lambda xy: np.column_stack(to_metric.transform(xy[:, 0], xy[:, 1])))
+    metric = geometry.to_metric(geoms, metric_crs)
     if unit in AREA_UNITS_SQL:
         weights, described = contiguity(geoms), "queen contiguity, binary, each unit its own neighbour (Gi*)"
     else:

@@ -111,7 +111,8 @@ def import_rows(session: Session, frame: pd.DataFrame, lons: np.ndarray, lats: n
         cursor.execute(STAGE_SQL)
     for start in range(0, len(frame), chunk):
         positions = [i for i in range(start, min(start + chunk, len(frame))) if keep[i]]
-        snapshots = assignment.assign_many(session, [float(lons[i]) for i in positions], [float(lats[i]) for i in positions],
+        snapshots = assignment.assign_many(session, [float(lons[i]) for i in positions],
+                                           [float(lats[i]) for i in positions],
                                 [category_list[i] for i in positions], today)
         staged = []
         for ord_, i in enumerate(positions):
@@ -137,7 +138,8 @@ def import_rows(session: Session, frame: pd.DataFrame, lons: np.ndarray, lats: n
             report.inserted += created
             report.already += len(staged) - created
         progress(min(start + chunk, len(frame)))
-    report.rejected = [(frame["external_id"].iloc[i] or f"row {i + 2}", reason) for i, reason in sorted(reasons.items())]
+    report.rejected = [(frame["external_id"].iloc[i] or f"row {i + 2}", reason)
+                       for i, reason in sorted(reasons.items())]
     audit.record(session, actor, "incident.import", "incident", None,
                  detail={"rows": report.rows, "inserted": report.inserted, "already": report.already,
                          "rejected": len(report.rejected)})

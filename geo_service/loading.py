@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from geo_service import audit, incident_import, models, ownership
+from geo_service import audit, geometry, incident_import, models, ownership
 from geo_service.errors import DatasetInvalid, NotFound, Problem
 
 Progress = Callable[[str], None]
@@ -236,13 +236,6 @@ def read_dataset(directory: Path, progress: Progress = print) -> tuple[Dataset, 
 # --------------------------------------------------------------------------- validation
 
 
-def _point_of(geom) -> tuple[float | None, float | None]:
-    if geom is None or geom.is_empty:
-        return None, None
-    point = geom.representative_point() if geom.geom_type != "Point" else geom
-    return point.x, point.y
-
-
 def _check_codes(dataset: Dataset, problems: list[Problem]) -> None:
     for layer, frame in dataset.layers.items():
         if "code" not in frame.columns:
@@ -284,9 +277,11 @@ def _check_parents(dataset: Dataset, problems: list[Problem]) -> None:
     if "stations" in dataset and "towns" in dataset:
         towns = set(dataset["towns"]["code"])
         communities = set(dataset["communities"]["code"]) if "communities" in dataset else set()
-        for code, town, community in dataset["stations"][["code", "town_code", "community_code"]].itertuples(index=False):
+        stations = dataset["stations"][["code", "town_code", "community_code"]]
+        for code, town, community in stations.itertuples(index=False):
             if town not in towns:
-                problems.append(Problem("stations", "unknown town_code", f"town_code {town!r} is not in towns", code=code))
+                problems.append(Problem("stations", "unknown town_code", f"town_code {town!r} is not in towns",
+                                        code=code))
             if community and community not in communities:
                 problems.append(Problem("stations", "unknown community_code",
                                         f"community_code {community!r} is not in communities", code=code))
@@ -425,15 +420,12 @@ class _Slivers:
     """
 
     def __init__(self, metric_crs: str):
-        from pyproj import Transformer
-
-        self._to_metric = Transformer.from_crs("EPSG:4326", metric_crs, always_xy=True)
+        self._metric_crs = metric_crs
 
     def area_m2(self, geom) -> float:
         if geom.is_empty:
             return 0.0
-        return shapely.transform(geom, lambda xy: np.column_stack(
-            self._to_metric.transform(xy[:, 0], xy[:, 1]))).area
+        return geometry.to_metric(geom, self._metric_crs).area
 
     def report(self, problems: list[Problem], geom, tolerance_m2: float, **fields) -> None:
         for part in getattr(geom, "geoms", [geom]):

@@ -366,7 +366,8 @@ def ensure_database(server_url: URL, name: str, owner: str | None = None) -> Non
                 cur.execute(sql.SQL("CREATE DATABASE {}{}").format(
                     sql.Identifier(name), sql.SQL(" OWNER {}").format(sql.Identifier(owner)) if owner else sql.SQL("")))
             elif owner and row[0] != owner:
-                cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(owner)))
+                cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name),
+                                                                           sql.Identifier(owner)))
     finally:
         conn.close()
     conn = psycopg2.connect(**_connect_args(server_url.set(database=name)))

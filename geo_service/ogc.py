@@ -50,7 +50,8 @@ def landing(base: str) -> dict:
     return {"title": "geo_service — Heshan grid governance", "description": "OGC API – Features",
             "links": [
                 {"href": f"{base}/ogc", "rel": "self", "type": JSON, "title": "this document"},
-                {"href": f"{base}/ogc/api", "rel": "service-desc", "type": "application/vnd.oai.openapi+json;version=3.0",
+                {"href": f"{base}/ogc/api", "rel": "service-desc",
+                 "type": "application/vnd.oai.openapi+json;version=3.0",
                  "title": "the API definition"},
                 {"href": f"{base}/ogc/conformance", "rel": "conformance", "type": JSON, "title": "conformance"},
                 {"href": f"{base}/ogc/collections", "rel": "data", "type": JSON, "title": "collections"},
@@ -168,7 +169,8 @@ def items(session: Session, collection_id: str, base: str, identity, *, bbox: st
         query, fid = exports.LAYERS[collection_id][1], COLLECTIONS[collection_id][2]
         condition = " AND ".join(where)
         matched = session.execute(text(COUNT_SQL.format(query=query, where=condition)), params).scalar_one()
-        features = session.execute(text(ITEMS_SQL.format(query=query, where=condition, fid=fid)), params).scalars().all()
+        page = text(ITEMS_SQL.format(query=query, where=condition, fid=fid))
+        features = session.execute(page, params).scalars().all()
     href = f"{base}/ogc/collections/{collection_id}/items"
     keep = "".join(f"&{k}={v}" for k, v in (("bbox", bbox), ("datetime", datetime)) if v)
     links = [{"href": f"{href}?limit={limit}&offset={offset}{keep}", "rel": "self", "type": GEOJSON}]

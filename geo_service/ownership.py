@@ -177,9 +177,8 @@ class OwnershipIndex:
                     "code": center["code"], "name": center["name"], "lon": center["lon"], "lat": center["lat"]},
             })
         geoms = shapely.from_wkb([bytes(row["wkb"]) for row in grid_rows]) if grid_rows else np.array([], dtype=object)
-        to_metric = Transformer.from_crs("EPSG:4326", metric_crs, always_xy=True)
-        metric = shapely.transform(geoms, lambda xy: np.column_stack(to_metric.transform(xy[:, 0], xy[:, 1]))) \
-            if len(geoms) else geoms
+        to_metric = geometry.metric_transformer(metric_crs)
+        metric = geometry.to_metric(geoms, metric_crs) if len(geoms) else geoms
         shapely.prepare(geoms)
         compound_rows = session.execute(COMPOUNDS_SQL).mappings().all()
         compound_geoms = shapely.from_wkb([bytes(r["wkb"]) for r in compound_rows]) if compound_rows \
@@ -348,7 +347,6 @@ class OwnershipCache:
         self._index: OwnershipIndex | None = None
         self._listener = None
         self._dirty = True
-        self.rebuilds = 0
 
     def current(self) -> OwnershipIndex:
         """The fresh index, rebuilding it first if needed (may wait for the database)."""
@@ -365,10 +363,6 @@ class OwnershipCache:
             return self._index if self._fresh() else None
         finally:
             self._lock.release()
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._dirty = True
 
     def close(self) -> None:
         with self._lock:
@@ -414,7 +408,6 @@ class OwnershipCache:
             self._listener = None
             self._dirty = True
             raise DatabaseUnavailable("database unavailable; retry shortly") from exc
-        self.rebuilds += 1
 
     def _listen(self):
         proxy = self._engine.raw_connection()

@@ -11,12 +11,7 @@ from __future__ import annotations
 import html
 import json
 
-import folium
-import folium.plugins
-from branca.element import Element
-
-from geo_service import security
-from geo_service import roles
+from geo_service import roles, security
 from geo_service.config import Settings
 
 VENDOR = "/static/vendor"
@@ -33,6 +28,9 @@ CREATORS = roles.STAFF  # roles that may report incidents from the map
 
 def use_local_assets() -> None:
     """Point Folium's Map and the plugins used at the vendored copies (idempotent)."""
+    import folium
+    import folium.plugins
+
     folium.Map.default_js = [
         ("leaflet", f"{VENDOR}/leaflet-1.9.3/leaflet.js"),
         ("jquery", f"{VENDOR}/jquery-3.7.1/jquery.min.js"),
@@ -62,6 +60,11 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
     `csrf_token` goes into the sign-out form; with `nonce` every <script> carries it, which the
     Content-Security-Policy requires of the page's inline scripts (security.SecurityHeaders).
     """
+    # Imported here, not with the module: an API process that serves no page never loads Folium.
+    import folium
+    import folium.plugins
+    from branca.element import Element
+
     use_local_assets()
     # maxZoom on the map itself: without a tile layer Leaflet has none, and MarkerCluster then
     # throws "Map has no maxZoom specified", stopping every later script on the page.

@@ -391,7 +391,8 @@ def test_many_failures_from_one_address_slow_down_every_account_there(access_db,
     with TestClient(create_app(access_db.settings()), client=("192.0.2.20", 50000)) as client:
         for name in names[:accounts]:
             for _ in range(auth.FAILED_SIGN_IN_LIMIT):
-                assert client.post("/api/v1/auth/token", data={"username": name, "password": "wrong!"}).status_code == 401
+                wrong = client.post("/api/v1/auth/token", data={"username": name, "password": "wrong!"})
+                assert wrong.status_code == 401
         blocked = client.post("/api/v1/auth/token", data={"username": names[-1], "password": "correct horse battery"})
         assert blocked.status_code == 429
     denied = [r for r in audit_rows(access_db, "auth.sign_in") if r.object_id == names[-1]]

@@ -87,7 +87,8 @@ def test_csv_upload_as_multipart_file(tiny_client):
 
 def test_geojson_round_trip_keeps_properties(tiny_client):
     collection = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"name": "a"}, "geometry": {"type": "Point", "coordinates": [112.903, 22.703]}},
+        {"type": "Feature", "properties": {"name": "a"},
+         "geometry": {"type": "Point", "coordinates": [112.903, 22.703]}},
         {"type": "Feature", "properties": None, "geometry": {"type": "Point", "coordinates": [113.5, 22.7]}},
     ]}
     response = tiny_client.post(URL, content=orjson.dumps(collection), headers={"content-type": "application/geo+json"})

@@ -310,7 +310,8 @@ def test_two_dispatchers_race_and_exactly_one_wins(race_db, tmp_path):
 def test_escalation_waits_for_every_department(client):
     incident = report(client).json()
     escalated = act(client, incident, "escalate", departments=["城管", "派出所"]).json()
-    assert escalated["status"] == "escalated" and [d["department"] for d in escalated["departments"]] == ["城管", "派出所"]
+    assert escalated["status"] == "escalated"
+    assert [d["department"] for d in escalated["departments"]] == ["城管", "派出所"]
     waiting = act(client, escalated, "resolve")
     assert waiting.status_code == 409 and "城管, 派出所" in waiting.json()["detail"]
     once = act(client, escalated, "acknowledge", department="城管").json()
@@ -420,7 +421,8 @@ def test_snapshot_survives_a_roster_change(server_url, tmp_path):
             incident = report(client).json()
             layers = tiny.frames()
             roster = layers["grid_assignments"]
-            roster.loc[(roster["grid_code"] == G111) & (roster["role"] == "full_time_worker"), "person_code"] = "GW00003"
+            full_time = (roster["grid_code"] == G111) & (roster["role"] == "full_time_worker")
+            roster.loc[full_time, "person_code"] = "GW00003"
             layers["grids"].loc[0, "name"] = "改名网格"
             with Session(database.engine) as session:
                 loading.load(session, tiny.write_frames(tmp_path / "v2", layers), progress=lambda m: None)

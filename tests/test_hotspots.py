@@ -76,7 +76,8 @@ def test_planted_clusters_are_hot_spots_at_99_percent(sample_db, fdr):
     with Session(sample_db.engine) as session:
         for cluster in planted:
             props = cluster["properties"]
-            layer = hotspots.compute(session, None, "grid", filters=incidents.IncidentFilter(categories=[props["category"]]), fdr=fdr)
+            only = incidents.IncidentFilter(categories=[props["category"]])
+            layer = hotspots.compute(session, None, "grid", filters=only, fdr=fdr)
             rows = {row["code"]: row for row in layer.rows()}
             assert rows[props["grid_code"]]["gi_bin"] == 3, props
             assert rows[props["grid_code"]]["count"] >= 100

@@ -15,7 +15,12 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.config import (
-    GenerationConfig, PhasesConfig, ProjectConfig, ProjectsConfig, SchemathesisConfig, StatefulPhaseConfig,
+    GenerationConfig,
+    PhasesConfig,
+    ProjectConfig,
+    ProjectsConfig,
+    SchemathesisConfig,
+    StatefulPhaseConfig,
 )
 from schemathesis.generation import GenerationMode
 from sqlalchemy.orm import Session
@@ -123,7 +128,8 @@ BAD_BODIES = {
     "multipart": {"files": {"file": ("photo.jpg", b"\xff\xd8\xff\xe0 not really a jpeg \xff\xfe", "image/jpeg")},
                   "data": {"description": "multipart"}},
     "binary": {"content": b"\x00\x01\xfe\xff" * 64, "headers": {"Content-Type": "application/octet-stream"}},
-    "invalid UTF-8 JSON": {"content": b'{"description": "\xff\xfe\xfd"}', "headers": {"Content-Type": "application/json"}},
+    "invalid UTF-8 JSON": {"content": b'{"description": "\xff\xfe\xfd"}',
+                           "headers": {"Content-Type": "application/json"}},
     "truncated JSON": {"content": b'{"category": "oth', "headers": {"Content-Type": "application/json"}},
     "JSON of the wrong shape": {"json": [1, 2, 3]},
     "form": {"data": {"category": "other", "lon": "x"}},
@@ -264,7 +270,8 @@ def test_multipart_to_the_incident_intake_is_422_not_500(client):
     response = client.post("/api/v1/incidents", files={"photos": ("a.jpg", b"\xff\xd8\xff" * 1000, "image/jpeg")},
                            data={"category": "other", "description": "with a photo"})
     assert response.status_code == 422
-    assert "must be a JSON object (Content-Type: application/json); got multipart/form-data" in response.json()["detail"]
+    expected = "must be a JSON object (Content-Type: application/json); got multipart/form-data"
+    assert expected in response.json()["detail"]
 
 
 def test_bodies_are_capped_before_authentication_and_parsing(fuzz_app, fuzz_db):

@@ -94,7 +94,8 @@ def test_reload_updates_changed_rows_and_removes_missing_ones(empty_session, tin
 
     assert report.changes["grids"].updated == 1
     assert report.changes["door_plates"].deleted == 1
-    assert empty_session.scalar(select(models.Grid.name).where(models.Grid.code == layers["grids"].loc[0, "code"])) == "改名网格"
+    renamed = select(models.Grid.name).where(models.Grid.code == layers["grids"].loc[0, "code"])
+    assert empty_session.scalar(renamed) == "改名网格"
     assert row_counts(empty_session)["door_plate"] == 1
     assert row_counts(empty_session)["incident"] == 2
 

@@ -80,7 +80,8 @@ class Watched:
         self.page.evaluate("([lon, lat]) => geoState.map.setView([lat, lon], 15, {animate: false})", [lon, lat])
         x, y = self.page.evaluate(
             """([lon, lat]) => { const p = geoState.map.latLngToContainerPoint([lat, lon]);
-                 const r = geoState.map.getContainer().getBoundingClientRect(); return [r.left + p.x, r.top + p.y]; }""",
+                 const r = geoState.map.getContainer().getBoundingClientRect();
+                 return [r.left + p.x, r.top + p.y]; }""",
             [lon, lat])
         self.page.mouse.click(x, y)
 
@@ -160,7 +161,8 @@ def test_door_plates_appear_from_a_useful_zoom(watched):
     watched.page.locator(".leaflet-control-layers-overlays label", has_text="door plates").locator("input").click()
     assert "zoom in" in watched.page.inner_text("#geo-door-plate-hint")
     watched.page.evaluate("geoState.map.setView([22.703, 112.903], 16)")
-    watched.page.wait_for_function("() => document.getElementById('geo-door-plate-hint').textContent.includes('door plates')")
+    watched.page.wait_for_function(
+        "() => document.getElementById('geo-door-plate-hint').textContent.includes('door plates')")
     assert watched.page.evaluate("geoState.layers['door plates 粤居码'].getLayers().length") >= 1
 
 
@@ -262,9 +264,9 @@ def test_sign_out_button_ends_the_session(watched):
 
 def test_no_page_or_asset_points_at_the_internet():
     """Every file we serve is checked for absolute http(s) URLs of CDNs."""
-    from geo_service.config import PROJECT_ROOT
-
     import re
+
+    from geo_service.config import PROJECT_ROOT
 
     cdn = re.compile(r"https?://(cdn\.|cdnjs\.|unpkg\.com|code\.jquery|maxcdn|netdna|stackpath|fonts\.googleapis|"
                      r"cdn\.jsdelivr)")

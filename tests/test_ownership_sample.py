@@ -65,7 +65,8 @@ def test_every_point_in_the_county_has_exactly_one_owner(client):
     rng = np.random.default_rng(11)
     lon, lat = rng.uniform(WEST, EAST, 20_000), rng.uniform(SOUTH, NORTH, 20_000)
     inside = shapely.contains_xy(COUNTY, lon, lat)
-    results = client.post("/api/v1/lookup/batch", json={"points": np.column_stack([lon, lat]).tolist()}).json()["results"]
+    points = np.column_stack([lon, lat]).tolist()
+    results = client.post("/api/v1/lookup/batch", json={"points": points}).json()["results"]
     owned = np.array([r["grid_code"] is not None for r in results])
     assert (owned == inside).all()
 

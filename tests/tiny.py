@@ -81,7 +81,8 @@ def frames() -> dict[str, pd.DataFrame]:
         assignments += [
             dict(grid_code=code, role="grid_leader", person_code="GW00001", valid_from="2024-01-01", valid_to=""),
             dict(grid_code=code, role="full_time_worker", person_code="GW00001", valid_from="2024-01-01", valid_to=""),
-            dict(grid_code=code, role="deputy_grid_leader", person_code="PO00001", valid_from="2024-01-01", valid_to=""),
+            dict(grid_code=code, role="deputy_grid_leader", person_code="PO00001", valid_from="2024-01-01",
+                 valid_to=""),
         ]
     assignments.append(dict(grid_code=grid_code(1, 1, 1), role="part_time_worker", person_code="GW00002",
                             valid_from="2024-03-01", valid_to=""))
@@ -96,7 +97,8 @@ def frames() -> dict[str, pd.DataFrame]:
              door_plate_code="", status="reported"),
     ])
     return {
-        "county": gpd.GeoDataFrame([dict(code="440784", name="测试县", geometry=MultiPolygon([COUNTY]))], crs="EPSG:4326"),
+        "county": gpd.GeoDataFrame([dict(code="440784", name="测试县", geometry=MultiPolygon([COUNTY]))],
+                                   crs="EPSG:4326"),
         "towns": gpd.GeoDataFrame(towns, crs="EPSG:4326"),
         "communities": gpd.GeoDataFrame(communities, crs="EPSG:4326"),
         "grids": gpd.GeoDataFrame(grids, crs="EPSG:4326"),

@@ -5,8 +5,8 @@ Revises:
 Create Date: 2026-11-29 09:30:59.767204
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from geoalchemy2 import Geometry
 
 revision = '0001'
