@@ -12,19 +12,24 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 
 from geo_service import __version__
-from geo_service.config import Settings, get_settings
-from geo_service.db import make_engine, make_sessionmaker
 from geo_service.audit import AuditBuffer
 from geo_service.auth import IdentityCache
+from geo_service.config import Settings, get_settings
+from geo_service.db import make_engine, make_sessionmaker
 from geo_service.errors import (
-    Conflict, DatabaseUnavailable, Forbidden, GeoServiceError, InvalidInput, NotFound, PayloadTooLarge,
-    TooManyAttempts, Unauthenticated,
+    Conflict,
+    DatabaseUnavailable,
+    Forbidden,
+    GeoServiceError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    TooManyAttempts,
+    Unauthenticated,
 )
 from geo_service.ownership import OwnershipCache
+from geo_service.routes import analytics, areas, auth, guard, incidents, layers, ogc, open311, ownership, pages, system
 from geo_service.security import SecurityHeaders
-from geo_service.routes import (
-    analytics, areas, auth, guard, incidents, layers, ogc, open311, ownership, pages, system,
-)
 
 # The one place where domain errors become HTTP statuses.
 ERROR_STATUS = {

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Annotated
 
 import orjson
-
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL

@@ -81,8 +81,8 @@ def grid_assignments(alias: str = "a") -> str:
 def hotspot_runs(alias: str = "r") -> str:
     """Saved hotspot layers (table `hotspot_run` as `alias`) the caller may see: those computed
     within the caller's towns (a county-wide layer only for county-wide callers)."""
-    return ("(CAST(:vis_towns AS text[]) IS NULL OR ({t}.towns IS NOT NULL"
-            " AND CAST({t}.towns AS text[]) <@ CAST(:vis_towns AS text[])))").format(t=alias)
+    return (f"(CAST(:vis_towns AS text[]) IS NULL OR ({alias}.towns IS NOT NULL"
+            f" AND CAST({alias}.towns AS text[]) <@ CAST(:vis_towns AS text[])))")
 
 
 def incident_clause(identity, table: str = "incident") -> TextClause:

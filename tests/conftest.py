@@ -16,12 +16,12 @@ test session) and drops them at the end.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -213,8 +213,9 @@ def mutable_db(server_url, tmp_path):
 
 
 def test_a_committed_load_is_visible_to_the_next_lookup(mutable_db, tmp_path):
-    from geo_service import loading
     from shapely.geometry import MultiPolygon, box
+
+    from geo_service import loading
 
     mutable_db.create_keys()
     with TestClient(create_app(mutable_db.settings()), headers=mutable_db.headers()) as client:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-
 from sqlalchemy.orm import Session
 
 from geo_service import auth, localdb
