@@ -1,9 +1,9 @@
 """Request and response models of the HTTP API, and the bounded value types every input uses."""
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 
 def _no_nul(value: str) -> str:
@@ -38,6 +38,15 @@ MAX_LIST_ITEMS = 50  # values in one comma-separated filter, departments in one 
 
 class ErrorRead(BaseModel):
     detail: str = Field(description="What went wrong, quoting the offending value.")
+
+
+class TooLargeRead(ErrorRead):
+    limit: int | None = Field(default=None, description="The most points one batch may hold.")
+    limit_bytes: int | None = Field(default=None, description="The most bytes the request body may hold.")
+
+
+class TooManyRead(ErrorRead):
+    retry_after: int = Field(description="Seconds to wait before trying again (also in `Retry-After`).")
 
 
 class HealthRead(BaseModel):
@@ -208,6 +217,35 @@ class BatchRead(BaseModel):
     results: list[BatchResult]
 
 
+class BatchProperties(BaseModel):
+    """A batch point's input properties (kept as sent) with its owners added."""
+    model_config = ConfigDict(extra="allow")
+    town_code: str | None
+    community_code: str | None
+    grid_code: str | None
+    compound_code: str | None
+    on_boundary: bool | None
+    grid_worker_ids: list[int] | None = Field(description="Ids of the grid leader and full-time workers.")
+    police_ids: list[int] | None = Field(description="Ids of the deputy grid leader(s), the police officers.")
+    reason: str | None = Field(description="Why the point has no owner (outside coverage, invalid coordinates).")
+
+
+class BatchFeature(BaseModel):
+    """An input feature as sent, its properties extended; a located point's geometry is the
+    WGS-84 point used, an unlocated one keeps the geometry it came with."""
+    model_config = ConfigDict(extra="allow")
+    type: Literal["Feature"]
+    geometry: dict
+    properties: BatchProperties
+
+
+class BatchFeatureCollection(BaseModel):
+    """The answer to a GeoJSON batch: the input FeatureCollection, in order, with owners added."""
+    model_config = ConfigDict(extra="allow")
+    type: Literal["FeatureCollection"]
+    features: list[BatchFeature]
+
+
 class TokenRead(BaseModel):
     access_token: str
     token_type: str = Field(description="Always `bearer`.")
@@ -337,3 +375,404 @@ class IncidentPage(BaseModel):
     limit: int
     offset: int
     items: list[IncidentRead]
+
+
+# --------------------------------------------------------------------------- GeoJSON
+# The answers below are built as plain dicts (mostly as JSON inside PostGIS) and sent with
+# orjson, unvalidated; these models are their contract: the OpenAPI document shows them and
+# tests/test_contracts.py validates every route's answer against them.
+
+def schema_of(model: type[BaseModel]) -> dict:
+    """A `responses` content entry naming a model's schema, for a media type other than the
+    route's `application/json` (the model must be in the document: declared by some route)."""
+    return {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+
+
+Position = Annotated[list[float], Field(min_length=2, max_length=3, description="[lon, lat] in WGS-84 degrees.")]
+
+
+class PointGeometry(BaseModel):
+    type: Literal["Point"]
+    coordinates: Position
+
+
+class MultiPointGeometry(BaseModel):
+    type: Literal["MultiPoint"]
+    coordinates: list[Position]
+
+
+class LineStringGeometry(BaseModel):
+    type: Literal["LineString"]
+    coordinates: list[Position]
+
+
+class MultiLineStringGeometry(BaseModel):
+    type: Literal["MultiLineString"]
+    coordinates: list[list[Position]]
+
+
+class PolygonGeometry(BaseModel):
+    type: Literal["Polygon"]
+    coordinates: list[list[Position]] = Field(description="Rings: the exterior first, then the holes.")
+
+
+class MultiPolygonGeometry(BaseModel):
+    type: Literal["MultiPolygon"]
+    coordinates: list[list[list[Position]]]
+
+
+Geometry = Annotated[PointGeometry | MultiPointGeometry | LineStringGeometry | MultiLineStringGeometry
+                     | PolygonGeometry | MultiPolygonGeometry, Field(discriminator="type")]
+Properties = TypeVar("Properties")
+AFeature = TypeVar("AFeature")
+
+
+class Feature(BaseModel, Generic[Properties]):
+    """A GeoJSON Feature (RFC 7946) in WGS-84 lon/lat."""
+    type: Literal["Feature"]
+    id: str | int = Field(description="The feature's code (incidents: their id).")
+    geometry: Geometry
+    properties: Properties
+
+
+class FeatureCollection(BaseModel, Generic[AFeature]):
+    """A GeoJSON FeatureCollection (RFC 7946) in WGS-84 lon/lat."""
+    type: Literal["FeatureCollection"]
+    features: list[AFeature]
+
+
+# --------------------------------------------------------------------------- areas and map layers
+
+
+class TownRead(TownRef):
+    name_en: str | None = Field(description="English name.")
+
+
+class CommunityRead(CommunityRef):
+    town_code: str = Field(description="The town's 9-digit code.")
+
+
+class GridRead(AreaRef):
+    community_code: str = Field(description="The community's 12-digit code.")
+    town_code: str = Field(description="The town's 9-digit code.")
+
+
+class TownCollection(FeatureCollection[Feature[TownRead]]):
+    """Towns with their outlines (`geometry=true`)."""
+
+
+class CommunityCollection(FeatureCollection[Feature[CommunityRead]]):
+    """Communities with their outlines (`geometry=true`)."""
+
+
+class GridCollection(FeatureCollection[Feature[GridRead]]):
+    """Grids with their outlines (`geometry=true`)."""
+
+
+class GridProperties(BaseModel):
+    code: str = Field(description="Grid code (15 digits).")
+    name: str
+    community: AreaRef = Field(description="The community holding the grid.")
+    town: AreaRef = Field(description="The town holding the grid.")
+    area_km2: float = Field(description="Area in km², measured in `GEO_METRIC_CRS`.")
+
+
+class GridFeature(Feature[GridProperties]):
+    """One grid's outline with its community, town and area."""
+
+
+class StationProperties(BaseModel):
+    code: str
+    name: str
+    kind: str = Field(description="governance_center (综治中心), dispute_resolution, … (see the data guide).")
+    address: str | None
+    town_code: str = Field(description="The town the station serves.")
+
+
+class StationCollection(FeatureCollection[Feature[StationProperties]]):
+    """Stations as points."""
+
+
+class CompoundProperties(BaseModel):
+    code: str = Field(description="Compound code.")
+    name: str
+    grid_code: str = Field(description="The grid holding the compound.")
+
+
+class CompoundCollection(FeatureCollection[Feature[CompoundProperties]]):
+    """Residential compounds (小区) with their outlines."""
+
+
+class DoorPlateProperties(BaseModel):
+    code: str = Field(description="The 粤居码 code.")
+    address: str
+    is_rental: bool
+    town_code: str | None
+    resident_count: int | None = Field(description="Registered residents; null unless the caller is a "
+                                       "dispatcher or admin.")
+
+
+class DoorPlateCollection(FeatureCollection[Feature[DoorPlateProperties]]):
+    """Door plates in a bounding box, in code order."""
+    truncated: bool = Field(description="More door plates lie in the box than were answered (see `limit`).")
+
+
+IncidentPoint = Annotated[
+    tuple[int, float, float, str, str, bool],
+    Field(description="[id, lon, lat, status, category, overdue]: one incident, compact, for clusters and heat."),
+]
+
+
+class SearchHit(BaseModel):
+    kind: Literal["grid", "community", "door_plate"]
+    code: str
+    name: str = Field(description="The area's name; a door plate's code.")
+    address: str | None = Field(description="Door plates: the address.")
+    bbox: tuple[float, float, float, float] = Field(description="west, south, east, north: where to zoom to "
+                                                    "(a door plate's is its point).")
+
+
+# --------------------------------------------------------------------------- incidents as GeoJSON
+
+
+class IncidentFeatureCollection(FeatureCollection[Feature[IncidentRead]]):
+    """`format=geojson`: the page of incidents as points, each with the incident as its properties."""
+    numberMatched: int = Field(description="How many incidents match the filters.")
+    numberReturned: int = Field(description="How many are in this page.")
+
+
+# --------------------------------------------------------------------------- hotspots
+
+
+class FilterDescription(BaseModel):
+    """The incident filter a layer was computed with, in the query's words (null: not filtered)."""
+    model_config = ConfigDict(populate_by_name=True)
+    from_: str | None = Field(alias="from", description="Reported at or after (ISO 8601).")
+    to: str | None = Field(description="Reported before (ISO 8601).")
+    category: list[str] | None
+    status: list[str] | None
+    reporter_kind: list[str] | None
+    town: list[str] | None
+    community: list[str] | None = Field(default=None, description="Present only when filtered.")
+    grid: list[str] | None = Field(default=None, description="Present only when filtered.")
+    assignee: int | None = Field(default=None, description="Present only when filtered.")
+    police: int | None = Field(default=None, description="Present only when filtered.")
+    bbox: list[float] | None = Field(default=None, description="Present only when filtered.")
+    overdue: bool | None = Field(default=None, description="Present only when filtered.")
+    open: bool | None = Field(default=None, description="Present only when filtered.")
+
+
+class HotspotMetadata(BaseModel):
+    unit: str = Field(description="grid, community, town, hex or square.")
+    size_m: float | None = Field(description="Cell size in metres (hex and square).")
+    method: str = Field(description="Always `gistar` (Getis-Ord Gi*).")
+    weights: str = Field(description="The spatial weights, in words.")
+    fdr: bool = Field(description="Bins corrected with Benjamini–Hochberg.")
+    filters: FilterDescription
+    within_towns: list[str] | None = Field(description="The caller's towns it was computed over; null: the county.")
+    units: int = Field(description="How many units (features).")
+    incidents: int = Field(description="Incidents counted.")
+    computed_at: str = Field(description="When (ISO 8601).")
+    bins: dict[str, str] = Field(description="What each `gi_bin` value means.")
+
+
+class HotspotProperties(BaseModel):
+    code: str = Field(description="The unit's code (cells: H or S with the cell's column and row).")
+    name: str
+    count: int = Field(description="Incidents in the unit.")
+    area_km2: float
+    density_km2: float = Field(description="Incidents per km².")
+    door_plates: int = Field(description="Door plates in the unit (that the caller may see).")
+    rate_per_1000_plates: float | None = Field(description="Incidents per 1,000 door plates; null without plates.")
+    gi_z: float = Field(description="Gi* z-score.")
+    gi_p: float = Field(description="Two-sided p-value.")
+    gi_bin: int = Field(ge=-3, le=3, description="±3/±2/±1: hot (+) or cold (−) spot at 99/95/90 % confidence; "
+                        "0: not significant.")
+
+
+class HotspotCollection(FeatureCollection[Feature[HotspotProperties]]):
+    """A hotspot layer: one feature per unit, with how it was computed in `metadata`."""
+    metadata: HotspotMetadata
+
+
+class SavedHotspotRead(BaseModel):
+    """A hotspot layer just saved (without its features)."""
+    id: int
+    name: str | None
+    computed_by: str | None = Field(description="Who computed and saved it.")
+    towns: list[str] | None = Field(description="The towns it was computed over; null: the county.")
+    metadata: HotspotMetadata
+
+
+class HotspotParams(FilterDescription):
+    unit: str
+    size_m: float | None
+    fdr: bool
+
+
+class SavedHotspotLayer(BaseModel):
+    """A saved hotspot layer in the list (without its features)."""
+    id: int
+    name: str | None = Field(description="What the layer shows (null for layers saved before names).")
+    computed_at: str = Field(description="When it was saved (ISO 8601).")
+    computed_by: str | None
+    towns: list[str] | None = Field(description="The towns it was computed over; null: the county.")
+    params: HotspotParams = Field(description="How it was computed: unit, cell size, FDR and the filters.")
+
+
+# --------------------------------------------------------------------------- OGC API – Features
+
+
+class Link(BaseModel):
+    href: str
+    rel: str = Field(description="self, next, prev, items, data, conformance, service-desc, …")
+    type: str = Field(description="Media type of the target.")
+    title: str | None = None
+
+
+class OgcLanding(BaseModel):
+    title: str
+    description: str
+    links: list[Link]
+
+
+class OgcConformance(BaseModel):
+    conformsTo: list[str] = Field(description="The conformance classes: Core, GeoJSON, OpenAPI 3.0.")
+
+
+class OgcApiInfo(BaseModel):
+    title: str
+    version: str
+
+
+class OgcServer(BaseModel):
+    url: str
+
+
+class OgcApiDocument(BaseModel):
+    """The OpenAPI 3.0 definition of /ogc (not of this whole service)."""
+    openapi: str = Field(description="`3.0.3`.")
+    info: OgcApiInfo
+    servers: list[OgcServer]
+    components: dict[str, dict]
+    security: list[dict[str, list[str]]]
+    paths: dict[str, dict[str, dict]]
+
+
+class SpatialExtent(BaseModel):
+    bbox: list[Annotated[list[float], Field(min_length=4, max_length=4)]] = Field(
+        description="[[west, south, east, north]] of what the caller may see; empty when nothing.")
+    crs: str
+
+
+class TemporalExtent(BaseModel):
+    interval: list[tuple[str | None, str | None]] = Field(description="[[first, last]] reported_at (ISO 8601).")
+    trs: str
+
+
+class OgcExtent(BaseModel):
+    spatial: SpatialExtent
+    temporal: TemporalExtent | None = Field(default=None, description="Incidents only.")
+
+
+class OgcCollection(BaseModel):
+    id: str
+    title: str
+    description: str
+    itemType: Literal["feature"]
+    crs: list[str]
+    extent: OgcExtent
+    links: list[Link]
+
+
+class OgcCollections(BaseModel):
+    links: list[Link]
+    collections: list[OgcCollection]
+
+
+class OgcDoorPlateProperties(BaseModel):
+    code: str
+    address: str
+    building: str | None
+    unit: str | None
+    room: str | None
+    is_rental: bool
+    town_code: str | None
+
+
+class OgcIncidentProperties(BaseModel):
+    id: int
+    external_id: str | None
+    category: str
+    status: str
+    reported_at: str
+    reporter_kind: str
+    door_plate_code: str | None
+    town_code: str | None
+    community_code: str | None
+    grid_code: str | None
+    assignee_worker_id: int | None
+    police_officer_ids: str | None = Field(description="Police officer ids separated by `;`.")
+    deadline_at: str | None
+    source: str
+
+
+# The properties of each collection's features (`towns` answers TownRead properties, …).
+OGC_PROPERTIES: dict[str, type[BaseModel]] = {
+    "towns": TownRead, "communities": CommunityRead, "grids": GridRead, "compounds": CompoundProperties,
+    "stations": StationProperties, "door_plates": OgcDoorPlateProperties, "incidents": OgcIncidentProperties,
+    "hotspots": HotspotProperties,
+}
+OgcProperties = (TownRead | CommunityRead | GridRead | CompoundProperties | StationProperties | OgcDoorPlateProperties
+                 | OgcIncidentProperties | HotspotProperties)
+
+
+class OgcFeature(Feature[OgcProperties]):
+    """A feature of a collection; its properties are those of the collection."""
+
+
+class OgcFeatureCollection(FeatureCollection[OgcFeature]):
+    """One page of a collection's features."""
+    numberMatched: int = Field(description="Features matching the query (all pages).")
+    numberReturned: int = Field(description="Features in this page.")
+    timeStamp: str = Field(description="When the page was answered (ISO 8601).")
+    links: list[Link] = Field(description="self, and next and prev pages when there are any.")
+
+
+# --------------------------------------------------------------------------- Open311 GeoReport v2
+
+
+class Open311Service(BaseModel):
+    service_code: str = Field(description="An incident category code.")
+    service_name: str
+    description: str
+    metadata: bool = Field(description="Always false: no extra attributes are defined.")
+    type: str = Field(description="Always `realtime`.")
+    keywords: str
+    group: str
+
+
+class Open311Request(BaseModel):
+    service_request_id: str = Field(description="The incident's id.")
+    status: Literal["open", "closed"]
+    status_notes: str = Field(description="The incident's status.")
+    service_name: str
+    service_code: str
+    description: str
+    agency_responsible: str = Field(description="The grid assigned, `name (code)`.")
+    service_notice: str | None
+    requested_datetime: str = Field(description="When reported (ISO 8601).")
+    updated_datetime: str | None
+    expected_datetime: str | None = Field(description="The current stage's deadline.")
+    address: str | None = Field(description="The door-plate code, when reported at one.")
+    address_id: str | None
+    zipcode: str | None
+    lat: float
+    long: float
+    media_url: str | None
+
+
+class Open311Posted(BaseModel):
+    service_request_id: str = Field(description="The new incident's id.")
+    service_notice: str = Field(description="Its status (assigned at once).")
+    account_id: str | None

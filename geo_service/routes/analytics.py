@@ -14,7 +14,7 @@ from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
 from geo_service.routes.access import AnalystDep, AnyoneDep, PublisherDep, client_address
 from geo_service.routes.params import GEOJSON, IncidentFilterDep, json_response
-from geo_service.schemas import ErrorRead, Name
+from geo_service.schemas import ErrorRead, HotspotCollection, Name, SavedHotspotLayer, SavedHotspotRead, schema_of
 
 router = APIRouter(prefix="/api/v1", tags=["analytics"])
 FORMAT_DOC = "geojson (default), gpkg, shp (zipped), kml, csv (WKT geometry), parquet (GeoParquet) or fgb."
@@ -33,8 +33,9 @@ def _check_method(method: str) -> None:
         raise InvalidInput(f"method {method!r} is not gistar")
 
 
-@router.get("/hotspots", responses={200: {"content": {"application/geo+json": {}, "application/zip": {}}},
-                                    422: {"model": ErrorRead}})
+@router.get("/hotspots", response_model=HotspotCollection,
+            responses={200: {"content": {GEOJSON: schema_of(HotspotCollection), "application/zip": {}}},
+                       422: {"model": ErrorRead}})
 def get_hotspots(request: Request, session: SessionDep, identity: AnalystDep, filters: IncidentFilterDep,
                  unit: Annotated[str, Query(description=UNIT_DOC)] = "grid",
                  size_m: Annotated[float | None, Query(description=SIZE_DOC)] = None,
@@ -54,7 +55,8 @@ def get_hotspots(request: Request, session: SessionDep, identity: AnalystDep, fi
     return file_response(exports.export(session, "hotspots", format, identity, hotspot_layer=layer.geojson()))
 
 
-@router.post("/hotspots/saved", status_code=201, responses={422: {"model": ErrorRead}})
+@router.post("/hotspots/saved", response_model=SavedHotspotRead, status_code=201,
+             responses={422: {"model": ErrorRead}})
 def save_hotspots(request: Request, session: SessionDep, identity: PublisherDep, filters: IncidentFilterDep,
                   name: Annotated[Name, Query(min_length=1, description="What the layer shows, for its readers.")],
                   unit: Annotated[str, Query(description=UNIT_DOC)] = "grid",
@@ -72,7 +74,7 @@ def save_hotspots(request: Request, session: SessionDep, identity: PublisherDep,
     return response
 
 
-@router.get("/hotspots/saved")
+@router.get("/hotspots/saved", response_model=list[SavedHotspotLayer])
 def list_saved_hotspots(session: SessionDep, identity: AnalystDep):
     """Saved hotspot layers the caller may see, newest first (without their features)."""
     return json_response(hotspots.saved(session, identity))

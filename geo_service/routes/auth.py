@@ -20,13 +20,13 @@ from geo_service.routes.access import (
     CSRF_COOKIE, SESSION_COOKIE, AdminDep, AnyoneDep, check_csrf, client_address, identify, refuse_credentials_in_url,
 )
 from geo_service.routes.params import Offset, json_response
-from geo_service.schemas import AuditRead, ErrorRead, IdentityRead, Instant, TokenRead
+from geo_service.schemas import AuditRead, ErrorRead, IdentityRead, Instant, TokenRead, TooManyRead
 
 router = APIRouter(tags=["access"])
 
 
 @router.post("/api/v1/auth/token", response_model=TokenRead,
-             responses={401: {"model": ErrorRead}, 429: {"model": ErrorRead}})
+             responses={401: {"model": ErrorRead}, 429: {"model": TooManyRead}})
 def issue_token(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]):
     """OAuth2 password flow: a short-lived bearer token for `Authorization: Bearer ...`.
 

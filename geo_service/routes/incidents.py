@@ -13,10 +13,14 @@ from geo_service.errors import InvalidInput
 from geo_service.routes.access import AnyoneDep, ReporterDep, client_address
 from geo_service.routes.params import GEOJSON, IncidentFilterDep, Offset, json_response
 from geo_service.schemas import (
-    MAX_ID, MAX_INT4, CategoryRead, ErrorRead, IncidentCreate, IncidentPage, IncidentRead, OutsideRead, TransitionCreate,
+    MAX_ID, MAX_INT4, CategoryRead, ErrorRead, IncidentCreate, IncidentFeatureCollection, IncidentPage, IncidentRead,
+    OutsideRead, TransitionCreate, schema_of,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["incidents"])
+
+
+NOT_FOUND_DOC = "The point is outside the county (with the nearest grid), or the door plate does not exist."
 
 
 def now(request: Request) -> dt.datetime:
@@ -36,7 +40,8 @@ def list_categories(session: SessionDep, identity: AnyoneDep):
 
 @router.post("/incidents", response_model=IncidentRead, status_code=201,
              responses={200: {"model": IncidentRead, "description": "A retried report (same external_id)."},
-                        404: {"model": OutsideRead}, 422: {"model": ErrorRead}})
+                        404: {"model": OutsideRead | ErrorRead, "description": NOT_FOUND_DOC},
+                        422: {"model": ErrorRead}})
 def create_incident(request: Request, session: SessionDep, identity: ReporterDep, body: IncidentCreate):
     """Report an incident at a point or door plate; it is assigned at once."""
     incident, created = intake.intake(session, outside_error(request), identity, audit.actor_of(identity),
@@ -46,7 +51,8 @@ def create_incident(request: Request, session: SessionDep, identity: ReporterDep
     return response
 
 
-@router.get("/incidents", response_model=IncidentPage, responses={200: {"content": {"application/geo+json": {}}}})
+@router.get("/incidents", response_model=IncidentPage | IncidentFeatureCollection,
+            responses={200: {"content": {GEOJSON: schema_of(IncidentFeatureCollection)}}, 422: {"model": ErrorRead}})
 def list_incidents(
     session: SessionDep, identity: AnyoneDep, filters: IncidentFilterDep,
     sort: Annotated[str, Query(max_length=20, description="reported_at, deadline_at, updated_at or id; prefix - for "

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from geo_service import audit, incidents, intake, open311, privacy
 from geo_service.db import SessionDep
 from geo_service.routes.access import AnyoneDep, ReporterDep, client_address
-from geo_service.routes.incidents import outside_error
+from geo_service.routes.incidents import NOT_FOUND_DOC, outside_error
 from geo_service.routes.params import comma_list, json_response
-from geo_service.schemas import MAX_ID, Instant
+from geo_service.schemas import MAX_ID, ErrorRead, Instant, Open311Posted, Open311Request, Open311Service, OutsideRead
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
 
@@ -20,13 +20,14 @@ def _names(session) -> dict[str, str]:
     return {c["code"]: c["name"] for c in incidents.categories(session)}
 
 
-@router.get("/services.json")
+@router.get("/services.json", response_model=list[Open311Service])
 def services(session: SessionDep, identity: AnyoneDep):
     """The service list: one service per incident category."""
     return json_response(open311.services(session))
 
 
-@router.get("/requests.json")
+@router.get("/requests.json", response_model=list[Open311Request],
+            responses={404: {"model": ErrorRead}, 422: {"model": ErrorRead}})
 def requests(request: Request, session: SessionDep, identity: AnyoneDep,
              service_request_id: Annotated[str | None, Query(description="Comma-separated ids (at most 50).")] = None,
              service_code: Annotated[str | None, Query(description="Comma-separated service codes.")] = None,
@@ -44,7 +45,8 @@ def requests(request: Request, session: SessionDep, identity: AnyoneDep,
     return json_response([open311.as_request(privacy.present_incident(i, identity), names) for i in found])
 
 
-@router.get("/requests/{request_id}.json")
+@router.get("/requests/{request_id}.json", response_model=list[Open311Request],
+            responses={404: {"model": ErrorRead}})
 def one_request(session: SessionDep, identity: AnyoneDep,
                 request_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The service request id.")]):
     """One service request, as a list of one (as GeoReport v2 answers)."""
@@ -57,7 +59,9 @@ async def form_fields(request: Request) -> dict[str, str]:
     return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
 
 
-@router.post("/requests.json", status_code=201)
+@router.post("/requests.json", response_model=list[Open311Posted], status_code=201,
+             responses={404: {"model": OutsideRead | ErrorRead, "description": NOT_FOUND_DOC},
+                        422: {"model": ErrorRead}})
 def create_request(request: Request, session: SessionDep,
                    identity: ReporterDep,
                    form: Annotated[dict[str, str], Depends(form_fields)]):

@@ -11,7 +11,8 @@ from geo_service.errors import InvalidInput, PayloadTooLarge
 from geo_service.routes.access import AnalystDep, AnyoneDep, client_address
 from geo_service.routes.params import json_response
 from geo_service.schemas import (
-    BatchRead, BatchRequest, DoorPlateLookupRead, ErrorRead, GridOwnersRead, LookupRead, OutsideRead,
+    BatchFeatureCollection, BatchRead, BatchRequest, DoorPlateLookupRead, ErrorRead, GridOwnersRead, LookupRead,
+    OutsideRead, TooLargeRead, schema_of,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["ownership"])
@@ -132,9 +133,9 @@ def _kind(content_type: str, filename: str = "") -> str:
                        "text/csv or a multipart upload of such a file")
 
 
-@router.post("/lookup/batch", response_model=BatchRead, openapi_extra=BATCH_BODY,
-             responses={200: {"content": {"text/csv": {}, "application/geo+json": {}}},
-                        413: {"model": ErrorRead}, 422: {"model": ErrorRead}})
+@router.post("/lookup/batch", response_model=BatchRead | BatchFeatureCollection, openapi_extra=BATCH_BODY,
+             responses={200: {"content": {"text/csv": {}, "application/geo+json": schema_of(BatchFeatureCollection)}},
+                        413: {"model": TooLargeRead}, 422: {"model": ErrorRead}})
 async def lookup_batch(request: Request,
                        identity: AnalystDep,
                        crs: Annotated[str | None, Query(description=CRS_DOC)] = None) -> Response:
