@@ -53,6 +53,21 @@ def record(session: Session, actor: Actor, action: str, object_type: str | None 
     session.execute(insert(models.AuditLog), [row(actor, action, object_type, object_id, **fields)])
 
 
+@dataclass(frozen=True)
+class PeopleLog:
+    """Where answers that show people's personal data are audited (who saw which grid's people):
+    the write buffer, or None when GEO_AUDIT_LOOKUPS is off, and the caller's address."""
+
+    buffer: AuditBuffer | None
+    address: str | None
+
+    def seen(self, identity, action: str, answer: dict) -> dict:
+        """Record `answer` if it shows anyone; returns it unchanged."""
+        if self.buffer is not None and (answer.get("grid_workers") or answer.get("police")):
+            self.buffer.add(row(actor_of(identity), action, "grid", answer["grid"]["code"], address=self.address))
+        return answer
+
+
 COPY_COLUMNS = ("at", "actor_kind", "actor_id", "actor_name", "action", "object_type", "object_id",
                 "address", "outcome", "detail")
 

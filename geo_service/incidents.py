@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
-from geo_service import audit, models, visibility
+from geo_service import audit, models, privacy, visibility
 from geo_service.errors import InvalidInput, NotFound
 
 TERMINAL = ("closed", "rejected")
@@ -40,6 +40,7 @@ FILTER_SQL = """
   AND (CAST(:overdue AS boolean) IS NULL
        OR coalesce(i.deadline_at < :now AND i.status <> ALL(CAST(:terminal AS text[])), false) = :overdue)
   AND (CAST(:open AS boolean) IS NULL OR (i.status <> ALL(CAST(:terminal AS text[]))) = :open)
+  AND (CAST(:ids AS bigint[]) IS NULL OR i.id = ANY(:ids))
   AND """ + visibility.incidents("i") + "\n"
 
 
@@ -61,6 +62,7 @@ class IncidentFilter:
     overdue: bool | None = None  # past the stage deadline (as of `now`), or not
     open: bool | None = None  # not closed or rejected, or closed or rejected
     now: dt.datetime | None = None  # the clock `overdue` is judged by
+    ids: list[int] | None = None  # only these incidents
 
     def check(self) -> None:
         """422 for values no incident can have."""
@@ -80,6 +82,7 @@ class IncidentFilter:
                 "towns": self.towns or None, "communities": self.communities or None, "grids": self.grids or None,
                 "assignee": self.assignee, "police": self.police, "west": west, "south": south, "east": east,
                 "north": north, "overdue": self.overdue, "open": self.open, "terminal": list(TERMINAL),
+                "ids": self.ids or None,
                 "now": self.now or dt.datetime.now(dt.UTC), **visibility.params(identity)}
 
     def describe(self) -> dict:
@@ -160,15 +163,22 @@ def detail(session: Session, incident_id: int, now: dt.datetime | None = None) -
     return incident
 
 
+def detail_for(session: Session, incident_id: int, identity, now: dt.datetime | None = None) -> dict:
+    """The incident with its timeline as this caller may see it (privacy.py); None: the CLI, in full."""
+    found = detail(session, incident_id, now)
+    return found if identity is None else privacy.present_incident(found, identity)
+
+
 def get_for(session: Session, identity, incident_id: int) -> dict:
-    """One incident with its timeline, if the caller may see it (404 otherwise)."""
+    """One incident with its timeline, if the caller may see it (404 otherwise), as they may see it."""
     load(session, incident_id, identity)
-    return detail(session, incident_id)
+    return detail_for(session, incident_id, identity)
 
 
 def list_for(session: Session, identity, f: IncidentFilter, *, sort: str = "-reported_at", limit: int = 50,
              offset: int = 0) -> tuple[list[dict], int]:
-    """One page of the incidents the caller may see that match, and how many match in all."""
+    """One page of the incidents the caller may see that match, as they may see them, and how many
+    match in all."""
     f.check()
     if not 1 <= limit <= 1000:
         raise InvalidInput(f"limit {limit} outside [1, 1000]")
@@ -179,7 +189,19 @@ def list_for(session: Session, identity, f: IncidentFilter, *, sort: str = "-rep
     total = session.execute(text(COUNT_SQL), params).scalar_one()
     page = text(PAGE_SQL.format(column=column, direction="DESC" if sort.startswith("-") else "ASC"))
     rows = session.execute(page, {**params, "limit": limit, "offset": offset}).mappings().all()
-    return [as_dict(row, f.now) for row in rows], total
+    return [privacy.present_incident(as_dict(row, f.now), identity) for row in rows], total
+
+
+def page_for(session: Session, identity, f: IncidentFilter, *, sort: str = "-reported_at", limit: int = 50,
+             offset: int = 0, geojson: bool = False) -> dict:
+    """A page of incidents as the API answers it: `{total, limit, offset, items}`, or a GeoJSON
+    FeatureCollection with `numberMatched` and `numberReturned`."""
+    items, total = list_for(session, identity, f, sort=sort, limit=limit, offset=offset)
+    if not geojson:
+        return {"total": total, "limit": limit, "offset": offset, "items": items}
+    return {"type": "FeatureCollection", "numberMatched": total, "numberReturned": len(items),
+            "features": [{"type": "Feature", "id": i["id"], "properties": i,
+                          "geometry": {"type": "Point", "coordinates": [i["lon"], i["lat"]]}} for i in items]}
 
 
 def categories(session: Session) -> list[dict]:

@@ -50,7 +50,7 @@ def _replay(session: Session, identity, actor: audit.Actor, external_id: str, ad
                      detail={"external_id": external_id})
         session.commit()
         raise Conflict(f"external_id {external_id!r} is already used by another report; choose a new one")
-    return incidents.detail(session, row.id)
+    return incidents.detail_for(session, row.id, identity)
 
 
 def intake(session: Session, outside: Callable[[float, float], Exception], identity, actor: audit.Actor,
@@ -108,4 +108,4 @@ def intake(session: Session, outside: Callable[[float, float], Exception], ident
     audit.record(session, actor, "incident.create", "incident", incident_id, address=address,
                  detail={"category": category.code, "grid": snapshot["grid"]["code"], "status": status})
     session.commit()
-    return incidents.detail(session, incident_id), True
+    return incidents.detail_for(session, incident_id, identity), True

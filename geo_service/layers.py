@@ -41,7 +41,8 @@ MAX_DOOR_PLATES = 5000
 INCIDENT_POINTS_SQL = text("""
 SELECT coalesce(json_agg(json_build_array(i.id, round(ST_X(i.geom)::numeric, 6), round(ST_Y(i.geom)::numeric, 6),
                                           i.status, i.category_code,
-                                          i.deadline_at < :now AND i.status NOT IN ('closed', 'rejected'))
+                                          coalesce(i.deadline_at < :now, false)
+                                          AND i.status NOT IN ('closed', 'rejected'))
                          ORDER BY i.id), '[]')
 FROM incident AS i
 WHERE """ + incidents.FILTER_SQL)

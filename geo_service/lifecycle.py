@@ -238,7 +238,7 @@ def _refuse(current, incident_id: int, rule: Transition, change: Change, identit
 def transition(session: Session, identity, actor: audit.Actor, incident_id: int, change: Change,
                now: dt.datetime, address: str | None = None) -> dict:
     """Apply one lifecycle action, or refuse it with 409 (wrong state, stale version), 403 or
-    422; commits. Returns the incident with its timeline."""
+    422; commits. Returns the incident with its timeline, as the caller may see it."""
     rule = TRANSITIONS.get(change.action)
     if rule is None:
         raise InvalidInput(f"action {change.action!r} is not one of {', '.join(TRANSITIONS)}")
@@ -279,7 +279,7 @@ def transition(session: Session, identity, actor: audit.Actor, incident_id: int,
     audit.record(session, actor, f"incident.{change.action}", "incident", incident_id, address=address,
                  detail={"from": current["status"], "to": target, **(step.detail or {})})
     session.commit()
-    return incidents.detail(session, incident_id, now)
+    return incidents.detail_for(session, incident_id, identity, now)
 
 
 # --------------------------------------------------------------------------- the periodic job

@@ -86,3 +86,21 @@ def report(form: dict[str, str]) -> intake.Report:
 OPEN311_NAMES = {"category": "service_code", "door_plate": "address_id", "lon": "long",
                  "reporter_kind": "attribute[reporter_kind]", "crs": "attribute[crs]",
                  "external_id": "attribute[external_id]"}
+
+
+def requests_for(session: Session, identity, *, ids: list[int] | None = None, service_codes: list[str] | None = None,
+                 status: str | None = None, start_date: dt.datetime | None = None,
+                 end_date: dt.datetime | None = None) -> list[dict]:
+    """Service requests the caller may see, newest first, at most 1,000. With `ids` the other
+    filters are ignored (as GeoReport v2 says) and the ids that do not exist, or that the caller
+    may not see, are left out."""
+    found = incidents.IncidentFilter(ids=ids) if ids else filters(status, service_codes, start_date, end_date)
+    page, _ = incidents.list_for(session, identity, found, limit=1000)
+    names = {c["code"]: c["name"] for c in incidents.categories(session)}
+    return [as_request(incident, names) for incident in page]
+
+
+def request_for(session: Session, identity, request_id: int) -> list[dict]:
+    """One service request as a list of one (as GeoReport v2 answers); 404 when unseen."""
+    names = {c["code"]: c["name"] for c in incidents.categories(session)}
+    return [as_request(incidents.get_for(session, identity, request_id), names)]

@@ -37,7 +37,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from geo_service import geometry, visibility
+from geo_service import audit, geometry, privacy, visibility
 from geo_service.errors import DatabaseUnavailable, InvalidInput, NotFound, OutsideCoverage
 
 CHANNEL = "ownership_changed"
@@ -489,3 +489,27 @@ def lookup_door_plate(session: Session, index: OwnershipIndex, raw_code: str, st
     """The plate and the ownership answer for its location."""
     plate = door_plate(session, raw_code, identity)
     return {"door_plate": plate, "ownership": lookup_point(index, plate["lon"], plate["lat"], "wgs84", stations)}
+
+
+# --------------------------------------------------------------------------- answers for a caller
+
+
+def lookup_for(index: OwnershipIndex, identity, lon: float, lat: float, crs: str, stations: int,
+               log: audit.PeopleLog) -> dict:
+    """A point's lookup as the caller may see it, audited when it shows people."""
+    return log.seen(identity, "lookup.point", privacy.present_ownership(
+        lookup_point(index, lon, lat, crs, stations), identity))
+
+
+def door_plate_for(session: Session, index: OwnershipIndex, identity, raw_code: str, stations: int,
+                   log: audit.PeopleLog) -> dict:
+    """A door plate (if the caller may see it) and its location's owners, audited when it shows people."""
+    found = lookup_door_plate(session, index, raw_code, stations, identity)
+    return {"door_plate": privacy.present_door_plate(found["door_plate"], identity),
+            "ownership": log.seen(identity, "lookup.door_plate",
+                                  privacy.present_ownership(found["ownership"], identity))}
+
+
+def owners_for(index: OwnershipIndex, identity, grid_code: str, log: audit.PeopleLog) -> dict:
+    """A grid's people as the caller may see them, audited when it shows them."""
+    return log.seen(identity, "lookup.grid_owners", privacy.present_ownership(index.owners(grid_code), identity))

@@ -56,10 +56,6 @@ def present_door_plate(plate: dict, identity) -> dict:
     return {**plate, "resident_count": None}
 
 
-def returns_people(answer: dict) -> bool:
-    return bool(answer.get("grid_workers") or answer.get("police"))
-
-
 def present_incident(incident: dict, identity) -> dict:
     """An incident as this caller may see it: viewers get a truncated, digit-masked description;
     analysts get the people as ids and codes only (no names)."""

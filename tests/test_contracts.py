@@ -342,8 +342,6 @@ def test_healthz_answers_its_contract(tiny_db, session):
         check(declared_model(route, response.status_code), response.content)
 
 
-@pytest.mark.xfail(strict=True, reason="incident-points answers overdue null for a verified incident (no deadline): "
-                   "the SQL compares deadline_at < now without coalesce; /api/v1/incidents answers false")
 def test_incident_points_overdue_is_a_boolean_for_every_status(tiny_db, session):
     with make_client(tiny_db, session) as client:
         setup = Setup(tiny_db, session, client)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-
 from typing import Annotated
 
 from fastapi import Depends, Request

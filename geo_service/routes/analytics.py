@@ -82,7 +82,8 @@ def list_saved_hotspots(session: SessionDep, identity: AnalystDep):
 
 @router.get("/hotspots/density", responses={200: {"content": {"image/png": {}, "image/tiff": {}}}})
 def get_density(request: Request, session: SessionDep, identity: AnalystDep, filters: IncidentFilterDep,
-                bandwidth_m: Annotated[float, Query(description="Gaussian kernel standard deviation, metres.")] = 1000.0,
+                bandwidth_m: Annotated[float, Query(description="Gaussian kernel standard deviation, "
+                                                                "metres.")] = 1000.0,
                 cell_m: Annotated[float, Query(description="Raster cell size, metres.")] = 250.0,
                 format: Annotated[str, Query(description="png (map overlay) or tiff (GeoTIFF, EPSG:4326).")] = "png"):
     """Kernel density of the incidents the caller may see, per km². The PNG's bounds are in the

@@ -4,13 +4,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from geo_service import areas
+from geo_service import areas, roles
 from geo_service.db import SessionDep
-from geo_service import roles
 from geo_service.routes.access import Allow
-from geo_service.routes.params import GEOJSON, json_response
+from geo_service.routes.params import GEOJSON, JSON, json_response
 from geo_service.schemas import (
-    CommunityCollection, CommunityRead, ErrorRead, GridCollection, GridFeature, GridRead, TownCollection, TownRead,
+    CommunityCollection,
+    CommunityRead,
+    ErrorRead,
+    GridCollection,
+    GridFeature,
+    GridRead,
+    TownCollection,
+    TownRead,
     schema_of,
 )
 
@@ -23,7 +29,7 @@ COMMUNITY_DOC = "Only areas in this community (12-digit code)."
 @router.get("/towns", response_model=list[TownRead] | TownCollection, responses={404: {"model": ErrorRead}})
 def list_towns(session: SessionDep, geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False) -> Response:
     """Towns and the subdistrict: code, name, kind."""
-    return json_response(areas.list_areas(session, "towns", geometry=geometry))
+    return json_response(areas.list_areas(session, "towns", geometry=geometry), GEOJSON if geometry else JSON)
 
 
 @router.get("/communities", response_model=list[CommunityRead] | CommunityCollection,
@@ -32,7 +38,8 @@ def list_communities(session: SessionDep,
                      town: Annotated[str | None, Query(description=TOWN_DOC)] = None,
                      geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False) -> Response:
     """Villages and urban communities: code, name, kind, no-litigation flag, town code."""
-    return json_response(areas.list_areas(session, "communities", town=town, geometry=geometry))
+    return json_response(areas.list_areas(session, "communities", town=town, geometry=geometry),
+                         GEOJSON if geometry else JSON)
 
 
 @router.get("/grids", response_model=list[GridRead] | GridCollection, responses={404: {"model": ErrorRead}})
@@ -41,7 +48,8 @@ def list_grids(session: SessionDep,
                community: Annotated[str | None, Query(description=COMMUNITY_DOC)] = None,
                geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False) -> Response:
     """Grids: code, name, community and town codes."""
-    return json_response(areas.list_areas(session, "grids", town=town, community=community, geometry=geometry))
+    return json_response(areas.list_areas(session, "grids", town=town, community=community, geometry=geometry),
+                         GEOJSON if geometry else JSON)
 
 
 @router.get("/grids/{code}", response_model=GridFeature,

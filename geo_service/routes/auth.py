@@ -17,7 +17,14 @@ from geo_service import audit, auth, security
 from geo_service.db import SessionDep
 from geo_service.errors import Unauthenticated
 from geo_service.routes.access import (
-    CSRF_COOKIE, SESSION_COOKIE, AdminDep, AnyoneDep, check_csrf, client_address, identify, refuse_credentials_in_url,
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    AdminDep,
+    AnyoneDep,
+    check_csrf,
+    client_address,
+    identify,
+    refuse_credentials_in_url,
 )
 from geo_service.routes.params import Offset, json_response
 from geo_service.schemas import AuditRead, ErrorRead, IdentityRead, Instant, TokenRead, TooManyRead
@@ -48,8 +55,10 @@ def who_am_i(identity: AnyoneDep):
 
 @router.get("/api/v1/audit", response_model=list[AuditRead], responses={403: {"model": ErrorRead}})
 def list_audit(session: SessionDep, identity: AdminDep,
-               actor: Annotated[str | None, Query(max_length=200, description="Actor name (username or key name).")] = None,
-               action: Annotated[str | None, Query(max_length=200, description="Action or action prefix, e.g. `auth.`.")] = None,
+               actor: Annotated[str | None, Query(max_length=200,
+                                                  description="Actor name (username or key name).")] = None,
+               action: Annotated[str | None, Query(max_length=200,
+                                                   description="Action or action prefix, e.g. `auth.`.")] = None,
                since: Annotated[Instant | None, Query(description="From this time (ISO 8601).")] = None,
                until: Annotated[Instant | None, Query(description="Before this time (ISO 8601).")] = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -68,14 +77,16 @@ body {{ font-family: sans-serif; background: #eef1f4; display: flex; justify-con
 form {{ background: #fff; padding: 2em 2.5em; border-radius: 6px; box-shadow: 0 1px 4px #0002; width: 18em; }}
 h1 {{ font-size: 1.2em; margin: 0 0 1em; }} label {{ display: block; margin: .8em 0 .2em; }}
 input {{ width: 100%; box-sizing: border-box; padding: .45em; }}
-button {{ margin-top: 1.2em; width: 100%; padding: .55em; background: #1f5fa8; color: #fff; border: 0; border-radius: 4px; }}
+button {{ margin-top: 1.2em; width: 100%; padding: .55em; background: #1f5fa8; color: #fff; border: 0;
+         border-radius: 4px; }}
 .error {{ color: #b00020; margin-top: .8em; }}
 </style></head>
 <body><form method="post" action="/login">
 <h1>鹤山网格治理 · 登录<br><small>geo_service sign in</small></h1>
 <input type="hidden" name="next" value="{next}">
 <label for="username">用户名 Username</label><input id="username" name="username" autocomplete="username" required>
-<label for="password">密码 Password</label><input id="password" name="password" type="password" autocomplete="current-password" required>
+<label for="password">密码 Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>
 <button type="submit">登录 Sign in</button>
 {error}</form></body></html>"""
 

@@ -7,14 +7,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
 
-from geo_service import audit, incidents, intake, lifecycle, privacy
+from geo_service import audit, incidents, intake, lifecycle
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
 from geo_service.routes.access import AnyoneDep, ReporterDep, client_address
-from geo_service.routes.params import GEOJSON, IncidentFilterDep, Offset, json_response
+from geo_service.routes.params import GEOJSON, JSON, IncidentFilterDep, Offset, json_response
 from geo_service.schemas import (
-    MAX_ID, MAX_INT4, CategoryRead, ErrorRead, IncidentCreate, IncidentFeatureCollection, IncidentPage, IncidentRead,
-    OutsideRead, TransitionCreate, schema_of,
+    MAX_ID,
+    MAX_INT4,
+    CategoryRead,
+    ErrorRead,
+    IncidentCreate,
+    IncidentFeatureCollection,
+    IncidentPage,
+    IncidentRead,
+    OutsideRead,
+    TransitionCreate,
+    schema_of,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["incidents"])
@@ -46,7 +55,7 @@ def create_incident(request: Request, session: SessionDep, identity: ReporterDep
     """Report an incident at a point or door plate; it is assigned at once."""
     incident, created = intake.intake(session, outside_error(request), identity, audit.actor_of(identity),
                                       intake.Report(**body.model_dump()), now(request), address=client_address(request))
-    response = json_response(privacy.present_incident(incident, identity))
+    response = json_response(incident)
     response.status_code = 201 if created else 200
     return response
 
@@ -64,14 +73,9 @@ def list_incidents(
     """Incidents the caller may see (workers: their own queue), filtered, sorted and paged."""
     if format not in ("json", "geojson"):
         raise InvalidInput(f"format {format!r} is not json or geojson")
-    items, total = incidents.list_for(session, identity, filters, sort=sort, limit=limit, offset=offset)
-    items = [privacy.present_incident(i, identity) for i in items]
-    if format == "geojson":
-        features = [{"type": "Feature", "id": i["id"], "geometry": {"type": "Point", "coordinates": [i["lon"], i["lat"]]},
-                     "properties": i} for i in items]
-        return json_response({"type": "FeatureCollection", "numberMatched": total,
-                              "numberReturned": len(items), "features": features}, GEOJSON)
-    return json_response({"total": total, "limit": limit, "offset": offset, "items": items})
+    page = incidents.page_for(session, identity, filters, sort=sort, limit=limit, offset=offset,
+                              geojson=format == "geojson")
+    return json_response(page, GEOJSON if format == "geojson" else JSON)
 
 
 IncidentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The incident's id.")]
@@ -80,7 +84,7 @@ IncidentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The incident's id
 @router.get("/incidents/{incident_id}", response_model=IncidentRead, responses={404: {"model": ErrorRead}})
 def get_incident(session: SessionDep, identity: AnyoneDep, incident_id: IncidentId):
     """One incident with its timeline (every change: who, when, from → to, note) and departments."""
-    return json_response(privacy.present_incident(incidents.get_for(session, identity, incident_id), identity))
+    return json_response(incidents.get_for(session, identity, incident_id))
 
 
 @router.post("/incidents/{incident_id}/transitions", response_model=IncidentRead,
@@ -105,4 +109,4 @@ def transition(request: Request, session: SessionDep, identity: ReporterDep, inc
                              assignee=body.assignee, departments=body.departments, department=body.department)
     incident = lifecycle.transition(session, identity, audit.actor_of(identity), incident_id, change, now(request),
                                    address=client_address(request))
-    return json_response(privacy.present_incident(incident, identity))
+    return json_response(incident)

@@ -11,7 +11,13 @@ from geo_service.db import SessionDep
 from geo_service.routes.access import AnyoneDep
 from geo_service.routes.params import GEOJSON, IncidentFilterDep, json_response
 from geo_service.schemas import (
-    CompoundCollection, DoorPlateCollection, ErrorRead, IncidentPoint, SearchHit, StationCollection, schema_of,
+    CompoundCollection,
+    DoorPlateCollection,
+    ErrorRead,
+    IncidentPoint,
+    SearchHit,
+    StationCollection,
+    schema_of,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["layers"])

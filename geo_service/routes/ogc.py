@@ -11,8 +11,16 @@ from geo_service.db import SessionDep
 from geo_service.routes.access import AnalystDep
 from geo_service.routes.params import json_response
 from geo_service.schemas import (
-    MAX_OFFSET, ErrorRead, OgcApiDocument, OgcCollection, OgcCollections, OgcConformance, OgcFeature,
-    OgcFeatureCollection, OgcLanding, schema_of,
+    MAX_OFFSET,
+    ErrorRead,
+    OgcApiDocument,
+    OgcCollection,
+    OgcCollections,
+    OgcConformance,
+    OgcFeature,
+    OgcFeatureCollection,
+    OgcLanding,
+    schema_of,
 )
 
 router = APIRouter(prefix="/ogc", tags=["ogc"])

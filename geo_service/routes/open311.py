@@ -1,4 +1,5 @@
-"""Open311 GeoReport v2 at /open311/v2 (JSON format only). Keys may be sent as `api_key`."""
+"""Open311 GeoReport v2 at /open311/v2 (JSON format only). Keys go in the bearer header, or for a POST
+in the form's `api_key` field."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from geo_service import audit, incidents, intake, open311, privacy
+from geo_service import audit, intake, open311
 from geo_service.db import SessionDep
 from geo_service.routes.access import AnyoneDep, ReporterDep, client_address
 from geo_service.routes.incidents import NOT_FOUND_DOC, outside_error
@@ -14,10 +15,6 @@ from geo_service.routes.params import comma_list, json_response
 from geo_service.schemas import MAX_ID, ErrorRead, Instant, Open311Posted, Open311Request, Open311Service, OutsideRead
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
-
-
-def _names(session) -> dict[str, str]:
-    return {c["code"]: c["name"] for c in incidents.categories(session)}
 
 
 @router.get("/services.json", response_model=list[Open311Service])
@@ -28,21 +25,18 @@ def services(session: SessionDep, identity: AnyoneDep):
 
 @router.get("/requests.json", response_model=list[Open311Request],
             responses={404: {"model": ErrorRead}, 422: {"model": ErrorRead}})
-def requests(request: Request, session: SessionDep, identity: AnyoneDep,
-             service_request_id: Annotated[str | None, Query(description="Comma-separated ids (at most 50).")] = None,
+def requests(session: SessionDep, identity: AnyoneDep,
+             service_request_id: Annotated[str | None, Query(description="Comma-separated ids (at most 50); "
+                                                                         "the other filters are then ignored.")] = None,
              service_code: Annotated[str | None, Query(description="Comma-separated service codes.")] = None,
              start_date: Instant | None = None, end_date: Instant | None = None,
              status: Annotated[str | None, Query(description="open or closed.")] = None):
     """Service requests (incidents the caller may see), newest first, at most 1,000."""
-    names = _names(session)
-    if service_request_id:
-        ids = [int(i) for i in comma_list(service_request_id, "service_request_id") or []
-               if i.isdigit() and int(i) <= MAX_ID]
-        found = [incidents.get_for(session, identity, i) for i in ids]
-    else:
-        found, _ = incidents.list_for(session, identity, open311.filters(
-            status, comma_list(service_code, "service_code"), start_date, end_date), limit=1000)
-    return json_response([open311.as_request(privacy.present_incident(i, identity), names) for i in found])
+    ids = [int(i) for i in comma_list(service_request_id, "service_request_id") or []
+           if i.isdigit() and int(i) <= MAX_ID] or None
+    return json_response(open311.requests_for(session, identity, ids=ids, status=status, start_date=start_date,
+                                              end_date=end_date,
+                                              service_codes=comma_list(service_code, "service_code")))
 
 
 @router.get("/requests/{request_id}.json", response_model=list[Open311Request],
@@ -50,8 +44,7 @@ def requests(request: Request, session: SessionDep, identity: AnyoneDep,
 def one_request(session: SessionDep, identity: AnyoneDep,
                 request_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The service request id.")]):
     """One service request, as a list of one (as GeoReport v2 answers)."""
-    incident = privacy.present_incident(incidents.get_for(session, identity, request_id), identity)
-    return json_response([open311.as_request(incident, _names(session))])
+    return json_response(open311.request_for(session, identity, request_id))
 
 
 async def form_fields(request: Request) -> dict[str, str]:

@@ -5,14 +5,22 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from geo_service import audit, auth, batch, ownership, privacy
+from geo_service import audit, batch, ownership
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput, PayloadTooLarge
 from geo_service.routes.access import AnalystDep, AnyoneDep, client_address
 from geo_service.routes.params import json_response
 from geo_service.schemas import (
-    BatchFeatureCollection, BatchRead, BatchRequest, DoorPlateLookupRead, ErrorRead, GridOwnersRead, LookupRead,
-    OutsideRead, TooLargeRead, schema_of,
+    BatchFeatureCollection,
+    BatchRead,
+    BatchRequest,
+    DoorPlateLookupRead,
+    ErrorRead,
+    GridOwnersRead,
+    LookupRead,
+    OutsideRead,
+    TooLargeRead,
+    schema_of,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["ownership"])
@@ -27,15 +35,18 @@ CRS_DOC = "Input coordinate system: wgs84 (default), cgcs2000 (= WGS-84), gcj02 
 STATIONS_DOC = "How many nearest dispute-resolution stations to list (0-20)."
 
 
-def audit_people(request: Request, identity: auth.Identity, action: str, answer: dict) -> None:
-    """Buffer an audit row when an answer showed someone's personal data (who saw which grid's people)."""
-    if request.app.state.settings.audit_lookups and privacy.returns_people(answer):
-        request.app.state.audit.add(audit.row(audit.actor_of(identity), action, "grid", answer["grid"]["code"],
-                                              address=client_address(request)))
+def people_log(request: Request) -> audit.PeopleLog:
+    """Where answers showing people are audited (nowhere when GEO_AUDIT_LOOKUPS is off)."""
+    buffer = request.app.state.audit if request.app.state.settings.audit_lookups else None
+    return audit.PeopleLog(buffer, client_address(request))
+
+
+PeopleLogDep = Annotated[audit.PeopleLog, Depends(people_log)]
 
 
 LOOKUP_PARAMETERS = [
-    {"name": "lon", "in": "query", "required": True, "schema": {"type": "number"}, "description": "Longitude, degrees."},
+    {"name": "lon", "in": "query", "required": True, "schema": {"type": "number"},
+     "description": "Longitude, degrees."},
     {"name": "lat", "in": "query", "required": True, "schema": {"type": "number"}, "description": "Latitude, degrees."},
     {"name": "crs", "in": "query", "required": False, "schema": {"type": "string", "default": "wgs84",
      "enum": ["wgs84", "cgcs2000", "gcj02", "bd09"]}, "description": CRS_DOC},
@@ -68,31 +79,23 @@ async def lookup(request: Request, identity: AnyoneDep):
     lon, lat = _query_value(request, "lon", float), _query_value(request, "lat", float)
     crs, stations = _query_value(request, "crs", str, "wgs84"), _query_value(request, "stations", int, 3)
     index = request.app.state.ownership.ready() or await run_in_threadpool(current_index, request)
-    answer = privacy.present_ownership(ownership.lookup_point(index, lon, lat, crs, stations), identity)
-    audit_people(request, identity, "lookup.point", answer)
-    return json_response(answer)
+    return json_response(ownership.lookup_for(index, identity, lon, lat, crs, stations, people_log(request)))
 
 
 @router.get("/door-plates/{code:path}", response_model=DoorPlateLookupRead,
             responses={404: {"model": ErrorRead}, 422: {"model": ErrorRead}})
-def door_plate(request: Request, session: SessionDep, index: IndexDep, identity: AnyoneDep,
+def door_plate(session: SessionDep, index: IndexDep, identity: AnyoneDep, log: PeopleLogDep,
                code: Annotated[str, Path(description="The 粤居码 code, or a scanned QR URL carrying it "
                                                      "(as `?code=`, `?c=`, `?id=` or the last path segment).")],
                stations: Annotated[int, Query(description=STATIONS_DOC)] = 3):
     """A door plate and the ownership of its location."""
-    found = ownership.lookup_door_plate(session, index, code, stations, identity)
-    answer = {"door_plate": privacy.present_door_plate(found["door_plate"], identity),
-              "ownership": privacy.present_ownership(found["ownership"], identity)}
-    audit_people(request, identity, "lookup.door_plate", answer["ownership"])
-    return json_response(answer)
+    return json_response(ownership.door_plate_for(session, index, identity, code, stations, log))
 
 
 @router.get("/grids/{code}/owners", response_model=GridOwnersRead, responses={404: {"model": ErrorRead}})
-def grid_owners(request: Request, index: IndexDep, identity: AnyoneDep, code: str):
+def grid_owners(index: IndexDep, identity: AnyoneDep, log: PeopleLogDep, code: str):
     """The grid workers and police officers serving a grid today."""
-    answer = privacy.present_ownership(index.owners(code), identity)
-    audit_people(request, identity, "lookup.grid_owners", answer)
-    return json_response(answer)
+    return json_response(ownership.owners_for(index, identity, code, log))
 
 
 BATCH_BODY = {

@@ -59,7 +59,8 @@ def incident_filters(
         statuses=comma_list(status, "status"), categories=comma_list(category, "category"),
         reporter_kinds=comma_list(reporter_kind, "reporter_kind"), towns=comma_list(town, "town"),
         communities=comma_list(community, "community"), grids=comma_list(grid, "grid"), assignee=assignee,
-        police=police, since=since, until=until, bbox=None if bbox is None else geometry.parse_bbox(bbox), overdue=overdue, open=open,
+        police=police, since=since, until=until, bbox=None if bbox is None else geometry.parse_bbox(bbox),
+        overdue=overdue, open=open,
         now=request.app.state.clock())
 
 

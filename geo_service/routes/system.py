@@ -4,9 +4,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from geo_service import health, stats
+from geo_service import health, roles, stats
 from geo_service.db import SessionDep
-from geo_service import roles
 from geo_service.routes.access import SESSION_COOKIE, Allow, authenticate
 from geo_service.schemas import HealthRead, StatsRead
 
