@@ -26,7 +26,7 @@ from _servers import ROOT, uvicorn, wrk
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import auth
+from geo_service import auth, localdb
 from geo_service.config import get_settings
 from geo_service.db import make_engine
 from geo_service.ownership import OWNER_SQL
@@ -42,7 +42,8 @@ def median(values):
 @contextmanager
 def api_key():
     """A throwaway dispatcher key (full answers, audited lookups), revoked afterwards."""
-    engine = make_engine(get_settings())
+    settings = get_settings()
+    engine = make_engine(settings, localdb.owner_url(settings))  # keys are made by the admin CLI's role
     name = f"bench-{uuid.uuid4().hex[:8]}"
     with Session(engine) as session:
         _, secret = auth.create_api_key(session, name, "dispatcher")

@@ -18,7 +18,7 @@ from _servers import uvicorn
 from playwright.sync_api import sync_playwright
 from sqlalchemy.orm import Session
 
-from geo_service import auth
+from geo_service import auth, localdb
 from geo_service.config import get_settings
 from geo_service.db import make_engine
 
@@ -30,7 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    engine = make_engine(get_settings())
+    settings = get_settings()
+    engine = make_engine(settings, localdb.owner_url(settings))  # users are made by the admin CLI's role
     name, password = f"bench-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
     with Session(engine) as session:
         auth.create_user(session, name, "dispatcher", password=password)
