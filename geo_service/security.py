@@ -87,7 +87,7 @@ class SecurityHeaders:
 
     The headers are computed once; per response it only looks at the content type (an HTML page
     gets the page policy with its nonce, everything else the constant API policy), so the JSON
-    API pays a few list operations. A header the handler set itself is left alone.
+    API pays a few list operations. On a page a header the handler set itself is left alone.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings):
@@ -109,17 +109,21 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in headers}
-                content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
+                headers = message.get("headers") or ()
+                content_type = b""
+                for name, value in headers:  # Starlette sends header names in lower case
+                    if name == b"content-type":
+                        content_type = value
+                        break
                 if content_type.startswith(b"text/html"):
                     nonce = state.get(NONCE_STATE)
                     policy = page_policy(self.settings, nonce).encode() if nonce else self.page_without_scripts
-                    extra = [*self.common, (b"content-security-policy", policy)]
+                    present = {name for name, _ in headers}
+                    extra = [(name, value) for name, value in (*self.common, (b"content-security-policy", policy))
+                             if name not in present]
                 else:
-                    extra = self.api_headers
-                headers += [(name, value) for name, value in extra if name not in present]
-                message = {**message, "headers": headers}
+                    extra = self.api_headers  # the hot path: no handler of the API sets these itself
+                message = {**message, "headers": [*headers, *extra]}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -155,10 +159,19 @@ def local_path(target: str) -> bool:
 
 # --------------------------------------------------------------------------- credentials in URLs
 
+_CREDENTIAL_WORDS = ("key", "token", "password", "secret")
+
+
 def credential_in_query(query_string: bytes | str) -> str | None:
     """The name of the first credential-like parameter in a query string, or None."""
     if isinstance(query_string, bytes):
         query_string = query_string.decode("latin-1")
+    if "%" not in query_string and "+" not in query_string:
+        # Nothing encoded: a name can only match if one of the words is there as written. This
+        # skips the parsing on the lookup's `lon=..&lat=..`, the hottest query string.
+        lowered = query_string.lower()
+        if not any(word in lowered for word in _CREDENTIAL_WORDS):
+            return None
     for piece in query_string.split("&"):
         name = unquote_plus(piece.split("=", 1)[0]).strip().lower()
         if name in CREDENTIAL_PARAMS:

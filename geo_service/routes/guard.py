@@ -34,7 +34,7 @@ async def _answer(send, status: int, detail: str, **extra) -> None:
 
 def _nul_in_query(raw: bytes) -> str | None:
     """The name of the first query parameter holding a NUL character, if any."""
-    if b"%00" not in raw.lower() and b"\x00" not in raw:
+    if b"%00" not in raw and b"\x00" not in raw:
         return None
     for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
         if "\x00" in name or "\x00" in value:
@@ -67,10 +67,11 @@ class RequestGuard:
         name = _nul_in_query(scope["query_string"])
         if name is not None:
             return await _answer(send, 422, f"query parameter {name!r} contains a NUL character")
+        if scope["method"] in BODYLESS and not any(name in (b"content-length", b"transfer-encoding")
+                                                   for name, _ in scope["headers"]):
+            return await self.app(scope, receive, send)  # no body to read: the common GET
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
-        if length is None and b"transfer-encoding" not in headers and scope["method"] in BODYLESS:
-            return await self.app(scope, receive, send)
         limit = self.limits.get(scope["path"], self.default_limit)
         if length is not None:
             if not length.isdigit():
