@@ -207,9 +207,12 @@ def stats_command() -> None:
 @main.command("serve")
 @click.option("--host", default=None, help="Interface to bind (default GEO_HOST, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default GEO_PORT, 8000).")
-@click.option("--workers", type=int, default=None, help="Worker processes (default GEO_WORKERS, 1).")
-def serve(host: str | None, port: int | None, workers: int | None) -> None:
-    """Serve the HTTP API and the map."""
+@click.option("--workers", type=int, default=None,
+              help="Worker processes (default GEO_WORKERS, `auto`: one per CPU core).")
+@click.option("--access-log/--no-access-log", default=None,
+              help="Log a line per request (default GEO_ACCESS_LOG, off).")
+def serve(host: str | None, port: int | None, workers: int | None, access_log: bool | None) -> None:
+    """Serve the HTTP API and the map: one worker per core and no access log unless told otherwise."""
     import uvicorn
 
     from geo_service.security import uvicorn_log_config
@@ -219,8 +222,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     _warn_about_service_role(settings)
     uvicorn.run(
         "geo_service.app:app_from_env", factory=True,
-        host=host or settings.host, port=port or settings.port, workers=workers or settings.workers,
-        proxy_headers=False, log_level="info",
+        host=host or settings.host, port=port or settings.port, workers=workers or settings.worker_count,
+        proxy_headers=False, log_level="info", access_log=settings.access_log if access_log is None else access_log,
         log_config=uvicorn_log_config(),  # the access log never shows a credential sent in a URL
     )
 

@@ -1,7 +1,9 @@
 """The one settings class. Every value can be set by a `GEO_`-prefixed environment variable."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,7 +48,10 @@ class Settings(BaseSettings):
     max_overflow: int = 10
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
+    workers: int | Literal["auto"] = Field(
+        default="auto", description="Worker processes of `geo-service serve`: `auto` is one per CPU core.")
+    access_log: bool = Field(default=False, description="Write an access-log line per request (credentials in "
+                             "query strings redacted). Off by default: it costs the hot path a log record each.")
     metric_crs: str = Field(
         default="EPSG:4547",
         description="Projected CRS for lengths and areas (CGCS2000 / 3-degree Gauss-Kruger CM 114E).",
@@ -73,6 +78,11 @@ class Settings(BaseSettings):
         default=1.0,
         description="Largest gap or overlap (m²) tolerated between sibling areas when loading.",
     )
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes `serve` starts."""
+        return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
 
     @property
     def metric_srid(self) -> int:

@@ -334,14 +334,16 @@ def tiny_dir(tmp_path) -> Path:
 
 
 @contextmanager
-def running_server(database: ThrowawayDatabase, workers: int = 1, log=subprocess.DEVNULL) -> Iterator[str]:
+def running_server(database: ThrowawayDatabase, workers: int = 1, log=subprocess.DEVNULL,
+                   access_log: bool = False) -> Iterator[str]:
     """`geo-service serve` as a real process on a free port against `database`; yields its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, **database.environment()}
     process = subprocess.Popen([sys.executable, "-m", "geo_service.cli", "serve", "--port", str(port),
-                                "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                "--workers", str(workers), "--access-log" if access_log else "--no-access-log"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):

@@ -652,7 +652,7 @@ def test_no_secrets_in_the_server_log(access_db, users, tmp_path):
         except urllib.error.HTTPError as refused:
             return refused.code, refused.read().decode(), refused.headers
 
-    with log.open("w") as out, running_server(access_db, log=out) as base:
+    with log.open("w") as out, running_server(access_db, log=out, access_log=True) as base:
         status, body, _ = call(base + "/api/v1/auth/token", {"username": name, "password": "correct horse battery"})
         token = json.loads(body)["access_token"]
         assert call(base + "/api/v1/auth/token", {"username": name, "password": "a wrong secret"})[0] == 401

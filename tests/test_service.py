@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
@@ -74,3 +76,21 @@ def test_embedded_cluster_lifecycle_and_service_reconnects(private_cluster):
         assert runner.invoke(main, ["db", "start"]).exit_code == 0
         assert client.get("/healthz").status_code == 200
         assert client.get("/api/v1/stats").status_code == 200
+
+
+def test_serving_defaults_one_worker_per_core_and_no_access_log(tiny_db, tmp_path, monkeypatch):
+    import os
+
+    from tests.conftest import running_server
+
+    assert Settings(workers="auto").worker_count == os.cpu_count()
+    monkeypatch.setenv("GEO_WORKERS", "3")
+    assert Settings().worker_count == 3
+    monkeypatch.setenv("GEO_WORKERS", "auto")
+    assert Settings().worker_count == os.cpu_count()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out, running_server(tiny_db, log=out) as base:
+        for _ in range(3):
+            urllib.request.urlopen(urllib.request.Request(
+                base + "/api/v1/stats", headers={"Authorization": f"Bearer {tiny_db.keys['viewer']}"})).read()
+    assert "/api/v1/stats" not in log.read_text()  # no line per request unless GEO_ACCESS_LOG is on
