@@ -97,7 +97,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 headers={"Retry-After": "5"})
         raise exc
 
-    app.include_router(ownership.router)  # first: the lookup is the hottest route, matched in order
+    # First: the lookup is the hottest route, matched in order; its lean endpoint before the
+    # documented one (routes/ownership.py says why).
+    app.router.add_route("/api/v1/lookup", ownership.LookupEndpoint(), methods=["GET"], include_in_schema=False)
+    app.include_router(ownership.router)
     app.include_router(auth.router)
     app.include_router(system.router)
     app.include_router(areas.router)

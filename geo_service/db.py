@@ -47,13 +47,19 @@ def copy_field(value) -> str:
     """One value in PostgreSQL's COPY text format (None is NULL; dicts and lists become JSON)."""
     if value is None:
         return "\\N"
-    if isinstance(value, dt.datetime | dt.date):
+    kind = type(value)  # exact types first: this runs for every audited lookup
+    if kind is str:
+        text = value
+    elif kind is int or kind is float or kind is bool:
+        return str(value)
+    elif isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
-    if isinstance(value, dict):
-        value = orjson.dumps(value).decode()
+    elif isinstance(value, dict):
+        text = orjson.dumps(value).decode()
     elif isinstance(value, list):  # an int[] literal
-        value = "{" + ",".join(str(v) for v in value) + "}"
-    text = str(value)
+        text = "{" + ",".join(str(v) for v in value) + "}"
+    else:
+        text = str(value)
     if "\\" in text or "\t" in text or "\n" in text or "\r" in text:  # rare; translate is slow on long text
         text = text.translate(_COPY_ESCAPES)
     return text

@@ -135,6 +135,7 @@ class OwnershipIndex:
     to_metric: Transformer = field(repr=False)
     responsible_ids: list[list[int]] = field(repr=False)  # per grid: leader and full-time workers
     police_ids: list[list[int]] = field(repr=False)
+    cells: CellIndex = field(repr=False)
 
     @classmethod
     def build(cls, session: Session, metric_crs: str = "EPSG:4547", today: dt.date | None = None) -> OwnershipIndex:
@@ -207,13 +208,21 @@ class OwnershipIndex:
             responsible_ids=[[p["id"] for p in g["grid_workers"] if RESPONSIBLE_ROLES & set(p["roles"])]
                              for g in grids],
             police_ids=[[p["id"] for p in g["police"]] for g in grids],
+            cells=CellIndex.build(geoms, np.array([s["lon"] for s in disputes], dtype=float),
+                                  np.array([s["lat"] for s in disputes], dtype=float)),
         )
 
     # ---- single points
 
-    def covering(self, lon: float, lat: float) -> np.ndarray:
-        """Indexes (= code order) of every grid covering the point."""
-        return np.sort(self.grid_tree.query(shapely.Point(lon, lat), predicate="covered_by"))
+    def covering(self, lon: float, lat: float) -> list[int]:
+        """Indexes (= code order) of every grid covering the point (boundary included)."""
+        candidates = self.cells.grids.get(self.cells.key(lon, lat))
+        if candidates is None:
+            return []
+        if len(candidates) == 1:
+            return candidates if shapely.intersects_xy(self.grid_geoms[candidates[0]], lon, lat) else []
+        # For a point, `intersects` is `covers`: the boundary counts as inside.
+        return [c for c, hit in zip(candidates, shapely.intersects_xy(self.grid_geoms[candidates], lon, lat)) if hit]
 
     def lookup(self, lon: float, lat: float, stations: int = 3) -> dict:
         """The full answer for a WGS-84 point; raises OutsideCoverage with the nearest grid."""
@@ -243,6 +252,13 @@ class OwnershipIndex:
     def nearest_stations(self, lon: float, lat: float, count: int) -> list[dict]:
         if count <= 0 or len(self.dispute_lon) == 0:
             return []
+        candidates = self.cells.stations.get(self.cells.key(lon, lat)) if count <= CellIndex.NEAREST else None
+        if candidates is not None:
+            # Only the stations that can be among the nearest from anywhere in this cell, measured
+            # exactly as below; ties in index order, as the stable sort below orders them.
+            measured = sorted((geometry.local_distance_one_m(lon, lat, self.dispute_lon[i], self.dispute_lat[i]), i)
+                              for i in candidates)[:count]
+            return [{**self.dispute_stations[i], "distance_m": round(d, 1)} for d, i in measured]
         distances = geometry.local_distance_m(lon, lat, self.dispute_lon, self.dispute_lat)
         order = np.argsort(distances, kind="stable")[:count]
         return [{**self.dispute_stations[i], "distance_m": round(float(distances[i]), 1)} for i in order]
@@ -297,6 +313,47 @@ class OwnershipIndex:
             order = np.lexsort((-compound_index, point_index))
             compound[point_index[order]] = compound_index[order]  # the last write is the lowest code
         return {"owner": owner, "on_boundary": touching > 1, "compound": compound}
+
+
+@dataclass
+class CellIndex:
+    """Cells of CELL_DEGREES over the area: for each, the grids whose bounding box reaches it and
+    the dispute-resolution stations that can be among the NEAREST from anywhere in it. A single
+    lookup then tests two or three polygons and measures a handful of stations instead of
+    querying a tree and measuring all of them (the lookup is the hottest path of the service).
+    """
+
+    grids: dict[tuple[int, int], list[int]]
+    stations: dict[tuple[int, int], list[int]]
+    CELL_DEGREES = 0.01  # about 1 km
+    NEAREST = 3  # the default number of stations a lookup lists
+
+    @staticmethod
+    def key(lon: float, lat: float) -> tuple[int, int]:
+        return math.floor(lon / CellIndex.CELL_DEGREES), math.floor(lat / CellIndex.CELL_DEGREES)
+
+    @classmethod
+    def build(cls, geoms: np.ndarray, station_lon: np.ndarray, station_lat: np.ndarray) -> CellIndex:
+        grids: dict[tuple[int, int], list[int]] = {}
+        for i, (west, south, east, north) in enumerate(shapely.bounds(geoms) if len(geoms) else []):
+            (x0, y0), (x1, y1) = cls.key(west, south), cls.key(east, north)
+            for x in range(x0, x1 + 1):
+                for y in range(y0, y1 + 1):
+                    grids.setdefault((x, y), []).append(i)  # in index (= code) order
+        stations: dict[tuple[int, int], list[int]] = {}
+        if len(station_lon):
+            for x, y in grids:
+                # From any point of the cell a station's distance differs from its distance to the
+                # centre by at most the half diagonal; a station farther than the NEAREST-th by
+                # more than a diagonal can never be among the nearest from inside the cell.
+                size = cls.CELL_DEGREES
+                centre_lon, centre_lat = (x + 0.5) * size, (y + 0.5) * size
+                half_diagonal = geometry.local_distance_one_m(centre_lon, centre_lat, x * size, y * size)
+                distances = geometry.local_distance_m(centre_lon, centre_lat, station_lon, station_lat)
+                # 50 m more: the local distance is not exactly a metric (it errs by < 0.01 %).
+                limit = np.sort(distances)[min(cls.NEAREST, len(distances)) - 1] + 2 * half_diagonal + 50.0
+                stations[(x, y)] = np.flatnonzero(distances <= limit).tolist()
+        return cls(grids=grids, stations=stations)
 
 
 def _covering_pairs(geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -92,3 +92,29 @@ def test_every_sample_door_plate_resolves(sample_db, client):
         assert body["ownership"]["grid"]["code"] == expected_owners(float(lon), float(lat))[0]
         # The plate code carries the community code it was issued in.
         assert body["ownership"]["community"]["code"] == code[2:14]
+
+
+def test_the_cell_index_gives_exactly_the_full_answers(sample_db):
+    """Covering grids and nearest stations from the cell index equal the brute-force answers,
+    at random points and on cell corners and edges."""
+    import shapely
+
+    from geo_service import geometry, ownership
+
+    with Session(sample_db.engine) as session:
+        index = ownership.OwnershipIndex.build(session)
+    rng = np.random.default_rng(12)
+    west, south, east, north = shapely.total_bounds(index.grid_geoms)
+    lons, lats = rng.uniform(west, east, 3000), rng.uniform(south, north, 3000)
+    size = ownership.CellIndex.CELL_DEGREES
+    corners = np.arange(np.floor(west / size), np.ceil(east / size)) * size
+    lons = np.concatenate([lons, corners, corners + size / 2])
+    lats = np.concatenate([lats, np.full(len(corners), (south + north) / 2), np.full(len(corners), 22.75)])
+    for lon, lat in zip(lons.tolist(), lats.tolist()):
+        expected = np.flatnonzero(shapely.intersects_xy(index.grid_geoms, lon, lat)).tolist()
+        assert index.covering(lon, lat) == expected, (lon, lat)
+        distances = geometry.local_distance_m(lon, lat, index.dispute_lon, index.dispute_lat)
+        for count in (1, 3):
+            order = np.argsort(distances, kind="stable")[:count]
+            assert index.nearest_stations(lon, lat, count) == [
+                {**index.dispute_stations[i], "distance_m": round(float(distances[i]), 1)} for i in order], (lon, lat)
