@@ -105,6 +105,11 @@ INCIDENT_COLUMNS = """
     i.assignee_worker_id, i.police_officer_ids, i.assignment, i.deadline_at, i.stage_started_at,
     i.updated_at, i.closed_at, ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat
 """
+# The names of those columns, as as_dict() reads them.
+ANSWER_COLUMNS = ("id", "external_id", "category", "description", "reported_at", "reporter_kind", "door_plate_code",
+                  "status", "version", "source", "town_code", "community_code", "grid_code", "assignee_worker_id",
+                  "police_officer_ids", "assignment", "deadline_at", "stage_started_at", "updated_at", "closed_at",
+                  "lon", "lat")
 INCIDENT_SQL = text(f"SELECT {INCIDENT_COLUMNS} FROM incident AS i WHERE i.id = :id")
 VISIBLE_INCIDENT_SQL = text(f"SELECT {INCIDENT_COLUMNS} FROM incident AS i WHERE i.id = :id AND "
                             + visibility.incidents("i"))
@@ -169,10 +174,11 @@ def detail_for(session: Session, incident_id: int, identity, now: dt.datetime | 
     return found if identity is None else privacy.present_incident(found, identity)
 
 
-def get_for(session: Session, identity, incident_id: int) -> dict:
-    """One incident with its timeline, if the caller may see it (404 otherwise), as they may see it."""
+def get_for(session: Session, identity, incident_id: int, now: dt.datetime | None = None) -> dict:
+    """One incident with its timeline, if the caller may see it (404 otherwise), as they may see it;
+    `overdue` as of `now` (the service's clock)."""
     load(session, incident_id, identity)
-    return detail_for(session, incident_id, identity)
+    return detail_for(session, incident_id, identity, now)
 
 
 def list_for(session: Session, identity, f: IncidentFilter, *, sort: str = "-reported_at", limit: int = 50,

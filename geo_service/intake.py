@@ -9,14 +9,14 @@ for a caller who may not see it, 409 with nothing of it.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import insert, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import assignment, audit, incidents, lifecycle, models, ownership, visibility
+from geo_service import assignment, audit, incidents, models, ownership, privacy, visibility
 from geo_service.errors import Conflict, InvalidInput
 
 
@@ -36,7 +36,8 @@ REPLAY_SQL = text("SELECT i.id, " + visibility.incidents("i") + " AS visible FRO
                   "WHERE i.external_id = :external_id")
 
 
-def _replay(session: Session, identity, actor: audit.Actor, external_id: str, address: str | None) -> dict | None:
+def _replay(session: Session, identity, actor: audit.Actor, external_id: str, address: str | None,
+            now: dt.datetime | None = None) -> dict | None:
     """The incident already recorded under `external_id`, if any, for an idempotent retry.
 
     A caller who may not see that incident learns nothing of it (409 without details); the
@@ -50,7 +51,59 @@ def _replay(session: Session, identity, actor: audit.Actor, external_id: str, ad
                      detail={"external_id": external_id})
         session.commit()
         raise Conflict(f"external_id {external_id!r} is already used by another report; choose a new one")
-    return incidents.detail_for(session, row.id, identity)
+    return incidents.detail_for(session, row.id, identity, now)
+
+
+# Raw SQL, one statement and one round trip for the whole report: assignment by location (the
+# assignment rule, assignment.assign_ctes), the scope check, the incident with its snapshot, its first
+# timeline events and the audit row. Prepared once per connection (`_execute_prepared`): the
+# plan of this statement costs more than running it.
+REPORT_SQL = """
+WITH point AS (
+    SELECT 0 AS ord, CAST(:category AS text) AS category, ST_SetSRID(ST_MakePoint(:lon, :lat), 4326) AS geom
+), """ + assignment.assign_ctes("point AS p", "p.ord", "p.geom", "p.category") + """, category AS (
+    SELECT c.code, c.accept_hours FROM incident_category AS c WHERE c.code = :category
+), allowed AS (
+    SELECT ch.*, c.accept_hours
+    FROM owner AS o JOIN choice AS ch ON ch.grid_id = o.grid_id AND ch.category = o.category CROSS JOIN category AS c
+    WHERE """ + visibility.towns("ch.town_code") + """
+), created AS (
+    INSERT INTO incident (external_id, category_code, description, reported_at, reporter_kind, door_plate_code,
+                          status, source, geom, stage_started_at, deadline_at, updated_at, reported_by_kind,
+                          reported_by_id, town_code, community_code, grid_code, assignee_worker_id,
+                          police_officer_ids, assignment)
+    SELECT :external_id, :category, :description, CAST(:now AS timestamptz), :reporter_kind, :door_plate_code,
+           CASE WHEN a.assignee_id IS NULL THEN 'reported' ELSE 'assigned' END, :source,
+           ST_SetSRID(ST_MakePoint(:lon, :lat), 4326), CAST(:now AS timestamptz),
+           CAST(:now AS timestamptz) + a.accept_hours * interval '1 hour', CAST(:now AS timestamptz),
+           :actor_kind, :actor_id, a.town_code, a.community_code, a.grid_code, a.assignee_id, a.police_ids,
+           CAST(a.snapshot AS jsonb) || jsonb_build_object('decided_at', CAST(:decided_at AS text))
+    FROM allowed AS a
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING """ + incidents.INCIDENT_COLUMNS.replace("i.", "") + """
+), events AS (
+    INSERT INTO incident_event (incident_id, at, actor_kind, actor_id, actor_name, action, from_status, to_status,
+                                detail)
+    SELECT c.id, CAST(:now AS timestamptz), :actor_kind, :actor_id, :actor_name, 'report', NULL, 'reported',
+           jsonb_build_object('source', CAST(:source AS text))
+    FROM created AS c
+    UNION ALL
+    SELECT c.id, CAST(:now AS timestamptz), :actor_kind, :actor_id, :actor_name, 'assign', 'reported', 'assigned',
+           jsonb_build_object('assignee', c.assignment -> 'assignee', 'police', c.assignment -> 'police',
+                              'rule', c.assignment -> 'rule')
+    FROM created AS c WHERE c.status = 'assigned'
+    RETURNING action, detail
+), audited AS (
+    INSERT INTO audit_log (actor_kind, actor_id, actor_name, action, object_type, object_id, address, outcome, detail)
+    SELECT :actor_kind, :actor_id, :actor_name, 'incident.create', 'incident', CAST(c.id AS text), :address, 'ok',
+           jsonb_build_object('category', c.category, 'grid', c.grid_code, 'status', c.status)
+    FROM created AS c
+)
+SELECT (SELECT count(*) FROM owner) AS covered, (SELECT count(*) FROM category) AS category_known,
+       (SELECT town_code FROM choice) AS town_code, (SELECT count(*) FROM allowed) AS allowed,
+       (SELECT jsonb_object_agg(action, detail) FROM events) AS event_details, c.*
+FROM (SELECT 1) AS one LEFT JOIN created AS c ON true
+"""
 
 
 def intake(session: Session, outside: Callable[[float, float], Exception], identity, actor: audit.Actor,
@@ -61,13 +114,9 @@ def intake(session: Session, outside: Callable[[float, float], Exception], ident
     A caller limited to towns may report only inside them (403)."""
     if report.reporter_kind not in models.REPORTER_KINDS:
         raise InvalidInput(f"reporter_kind {report.reporter_kind!r} is not one of {', '.join(models.REPORTER_KINDS)}")
-    if not report.description or not report.description.strip():
+    description = (report.description or "").strip()
+    if not description:
         raise InvalidInput("description must not be empty")
-    category = incidents.category(session, report.category)
-    if report.external_id:
-        existing = _replay(session, identity, actor, report.external_id, address)
-        if existing is not None:
-            return existing, False
     door_plate_code = None
     if report.door_plate:
         if report.lon is not None or report.lat is not None:
@@ -78,34 +127,66 @@ def intake(session: Session, outside: Callable[[float, float], Exception], ident
         raise InvalidInput("a report needs lon and lat, or a door_plate code")
     else:
         lon, lat, _ = ownership.parse_point(report.lon, report.lat, report.crs)
-    snapshot = assignment.assign_many(session, [lon], [lat], [category.code],
-                                     now.astimezone(ownership.LOCAL_TZ).date()).get(0)
-    if snapshot is None:
-        raise outside(lon, lat)
-    visibility.check_town(identity, snapshot["town"]["code"], f"the reported location lon {lon}, lat {lat}")
-    status = "assigned" if snapshot["assignee"] else "reported"
-    values = {
-        "external_id": report.external_id, "category_code": category.code, "description": report.description.strip(),
-        "reported_at": now, "reporter_kind": report.reporter_kind, "door_plate_code": door_plate_code,
-        "status": status, "source": source, "geom": f"SRID=4326;POINT({lon!r} {lat!r})",
-        "stage_started_at": now, "deadline_at": lifecycle.deadline_for(status, category, now), "updated_at": now,
-        "reported_by_kind": actor.kind, "reported_by_id": actor.id,
-        **assignment.columns(snapshot, now),
-    }
-    statement = insert(models.Incident).values(values).returning(models.Incident.id)
-    if report.external_id:
-        # A concurrent retry of the same report may have won the race since the check above.
-        statement = pg_insert(models.Incident).values(values).on_conflict_do_nothing(
-            index_elements=["external_id"]).returning(models.Incident.id)
-    incident_id = session.scalar(statement)
-    if incident_id is None:
+    row = _execute_prepared(session, {
+        "lon": lon, "lat": lat, "category": report.category, "today": now.astimezone(ownership.LOCAL_TZ).date(),
+        "decided_at": now.isoformat(), "external_id": report.external_id, "description": description, "now": now,
+        "reporter_kind": report.reporter_kind, "door_plate_code": door_plate_code, "source": source,
+        "actor_kind": actor.kind, "actor_id": actor.id, "actor_name": actor.name, "address": address,
+        **visibility.params(identity)})
+    if not row["category_known"]:
+        incidents.category(session, report.category)  # raises, naming the categories there are
+    if not row["covered"]:
         session.rollback()
-        return _replay(session, identity, actor, report.external_id, address), False
-    incidents.record_event(session, incident_id, actor, "report", None, "reported", now, detail={"source": source})
-    if status == "assigned":
-        incidents.record_event(session, incident_id, actor, "assign", "reported", "assigned", now,
-               detail={"assignee": snapshot["assignee"], "police": snapshot["police"], "rule": snapshot["rule"]})
-    audit.record(session, actor, "incident.create", "incident", incident_id, address=address,
-                 detail={"category": category.code, "grid": snapshot["grid"]["code"], "status": status})
+        raise outside(lon, lat)
+    if not row["allowed"]:
+        session.rollback()
+        visibility.check_town(identity, row["town_code"], f"the reported location lon {lon}, lat {lat}")
+    if row["id"] is None:  # the external_id is known: a retry
+        session.rollback()
+        return _replay(session, identity, actor, report.external_id, address, now), False
     session.commit()
-    return incidents.detail_for(session, incident_id, identity), True
+    # The answer from what was written, without reading it back.
+    incident = incidents.as_dict({k: row[k] for k in incidents.ANSWER_COLUMNS}, now)
+    details = row["event_details"]
+    incident["timeline"] = [
+        {"at": now.isoformat(), "actor_kind": actor.kind, "actor_name": actor.name, "action": action,
+         "from_status": from_status, "to_status": to_status, "note": None, "detail": details[action]}
+        for action, from_status, to_status in (("report", None, "reported"), ("assign", "reported", "assigned"))
+        if action in details]
+    incident["departments"] = []
+    return (incident if identity is None else privacy.present_incident(incident, identity)), True
+
+
+_PARAMETER = re.compile(r"(?<![:\w]):([a-z_]+)")
+
+
+def _prepare(sql: str) -> tuple[str, list[str]]:
+    """`sql` with its :names as $1, $2, ... and the names in that order."""
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return _PARAMETER.sub(number, sql), names
+
+
+REPORT_PREPARED, REPORT_PARAMETERS = _prepare(REPORT_SQL)
+
+
+def _execute_prepared(session: Session, values: dict) -> dict:
+    """Run REPORT_SQL as a prepared statement of this connection (prepared on first use)."""
+    connection = session.connection()
+    info = connection.connection.info
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        if "report_prepared" not in info:
+            cursor.execute("PREPARE geo_report AS " + REPORT_PREPARED)
+            info["report_prepared"] = True
+        cursor.execute("EXECUTE geo_report (" + ", ".join(["%s"] * len(REPORT_PARAMETERS)) + ")",
+                       [values[name] for name in REPORT_PARAMETERS])
+        columns = [column.name for column in cursor.description]
+        return dict(zip(columns, cursor.fetchone()))
+    finally:
+        cursor.close()

@@ -100,7 +100,7 @@ def requests_for(session: Session, identity, *, ids: list[int] | None = None, se
     return [as_request(incident, names) for incident in page]
 
 
-def request_for(session: Session, identity, request_id: int) -> list[dict]:
+def request_for(session: Session, identity, request_id: int, now: dt.datetime | None = None) -> list[dict]:
     """One service request as a list of one (as GeoReport v2 answers); 404 when unseen."""
     names = {c["code"]: c["name"] for c in incidents.categories(session)}
-    return [as_request(incidents.get_for(session, identity, request_id), names)]
+    return [as_request(incidents.get_for(session, identity, request_id, now), names)]

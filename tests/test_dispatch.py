@@ -511,3 +511,16 @@ def test_readme_carries_the_lifecycle_table():
     readme = (PROJECT_ROOT / "README.md").read_text()
     documented = readme.split("<!-- lifecycle -->")[1].split("<!-- /lifecycle -->")[0].strip()
     assert documented == lifecycle.lifecycle_table()
+
+
+@pytest.mark.parametrize("role", ["dispatcher", "admin"])
+def test_the_answer_to_a_report_equals_the_incident_read_back(client, db, role):
+    """Intake answers from what it wrote, without reading it back: the same content as a read."""
+    for fields in ({}, {"category": "labour_dispute"}, {"lon": None, "lat": None, "door_plate": "YJ440784901001000001"},
+                   {"external_id": "same-as-read"}):
+        created = client.post("/api/v1/incidents", headers=db.headers(role), json={
+            "category": "dispute", "description": "邻里噪音纠纷", "reporter_kind": "rider", "lon": 112.903,
+            "lat": 22.703, **fields})
+        assert created.status_code == 201, created.text
+        read = client.get(f"/api/v1/incidents/{created.json()['id']}", headers=db.headers(role))
+        assert created.json() == read.json()

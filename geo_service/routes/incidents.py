@@ -82,9 +82,9 @@ IncidentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The incident's id
 
 
 @router.get("/incidents/{incident_id}", response_model=IncidentRead, responses={404: {"model": ErrorRead}})
-def get_incident(session: SessionDep, identity: AnyoneDep, incident_id: IncidentId):
+def get_incident(request: Request, session: SessionDep, identity: AnyoneDep, incident_id: IncidentId):
     """One incident with its timeline (every change: who, when, from → to, note) and departments."""
-    return json_response(incidents.get_for(session, identity, incident_id))
+    return json_response(incidents.get_for(session, identity, incident_id, now(request)))
 
 
 @router.post("/incidents/{incident_id}/transitions", response_model=IncidentRead,

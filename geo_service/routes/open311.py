@@ -41,10 +41,10 @@ def requests(session: SessionDep, identity: AnyoneDep,
 
 @router.get("/requests/{request_id}.json", response_model=list[Open311Request],
             responses={404: {"model": ErrorRead}})
-def one_request(session: SessionDep, identity: AnyoneDep,
+def one_request(request: Request, session: SessionDep, identity: AnyoneDep,
                 request_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The service request id.")]):
     """One service request, as a list of one (as GeoReport v2 answers)."""
-    return json_response(open311.request_for(session, identity, request_id))
+    return json_response(open311.request_for(session, identity, request_id, request.app.state.clock()))
 
 
 async def form_fields(request: Request) -> dict[str, str]:
