@@ -69,31 +69,35 @@ def wrk(url: str, connections: int, seconds: int, script: str | None = None, env
 
 @contextmanager
 def throwaway_database(load_sample: bool = True):
-    """A migrated database of its own on the configured server (optionally with the sample); dropped after."""
+    """A database of its own on the embedded cluster, made as `make run` makes one: owned by the
+    owner role, migrated and loaded (optionally with the sample) as it, the service role granted.
+    Yields (an owner engine, the service role's URL); dropped after."""
     import uuid
 
     from alembic import command
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
-    from geo_service import loading, localdb
+    from geo_service import loading, localdb, privileges
     from geo_service.cli import alembic_config
     from geo_service.config import get_settings
 
-    server = localdb.admin_url(get_settings()).set(database="postgres")
+    settings = get_settings()
+    state = localdb.load_state(settings)
+    server = localdb.admin_url(settings).set(database="postgres")
     name = f"geo_service_bench_{uuid.uuid4().hex[:8]}"
-    localdb.ensure_database(server, name)
-    url = server.set(database=name)
-    engine = create_engine(url)
+    localdb.ensure_database(server, name, state.owner_user)
+    engine = create_engine(state.owner_url().set(database=name))
     try:
         config = alembic_config()
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+            privileges.grant(connection, state.service_user)
         if load_sample:
             with Session(engine) as session:
                 loading.load(session, ROOT / "gis_data" / "heshan", progress=lambda m: None)
-        yield engine, url
+        yield engine, state.service_url().set(database=name)
     finally:
         engine.dispose()
         localdb.drop_database(server, name)
