@@ -1,5 +1,5 @@
-"""Who an incident goes to, decided by its location: one set-based SQL statement for one
-report or 100,000 historical ones.
+"""Who an incident goes to, decided by its location: one set-based SQL text for one report or
+100,000 historical ones.
 
 The ownership rule in PostGIS (ownership.OWNERS_SQL: ST_Covers, lowest grid code on a shared
 edge) gives the grid, and the grid_area view its community and town; the responsible
@@ -9,6 +9,10 @@ prefers a specialty (e.g. labour disputes prefer a professional worker with spec
 leaders (the police–grid pair). The decision is stored on the incident as a snapshot (codes,
 people, rule), so later boundary or roster changes never rewrite history; `reassign` writes a
 new one.
+
+The rule is `ASSIGN_CTES`, written once and formatted with a set of points: `ASSIGN_SQL` for
+the points of a call (intake, reassignment), incident_import.py for a staged file, which
+inserts the decisions without passing them through Python.
 """
 
 from __future__ import annotations
@@ -20,28 +24,34 @@ from sqlalchemy.orm import Session
 
 from geo_service import ownership
 
-# Raw SQL: arrays in, one row per covered point out; the responsible worker is decided once
-# per (grid, category) pair.
-ASSIGN_SQL = text("""
-WITH point AS (
-    SELECT u.ord, u.category, ST_SetSRID(ST_MakePoint(u.lon, u.lat), 4326) AS geom
-    FROM unnest(CAST(:ords AS int[]), CAST(:lons AS float8[]), CAST(:lats AS float8[]),
-                CAST(:categories AS text[])) AS u(ord, lon, lat, category)
-), owner AS MATERIALIZED (
-    SELECT p.ord, p.category, a.grid_id, a.grid_code, a.grid_name, a.community_code, a.community_name,
-           a.town_code, a.town_name
-    FROM (""" + ownership.OWNERS_SQL.format(points="point AS p", key="p.ord", point="p.geom") + """) AS own
-    JOIN point AS p ON p.ord = own.point_key
-    JOIN grid_area AS a ON a.grid_id = own.grid_id
+# Raw SQL: the rule as common table expressions over a set of points (`points`, aliased p, with
+# an integer `key` per point, its `point` geometry and its `category`). `owner` has one row per
+# covered point (ord, category, grid_id); `choice` one per (grid, category) pair among them, with
+# the columns a decision sets and its snapshot as JSON, so the responsible worker, the police and
+# the snapshot are decided once per pair, not once per point. Needs the :today parameter.
+ASSIGN_CTES = """
+owner AS MATERIALIZED (
+    SELECT own.point_key AS ord, {category} AS category, own.grid_id
+    FROM ({owners}) AS own
+    JOIN {points} ON {key} = own.point_key
 ), pair AS (
     SELECT DISTINCT o.grid_id, o.category, cat.preferred_specialty
     FROM owner AS o JOIN incident_category AS cat ON cat.code = o.category
 ), choice AS MATERIALIZED (
-    SELECT pair.grid_id, pair.category, w.id, w.code, w.name, w.kind,
-           CASE WHEN w.kind = 'professional' THEN 'preferred_specialty:' || pair.preferred_specialty
-                ELSE 'full_time_worker' END AS rule,
-           police.people AS police
+    SELECT pair.grid_id, pair.category, a.town_code, a.community_code, a.grid_code, w.id AS assignee_id,
+           COALESCE(police.ids, '{{}}') AS police_ids,
+           json_build_object(
+               'town', json_build_object('code', a.town_code, 'name', a.town_name),
+               'community', json_build_object('code', a.community_code, 'name', a.community_name),
+               'grid', json_build_object('code', a.grid_code, 'name', a.grid_name),
+               'assignee', CASE WHEN w.id IS NOT NULL THEN
+                   json_build_object('id', w.id, 'code', w.code, 'name', w.name, 'kind', w.kind) END,
+               'police', COALESCE(police.people, '[]'),
+               'rule', CASE WHEN w.id IS NULL THEN 'no full-time worker on the grid''s roster'
+                            WHEN w.kind = 'professional' THEN 'preferred_specialty:' || pair.preferred_specialty
+                            ELSE 'full_time_worker' END) AS snapshot
     FROM pair
+    JOIN grid_area AS a ON a.grid_id = pair.grid_id
     LEFT JOIN LATERAL (
         SELECT w.id, w.code, w.name, w.kind
         FROM grid_assignment AS a JOIN grid_worker AS w ON w.id = a.grid_worker_id
@@ -54,15 +64,30 @@ WITH point AS (
     ) AS w ON true
     LEFT JOIN LATERAL (
         SELECT json_agg(json_build_object('id', p.id, 'code', p.code, 'name', p.name, 'unit', p.unit)
-                        ORDER BY p.code) AS people
+                        ORDER BY p.code) AS people,
+               array_agg(p.id ORDER BY p.code) AS ids
         FROM grid_assignment AS a JOIN police_officer AS p ON p.id = a.police_officer_id
         WHERE a.grid_id = pair.grid_id AND a.role = 'deputy_grid_leader'
           AND a.valid_from <= :today AND (a.valid_to IS NULL OR a.valid_to >= :today)
     ) AS police ON true
-)
-SELECT o.ord, o.grid_code, o.grid_name, o.community_code, o.community_name, o.town_code, o.town_name,
-       ch.id AS assignee_id, ch.code AS assignee_code, ch.name AS assignee_name, ch.kind AS assignee_kind,
-       ch.rule, ch.police
+)"""
+
+
+def assign_ctes(points: str, key: str, point: str, category: str) -> str:
+    """ASSIGN_CTES over a set of points (see there), with the ownership rule filled in."""
+    return ASSIGN_CTES.format(
+        owners=ownership.OWNERS_SQL.format(points=points, key=key, point=point),
+        points=points, key=key, category=category)
+
+
+# Raw SQL: arrays in, one row per covered point out.
+ASSIGN_SQL = text("""
+WITH point AS (
+    SELECT u.ord, u.category, ST_SetSRID(ST_MakePoint(u.lon, u.lat), 4326) AS geom
+    FROM unnest(CAST(:ords AS int[]), CAST(:lons AS float8[]), CAST(:lats AS float8[]),
+                CAST(:categories AS text[])) AS u(ord, lon, lat, category)
+), """ + assign_ctes("point AS p", "p.ord", "p.geom", "p.category") + """
+SELECT o.ord, ch.snapshot
 FROM owner AS o JOIN choice AS ch ON ch.grid_id = o.grid_id AND ch.category = o.category
 """)
 GRID_CENTRE_SQL = text("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(geom) AS p "
@@ -71,10 +96,12 @@ GRID_CENTRE_SQL = text("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(g
 
 def assign_many(session: Session, lons: list[float], lats: list[float], categories: list[str],
                 today: dt.date) -> dict[int, dict]:
-    """The assignment snapshot for each point covered by a grid, by position in the input."""
+    """The assignment snapshot for each point covered by a grid, by position in the input:
+    town, community, grid (code and name each), assignee (id, code, name, kind, or None),
+    police (id, code, name, unit each) and the rule that chose them."""
     rows = session.execute(ASSIGN_SQL, {"ords": list(range(len(lons))), "lons": lons, "lats": lats,
-                                        "categories": categories, "today": today}).mappings()
-    return {row["ord"]: _snapshot(row) for row in rows}
+                                        "categories": categories, "today": today})
+    return {ord_: snapshot for ord_, snapshot in rows}
 
 
 def assign_to_grid(session: Session, grid_code: str, category: str, today: dt.date) -> dict | None:
@@ -84,20 +111,6 @@ def assign_to_grid(session: Session, grid_code: str, category: str, today: dt.da
     if centre is None:
         return None
     return assign_many(session, [centre[0]], [centre[1]], [category], today)[0]
-
-
-def _snapshot(row) -> dict:
-    assignee = None if row["assignee_id"] is None else {
-        "id": row["assignee_id"], "code": row["assignee_code"], "name": row["assignee_name"],
-        "kind": row["assignee_kind"]}
-    return {
-        "town": {"code": row["town_code"], "name": row["town_name"]},
-        "community": {"code": row["community_code"], "name": row["community_name"]},
-        "grid": {"code": row["grid_code"], "name": row["grid_name"]},
-        "assignee": assignee,
-        "police": row["police"] or [],
-        "rule": row["rule"] if assignee else "no full-time worker on the grid's roster",
-    }
 
 
 def columns(snapshot: dict, decided_at: dt.datetime) -> dict:
