@@ -1,8 +1,7 @@
-"""The one engine, the one sessionmaker, and the `SessionDep` request dependency."""
+"""The one engine, the one sessionmaker, the `SessionDep` request dependency, and COPY text fields."""
 
 import datetime as dt
-import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Annotated
 
 import orjson
@@ -63,13 +62,3 @@ def copy_field(value) -> str:
     if "\\" in text or "\t" in text or "\n" in text or "\r" in text:  # rare; translate is slow on long text
         text = text.translate(_COPY_ESCAPES)
     return text
-
-
-def copy_rows(cursor, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
-    """Bulk-write rows with COPY: much cheaper than INSERTs for thousands of rows."""
-    buffer = io.StringIO()
-    for row in rows:
-        buffer.write("\t".join(copy_field(value) for value in row))
-        buffer.write("\n")
-    buffer.seek(0)
-    cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buffer)
