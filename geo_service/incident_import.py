@@ -153,7 +153,7 @@ def _validate(frame: pd.DataFrame, statuses: list, stamps: pd.Series, lons: np.n
         ([s not in models.INCIDENT_STATUSES for s in statuses],
          lambda i: f"status {statuses[i]!r} is not one of {', '.join(models.INCIDENT_STATUSES)}"),
         (stamps.isna().to_numpy(), lambda i: f"reported_at {frame['reported_at'].iloc[i]!r} is not an ISO 8601 time"),
-        (~coordinates, lambda i: f"lon {lons[i]!r}, lat {lats[i]!r} are not coordinates"),
+        (~coordinates, lambda i: f"lon {float(lons[i])!r}, lat {float(lats[i])!r} are not coordinates"),
         ([not str(d).strip() for d in descriptions], lambda i: "empty description"),
     ]
     keep = np.ones(len(frame), dtype=bool)
