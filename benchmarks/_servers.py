@@ -47,6 +47,30 @@ def uvicorn(app: str, workers: int, factory: bool = False, env: dict | None = No
         process.wait(10)
 
 
+@contextmanager
+def geo_service(url, extra_env: dict | None = None):
+    """`geo-service serve` as `make run` starts it (its defaults: a worker per core, no access
+    log), connected as the service role to the database at `url`; yields the base URL."""
+    port = free_port()
+    env = {**os.environ, "GEO_DATABASE_URL": url.render_as_string(hide_password=False), **(extra_env or {})}
+    process = subprocess.Popen([str(BIN / "geo-service"), "serve", "--port", str(port)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("geo-service serve did not start")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -101,3 +125,19 @@ def throwaway_database(load_sample: bool = True):
     finally:
         engine.dispose()
         localdb.drop_database(server, name)
+
+
+def print_figures(figures: list[dict]) -> None:
+    """Figures as one Markdown table: median, worst round, p99, the same run's baseline and the ratio."""
+    print("| measurement | median | worst round | p99 ms | baseline (same run) | baseline median | ratio | goal | met |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for f in figures:
+        def number(value, unit=""):
+            if value is None:
+                return ""
+            return f"{value:,.3f} {unit}".strip() if value < 10 else f"{value:,.0f} {unit}".strip()
+
+        print(f"| {f['measurement']} | {number(f['median'], f['unit'])} | {number(f.get('worst'))} | "
+              f"{'' if f.get('p99_ms') is None else format(f['p99_ms'], '.2f')} | {f.get('baseline') or ''} | "
+              f"{number(f.get('baseline_median'))} | {'' if f.get('ratio') is None else format(f['ratio'], '.2f')} | "
+              f"{f.get('goal') or ''} | {'' if f.get('met') is None else ('yes' if f['met'] else 'no')} |")

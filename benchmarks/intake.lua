@@ -13,5 +13,5 @@ request = function()
   local p = points[(i % #points) + 1]
   local body = string.format('{"category": "%s", "description": "benchmark report %d", "reporter_kind": "rider", %s}',
                              categories[(i % #categories) + 1], i, p)
-  return wrk.format("POST", "/api/v1/incidents", nil, body)
+  return wrk.format("POST", os.getenv("TARGET_PATH") or "/api/v1/incidents", nil, body)
 end

@@ -6,7 +6,6 @@ from contextlib import asynccontextmanager
 import psycopg2
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
@@ -29,6 +28,7 @@ from geo_service.errors import (
 )
 from geo_service.ownership import OwnershipCache
 from geo_service.routes import analytics, areas, auth, guard, incidents, layers, ogc, open311, ownership, pages, system
+from geo_service.routes.compression import Compression
 from geo_service.security import SecurityHeaders
 
 # The one place where domain errors become HTTP statuses.
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # First: the lookup is the hottest route, matched in order; its lean endpoint before the
     # documented one (routes/ownership.py says why).
     app.router.add_route("/api/v1/lookup", ownership.LookupEndpoint(), methods=["GET"], include_in_schema=False)
+    app.router.add_route("/api/v1/incidents", incidents.ReportEndpoint(), methods=["POST"], include_in_schema=False)
     app.include_router(ownership.router)
     app.include_router(auth.router)
     app.include_router(system.router)
@@ -112,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.WEB), name="static")
     # Large answers (map layers) travel compressed to browsers; lookups stay below the threshold.
-    app.add_middleware(GZipMiddleware, minimum_size=16_384)
+    app.add_middleware(Compression, minimum_size=16_384)
     # Outermost: bodies are capped and NUL characters refused before anything reads them.
     app.add_middleware(guard.RequestGuard, default_limit=settings.max_body_bytes,
                        limits={"/api/v1/lookup/batch": settings.batch_max_bytes})

@@ -141,7 +141,7 @@ def test_door_plate_and_gcj02_intake(client):
 def test_bad_reports_are_refused_and_write_nothing(client, session, fields, status, message):
     before = session.scalar(text("SELECT count(*) FROM incident"))
     response = report(client, **fields)
-    assert response.status_code == status and message in response.json()["detail"]
+    assert response.status_code == status and message in response.json()["detail"], response.text
     if status == 404:
         assert response.json()["nearest_grid"]["code"] == tiny.grid_code(2, 1, 2)
     assert session.scalar(text("SELECT count(*) FROM incident")) == before

@@ -5,12 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from geo_service import audit, incidents, intake, lifecycle
+from geo_service import audit, incidents, intake, lifecycle, roles
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
-from geo_service.routes.access import AnyoneDep, ReporterDep, client_address
+from geo_service.routes.access import Allow, AnyoneDep, ReporterDep, client_address
 from geo_service.routes.params import GEOJSON, JSON, IncidentFilterDep, Offset, json_response
 from geo_service.schemas import (
     MAX_ID,
@@ -53,11 +57,47 @@ def list_categories(session: SessionDep, identity: AnyoneDep):
                         422: {"model": ErrorRead}})
 def create_incident(request: Request, session: SessionDep, identity: ReporterDep, body: IncidentCreate):
     """Report an incident at a point or door plate; it is assigned at once."""
-    incident, created = intake.intake(session, outside_error(request), identity, audit.actor_of(identity),
-                                      intake.Report(**body.model_dump()), now(request), address=client_address(request))
+    incident, created = _report(request, session, identity, body)
     response = json_response(incident)
     response.status_code = 201 if created else 200
     return response
+
+
+def _report(request: Request, session, identity, body: IncidentCreate) -> tuple[dict, bool]:
+    return intake.intake(session, outside_error(request), identity, audit.actor_of(identity),
+                         intake.Report(**body.model_dump()), now(request), address=client_address(request))
+
+
+ALLOW_REPORT = Allow(*roles.REPORTERS)
+
+
+class ReportEndpoint:
+    """`POST /api/v1/incidents` as a bare ASGI endpoint, matched before the documented route above.
+
+    Every report from the street is one: FastAPI's dependency resolution and response handling
+    cost a third of a report's time in the process. This endpoint does the same work with the
+    same parts (the `Allow` check, the body validated by the same `IncidentCreate`, with its
+    errors raised to the same 422 handler, `intake.intake` in one transaction from the app's
+    sessionmaker, every middleware still around it).
+    """
+
+    async def __call__(self, scope, receive, send) -> None:
+        request = Request(scope, receive)
+        identity = await ALLOW_REPORT(request)
+        try:
+            body = IncidentCreate.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+        incident, created = await run_in_threadpool(self._in_session, request, identity, body)
+        answer = orjson.dumps(incident)
+        await send({"type": "http.response.start", "status": 201 if created else 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})
+        await send({"type": "http.response.body", "body": answer})
+
+    @staticmethod
+    def _in_session(request: Request, identity, body: IncidentCreate) -> tuple[dict, bool]:
+        with request.app.state.sessionmaker() as session:
+            return _report(request, session, identity, body)
 
 
 @router.get("/incidents", response_model=IncidentPage | IncidentFeatureCollection,
