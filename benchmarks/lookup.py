@@ -2,6 +2,7 @@
 geopandas.sjoin, and the bare PostGIS query. Needs the sample loaded (`make bench` does it).
 
     .venv/bin/python benchmarks/lookup.py [--seconds 10] [--rounds 3] [--workers 2]
+                                          [--batch-rounds 5] [--batch-only] [--before CHECKOUT]
 
 Every figure is a median over rounds, each baseline measured in the same run, interleaved
 with the measurement it is compared with (the machine is shared and noisy).
@@ -10,12 +11,14 @@ with the measurement it is compared with (the machine is shared and noisy).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
 import urllib.request
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -97,32 +100,305 @@ def single_lookups(seconds: int, rounds: int, workers: int, key: str) -> list[di
     return rows
 
 
-def batch_lookups(rounds: int, workers: int, key: str, count: int = 100_000) -> dict:
+FORMATS = ("json", "geojson", "csv")
+# What the client sends as Accept-Encoding: nothing (identity), gzip (every HTTP client), and
+# what a current browser sends (the service answers it with zstd).
+ENCODINGS = {"identity": None, "gzip": "gzip", "zstd": "gzip, deflate, br, zstd"}
+
+
+def county_points(count: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random points inside the county polygon (not its bounding box)."""
     county = shapely.union_all(gpd.read_file(SAMPLE / "county.geojson").geometry.values)
-    rng = np.random.default_rng(3)
     west, south, east, north = county.bounds
-    lon, lat = rng.uniform(west, east, count), rng.uniform(south, north, count)
-    body = orjson.dumps({"points": np.column_stack([lon, lat]).tolist()})
-    grids = gpd.read_file(SAMPLE / "grids.geojson")
-    http, sjoin = [], []
-    with uvicorn("geo_service.app:app_from_env", workers, factory=True, ready_path="/healthz") as service:
-        warm(service, key, workers)
+    rng = np.random.default_rng(seed)
+    lon, lat = np.empty(0), np.empty(0)
+    while len(lon) < count:
+        x, y = rng.uniform(west, east, count), rng.uniform(south, north, count)
+        inside = shapely.contains_xy(county, x, y)
+        lon, lat = np.concatenate([lon, x[inside]]), np.concatenate([lat, y[inside]])
+    return lon[:count], lat[:count]
+
+
+def batch_bodies(lon: np.ndarray, lat: np.ndarray) -> dict[str, tuple[bytes, str]]:
+    pairs = np.column_stack([lon, lat]).tolist()
+    collection = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"id": i}, "geometry": {"type": "Point", "coordinates": p}}
+        for i, p in enumerate(pairs)]}
+    table = "id,lon,lat\n" + "".join(f"{i},{x!r},{y!r}\n" for i, (x, y) in enumerate(pairs))
+    return {"json": (orjson.dumps({"points": pairs}), "application/json"),
+            "geojson": (orjson.dumps(collection), "application/geo+json"),
+            "csv": (table.encode(), "text/csv")}
+
+
+def post_batch(service: str, key: str, body: bytes, content_type: str, accept: str | None) -> dict:
+    """POST a batch and read the answer as a client does: decoded (gunzip, zstd) as it arrives.
+    Timed until the last byte is decoded; also the first byte and the bytes on the wire."""
+    import http.client
+    import zlib
+    from urllib.parse import urlsplit
+
+    import zstandard
+
+    address = urlsplit(service)
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {key}"}
+    if accept:
+        headers["Accept-Encoding"] = accept
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    started = time.perf_counter()
+    connection.request("POST", "/api/v1/lookup/batch", body=body, headers=headers)
+    response = connection.getresponse()
+    assert response.status == 200, (response.status, response.read()[:300])
+    encoding = response.getheader("Content-Encoding")
+    decoder = {"gzip": lambda: zlib.decompressobj(47), "zstd": lambda: zstandard.ZstdDecompressor().decompressobj(),
+               None: lambda: None}[encoding]()
+    parts, wire, first = [], 0, None
+    while piece := response.read1(1 << 18):
+        first = first or time.perf_counter() - started
+        wire += len(piece)
+        parts.append(decoder.decompress(piece) if decoder else piece)
+    if decoder is not None and hasattr(decoder, "flush"):
+        parts.append(decoder.flush())
+    elapsed = time.perf_counter() - started
+    connection.close()
+    answer = b"".join(parts)
+    return {"s": elapsed, "first_s": first, "wire": wire, "bytes": len(answer), "encoding": encoding or "identity",
+            "chunked": response.getheader("Transfer-Encoding") == "chunked", "digest": hash(answer)}
+
+
+def _workers(service: str) -> list[int]:
+    """The pids of the uvicorn workers serving `service` (the spawned children of the process
+    started with its port; that process itself when it serves alone)."""
+    port = f"--port {service.rsplit(':', 1)[1]} "
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode() + " "
+        except OSError:
+            continue
+        if "uvicorn" in command and port in command:
+            pid = cmdline.parent.name
+            children = (Path("/proc") / pid / "task" / pid / "children").read_text().split()
+            workers = [int(c) for c in children
+                       if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+            return workers or [int(pid)]
+    return []
+
+
+def _memory(pid: int) -> dict[str, int]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {name: int(fields[name].split()[0]) * 1024 for name in ("VmRSS", "VmHWM")}
+
+
+def batch_memory(start_service, key: str, workers: int, bodies: dict, small: dict) -> dict[tuple, dict]:
+    """Peak RSS of the worker that answers one batch, each format and encoding on a fresh server
+    (a worker keeps the memory it freed, so a second batch would hide in the first one's): every
+    worker warmed up with lookups and a 100-point batch of the format, then VmRSS of each read,
+    the batch sent, and VmHWM (the peak) read."""
+    peaks = {}
+    for kind, (body, content_type) in bodies.items():
+        for name, accept in ENCODINGS.items():
+            with start_service() as service:
+                warm(service, key, workers)
+                for _ in range(workers * 2):
+                    post_batch(service, key, small[kind][0], content_type, accept)
+                pids = _workers(service)
+                before = {pid: _memory(pid)["VmRSS"] for pid in pids}
+                post_batch(service, key, body, content_type, accept)
+                growth = {pid: _memory(pid)["VmHWM"] - before[pid] for pid in pids}
+                pid = max(growth, key=growth.get)
+                peaks[(kind, name)] = {"rss_before": before[pid], "peak": before[pid] + growth[pid],
+                                       "growth": growth[pid]}
+    return peaks
+
+
+def codecs() -> dict[str, tuple]:
+    """Codecs and levels to weigh, as (make a compressor with .part/.last, decompress a whole body).
+    Brotli and zlib-ng are measured when installed (`pip install brotli zlib-ng`); they are not
+    dependencies of the service."""
+    import zlib
+
+    import zstandard
+    from isal import isal_zlib
+
+    from geo_service.routes import compression
+
+    gunzip = lambda data: zlib.decompress(data, 31)  # noqa: E731
+    unzstd = lambda data: zstandard.ZstdDecompressor().decompressobj().decompress(data)  # noqa: E731
+    table = {f"gzip, zlib {level}" + (" (before)" if level == 9 else ""): (lambda level=level: _Zlib(zlib, level),
+                                                                            gunzip) for level in (1, 6, 9)}
+    table.update({f"gzip, ISA-L {level}" + (" (chosen)" if level == compression.GZIP_LEVEL else ""):
+                  (lambda level=level: _Zlib(isal_zlib, level), gunzip) for level in (0, 1, 2, 3)})
+    try:
+        from zlib_ng import zlib_ng
+        table.update({f"gzip, zlib-ng {level}": (lambda level=level: _Zlib(zlib_ng, level), gunzip)
+                      for level in (1, 6)})
+    except ImportError:
+        pass
+    table.update({f"zstd {level}" + (" (chosen)" if level == compression.ZSTD_LEVEL else ""):
+                  (lambda level=level: _Zstd(level), unzstd) for level in (-1, 1, 3, 6)})
+    try:
+        import brotli
+        table.update({f"br {quality}": (lambda quality=quality: _Brotli(quality), brotli.decompress)
+                      for quality in (0, 1, 4, 5)})
+    except ImportError:
+        pass
+    return table
+
+
+def batch_stages(bodies: dict, rounds: int) -> tuple[dict, dict]:
+    """Where a batch's time goes, in-process: parse, locate, encode (medians); then every codec of
+    codecs() on each answer, chunk by chunk as served (median time, size, and the client's time
+    to decode it)."""
+    from geo_service import batch
+    from geo_service.ownership import OwnershipIndex
+
+    engine = make_engine(get_settings())
+    with Session(engine) as session:
+        index = OwnershipIndex.build(session)
+    engine.dispose()
+    stages, weighed = {}, {}
+    for kind, (body, _) in bodies.items():
+        timings = []
         for _ in range(rounds):
+            time.sleep(0.2)  # the previous round's input is freed in the background (batch._disposal)
+            row = {}
             started = time.perf_counter()
-            request = urllib.request.Request(service + "/api/v1/lookup/batch", data=body,
-                                             headers={"Content-Type": "application/json",
-                                                      "Authorization": f"Bearer {key}"})
-            raw = urllib.request.urlopen(request).read()
-            http.append(time.perf_counter() - started)  # until the last byte arrived; decoding is the client's
-            assert orjson.loads(raw)["count"] == count
+            parsed = batch.parse(body, "csv" if kind == "csv" else "json", None, 10**9)
+            row["parse"] = time.perf_counter() - started
+            started = time.perf_counter()
+            located = batch.locate(index, parsed)
+            row["locate"] = time.perf_counter() - started
+            started = time.perf_counter()
+            chunks = list(batch.encode(index, parsed, located).chunks)
+            row["encode"] = time.perf_counter() - started
+            timings.append(row)
+        stages[kind] = {name: median(t[name] for t in timings) for name in timings[0]}
+        stages[kind]["bytes"] = sum(map(len, chunks))
+        for name, (make, decompress) in codecs().items():
+            times = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                compressor = make()
+                data = b"".join([*(compressor.part(c) for c in chunks[:-1]), compressor.last(chunks[-1])])
+                times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            assert decompress(data) == b"".join(chunks)
+            weighed.setdefault(name, {})[kind] = (median(times), len(data), time.perf_counter() - started)
+    return stages, weighed
+
+
+class _Zlib:
+    """A gzip codec like routes/compression.Gzip at another level or library, for the table."""
+
+    def __init__(self, module, level: int):
+        self.module, self.z = module, module.compressobj(level, module.DEFLATED, 31)
+
+    def part(self, data: bytes) -> bytes:
+        return self.z.compress(data) + self.z.flush(self.module.Z_SYNC_FLUSH)
+
+    def last(self, data: bytes) -> bytes:
+        return self.z.compress(data) + self.z.flush()
+
+
+class _Zstd:
+    def __init__(self, level: int):
+        import zstandard
+
+        self.flush_block = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        self.z = zstandard.ZstdCompressor(level=level).compressobj()
+
+    def part(self, data: bytes) -> bytes:
+        return self.z.compress(data) + self.z.flush(self.flush_block)
+
+    def last(self, data: bytes) -> bytes:
+        return self.z.compress(data) + self.z.flush()
+
+
+class _Brotli:
+    def __init__(self, quality: int):
+        import brotli
+
+        self.z = brotli.Compressor(quality=quality)
+
+    def part(self, data: bytes) -> bytes:
+        return self.z.process(data) + self.z.flush()
+
+    def last(self, data: bytes) -> bytes:
+        return self.z.process(data) + self.z.finish()
+
+
+@contextmanager
+def service_at(checkout: Path, workers: int):
+    """The service as another checkout has it (e.g. `git worktree add /tmp/before HEAD~1`), on the
+    same database: uvicorn imports geo_service from that directory."""
+    import os
+    import subprocess
+
+    from _servers import BIN, free_port
+
+    port = free_port()
+    process = subprocess.Popen([str(BIN / "uvicorn"), "geo_service.app:app_from_env", "--factory", "--app-dir",
+                                str(checkout), "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                                "--log-level", "warning", "--no-access-log"], cwd=checkout,
+                               env={**os.environ, "GEO_DATA_DIR": str(get_settings().data_dir)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def batch_lookups(rounds: int, workers: int, key: str, count: int = 100_000, before: Path | None = None) -> dict:
+    """Batches of `count` in-county points in each format and encoding, end to end over HTTP,
+    interleaved round by round with geopandas.sjoin of the same points in-process (and with the
+    service of another checkout, `before`, when given)."""
+    lon, lat = county_points(count)
+    bodies = batch_bodies(lon, lat)
+    grids = gpd.read_file(SAMPLE / "grids.geojson")
+    runs: dict[tuple, list] = {}
+    sjoin = []
+    with uvicorn("geo_service.app:app_from_env", workers, factory=True, ready_path="/healthz") as service, \
+            (service_at(before, workers) if before else contextlib.nullcontext()) as old:
+        services = {"after": service, **({"before": old} if before else {})}
+        for url in services.values():
+            warm(url, key, workers)
+            for body, content_type in bodies.values():  # every worker once through each format
+                for _ in range(workers * 2):
+                    post_batch(url, key, body, content_type, "gzip")
+        for _ in range(rounds):
+            for kind, (body, content_type) in bodies.items():
+                for name, accept in ENCODINGS.items():
+                    for which, url in services.items():
+                        result = post_batch(url, key, body, content_type, accept)
+                        runs.setdefault((which, kind, name), []).append(result)
             started = time.perf_counter()
             points = gpd.GeoDataFrame(geometry=gpd.points_from_xy(lon, lat), crs="EPSG:4326")
             joined = gpd.sjoin(points, grids[["code", "geometry"]], how="left", predicate="within")
             sjoin.append(time.perf_counter() - started)
             assert len(joined) >= count
-    return {"points": count, "request_bytes": len(body), "response_bytes": len(raw),
-            "http_s": median(http), "http_s_min": min(http),
-            "sjoin_s": median(sjoin)}
+        for which in services:  # every encoding decodes to the same answer
+            for kind in bodies:
+                assert len({r["digest"] for name in ENCODINGS for r in runs[(which, kind, name)]}) == 1, (which, kind)
+    small = batch_bodies(*county_points(100, seed=4))
+    starters = {"after": lambda: uvicorn("geo_service.app:app_from_env", workers, factory=True, ready_path="/healthz"),
+                **({"before": lambda: service_at(before, workers)} if before else {})}
+    memory = {which: batch_memory(start, key, workers, bodies, small) for which, start in starters.items()}
+    rows = []
+    for (which, kind, name), results in runs.items():
+        rows.append({"service": which, "format": kind, "accept": name, "encoding": results[0]["encoding"],
+                     "s": median(r["s"] for r in results), "s_min": min(r["s"] for r in results),
+                     "first_s": median(r["first_s"] for r in results), "wire": results[0]["wire"],
+                     "bytes": results[0]["bytes"], "chunked": results[0]["chunked"],
+                     "peak_mb": memory[which][(kind, name)]["peak"] / 2**20,
+                     "growth_mb": memory[which][(kind, name)]["growth"] / 2**20})
+    return {"points": count, "request_bytes": {k: len(b) for k, (b, _) in bodies.items()}, "rows": rows,
+            "sjoin_s": median(sjoin), "rounds": rounds}
 
 
 def postgis_alone(repeats: int = 2000) -> dict:
@@ -153,39 +429,71 @@ def postgis_alone(repeats: int = 2000) -> dict:
             "uses_gist": any("ix_grid_geom" in line for line in plan)}
 
 
+def print_batches(result: dict, stages: dict, weighed: dict) -> None:
+    count = result["points"]
+    print(f"\n## Batch lookup, {count:,} random points inside the county, end to end over HTTP "
+          f"(medians of {result['rounds']} rounds; answer decoded by the client as it arrives)")
+    print("requests: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in result["request_bytes"].items()) +
+          f"; geopandas.sjoin in-process, same points, same rounds: median {result['sjoin_s']:.3f} s")
+    print("| service | format | Accept-Encoding | answered with | median s | min s | first byte s | on the wire MB "
+          "| answer MB | chunked | / sjoin | worker peak RSS MB (growth) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in sorted(result["rows"], key=lambda r: (FORMATS.index(r["format"]), list(ENCODINGS).index(r["accept"]),
+                                                      r["service"] != "before")):
+        print(f"| {row['service']} | {row['format']} | {row['accept']} | {row['encoding']} | {row['s']:.3f} | "
+              f"{row['s_min']:.3f} | {row['first_s']:.3f} | {row['wire'] / 1e6:.2f} | {row['bytes'] / 1e6:.1f} | "
+              f"{'yes' if row['chunked'] else 'no'} | {row['s'] / result['sjoin_s']:.2f} | "
+              f"{row['peak_mb']:.0f} (+{row['growth_mb']:.0f}) |")
+    print("\n## Where the time goes, in-process (medians): parse, locate, encode every chunk")
+    print("| format | answer MB | parse | locate | encode |")
+    print("|---|---|---|---|---|")
+    for kind, row in stages.items():
+        print(f"| {kind} | {row['bytes'] / 1e6:.1f} | {row['parse'] * 1e3:.0f} ms | {row['locate'] * 1e3:.0f} ms | "
+              f"{row['encode'] * 1e3:.0f} ms |")
+    print("\n## Codecs on the answers, chunk by chunk as served: compress ms (medians) / MB; client decode ms")
+    print("| codec, level | " + " | ".join(stages) + " |")
+    print("|---|" + "---|" * len(stages))
+    for name, per in weighed.items():
+        cells = [f"{seconds * 1e3:.0f} ms / {size / 1e6:.2f} MB; {decode * 1e3:.0f} ms"
+                 for seconds, size, decode in (per[k] for k in stages)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-rounds", type=int, default=5)
+    parser.add_argument("--batch-only", action="store_true", help="only the batch lookups")
+    parser.add_argument("--before", type=Path, help="also serve the batches from this checkout "
+                        "(e.g. a `git worktree` of an earlier commit), interleaved, for a before/after")
     args = parser.parse_args()
 
-    alone = postgis_alone()
-    print("## PostGIS owner query alone (prepared, one round trip each)")
-    print(f"median {alone['query_us']:.0f} µs per query; `SELECT 1` {alone['select_1_us']:.0f} µs; "
-          f"GiST index used: {alone['uses_gist']}")
-    print("```\n" + "\n".join(alone["plan"]) + "\n```")
+    if not args.batch_only:
+        alone = postgis_alone()
+        print("## PostGIS owner query alone (prepared, one round trip each)")
+        print(f"median {alone['query_us']:.0f} µs per query; `SELECT 1` {alone['select_1_us']:.0f} µs; "
+              f"GiST index used: {alone['uses_gist']}")
+        print("```\n" + "\n".join(alone["plan"]) + "\n```")
 
     with api_key() as key:
-        print(f"\n## Single lookup over HTTP ({args.workers} uvicorn workers, wrk, {args.seconds} s x "
-              f"{args.rounds} rounds, medians; authenticated with an API key, dispatcher role)")
-        print("| connections | hello req/s | lookup req/s | lookup / hello | hello p50/p99 ms | lookup p50/p99 ms "
-              "| lookup worst round | lookup req/s, audit off | audit off p99 ms | audit cost |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for row in single_lookups(args.seconds, args.rounds, args.workers, key):
-            print(f"| {row['connections']} | {row['hello_rps']:,.0f} | {row['lookup_rps']:,.0f} | "
-                  f"{row['lookup_rps'] / row['hello_rps']:.2f} | "
-                  f"{row['hello_p50_ms']:.2f} / {row['hello_p99_ms']:.2f} | "
-                  f"{row['lookup_p50_ms']:.2f} / {row['lookup_p99_ms']:.2f} | {row['lookup_rps_min']:,.0f} | "
-                  f"{row['unaudited_rps']:,.0f} | {row['unaudited_p99_ms']:.2f} | "
-                  f"{1 - row['lookup_rps'] / row['unaudited_rps']:+.1%} |")
+        if not args.batch_only:
+            print(f"\n## Single lookup over HTTP ({args.workers} uvicorn workers, wrk, {args.seconds} s x "
+                  f"{args.rounds} rounds, medians; authenticated with an API key, dispatcher role)")
+            print("| connections | hello req/s | lookup req/s | lookup / hello | hello p50/p99 ms | lookup p50/p99 ms "
+                  "| lookup worst round | lookup req/s, audit off | audit off p99 ms | audit cost |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for row in single_lookups(args.seconds, args.rounds, args.workers, key):
+                print(f"| {row['connections']} | {row['hello_rps']:,.0f} | {row['lookup_rps']:,.0f} | "
+                      f"{row['lookup_rps'] / row['hello_rps']:.2f} | "
+                      f"{row['hello_p50_ms']:.2f} / {row['hello_p99_ms']:.2f} | "
+                      f"{row['lookup_p50_ms']:.2f} / {row['lookup_p99_ms']:.2f} | {row['lookup_rps_min']:,.0f} | "
+                      f"{row['unaudited_rps']:,.0f} | {row['unaudited_p99_ms']:.2f} | "
+                      f"{1 - row['lookup_rps'] / row['unaudited_rps']:+.1%} |")
 
-        result = batch_lookups(max(args.rounds, 3), args.workers, key)
-        print(f"\n## Batch lookup, {result['points']:,} random points in the county bbox, JSON in and out "
-              f"({result['request_bytes'] / 1e6:.1f} MB request, {result['response_bytes'] / 1e6:.1f} MB answer)")
-        print(f"HTTP end to end: median {result['http_s']:.3f} s (min {result['http_s_min']:.3f} s); "
-              f"geopandas.sjoin in-process: median {result['sjoin_s']:.3f} s; "
-              f"ratio HTTP/sjoin {result['http_s'] / result['sjoin_s']:.2f}")
+        result = batch_lookups(args.batch_rounds, args.workers, key, before=args.before)
+    print_batches(result, *batch_stages(batch_bodies(*county_points(result["points"])), args.batch_rounds))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,27 @@ the ids of the people who own it (`grid_worker_ids`: the grid leader and full-ti
 `police_ids`: the deputy grid leader(s)), in input order. A point that cannot be placed (outside
 the county, or coordinates that are not numbers in range) gets null codes and a `reason`;
 it never fails the whole batch. Only a malformed document or too many points do.
+
+The answer is made in chunks of `CHUNK_ROWS` points (`answer`): parsing and locating happen
+first, so every error comes before the first byte; the encoded rows are then produced one
+chunk at a time, so a 100,000-point answer (25 MB of JSON) is never held whole in memory and
+can be sent (and compressed) while the rest is being encoded. The chunks joined are exactly
+the document the whole-answer encoder made before (tests/batch_reference.py).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import csv
+import gc
 import io
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter, methodcaller
 
 import numpy as np
 import orjson
@@ -23,6 +38,8 @@ from geo_service.ownership import OwnershipIndex
 RESULT_COLUMNS = ("town_code", "community_code", "grid_code", "compound_code", "on_boundary",
                   "grid_worker_ids", "police_ids", "reason")
 OUTSIDE = "outside coverage: no grid covers this point"
+CHUNK_ROWS = 5_000  # points per chunk of the answer: ~1.25 MB of JSON, ~0.7 MB of CSV
+MEDIA_TYPES = {"json": "application/json", "geojson": "application/geo+json", "csv": "text/csv; charset=utf-8"}
 
 
 @dataclass
@@ -33,6 +50,63 @@ class Batch:
     crs: geometry.InputCRS
     document: object  # the parsed input, echoed back with the results
 
+
+# --------------------------------------------------------------------------- garbage collection
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = True
+
+
+@contextmanager
+def _gc_paused():
+    """The cyclic garbage collector off while a batch makes its objects, and kept off them after.
+
+    Parsing 100,000 points makes 100,000 lists (300,000 dicts and lists for GeoJSON), none of
+    them garbage; left to the collector, they are walked when made and again, with the whole
+    heap, each time their count passes a quarter of it: in a server worker that cost more than
+    the parse itself (GeoJSON: ~110 ms a batch). So the collector is off while a batch parses or
+    encodes a chunk, and what was made meanwhile is then frozen (`gc.freeze`: left out of
+    collections, still freed by reference counting) until the answer is done (`_released`).
+    Only cycles among objects of that time wait, at most until the answer ends. Counted, so that
+    batches overlapping in other threads re-enable the collector only when the last one ends.
+    """
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0:
+                gc.freeze()
+                if _gc_was_enabled:
+                    gc.enable()
+
+
+# Where a finished batch's input is freed: for GeoJSON, 300,000 objects take ~40 ms to free,
+# which in the thread that made the last chunk would delay the end of the answer by as much.
+_disposal = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-disposal")
+
+
+def _released(chunks: Iterator[bytes], batch: Batch) -> Iterator[bytes]:
+    """The chunks; when they end (or the answer is dropped), frozen objects go back to the collector
+    and the parsed input is freed in the disposal thread."""
+    try:
+        yield from chunks
+    finally:
+        chunks.close()
+        box = [batch.document]
+        batch.document = None
+        _disposal.submit(box.clear)
+        gc.unfreeze()
+
+
+# --------------------------------------------------------------------------- reading
 
 def _crs(body_value, query_value) -> geometry.InputCRS:
     if body_value is not None and query_value is not None and \
@@ -53,6 +127,11 @@ def _as_float(values) -> np.ndarray:
 
 def parse(body: bytes, kind: str, crs: str | None, limit: int) -> Batch:
     """Read a batch document; `kind` is "json" (JSON or GeoJSON, told apart by content) or "csv"."""
+    with _gc_paused():
+        return _parse(body, kind, crs, limit)
+
+
+def _parse(body: bytes, kind: str, crs: str | None, limit: int) -> Batch:
     if kind == "csv":
         try:
             frame = pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -73,14 +152,12 @@ def parse(body: bytes, kind: str, crs: str | None, limit: int) -> Batch:
         if not isinstance(features, list):
             raise InvalidInput("FeatureCollection has no features list")
         _check_count(len(features), limit)
-        coordinates = []
-        for number, feature in enumerate(features):
-            geom = feature.get("geometry") if isinstance(feature, dict) else None
-            if not isinstance(geom, dict) or geom.get("type") != "Point":
-                kind_found = geom.get("type") if isinstance(geom, dict) else type(geom).__name__
-                raise InvalidInput(f"feature {number}: geometry {kind_found!r} is not a Point")
-            coordinates.append((geom.get("coordinates") or [None, None])[:2])
-        lon, lat = _pairs(coordinates)
+        coordinates = _point_coordinates(features)
+        _check_properties(features)
+        try:
+            lon, lat = _pairs(coordinates, strict=True)  # all [lon, lat] (or all [lon, lat, z])
+        except ValueError:
+            lon, lat = _pairs([c[:2] if isinstance(c, list) and c else [None, None] for c in coordinates])
         return Batch("geojson", lon, lat, _crs(None, crs), document)
     if not isinstance(document, dict) or not isinstance(document.get("points"), list):
         raise InvalidInput('JSON body needs {"points": [[lon, lat], ...]} or a GeoJSON FeatureCollection')
@@ -89,13 +166,45 @@ def parse(body: bytes, kind: str, crs: str | None, limit: int) -> Batch:
     return Batch("json", lon, lat, _crs(document.get("crs"), crs), document)
 
 
-def _pairs(points: list) -> tuple[np.ndarray, np.ndarray]:
+def _point_coordinates(features: list) -> list:
+    """The coordinates of each feature's Point geometry (None where it has none); InvalidInput
+    naming the first feature whose geometry is not a Point."""
+    try:  # the well-formed collection, in three passes at C speed
+        geoms = list(map(itemgetter("geometry"), features))
+        if list(map(itemgetter("type"), geoms)).count("Point") == len(geoms):
+            return [geom.get("coordinates") for geom in geoms]
+    except (KeyError, TypeError):
+        pass
+    for number, feature in enumerate(features):
+        geom = feature.get("geometry") if isinstance(feature, dict) else None
+        if not isinstance(geom, dict) or geom.get("type") != "Point":
+            kind_found = geom.get("type") if isinstance(geom, dict) else type(geom).__name__
+            raise InvalidInput(f"feature {number}: geometry {kind_found!r} is not a Point")
+    return [feature["geometry"].get("coordinates") for feature in features]
+
+
+def _check_properties(features: list) -> None:
+    """Refuse (422), before the answer starts, properties the answer could not add to: they must
+    be an object (or null)."""
+    if not set(map(type, map(methodcaller("get", "properties"), features))) <= {dict, type(None)}:
+        for number, feature in enumerate(features):
+            properties = feature.get("properties")
+            if properties and not isinstance(properties, dict):
+                raise InvalidInput(f"feature {number}: properties must be an object or null, "
+                                   f"not {type(properties).__name__}")
+
+
+def _pairs(points: list, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Longitudes and latitudes of [lon, lat] pairs, NaN where a pair is not two numbers; with
+    `strict`, ValueError unless every pair has the same length and numbers."""
     try:
         array = np.asarray(points, dtype=float)  # the common, well-formed case, without a Python loop
         if array.ndim == 2 and array.shape[1] >= 2:
             return array[:, 0].copy(), array[:, 1].copy()
     except (TypeError, ValueError):
         pass
+    if strict:
+        raise ValueError("not a regular array of pairs")
     lon = np.full(len(points), np.nan)
     lat = np.full(len(points), np.nan)
     for i, pair in enumerate(points):
@@ -109,6 +218,8 @@ def _number(value) -> float:
         return np.nan
     return float(value)
 
+
+# --------------------------------------------------------------------------- locating
 
 @dataclass
 class Located:
@@ -133,12 +244,14 @@ def locate(index: OwnershipIndex, batch: Batch) -> Located:
                    on_boundary=found["on_boundary"] & (owner >= 0))
 
 
-def _reasons(batch: Batch, located: Located) -> list[str | None]:
-    reasons: list[str | None] = [None] * len(located.owner)
-    for i in np.flatnonzero(~located.valid):
-        reasons[i] = (f"invalid coordinates: lon {float(batch.lon[i])!r}, lat {float(batch.lat[i])!r} "
+def _reasons(batch: Batch, located: Located, start: int = 0, stop: int | None = None) -> list[str | None]:
+    """Why points start..stop have no owner (None where they have one)."""
+    stop = len(located.owner) if stop is None else stop
+    reasons: list[str | None] = [None] * (stop - start)
+    for i in np.flatnonzero(~located.valid[start:stop]):
+        reasons[i] = (f"invalid coordinates: lon {float(batch.lon[start + i])!r}, lat {float(batch.lat[start + i])!r} "
                       "are not numbers within [-180, 180] and [-90, 90]")
-    for i in np.flatnonzero(located.valid & (located.owner < 0)):
+    for i in np.flatnonzero(located.valid[start:stop] & (located.owner[start:stop] < 0)):
         reasons[i] = OUTSIDE
     return reasons
 
@@ -152,26 +265,16 @@ def _people_ids(index: OwnershipIndex, identity) -> tuple[list, list]:
             [ids if ok else None for ids, ok in zip(index.police_ids, visible)])
 
 
-def _columns(index: OwnershipIndex, batch: Batch, located: Located, identity) -> dict[str, list]:
-    """Per-point values by result column, None where there is no answer."""
-    owner, compound = located.owner.tolist(), located.compound.tolist()
-    grids = index.grids
-    worker_ids, police_ids = _people_ids(index, identity)
-    return {
-        "town_code": [grids[g]["town"]["code"] if g >= 0 else None for g in owner],
-        "community_code": [grids[g]["community"]["code"] if g >= 0 else None for g in owner],
-        "grid_code": [grids[g]["grid"]["code"] if g >= 0 else None for g in owner],
-        "compound_code": [index.compounds[c]["code"] if c >= 0 else None for c in compound],
-        "on_boundary": [bool(b) if g >= 0 else None for b, g in zip(located.on_boundary.tolist(), owner)],
-        "grid_worker_ids": [worker_ids[g] if g >= 0 else None for g in owner],
-        "police_ids": [police_ids[g] if g >= 0 else None for g in owner],
-        "reason": _reasons(batch, located),
-    }
+# --------------------------------------------------------------------------- writing, in chunks
+
+def _spans(count: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, count, CHUNK_ROWS):
+        yield start, min(start + CHUNK_ROWS, count)
 
 
-def _encode_json(index: OwnershipIndex, batch: Batch, located: Located, identity) -> bytes:
-    # The answer for 100,000 points is ~25 MB of JSON. Each grid's part of a row is encoded
-    # once and spliced in, which is three times faster than building and dumping 100,000 dicts.
+def _json_chunks(index: OwnershipIndex, batch: Batch, located: Located, identity) -> Iterator[bytes]:
+    # Each grid's part of a row is encoded once and spliced in, which is three times faster
+    # than building and dumping a dict per point.
     worker_ids, police_ids = _people_ids(index, identity)
     grid_parts = [orjson.dumps({
         "town_code": g["town"]["code"], "community_code": g["community"]["code"], "grid_code": g["grid"]["code"],
@@ -180,52 +283,202 @@ def _encode_json(index: OwnershipIndex, batch: Batch, located: Located, identity
     nowhere = orjson.dumps({name: None for name in ("town_code", "community_code", "grid_code",
                                                     "grid_worker_ids", "police_ids")})[1:-1]
     compound_parts = [orjson.dumps(c["code"]) for c in index.compounds]
-    lon_text = orjson.dumps(located.lon.tolist())[1:-1].split(b",")
-    lat_text = orjson.dumps(located.lat.tolist())[1:-1].split(b",")
     encoded = {None: b"null", OUTSIDE: orjson.dumps(OUTSIDE)}
-    reasons = [encoded.get(r) or orjson.dumps(r) for r in _reasons(batch, located)]
     boundary = {(True, True): b"true", (True, False): b"false"}
-    rows = [
-        b'{"index":%d,"lon":%s,"lat":%s,%s,"compound_code":%s,"on_boundary":%s,"reason":%s}' % (
-            i, x, y, grid_parts[g] if g >= 0 else nowhere, compound_parts[c] if c >= 0 else b"null",
-            boundary.get((g >= 0, b), b"null"), r)
-        for i, (x, y, g, c, b, r) in enumerate(zip(lon_text, lat_text, located.owner.tolist(),
-                                                   located.compound.tolist(), located.on_boundary.tolist(), reasons))
-    ]
-    return b'{"crs":"wgs84","count":%d,"results":[%s]}' % (len(rows), b",".join(rows))
+    count = len(located.owner)
+    head = b'{"crs":"wgs84","count":%d,"results":[' % count
+    if count == 0:
+        yield head + b"]}"
+        return
+    for start, stop in _spans(count):
+        with _gc_paused():
+            lon_text = orjson.dumps(located.lon[start:stop].tolist())[1:-1].split(b",")
+            lat_text = orjson.dumps(located.lat[start:stop].tolist())[1:-1].split(b",")
+            reasons = [encoded.get(r) or orjson.dumps(r) for r in _reasons(batch, located, start, stop)]
+            rows = b",".join([
+                b'{"index":%d,"lon":%s,"lat":%s,%s,"compound_code":%s,"on_boundary":%s,"reason":%s}' % (
+                    i, x, y, grid_parts[g] if g >= 0 else nowhere, compound_parts[c] if c >= 0 else b"null",
+                    boundary.get((g >= 0, b), b"null"), r)
+                for i, x, y, g, c, b, r in zip(range(start, stop), lon_text, lat_text,
+                                               located.owner[start:stop].tolist(),
+                                               located.compound[start:stop].tolist(),
+                                               located.on_boundary[start:stop].tolist(), reasons)])
+        yield (head if start == 0 else b",") + rows + (b"]}" if stop == count else b"")
 
 
-def encode(index: OwnershipIndex, batch: Batch, located: Located,
-           identity=None) -> tuple[bytes, str]:
-    """The answer in the input's format: (body, media type)."""
-    if batch.kind == "json":
-        return _encode_json(index, batch, located, identity), "application/json"
-    columns = _columns(index, batch, located, identity)
-    wgs_lon = [float(x) if ok else None for x, ok in zip(located.lon.tolist(), located.valid.tolist())]
-    wgs_lat = [float(y) if ok else None for y, ok in zip(located.lat.tolist(), located.valid.tolist())]
-    if batch.kind == "csv":
-        frame = batch.document.copy()
-        for name in RESULT_COLUMNS:
-            values = columns[name]
-            if name in ("grid_worker_ids", "police_ids"):
-                values = [";".join(map(str, v)) if v is not None else "" for v in values]
-            elif name == "on_boundary":
-                values = [{True: "true", False: "false", None: ""}[v] for v in values]
-            frame[name] = values
-        frame["wgs84_lon"], frame["wgs84_lat"] = wgs_lon, wgs_lat
-        return frame.to_csv(index=False).encode("utf-8"), "text/csv; charset=utf-8"
+def _result_values(index: OwnershipIndex, owner: int, compound: int, boundary: bool, reason,
+                   worker_ids: list, police_ids: list) -> dict:
+    """One point's result columns, as the answer carries them (None where there is no answer)."""
+    grid = index.grids[owner] if owner >= 0 else None
+    return {
+        "town_code": grid["town"]["code"] if grid else None,
+        "community_code": grid["community"]["code"] if grid else None,
+        "grid_code": grid["grid"]["code"] if grid else None,
+        "compound_code": index.compounds[compound]["code"] if compound >= 0 else None,
+        "on_boundary": bool(boundary) if grid else None,
+        "grid_worker_ids": worker_ids[owner] if grid else None,
+        "police_ids": police_ids[owner] if grid else None,
+        "reason": reason,
+    }
+
+
+def _dumps(value) -> bytes:
+    """orjson's JSON; for input nested deeper than orjson writes (it reads 1,024 levels, writes
+    254), the standard library's, which differs only in how it writes some floats."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _geojson_chunks(index: OwnershipIndex, batch: Batch, located: Located, identity) -> Iterator[bytes]:
+    # The collection is written around its features: everything but the features list is
+    # encoded once, with a marker (NUL and a random token: no input can hold it) in the list's
+    # place; the features follow in chunks, each updated as the whole-document encoder did.
     document = batch.document
-    for i, feature in enumerate(document["features"]):
-        properties = feature.get("properties") or {}
-        properties.update({name: columns[name][i] for name in RESULT_COLUMNS})
-        feature["properties"] = properties
-        if wgs_lon[i] is not None:
-            feature["geometry"] = {"type": "Point", "coordinates": [wgs_lon[i], wgs_lat[i]]}
-    return orjson.dumps(document), "application/geo+json"
+    features = document["features"]
+    marker = f"\x00{uuid.uuid4().hex}"
+    shell = _dumps({key: marker if key == "features" else value for key, value in document.items()})
+    head, tail = shell.split(orjson.dumps(marker), 1)
+    worker_ids, police_ids = _people_ids(index, identity)
+    shared: dict[tuple, dict] = {}  # the result columns of a located point, per (grid, compound, boundary)
+    count = len(features)
+    if count == 0:
+        yield head + b"[]" + tail
+        return
+    for start, stop in _spans(count):
+        with _gc_paused():
+            reasons = _reasons(batch, located, start, stop)
+            owners = located.owner[start:stop].tolist()
+            compounds = located.compound[start:stop].tolist()
+            boundaries = located.on_boundary[start:stop].tolist()
+            valid = located.valid[start:stop].tolist()
+            lon, lat = located.lon[start:stop].tolist(), located.lat[start:stop].tolist()
+            for k, feature in enumerate(features[start:stop]):
+                g = owners[k]
+                if g >= 0:
+                    key = (g, compounds[k], boundaries[k])
+                    values = shared.get(key)
+                    if values is None:
+                        values = shared[key] = _result_values(index, g, compounds[k], boundaries[k], None,
+                                                              worker_ids, police_ids)
+                else:
+                    values = _result_values(index, -1, -1, False, reasons[k], worker_ids, police_ids)
+                properties = feature.get("properties") or {}
+                properties.update(values)
+                feature["properties"] = properties
+                if valid[k]:
+                    feature["geometry"] = {"type": "Point", "coordinates": [lon[k], lat[k]]}
+            rows = _dumps(features[start:stop])[1:-1]
+        yield (head + b"[" if start == 0 else b",") + rows + (b"]" + tail if stop == count else b"")
+
+
+def _csv_quoted(values: list[str]) -> list[str]:
+    """CSV fields as the csv module (and so pandas' to_csv) writes them: a field holding a comma,
+    a quote or a newline in quotes. Only such fields go through the csv module."""
+    joined = "".join(values)
+    if "," not in joined and '"' not in joined and "\n" not in joined and "\r" not in joined:
+        return values
+    out = values
+    for i, value in enumerate(values):
+        if "," in value or '"' in value or "\n" in value or "\r" in value:
+            if out is values:
+                out = list(values)
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerow([value, ""])
+            out[i] = buffer.getvalue()[:-2]  # without the empty second field and the line end
+    return out
+
+
+def _float_texts(values: np.ndarray, valid: np.ndarray) -> list[str]:
+    """Floats as pandas writes a float column to CSV (numpy's `astype(str)`, which is `repr`), ""
+    where not valid. orjson writes the same digits four times faster, and the same text for
+    magnitudes from 1e-4 to 1e16 (repr switches to exponents outside them)."""
+    texts = orjson.dumps(values.tolist()).decode()[1:-1].split(",")
+    magnitude = np.abs(values)
+    for i in np.flatnonzero(valid & ((magnitude < 1e-4) | (magnitude >= 1e16)) & (values != 0)):
+        texts[i] = repr(float(values[i]))
+    for i in np.flatnonzero(~valid):
+        texts[i] = ""
+    return texts
+
+
+def _csv_chunks(index: OwnershipIndex, batch: Batch, located: Located, identity) -> Iterator[bytes]:
+    # The rows pandas' `to_csv(index=False)` wrote for the input frame with the result columns
+    # set on it (appended, or in place where the input already had a column of that name),
+    # written column by column: strings as they are (quoted where needed), the WGS-84
+    # coordinates as numpy prints a float64 column, missing values as empty fields.
+    frame = batch.document
+    worker_ids, police_ids = _people_ids(index, identity)
+    names = [*RESULT_COLUMNS, "wgs84_lon", "wgs84_lat"]
+    columns = list(frame.columns)
+    columns += [name for name in names if name not in columns]
+    inputs = [name for name in frame.columns if name not in names]
+    header = io.StringIO()
+    csv.writer(header, lineterminator="\n").writerow(columns)
+    # Per grid and per compound, their fields once.
+    grids = [_result_values(index, g, -1, False, None, worker_ids, police_ids) for g in range(len(index.grids))]
+    per_grid = {name: _csv_quoted([str(v[name]) for v in grids] + [""])  # [-1]: no grid
+                for name in ("town_code", "community_code", "grid_code")}
+    for name, ids in (("grid_worker_ids", worker_ids), ("police_ids", police_ids)):
+        per_grid[name] = _csv_quoted([";".join(map(str, v)) if v is not None else "" for v in ids] + [""])
+    compound_codes = _csv_quoted([c["code"] for c in index.compounds] + [""])
+    count = len(frame)
+    if count == 0:
+        yield header.getvalue().encode("utf-8")
+        return
+    for start, stop in _spans(count):
+        with _gc_paused():
+            owner = located.owner[start:stop].tolist()
+            compound = located.compound[start:stop].tolist()
+            valid = located.valid[start:stop]
+            boundary = np.where(located.owner[start:stop] < 0, "",
+                                np.where(located.on_boundary[start:stop], "true", "false")).tolist()
+            wgs_lon = _float_texts(located.lon[start:stop], valid)
+            wgs_lat = _float_texts(located.lat[start:stop], valid)
+            values = {
+                "compound_code": [compound_codes[c] for c in compound],
+                "on_boundary": boundary,
+                "reason": _csv_quoted(["" if r is None else r for r in _reasons(batch, located, start, stop)]),
+                "wgs84_lon": wgs_lon, "wgs84_lat": wgs_lat,
+            }
+            for name, per in per_grid.items():
+                values[name] = [per[g] for g in owner]
+            for name in inputs:
+                values[name] = _csv_quoted(frame[name].iloc[start:stop].to_numpy(dtype=object, na_value="").tolist())
+            text = "\n".join(map(",".join, zip(*(values[name] for name in columns)))) + "\n"
+        yield ((header.getvalue() if start == 0 else "") + text).encode("utf-8")
+
+
+ENCODERS = {"json": _json_chunks, "geojson": _geojson_chunks, "csv": _csv_chunks}
+
+
+@dataclass
+class Answer:
+    media_type: str
+    chunks: Iterator[bytes]  # the document in order; joined, the whole answer
+
+
+def encode(index: OwnershipIndex, batch: Batch, located: Located, identity=None) -> Answer:
+    """The answer in the input's format, produced a chunk at a time as it is iterated."""
+    return Answer(MEDIA_TYPES[batch.kind], _released(ENCODERS[batch.kind](index, batch, located, identity), batch))
+
+
+def answer(index: OwnershipIndex, body: bytes, kind: str, crs: str | None, limit: int,
+           identity=None) -> Answer:
+    """Parse and locate a batch (raising every error now) and return its answer, to be iterated;
+    owner ids the caller may not see are withheld (null)."""
+    try:
+        batch = parse(body, kind, crs, limit)
+        located = locate(index, batch)
+    except BaseException:
+        gc.unfreeze()
+        raise
+    return encode(index, batch, located, identity)
 
 
 def run(index: OwnershipIndex, body: bytes, kind: str, crs: str | None, limit: int,
         identity=None) -> tuple[bytes, str]:
-    """Parse, locate and encode a batch; owner ids the caller may not see are withheld (null)."""
-    batch = parse(body, kind, crs, limit)
-    return encode(index, batch, locate(index, batch), identity)
+    """The whole answer at once: (body, media type)."""
+    result = answer(index, body, kind, crs, limit, identity)
+    return b"".join(result.chunks), result.media_type

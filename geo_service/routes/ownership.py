@@ -6,6 +6,7 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
 
 from geo_service import audit, auth, batch, ownership, roles
 from geo_service.db import SessionDep
@@ -191,6 +192,8 @@ async def lookup_batch(request: Request,
     else:
         kind, body = _kind(content_type), await _read_limited(request, settings.batch_max_bytes)
     index = await run_in_threadpool(current_index, request)
-    content, media_type = await run_in_threadpool(batch.run, index, body, kind, crs, settings.batch_max_points,
-                                                  identity)
-    return Response(content, media_type=media_type)
+    # Parsed and located before the answer starts (so errors are still 413 or 422); then
+    # streamed, each chunk encoded in a worker thread as it is sent (and compressed, by
+    # routes/compression.py, when the client accepts it).
+    answer = await run_in_threadpool(batch.answer, index, body, kind, crs, settings.batch_max_points, identity)
+    return StreamingResponse(answer.chunks, media_type=answer.media_type)
