@@ -37,15 +37,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-## bench: the benchmarks in benchmarks/ against the loaded sample
+## bench: every benchmark in benchmarks/, one table, figures kept in benchmarks/results/<date>.json
 bench: setup
 	PYTHON=$(PYTHON) scripts/system-deps.sh --bench
-	$(BIN)/geo-service load $(SAMPLE) --if-empty
-	cd benchmarks && ../$(BIN)/python load_sample.py
-	cd benchmarks && ../$(BIN)/python lookup.py
-	cd benchmarks && ../$(BIN)/python dispatch.py
-	cd benchmarks && ../$(BIN)/python map_render.py
-	cd benchmarks && ../$(BIN)/python hotspots.py
+	cd benchmarks && ../$(BIN)/python run.py $(BENCH_ARGS)
 
 ## clean-db: stop the embedded cluster and delete it (all data in var/ is lost)
 clean-db:

@@ -129,7 +129,8 @@ def throwaway_database(load_sample: bool = True):
 
 def print_figures(figures: list[dict]) -> None:
     """Figures as one Markdown table: median, worst round, p99, the same run's baseline and the ratio."""
-    print("| measurement | median | worst round | p99 ms | baseline (same run) | baseline median | ratio | goal | met |")
+    print("| measurement | median | worst round | p99 ms | baseline (same run) | baseline median | ratio | goal "
+          "| met |")
     print("|---|---|---|---|---|---|---|---|---|")
     for f in figures:
         def number(value, unit=""):
@@ -137,7 +138,8 @@ def print_figures(figures: list[dict]) -> None:
                 return ""
             return f"{value:,.3f} {unit}".strip() if value < 10 else f"{value:,.0f} {unit}".strip()
 
-        print(f"| {f['measurement']} | {number(f['median'], f['unit'])} | {number(f.get('worst'))} | "
+        detail = f" ({f['detail']})" if f.get("detail") else ""
+        print(f"| {f['measurement']}{detail} | {number(f['median'], f['unit'])} | {number(f.get('worst'))} | "
               f"{'' if f.get('p99_ms') is None else format(f['p99_ms'], '.2f')} | {f.get('baseline') or ''} | "
               f"{number(f.get('baseline_median'))} | {'' if f.get('ratio') is None else format(f['ratio'], '.2f')} | "
               f"{f.get('goal') or ''} | {'' if f.get('met') is None else ('yes' if f['met'] else 'no')} |")

@@ -12,7 +12,7 @@ import statistics
 import time
 
 import geopandas as gpd
-from _servers import throwaway_database
+from _servers import print_figures, throwaway_database
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -29,34 +29,29 @@ def timed(function, rounds: int) -> tuple[float, object]:
     return statistics.median(timings), result
 
 
-def compare(session: Session, rounds: int, label: str) -> None:
+def compare(session: Session, rounds: int, label: str) -> dict:
     from esda.getisord import G_Local
     from libpysal.weights import Queen
 
     ours, layer = timed(lambda: hotspots.compute(session, None, "grid"), rounds)
-    stats_only, _ = timed(lambda: hotspots.gi_star(layer.counts, hotspots.contiguity(layer.geoms)), rounds)
     frame = gpd.GeoDataFrame({"count": layer.counts}, geometry=list(layer.geoms), crs="EPSG:4326")
     queen = Queen.from_dataframe(frame, use_index=False, silence_warnings=True)
     esda_time, reference = timed(lambda: G_Local(layer.counts, queen, transform="B", star=True, permutations=0),
                                  rounds)
     weights_time, _ = timed(lambda: Queen.from_dataframe(frame, use_index=False, silence_warnings=True), rounds)
-    same = abs(reference.Zs - layer.z).max()
-    print(f"| {label} | {int(layer.counts.sum()):,} | {ours:.3f} s | {stats_only * 1000:.1f} ms | "
-          f"{esda_time * 1000:.1f} ms (+ {weights_time * 1000:.0f} ms for libpysal's Queen weights) | {same:.1e} |")
+    baseline = esda_time + weights_time
+    return {"measurement": f"Gi* over the 338 grids, {int(layer.counts.sum()):,} incidents ({label}): "
+                           "hotspots.compute (count in PostGIS, plates, areas, weights, Gi*)",
+            "median": ours, "unit": "s", "baseline": "PySAL esda G_Local with libpysal Queen weights, same counts",
+            "baseline_median": baseline, "ratio": ours / baseline,
+            "detail": f"max |z - esda z| {abs(reference.Zs - layer.z).max():.1e}"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def measure(seconds: int = 10, rounds: int = 5) -> list[dict]:
+    figures = []
     with throwaway_database() as (engine, _):
-        print("## Gi* over the 338 grids (medians; whole `hotspots.compute` = count in PostGIS, door plates per")
-        print("grid, areas, weights and statistics; esda timed on the same counts with weights built beforehand)")
-        print("| incidents | count | hotspots.compute | our Gi* + weights | esda G_Local | max |z - esda z| |")
-        print("|---|---|---|---|---|---|")
         with Session(engine) as session:
-            compare(session, args.rounds, "sample")
-            started = time.perf_counter()
+            figures.append(compare(session, rounds, "the sample"))
             session.execute(text("""
                 INSERT INTO incident (category_code, description, reported_at, reporter_kind, status, geom,
                                       grid_code, community_code, town_code, source)
@@ -64,14 +59,25 @@ def main() -> None:
                        'closed', i.geom, i.grid_code, i.community_code, i.town_code, 'import'
                 FROM incident AS i, generate_series(1, 166) AS s"""))
             session.commit()
-            print(f"| (inserting {session.scalar(text('SELECT count(*) FROM incident')):,} rows took "
-                  f"{time.perf_counter() - started:.0f} s, not counted) | | | | | |")
             session.execute(text("ANALYZE incident"))
-            compare(session, args.rounds, "~1 million")
+            figures.append(compare(session, rounds, "~1 million"))
             admin = Identity("user", 0, "bench", "admin", None)
-            seconds, result = timed(lambda: exports.export(session, "door_plates", "gpkg", admin), 3)
-            print(f"\n## Export of all {result.rows:,} door plates to GeoPackage: median {seconds:.2f} s "
-                  f"({result.path.stat().st_size / 1e6:.1f} MB)")
+            seconds_, result = timed(lambda: exports.export(session, "door_plates", "gpkg", admin), 3)
+            frame = exports.read_layer(session, "door_plates", admin)
+            started = time.perf_counter()
+            frame.to_file("/tmp/geo_bench_plates.gpkg", driver="GPKG", engine="pyogrio")
+            floor = time.perf_counter() - started
+            figures.append({"measurement": f"export of all {result.rows:,} door plates to GeoPackage",
+                            "median": seconds_, "unit": "s", "baseline": "pyogrio writing the same frame",
+                            "baseline_median": floor, "ratio": seconds_ / floor})
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    print_figures(measure(rounds=args.rounds))
 
 
 if __name__ == "__main__":

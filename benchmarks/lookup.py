@@ -1,8 +1,9 @@
 """Lookup speed: single lookups over HTTP next to a hello-world baseline, batch lookups next to
-geopandas.sjoin, and the bare PostGIS query. Needs the sample loaded (`make bench` does it).
+geopandas.sjoin, and the bare PostGIS query; in a throwaway database with the sample, served as
+`make run` serves it (`geo-service serve` with its defaults).
 
-    .venv/bin/python benchmarks/lookup.py [--seconds 10] [--rounds 3] [--workers 2]
-                                          [--batch-rounds 5] [--batch-only] [--before CHECKOUT]
+    .venv/bin/python benchmarks/lookup.py [--seconds 10] [--rounds 3] [--batch-rounds 5] [--batch-only]
+                                          [--before CHECKOUT]
 
 Every figure is a median over rounds, each baseline measured in the same run, interleaved
 with the measurement it is compared with (the machine is shared and noisy).
@@ -25,11 +26,11 @@ import numpy as np
 import orjson
 import pandas as pd
 import shapely
-from _servers import ROOT, uvicorn, wrk
+from _servers import ROOT, geo_service, print_figures, throwaway_database, uvicorn, wrk
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import auth, localdb
+from geo_service import auth
 from geo_service.config import get_settings
 from geo_service.db import make_engine
 from geo_service.ownership import OWNER_SQL
@@ -42,20 +43,10 @@ def median(values):
     return statistics.median(values)
 
 
-@contextmanager
-def api_key():
-    """A throwaway dispatcher key (full answers, audited lookups), revoked afterwards."""
-    settings = get_settings()
-    engine = make_engine(settings, localdb.owner_url(settings))  # keys are made by the admin CLI's role
-    name = f"bench-{uuid.uuid4().hex[:8]}"
+def api_key(engine) -> str:
+    """A dispatcher key (full answers, audited lookups), made by the admin CLI's role."""
     with Session(engine) as session:
-        _, secret = auth.create_api_key(session, name, "dispatcher")
-    try:
-        yield secret
-    finally:
-        with Session(engine) as session:
-            auth.revoke_api_key(session, name)
-        engine.dispose()
+        return auth.create_api_key(session, f"bench-{uuid.uuid4().hex[:8]}", "dispatcher")[1]
 
 
 def warm(service: str, key: str, workers: int) -> None:
@@ -65,8 +56,9 @@ def warm(service: str, key: str, workers: int) -> None:
         urllib.request.urlopen(request).read()
 
 
-def single_lookups(seconds: int, rounds: int, workers: int, key: str) -> list[dict]:
-    """Lookups with auditing on and off, next to hello world, interleaved round by round."""
+def single_lookups(url, seconds: int, rounds: int, workers: int, key: str) -> list[dict]:
+    """Lookups with auditing on and off, as `geo-service serve` serves them, next to hello world
+    on as many uvicorn workers, interleaved round by round."""
     plates = pd.read_csv(SAMPLE / "door_plates.csv", dtype=str).sample(5000, random_state=1)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as points:
         for lon, lat in plates[["lon", "lat"]].itertuples(index=False):
@@ -75,9 +67,7 @@ def single_lookups(seconds: int, rounds: int, workers: int, key: str) -> list[di
     env = {"POINTS_FILE": points.name, "API_KEY": key}
     rows = []
     with uvicorn("benchmarks.hello_app:app", workers, ready_path="/hello") as hello, \
-            uvicorn("geo_service.app:app_from_env", workers, factory=True, ready_path="/healthz") as audited, \
-            uvicorn("geo_service.app:app_from_env", workers, factory=True, ready_path="/healthz",
-                    env={"GEO_AUDIT_LOOKUPS": "false"}) as unaudited:
+            geo_service(url) as audited, geo_service(url, {"GEO_AUDIT_LOOKUPS": "false"}) as unaudited:
         warm(audited, key, workers)
         warm(unaudited, key, workers)
         for connections in CONNECTIONS:
@@ -167,14 +157,15 @@ def post_batch(service: str, key: str, body: bytes, content_type: str, accept: s
 
 def _workers(service: str) -> list[int]:
     """The pids of the uvicorn workers serving `service` (the spawned children of the process
-    started with its port; that process itself when it serves alone)."""
+    started with its port, uvicorn's or `geo-service serve`'s; that process itself when it serves
+    alone)."""
     port = f"--port {service.rsplit(':', 1)[1]} "
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             command = cmdline.read_bytes().replace(b"\0", b" ").decode() + " "
         except OSError:
             continue
-        if "uvicorn" in command and port in command:
+        if ("uvicorn" in command or "geo-service serve" in command) and port in command:
             pid = cmdline.parent.name
             children = (Path("/proc") / pid / "task" / pid / "children").read_text().split()
             workers = [int(c) for c in children
@@ -327,7 +318,7 @@ class _Brotli:
 
 
 @contextmanager
-def service_at(checkout: Path, workers: int):
+def service_at(checkout: Path, workers: int, url):
     """The service as another checkout has it (e.g. `git worktree add /tmp/before HEAD~1`), on the
     same database: uvicorn imports geo_service from that directory."""
     import os
@@ -339,7 +330,7 @@ def service_at(checkout: Path, workers: int):
     process = subprocess.Popen([str(BIN / "uvicorn"), "geo_service.app:app_from_env", "--factory", "--app-dir",
                                 str(checkout), "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                                 "--log-level", "warning", "--no-access-log"], cwd=checkout,
-                               env={**os.environ, "GEO_DATA_DIR": str(get_settings().data_dir)})
+                               env={**os.environ, "GEO_DATABASE_URL": url.render_as_string(hide_password=False)})
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):
@@ -354,7 +345,8 @@ def service_at(checkout: Path, workers: int):
         process.wait(10)
 
 
-def batch_lookups(rounds: int, workers: int, key: str, count: int = 100_000, before: Path | None = None) -> dict:
+def batch_lookups(database, rounds: int, workers: int, key: str, count: int = 100_000,
+                  before: Path | None = None) -> dict:
     """Batches of `count` in-county points in each format and encoding, end to end over HTTP,
     interleaved round by round with geopandas.sjoin of the same points in-process (and with the
     service of another checkout, `before`, when given)."""
@@ -363,8 +355,8 @@ def batch_lookups(rounds: int, workers: int, key: str, count: int = 100_000, bef
     grids = gpd.read_file(SAMPLE / "grids.geojson")
     runs: dict[tuple, list] = {}
     sjoin = []
-    with uvicorn("geo_service.app:app_from_env", workers, factory=True, ready_path="/healthz") as service, \
-            (service_at(before, workers) if before else contextlib.nullcontext()) as old:
+    with geo_service(database) as service, \
+            (service_at(before, workers, database) if before else contextlib.nullcontext()) as old:
         services = {"after": service, **({"before": old} if before else {})}
         for url in services.values():
             warm(url, key, workers)
@@ -386,8 +378,9 @@ def batch_lookups(rounds: int, workers: int, key: str, count: int = 100_000, bef
             for kind in bodies:
                 assert len({r["digest"] for name in ENCODINGS for r in runs[(which, kind, name)]}) == 1, (which, kind)
     small = batch_bodies(*county_points(100, seed=4))
-    starters = {"after": lambda: uvicorn("geo_service.app:app_from_env", workers, factory=True, ready_path="/healthz"),
-                **({"before": lambda: service_at(before, workers)} if before else {})}
+    starters = {"after": lambda: geo_service(database)}
+    if before:
+        starters["before"] = lambda: service_at(before, workers, database)
     memory = {which: batch_memory(start, key, workers, bodies, small) for which, start in starters.items()}
     rows = []
     for (which, kind, name), results in runs.items():
@@ -401,8 +394,7 @@ def batch_lookups(rounds: int, workers: int, key: str, count: int = 100_000, bef
             "sjoin_s": median(sjoin), "rounds": rounds}
 
 
-def postgis_alone(repeats: int = 2000) -> dict:
-    engine = make_engine(get_settings())
+def postgis_alone(engine, repeats: int = 2000) -> dict:
     plates = pd.read_csv(SAMPLE / "door_plates.csv", dtype=str).sample(repeats, random_state=2)
     points = [(float(a), float(b)) for a, b in plates[["lon", "lat"]].itertuples(index=False)]
     with engine.connect() as connection:
@@ -424,7 +416,6 @@ def postgis_alone(repeats: int = 2000) -> dict:
                 cursor.execute("SELECT 1")
                 cursor.fetchall()
                 select_one.append(time.perf_counter() - started)
-    engine.dispose()
     return {"plan": plan, "query_us": median(timings) * 1e6, "select_1_us": median(select_one) * 1e6,
             "uses_gist": any("ix_grid_geom" in line for line in plan)}
 
@@ -459,40 +450,62 @@ def print_batches(result: dict, stages: dict, weighed: dict) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def measure(seconds: int = 10, rounds: int = 3, batch_rounds: int = 5, workers: int | None = None) -> list[dict]:
+    """The single lookup at 1, 8 and 32 connections beside hello world, and the 100,000-point
+    batch in each format, plain and gzipped (as every HTTP client asks), beside geopandas.sjoin."""
+    workers = workers or get_settings().worker_count  # what `geo-service serve` starts
+    figures = []
+    with throwaway_database() as (engine, url):
+        key = api_key(engine)
+        for row in single_lookups(url, seconds, rounds, workers, key):
+            ratio = row["lookup_rps"] / row["hello_rps"]
+            figure = {"measurement": f"lookup GET /api/v1/lookup, {row['connections']} connections, dispatcher key, "
+                                     "audited (as make run serves it)",
+                      "median": row["lookup_rps"], "worst": row["lookup_rps_min"], "unit": "req/s",
+                      "p99_ms": row["lookup_p99_ms"],
+                      "baseline": f"FastAPI answering a constant ({workers} uvicorn workers)",
+                      "baseline_median": row["hello_rps"], "ratio": ratio,
+                      "detail": f"audit off {row['unaudited_rps']:,.0f} req/s, p99 {row['unaudited_p99_ms']:.2f} ms"}
+            if row["connections"] == 8:
+                figure.update(goal=">= 0.5 of the baseline, p99 < 5 ms", met=ratio >= 0.5 and row["lookup_p99_ms"] < 5)
+            figures.append(figure)
+        result = batch_lookups(url, batch_rounds, workers, key)
+    goals = {"json": (0.3, 0.5), "geojson": (0.45, 0.75), "csv": (0.45, 0.75)}
+    for row in result["rows"]:
+        if row["accept"] not in ("identity", "gzip"):
+            continue
+        limit = goals[row["format"]][row["accept"] == "gzip"]
+        figures.append({
+            "measurement": f"batch of {result['points']:,} in-county points, {row['format']} in and out, "
+                           f"{'client accepts gzip' if row['accept'] == 'gzip' else 'no compression'}",
+            "median": row["s"], "worst": None, "unit": "s",
+            "baseline": "geopandas.sjoin of the same points, in-process", "baseline_median": result["sjoin_s"],
+            "ratio": row["s"] / result["sjoin_s"], "goal": f"< {limit} s", "met": row["s"] < limit,
+            "detail": f"{row['wire'] / 1e6:.1f} MB on the wire, worker peak +{row['growth_mb']:.0f} MB"})
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None, help="default: as `geo-service serve` starts")
     parser.add_argument("--batch-rounds", type=int, default=5)
-    parser.add_argument("--batch-only", action="store_true", help="only the batch lookups")
+    parser.add_argument("--batch-only", action="store_true", help="only the batch lookups, with their detail")
     parser.add_argument("--before", type=Path, help="also serve the batches from this checkout "
                         "(e.g. a `git worktree` of an earlier commit), interleaved, for a before/after")
     args = parser.parse_args()
-
     if not args.batch_only:
-        alone = postgis_alone()
+        print_figures(measure(args.seconds, args.rounds, args.batch_rounds, args.workers))
+        return
+    workers = args.workers or get_settings().worker_count
+    with throwaway_database() as (engine, url):
+        alone = postgis_alone(engine)
         print("## PostGIS owner query alone (prepared, one round trip each)")
         print(f"median {alone['query_us']:.0f} µs per query; `SELECT 1` {alone['select_1_us']:.0f} µs; "
               f"GiST index used: {alone['uses_gist']}")
         print("```\n" + "\n".join(alone["plan"]) + "\n```")
-
-    with api_key() as key:
-        if not args.batch_only:
-            print(f"\n## Single lookup over HTTP ({args.workers} uvicorn workers, wrk, {args.seconds} s x "
-                  f"{args.rounds} rounds, medians; authenticated with an API key, dispatcher role)")
-            print("| connections | hello req/s | lookup req/s | lookup / hello | hello p50/p99 ms | lookup p50/p99 ms "
-                  "| lookup worst round | lookup req/s, audit off | audit off p99 ms | audit cost |")
-            print("|---|---|---|---|---|---|---|---|---|---|")
-            for row in single_lookups(args.seconds, args.rounds, args.workers, key):
-                print(f"| {row['connections']} | {row['hello_rps']:,.0f} | {row['lookup_rps']:,.0f} | "
-                      f"{row['lookup_rps'] / row['hello_rps']:.2f} | "
-                      f"{row['hello_p50_ms']:.2f} / {row['hello_p99_ms']:.2f} | "
-                      f"{row['lookup_p50_ms']:.2f} / {row['lookup_p99_ms']:.2f} | {row['lookup_rps_min']:,.0f} | "
-                      f"{row['unaudited_rps']:,.0f} | {row['unaudited_p99_ms']:.2f} | "
-                      f"{1 - row['lookup_rps'] / row['unaudited_rps']:+.1%} |")
-
-        result = batch_lookups(args.batch_rounds, args.workers, key, before=args.before)
+        result = batch_lookups(url, args.batch_rounds, workers, api_key(engine), before=args.before)
     print_batches(result, *batch_stages(batch_bodies(*county_points(result["points"])), args.batch_rounds))
 
 
