@@ -46,7 +46,7 @@ def measure(seconds: int = 10, rounds: int = 5) -> list[dict]:
                 with page.expect_navigation():
                     page.click("button[type=submit]")
                 requests = []
-                page.on("requestfinished", requests.append)
+                page.on("requestfinished", lambda request, seen=requests: seen.append(request))
                 started = time.perf_counter()
                 page.goto(f"{base}/map")
                 page.wait_for_function("() => document.body && document.body.dataset.ready === 'true'",

@@ -41,22 +41,29 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     started = time.perf_counter()
-    figures = []
-    for suite in chosen:
-        module = __import__(suite)
-        print(f"running {suite} ...", flush=True)
-        figures += module.measure(seconds=args.seconds, rounds=args.rounds)
-    print()
-    print_figures(figures)
     RESULTS.mkdir(exist_ok=True)
     stamp = dt.datetime.now(dt.UTC)
     path = RESULTS / f"{stamp:%Y-%m-%d}.json"
     if path.exists():
         path = RESULTS / f"{stamp:%Y-%m-%d-%H%M%S}.json"
-    path.write_text(json.dumps({"run_at": stamp.isoformat(timespec="seconds"), "machine": machine(),
-                                "seconds": args.seconds, "rounds": args.rounds, "figures": figures},
-                               ensure_ascii=False, indent=2) + "\n")
+    figures, failed = [], {}
+    for suite in chosen:
+        module = __import__(suite)
+        print(f"running {suite} ...", flush=True)
+        try:
+            figures += module.measure(seconds=args.seconds, rounds=args.rounds)
+        except Exception as exc:  # one broken suite must not cost the others' figures
+            failed[suite] = f"{type(exc).__name__}: {exc}"
+            print(f"  {suite} failed: {failed[suite]}", flush=True)
+        # Written after every suite, so what was measured survives whatever comes next.
+        path.write_text(json.dumps({"run_at": stamp.isoformat(timespec="seconds"), "machine": machine(),
+                                    "seconds": args.seconds, "rounds": args.rounds, "figures": figures,
+                                    "failed": failed}, ensure_ascii=False, indent=2) + "\n")
+    print()
+    print_figures(figures)
     print(f"\nwrote {path.relative_to(ROOT)} ({time.perf_counter() - started:.0f} s)")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
