@@ -139,7 +139,8 @@ def print_figures(figures: list[dict]) -> None:
             return f"{value:,.3f} {unit}".strip() if value < 10 else f"{value:,.0f} {unit}".strip()
 
         detail = f" ({f['detail']})" if f.get("detail") else ""
-        print(f"| {f['measurement']}{detail} | {number(f['median'], f['unit'])} | {number(f.get('worst'))} | "
+        measurement = f"{f['measurement']}{detail}".replace("|", "\\|")  # a literal pipe would split the cell
+        print(f"| {measurement} | {number(f['median'], f['unit'])} | {number(f.get('worst'))} | "
               f"{'' if f.get('p99_ms') is None else format(f['p99_ms'], '.2f')} | {f.get('baseline') or ''} | "
               f"{number(f.get('baseline_median'))} | {'' if f.get('ratio') is None else format(f['ratio'], '.2f')} | "
               f"{f.get('goal') or ''} | {'' if f.get('met') is None else ('yes' if f['met'] else 'no')} |")
