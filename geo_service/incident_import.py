@@ -9,6 +9,8 @@ and one statement assigns them (assignment.ASSIGN_CTES over that table, so the r
 one intake uses and the decisions never pass through Python), inserts the incidents with their
 first timeline event and names the rows no grid covers. Everything runs in the caller's
 transaction: it sees grids the caller has just written, and a failure leaves nothing behind.
+History is not news: imported incidents write nothing to the outbox (changes.py), so they
+raise no live event or webhook, and their deadlines, long passed, are never announced overdue.
 """
 
 from __future__ import annotations
@@ -67,12 +69,13 @@ decided AS MATERIALIZED (
 ), created AS (
     INSERT INTO incident (external_id, category_code, description, reported_at, reporter_kind, door_plate_code,
                           status, source, geom, town_code, community_code, grid_code, assignee_worker_id,
-                          police_officer_ids, assignment, stage_started_at, deadline_at, closed_at, updated_at)
+                          police_officer_ids, assignment, stage_started_at, deadline_at, closed_at, updated_at,
+                          overdue_noticed_at)
     SELECT s.external_id, s.category_code, s.description, s.reported_at, s.reporter_kind, s.door_plate_code,
            s.status, 'import', ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326), d.town_code, d.community_code,
            d.grid_code, d.assignee_id, d.police_ids, d.assignment, s.reported_at,
            s.reported_at + s.due_us * interval '1 microsecond', CASE WHEN s.status = 'closed' THEN s.reported_at END,
-           :now
+           :now, :now  -- history is not news: no overdue notice, no live event, no webhook
     FROM (SELECT *, timestamptz 'epoch' + reported_us / 1000000 * interval '1 second'
                     + reported_us % 1000000 * interval '1 microsecond' AS reported_at
           FROM incident_stage) AS s

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import assignment, audit, incidents, models, ownership, privacy, visibility
+from geo_service import assignment, audit, changes, incidents, models, ownership, privacy, visibility
 from geo_service.errors import Conflict, InvalidInput
 
 
@@ -55,9 +55,9 @@ def _replay(session: Session, identity, actor: audit.Actor, external_id: str, ad
 
 
 # Raw SQL, one statement and one round trip for the whole report: assignment by location (the
-# assignment rule, assignment.assign_ctes), the scope check, the incident with its snapshot, its first
-# timeline events and the audit row. Prepared once per connection (`_execute_prepared`): the
-# plan of this statement costs more than running it.
+# assignment rule, assignment.assign_ctes), the scope check, the incident with its snapshot, its
+# first timeline events, its change in the outbox (changes.py) and the audit row. Prepared once
+# per connection (`_execute_prepared`): the plan of this statement costs more than running it.
 REPORT_SQL = """
 WITH point AS (
     SELECT 0 AS ord, CAST(:category AS text) AS category, ST_SetSRID(ST_MakePoint(:lon, :lat), 4326) AS geom
@@ -80,7 +80,11 @@ WITH point AS (
            CAST(a.snapshot AS jsonb) || jsonb_build_object('decided_at', CAST(:decided_at AS text))
     FROM allowed AS a
     ON CONFLICT (external_id) DO NOTHING
-    RETURNING """ + incidents.INCIDENT_COLUMNS.replace("i.", "") + """
+    RETURNING """ + incidents.INCIDENT_COLUMNS.replace("i.", "") + """,
+              category_code, reported_by_kind, reported_by_id, geom
+), changed AS (""" + changes.insert_sql(
+    "created", "'report'", "CASE WHEN i.status = 'assigned' THEN ARRAY['incident.created', 'incident.assigned'] "
+    "ELSE ARRAY['incident.created'] END") + """
 ), events AS (
     INSERT INTO incident_event (incident_id, at, actor_kind, actor_id, actor_name, action, from_status, to_status,
                                 detail)

@@ -8,8 +8,9 @@ and `effect` (rows it adds once it has won the incident). `transition()` is the 
 action, so a new action is one row. README's lifecycle table is `lifecycle_table()`.
 
 Every change bumps `version` (optimistic concurrency: a change names the version it saw and
-is refused with 409 when someone else changed the incident first), adds an `incident_event`
-and an audit row, all in one transaction. Times are stored in UTC.
+is refused with 409 when someone else changed the incident first, saying who and when), adds
+an `incident_event`, its change with the events it `notifies` to the outbox (changes.py: the
+live stream and webhooks) and an audit row, all in one transaction. Times are stored in UTC.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
-from geo_service import assignment, audit, incidents, models, ownership, roles, visibility
+from geo_service import assignment, audit, changes, incidents, models, ownership, roles, visibility
 from geo_service.errors import Conflict, Forbidden, InvalidInput
 
 REOPEN_WINDOW = dt.timedelta(days=30)
+DEPARTMENT_DUE = dt.timedelta(hours=24)  # departments summoned report in within this, unless told otherwise
 
 
 @dataclass
@@ -36,7 +38,8 @@ class Change:
     note: str | None = None
     grid: str | None = None  # reassign
     assignee: int | None = None  # reassign
-    departments: list[str] | None = None  # escalate
+    departments: list[str] | None = None  # escalate, summon
+    due_hours: int | None = None  # escalate, summon: the departments report in within
     department: str | None = None  # acknowledge
 
 
@@ -54,6 +57,7 @@ class Step:
     now: dt.datetime
     values: dict = field(default_factory=dict)  # columns to set beyond status, version and times
     detail: dict | None = None  # what the event and the audit row record
+    events: list[str] = field(default_factory=list)  # what the change notifies (webhooks), beyond the rule's
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Transition:
     needs_note: bool = False
     summary: str = ""
     restarts_stage: bool = False  # a new deadline even when the status stays
+    notifies: tuple[str, ...] = ()  # webhook events of every such change (changes.py)
     check: Callable[[Step], None] | None = None
     prepare: Callable[[Step], None] | None = None
     effect: Callable[[Step], None] | None = None
@@ -141,13 +146,28 @@ def _reassignment(step: Step) -> None:
     step.detail = {"grid": snapshot["grid"], "assignee": snapshot["assignee"], "rule": snapshot["rule"]}
 
 
+def _departments_named(step: Step) -> None:
+    if not [d for d in step.change.departments or [] if d and d.strip()]:
+        raise InvalidInput("summon needs the `departments` called in")
+
+
 def _call_departments(step: Step) -> None:
-    """中心吹哨: the departments called in, each to report in (acknowledge) before resolving."""
+    """中心吹哨: the departments called in, each to report in (acknowledge) by its deadline and
+    before the incident is resolved. A department already called in is not called twice."""
     names = sorted({d.strip() for d in step.change.departments or [] if d and d.strip()})
+    called = set(step.session.scalars(select(models.IncidentDepartment.department).where(
+        models.IncidentDepartment.incident_id == step.incident_id)))
+    if step.change.action == "summon" and not set(names) - called:
+        raise InvalidInput(f"department(s) {', '.join(names)} already called in on incident {step.incident_id}")
+    names = [name for name in names if name not in called]
+    due_at = step.now + (dt.timedelta(hours=step.change.due_hours) if step.change.due_hours else DEPARTMENT_DUE)
     for name in names:
         step.session.execute(insert(models.IncidentDepartment).values(
-            incident_id=step.incident_id, department=name, added_at=step.now, added_by=step.actor.name))
-    step.detail = {"departments": names}
+            incident_id=step.incident_id, department=name, added_at=step.now, added_by=step.actor.name,
+            due_at=due_at))
+    step.detail = {"departments": names, **({"due_at": due_at.isoformat()} if names else {})}
+    if names:
+        step.events.append("incident.whistle")
 
 
 def _department_reports_in(step: Step) -> None:
@@ -175,11 +195,15 @@ TRANSITIONS = {t.action: t for t in (
     Transition("start", ("accepted",), "in_progress", roles.REPORTERS, summary="work on site begins"),
     Transition("resolve", ("accepted", "in_progress", "escalated"), "resolved", roles.REPORTERS,
                summary="handled; from escalated only once every department has acknowledged",
-               check=_departments_acknowledged),
+               check=_departments_acknowledged, notifies=("incident.resolved",)),
     Transition("verify", ("resolved",), "verified", STAFF, summary="the centre checks the result"),
     Transition("close", ("verified",), "closed", STAFF, summary="done", prepare=_closed_now),
     Transition("escalate", ("assigned", "accepted", "in_progress", "returned", "reopened"), "escalated", STAFF,
-               summary="中心吹哨: the town centre takes over; `departments` may be added", effect=_call_departments),
+               summary="the town centre takes over; `departments` may be called in at once (`due_hours`, 24 by "
+               "default)", effect=_call_departments, notifies=("incident.escalated",)),
+    Transition("summon", ("escalated",), None, STAFF,
+               summary="吹哨: more `departments` called in, to report in within `due_hours` (24 by default)",
+               check=_departments_named, effect=_call_departments),
     Transition("acknowledge", ("escalated",), None, STAFF,
                summary="部门报到: a called-in `department` reports in", check=_department_named,
                effect=_department_reports_in),
@@ -191,7 +215,7 @@ TRANSITIONS = {t.action: t for t in (
                summary="invalid or duplicate report"),
     Transition("reassign", ("reported", "assigned", "accepted", "in_progress", "returned", "reopened", "escalated"),
                "assigned", STAFF, summary="to another `grid` (code) and/or `assignee` (grid worker id)",
-               restarts_stage=True, prepare=_reassignment),
+               restarts_stage=True, prepare=_reassignment, notifies=("incident.assigned",)),
 )}
 
 
@@ -218,7 +242,20 @@ def _assigned_to(current, identity) -> bool:
                 and identity.police_officer_id in (current["police_officer_ids"] or [])))
 
 
-def _refuse(current, incident_id: int, rule: Transition, change: Change, identity) -> None:
+LAST_EVENT_SQL = text("SELECT actor_name, at FROM incident_event WHERE incident_id = :id ORDER BY id DESC LIMIT 1")
+
+
+def _stale(session: Session, incident_id: int, current, sent: int) -> Conflict:
+    """409 for a change made from a version someone else has moved on from: who, when, and
+    the version to reload."""
+    last = session.execute(LAST_EVENT_SQL, {"id": incident_id}).one_or_none()
+    by, at = (last.actor_name, last.at.isoformat()) if last else (None, None)
+    return Conflict(f"incident {incident_id} was changed by {by or 'someone else'} at {at or 'an unknown time'}: "
+                    f"it is at version {current['version']}, you sent {sent}; reload and retry",
+                    status=current["status"], version=current["version"], changed_by=by, changed_at=at)
+
+
+def _refuse(session: Session, current, incident_id: int, rule: Transition, change: Change, identity) -> None:
     """The refusals every action shares: role, ownership, status, version."""
     if identity is not None and identity.role not in rule.roles:
         raise Forbidden(f"role {identity.role!r} may not {change.action} incidents; allowed: {', '.join(rule.roles)}")
@@ -230,9 +267,7 @@ def _refuse(current, incident_id: int, rule: Transition, change: Change, identit
                        f"allowed actions: {', '.join(allowed_actions(current['status'])) or 'none'}",
                        status=current["status"], allowed_actions=allowed_actions(current["status"]))
     if change.version != current["version"]:
-        raise Conflict(f"incident {incident_id} was changed by someone else: it is at version "
-                       f"{current['version']}, you sent {change.version}; reload and retry",
-                       status=current["status"], version=current["version"])
+        raise _stale(session, incident_id, current, change.version)
 
 
 def transition(session: Session, identity, actor: audit.Actor, incident_id: int, change: Change,
@@ -243,12 +278,12 @@ def transition(session: Session, identity, actor: audit.Actor, incident_id: int,
     if rule is None:
         raise InvalidInput(f"action {change.action!r} is not one of {', '.join(TRANSITIONS)}")
     current = incidents.load(session, incident_id, identity)
-    _refuse(current, incident_id, rule, change, identity)
+    _refuse(session, current, incident_id, rule, change, identity)
     note = (change.note or "").strip() or None
     if rule.needs_note and not note:
         raise InvalidInput(f"{change.action!r} needs a note saying why")
     step = Step(session, identity, actor, incident_id, dict(current), change,
-                incidents.category(session, current["category"]), now)
+                incidents.category(session, current["category"]), now, events=list(rule.notifies))
     if rule.check:
         rule.check(step)
     if rule.prepare:
@@ -264,10 +299,7 @@ def transition(session: Session, identity, actor: audit.Actor, incident_id: int,
                               .values(**step.values))
     if updated.rowcount != 1:
         session.rollback()
-        latest = incidents.load(session, incident_id)
-        raise Conflict(f"incident {incident_id} was changed by someone else: it is at version {latest['version']}, "
-                       f"you sent {change.version}; reload and retry", status=latest["status"],
-                       version=latest["version"])
+        raise _stale(session, incident_id, incidents.load(session, incident_id), change.version)
     if rule.effect:
         try:
             rule.effect(step)  # only once this change has won the row (the UPDATE holds its lock)
@@ -276,6 +308,7 @@ def transition(session: Session, identity, actor: audit.Actor, incident_id: int,
             raise
     incidents.record_event(session, incident_id, actor, change.action, current["status"], target, now, note,
                            step.detail)
+    changes.record(session, [incident_id], change.action, step.events, actor, now)
     audit.record(session, actor, f"incident.{change.action}", "incident", incident_id, address=address,
                  detail={"from": current["status"], "to": target, **(step.detail or {})})
     session.commit()

@@ -11,6 +11,7 @@ from sqlalchemy import (
     CheckConstraint,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -18,8 +19,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from geo_service.roles import ROLES
@@ -39,6 +41,9 @@ STATION_KINDS = (
     "labour_dispute_platform", "police_station", "public_service",
 )
 REPORTER_KINDS = ("grid_worker", "rider", "resident", "police", "hotline")
+WEBHOOK_EVENTS = ("incident.created", "incident.assigned", "incident.escalated", "incident.overdue",
+                  "incident.whistle", "incident.resolved")
+DELIVERY_STATUSES = ("pending", "delivered", "failed", "cancelled")
 INCIDENT_STATUSES = (
     "reported", "assigned", "accepted", "in_progress", "resolved", "verified", "closed",
     "escalated", "returned", "reopened", "rejected",
@@ -272,6 +277,7 @@ class Incident(Base):
         Index("ix_incident_police_officer_ids", "police_officer_ids", postgresql_using="gin"),
         Index("ix_incident_deadline_at", "deadline_at"),
         Index("ix_incident_reported_by", "reported_by_kind", "reported_by_id"),
+        CheckConstraint("duplicate_of <> id", name="incident_not_own_duplicate"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -305,6 +311,10 @@ class Incident(Base):
     # The actor who reported it (audit actor kind and id), so a worker sees their own reports.
     reported_by_kind: Mapped[str | None] = mapped_column(Text)
     reported_by_id: Mapped[int | None] = mapped_column(Integer)
+    # A report merged into its primary (closed as a duplicate); analyses count the group once.
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("incident.id", ondelete="RESTRICT"), index=True)
+    # When the passing of the current stage's deadline was announced (incident.overdue).
+    overdue_noticed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class IncidentEvent(Base):
@@ -339,6 +349,7 @@ class IncidentDepartment(Base):
     added_by: Mapped[str | None] = mapped_column(Text)
     acknowledged_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     acknowledged_by: Mapped[str | None] = mapped_column(Text)
+    due_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))  # report in by then (吹哨)
 
 
 class AppUser(Base):
@@ -432,3 +443,108 @@ class HotspotRun(Base):
     towns: Mapped[list[str] | None] = mapped_column(ARRAY(String(9)))
     params: Mapped[dict] = mapped_column(JSONB)
     layer: Mapped[dict] = mapped_column(JSONB)
+
+
+def _events_check(column: str) -> str:
+    return f"{column} <@ ARRAY[{', '.join(repr(e) for e in WEBHOOK_EVENTS)}]::text[]"
+
+
+class IncidentChange(Base):
+    """The outbox: one row per change of an incident, written in the change's transaction.
+
+    The live stream (`GET /api/v1/events`) reads it in `seq` order, given after commit by the
+    sequencer (changes.sequence); a trigger fans each row out to the webhooks that asked for
+    one of its `events`. Visibility columns are copied so the one rule applies to the row."""
+
+    __tablename__ = "incident_change"
+    __table_args__ = (
+        CheckConstraint(_events_check("events"), name="incident_change_events"),
+        Index("ix_incident_change_unsequenced", "id", postgresql_where=text("seq IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    status: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+    category_code: Mapped[str] = mapped_column(String(32))
+    town_code: Mapped[str | None] = mapped_column(String(9))
+    community_code: Mapped[str | None] = mapped_column(String(12))
+    grid_code: Mapped[str | None] = mapped_column(String(15))
+    assignee_worker_id: Mapped[int | None] = mapped_column(Integer)
+    police_officer_ids: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
+    reported_by_kind: Mapped[str | None] = mapped_column(Text)
+    reported_by_id: Mapped[int | None] = mapped_column(Integer)
+    deadline_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    lon: Mapped[float] = mapped_column(Float)
+    lat: Mapped[float] = mapped_column(Float)
+    actor_kind: Mapped[str] = mapped_column(Text)
+    actor_id: Mapped[int | None] = mapped_column(Integer)
+    actor_name: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict] = mapped_column(JSONB)  # the incident as of the change, as webhooks send it
+
+
+class Webhook(Base):
+    """A URL an admin registered to be told of incident events, signed with its secret."""
+
+    __tablename__ = "webhook"
+    __table_args__ = (
+        CheckConstraint(_events_check("events") + " AND cardinality(events) > 0", name="webhook_events"),
+        CheckConstraint("url ~ '^https?://'", name="webhook_url_http"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    secret: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    towns: Mapped[list[str] | None] = mapped_column(ARRAY(String(9)))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str | None] = mapped_column(Text)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """One event to send to one webhook: retried with back-off until delivered or given up."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        CheckConstraint(one_of("status", DELIVERY_STATUSES), name="webhook_delivery_status"),
+        UniqueConstraint("webhook_id", "change_id", "event", name="webhook_delivery_once"),
+        Index("ix_webhook_delivery_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+        Index("ix_webhook_delivery_webhook_id", "webhook_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(UUID(as_uuid=False), unique=True, server_default=text("gen_random_uuid()"))
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhook.id", ondelete="CASCADE"))
+    change_id: Mapped[int] = mapped_column(ForeignKey("incident_change.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttempt(Base):
+    """One try of a delivery, kept for admins: when, how long, the answer or the error."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (Index("ix_webhook_attempt_delivery_id", "delivery_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_delivery.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(Text)

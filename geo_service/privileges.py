@@ -56,6 +56,16 @@ SERVICE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "hotspot_run": ("SELECT", "INSERT"),
     # The grid -> community -> town join as a view (migration 0006): read like the areas.
     "grid_area": READ,
+    # The outbox of incident changes: written with each change (intake, transitions, the
+    # overdue notice); the sequencer numbers committed rows (UPDATE of `seq`); the live stream
+    # reads it. Its trigger fans rows out to webhook_delivery as the service role.
+    "incident_change": ("SELECT", "INSERT", "UPDATE"),
+    # Admins register, disable and delete (deleted_at) webhooks through the API.
+    "webhook": ("SELECT", "INSERT", "UPDATE"),
+    # Created by the fan-out trigger; the delivery worker claims, retries and settles them.
+    "webhook_delivery": ("SELECT", "INSERT", "UPDATE"),
+    # Every attempt is appended, never changed.
+    "webhook_attempt": ("SELECT", "INSERT"),
     # Alembic's bookkeeping: none of the service's business.
     "alembic_version": (),
 }

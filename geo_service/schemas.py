@@ -40,6 +40,14 @@ class ErrorRead(BaseModel):
     detail: str = Field(description="What went wrong, quoting the offending value.")
 
 
+class ConflictRead(ErrorRead):
+    status: str | None = Field(default=None, description="The incident's current status.")
+    version: int | None = Field(default=None, description="The current version, to reload.")
+    allowed_actions: list[str] | None = Field(default=None, description="What may be done from the current status.")
+    changed_by: str | None = Field(default=None, description="Who made the change you did not see.")
+    changed_at: str | None = Field(default=None, description="When (UTC).")
+
+
 class TooLargeRead(ErrorRead):
     limit: int | None = Field(default=None, description="The most points one batch may hold.")
     limit_bytes: int | None = Field(default=None, description="The most bytes the request body may hold.")
@@ -300,15 +308,17 @@ class IncidentCreate(BaseModel):
 
 
 class TransitionCreate(BaseModel):
-    action: Code = Field(description="accept, start, resolve, verify, close, escalate, acknowledge, return, "
-                         "reopen, reject or reassign.")
+    action: Code = Field(description="accept, start, resolve, verify, close, escalate, summon, acknowledge, "
+                         "return, reopen, reject or reassign.")
     version: int | None = Field(default=None, ge=1, le=MAX_INT4,
                                 description="The version you saw (or send an If-Match header).")
     note: Note | None = Field(default=None, description="Why; required for return, reopen and reject.")
     grid: Code | None = Field(default=None, description="reassign: the new grid's code.")
     assignee: int | None = Field(default=None, ge=1, le=MAX_INT4, description="reassign: the new grid worker's id.")
     departments: list[Name] | None = Field(default=None, max_length=MAX_LIST_ITEMS,
-                                           description="escalate: departments called in.")
+                                           description="escalate, summon: departments called in.")
+    due_hours: int | None = Field(default=None, ge=1, le=720,
+                                  description="escalate, summon: the departments report in within (24 by default).")
     department: Name | None = Field(default=None, description="acknowledge: the department reporting in.")
 
 
@@ -335,6 +345,7 @@ class DepartmentRead(BaseModel):
     department: str
     added_at: str
     added_by: str | None
+    due_at: str | None = Field(description="Report in by then (吹哨).")
     acknowledged_at: str | None
     acknowledged_by: str | None
 
@@ -365,6 +376,7 @@ class IncidentRead(BaseModel):
     stage_started_at: str | None
     updated_at: str | None
     closed_at: str | None
+    duplicate_of: int | None = Field(description="The primary this report was merged into (closed as a duplicate).")
     overdue: bool
     timeline: list[EventRead] | None = None
     departments: list[DepartmentRead] | None = None

@@ -194,7 +194,8 @@ def set_status(session, incident_id: int, status: str, **extra) -> dict:
 
 
 EXTRA = {"return": {"note": "not fixed"}, "reopen": {"note": "came back"}, "reject": {"note": "duplicate"},
-         "reassign": {"grid": G112}, "escalate": {"departments": ["城管"]}}
+         "reassign": {"grid": G112}, "escalate": {"departments": ["城管"]},
+         "summon": {"departments": ["住建"], "due_hours": 4}}
 
 
 @pytest.mark.parametrize("status", models.INCIDENT_STATUSES)
@@ -299,7 +300,8 @@ def test_two_dispatchers_race_and_exactly_one_wins(race_db, tmp_path):
     codes = sorted(code for code, _ in outcomes)
     assert codes == [200] + [409] * 7
     losers = [body for code, body in outcomes if code == 409]
-    assert all("changed by someone else" in b["detail"] or "is not possible" in b["detail"] for b in losers)
+    assert all("is not possible" in b["detail"] or ("was changed by" in b["detail"] and b["changed_by"]
+                                                    and b["changed_at"] and b["version"] == 2) for b in losers)
     with Session(race_db.engine) as session:
         version, events = session.execute(text(
             "SELECT i.version, (SELECT count(*) FROM incident_event e WHERE e.incident_id = i.id) "

@@ -20,6 +20,7 @@ from geo_service.schemas import (
     MAX_ID,
     MAX_INT4,
     CategoryRead,
+    ConflictRead,
     ErrorRead,
     IncidentCreate,
     IncidentFeatureCollection,
@@ -128,13 +129,14 @@ def get_incident(request: Request, session: SessionDep, identity: AnyoneDep, inc
 
 
 @router.post("/incidents/{incident_id}/transitions", response_model=IncidentRead,
-             responses={403: {"model": ErrorRead}, 404: {"model": ErrorRead}, 409: {"model": ErrorRead},
+             responses={403: {"model": ErrorRead}, 404: {"model": ErrorRead}, 409: {"model": ConflictRead},
                         422: {"model": ErrorRead}})
 def transition(request: Request, session: SessionDep, identity: ReporterDep, incident_id: IncidentId,
                body: TransitionCreate,
                if_match: Annotated[str | None, Header(description="The version, instead of the body's.")] = None):
     """Move an incident through its lifecycle (see the README's table). 409 names the current
-    state and the allowed actions, or the current version when yours is stale."""
+    state and the allowed actions, or, when yours is stale, the current version and who changed
+    it when."""
     version = body.version
     if version is None and if_match:
         try:
@@ -146,7 +148,8 @@ def transition(request: Request, session: SessionDep, identity: ReporterDep, inc
     if version is None:
         raise InvalidInput("send the version you saw, in the body or an If-Match header")
     change = lifecycle.Change(action=body.action, version=version, note=body.note, grid=body.grid,
-                             assignee=body.assignee, departments=body.departments, department=body.department)
+                             assignee=body.assignee, departments=body.departments, due_hours=body.due_hours,
+                              department=body.department)
     incident = lifecycle.transition(session, identity, audit.actor_of(identity), incident_id, change, now(request),
                                    address=client_address(request))
     return json_response(incident)
