@@ -26,8 +26,23 @@ from geo_service.errors import (
     TooManyAttempts,
     Unauthenticated,
 )
+from geo_service.jobs import Jobs
 from geo_service.ownership import OwnershipCache
-from geo_service.routes import analytics, areas, auth, guard, incidents, layers, ogc, open311, ownership, pages, system
+from geo_service.routes import (
+    analytics,
+    areas,
+    auth,
+    events,
+    guard,
+    incidents,
+    layers,
+    ogc,
+    open311,
+    ownership,
+    pages,
+    system,
+    webhooks,
+)
 from geo_service.routes.compression import Compression
 from geo_service.security import SecurityHeaders
 
@@ -57,7 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if settings.background_jobs:
+            app.state.jobs.start()
         yield
+        app.state.jobs.close()
         app.state.audit.close()  # writes the buffered lookup audit rows: nothing lost on shutdown
         app.state.ownership.close()
         engine.dispose()
@@ -78,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.identities = IdentityCache(settings.identity_cache_seconds)
     app.state.audit = AuditBuffer(engine)
     app.state.clock = lambda: dt.datetime.now(dt.UTC)  # replaced by tests that need a controllable clock
+    app.state.jobs = Jobs(engine, settings, lambda: app.state.clock())
 
     @app.exception_handler(GeoServiceError)
     async def domain_error(request: Request, exc: GeoServiceError):
@@ -106,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(areas.router)
     app.include_router(incidents.router)
+    app.include_router(events.router)
+    app.include_router(webhooks.router)
     app.include_router(layers.router)
     app.include_router(analytics.router)
     app.include_router(ogc.router)

@@ -225,6 +225,7 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
         host=host or settings.host, port=port or settings.port, workers=workers or settings.worker_count,
         proxy_headers=False, log_level="info", access_log=settings.access_log if access_log is None else access_log,
         log_config=uvicorn_log_config(),  # the access log never shows a credential sent in a URL
+        timeout_graceful_shutdown=5,  # open event streams never end by themselves; they must not hold a restart
     )
 
 

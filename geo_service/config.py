@@ -74,6 +74,15 @@ class Settings(BaseSettings):
         default=None, description="Basemap tile URL template for the map pages, e.g. a local folder served "
         "under /static/tiles/{z}/{x}/{y}.png. Unset: vector layers on a plain background.")
     tile_attribution: str | None = Field(default=None, description="Attribution shown for the basemap.")
+    background_jobs: bool = Field(
+        default=True, description="Run the background jobs in every service process: numbering the outbox for the "
+        "live stream, announcing passed deadlines, delivering webhooks (jobs.py). Safe with many processes.")
+    webhook_allow: str | None = Field(
+        default=None, description="Comma-separated hosts webhooks may target: names, `*.suffix`, IP addresses or "
+        "CIDR ranges. Unset: any http(s) URL an admin registers, intranet and loopback included.")
+    webhook_timeout_seconds: float = Field(default=10.0, description="How long one webhook attempt may take.")
+    events_keepalive_seconds: float = Field(default=15.0, description="Seconds between keep-alive comments on "
+                                            "the live event stream (GET /api/v1/events).")
     load_tolerance_m2: float = Field(
         default=1.0,
         description="Largest gap or overlap (m²) tolerated between sibling areas when loading.",

@@ -1,0 +1,73 @@
+"""The background jobs of a service process, on one thread beside the event loop.
+
+Every process of every instance runs them (`GEO_BACKGROUND_JOBS`, on by default); each is safe
+to run concurrently, by construction of its SQL: numbering the outbox takes an advisory lock
+(changes.sequence), announcing deadlines and claiming webhook deliveries take rows with
+`FOR UPDATE SKIP LOCKED`. So nothing here needs to know how many processes there are, and a
+request never waits for a job: intake writes its change and returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from geo_service import changes, webhooks
+from geo_service.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    name: str
+    every_seconds: float
+    run: Callable[[], object]
+    next_at: float = 0.0
+
+
+class Jobs:
+    """Runs each job every so often until close(). `latest_seq` is the newest outbox number this
+    process has seen: the live streams of the process compare it with where they are."""
+
+    def __init__(self, engine: Engine, settings: Settings, clock: Callable[[], dt.datetime]):
+        self.engine = engine
+        self.latest_seq = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.jobs = [
+            Job("sequence", 0.25, self._sequence),
+            Job("overdue", 5.0, lambda: changes.notice_overdue(engine, clock())),
+            Job("webhooks", 1.0, lambda: webhooks.deliver_due(engine, settings, clock())),
+        ]
+
+    def _sequence(self) -> None:
+        changes.sequence(self.engine)
+        self.latest_seq = changes.latest(self.engine)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="geo-service-jobs", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for job in self.jobs:
+                if now >= job.next_at:
+                    try:
+                        job.run()
+                    except Exception:  # a database restart or a bug in one job must not stop the others
+                        log.exception("background job %s failed; retried in %.1f s", job.name, job.every_seconds)
+                    job.next_at = time.monotonic() + job.every_seconds
+            self._stop.wait(max(0.0, min(job.next_at for job in self.jobs) - time.monotonic()))
