@@ -48,8 +48,18 @@ class Jobs:
         ]
 
     def _sequence(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Number what has committed and read the newest number: the sequencing job's work, also
+        run by the live streams themselves when the jobs are off."""
         changes.sequence(self.engine)
         self.latest_seq = changes.latest(self.engine)
+        return self.latest_seq
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="geo-service-jobs", daemon=True)

@@ -336,12 +336,13 @@ def tiny_dir(tmp_path) -> Path:
 
 @contextmanager
 def running_server(database: ThrowawayDatabase, workers: int = 1, log=subprocess.DEVNULL,
-                   access_log: bool = False) -> Iterator[str]:
-    """`geo-service serve` as a real process on a free port against `database`; yields its base URL."""
+                   access_log: bool = False, **settings: str) -> Iterator[str]:
+    """`geo-service serve` as a real process on a free port against `database`; yields its base URL.
+    `settings` are more GEO_ variables, by their names in lower case without the prefix."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, **database.environment()}
+    env = {**os.environ, **database.environment(), **{f"GEO_{k.upper()}": str(v) for k, v in settings.items()}}
     process = subprocess.Popen([sys.executable, "-m", "geo_service.cli", "serve", "--port", str(port),
                                 "--workers", str(workers), "--access-log" if access_log else "--no-access-log"],
                                env=env, stdout=log, stderr=subprocess.STDOUT)

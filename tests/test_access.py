@@ -54,6 +54,8 @@ EXAMPLES = {
     ("POST", "/api/v1/incidents/{incident_id}/transitions"): {
         "path": "/api/v1/incidents/{incident}/transitions", "json": {"action": "accept", "version": 1},
         "ok": (200, 409)},
+    # A bad resume point: the stream itself never ends, so the allowed roles get its 422.
+    ("GET", "/api/v1/events"): {"params": {"after": "x"}, "ok": 422},
     ("GET", "/api/v1/stations"): {},
     ("GET", "/api/v1/compounds"): {},
     ("GET", "/api/v1/door-plates"): {"params": {"bbox": "112.90,22.70,112.94,22.74"}},

@@ -316,6 +316,9 @@ SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
     ("POST", "/api/v1/incidents"): probe_report,
     ("GET", "/api/v1/incidents/{incident_id}"): probe_incident,
     ("POST", "/api/v1/incidents/{incident_id}/transitions"): probe_transition,
+    # An endless stream cannot be read through the in-process client: probed on a real server, town
+    # by town, by tests/test_desk.py::test_the_stream_sends_changes_the_caller_may_see.
+    ("GET", "/api/v1/events"): "incident changes under the incidents rule (visibility.incidents on the change rows)",
     ("GET", "/api/v1/stations"): NONE,
     ("GET", "/api/v1/compounds"): NONE,
     ("GET", "/api/v1/door-plates"): probe_door_plates,
