@@ -1,4 +1,5 @@
-"""The background jobs of a service process, on one thread beside the event loop.
+"""The background jobs of a service process, each on its own thread beside the event loop
+(a slow webhook target must not hold up the numbering that the live streams wait for).
 
 Every process of every instance runs them (`GEO_BACKGROUND_JOBS`, on by default); each is safe
 to run concurrently, by construction of its SQL: numbering the outbox takes an advisory lock
@@ -12,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,7 +29,6 @@ class Job:
     name: str
     every_seconds: float
     run: Callable[[], object]
-    next_at: float = 0.0
 
 
 class Jobs:
@@ -40,15 +39,12 @@ class Jobs:
         self.engine = engine
         self.latest_seq = 0
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.jobs = [
-            Job("sequence", 0.25, self._sequence),
+            Job("sequence", 0.25, self.refresh),
             Job("overdue", 5.0, lambda: changes.notice_overdue(engine, clock())),
             Job("webhooks", 1.0, lambda: webhooks.deliver_due(engine, settings, clock())),
         ]
-
-    def _sequence(self) -> None:
-        self.refresh()
 
     def refresh(self) -> int:
         """Number what has committed and read the newest number: the sequencing job's work, also
@@ -59,25 +55,23 @@ class Jobs:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return any(thread.is_alive() for thread in self._threads)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="geo-service-jobs", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, args=(job,), name=f"geo-service-{job.name}",
+                                          daemon=True) for job in self.jobs]
+        for thread in self._threads:
+            thread.start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+        for thread in self._threads:
+            thread.join(15)  # daemon threads: a webhook attempt still running is retried after its lease
 
-    def _loop(self) -> None:
+    def _loop(self, job: Job) -> None:
         while not self._stop.is_set():
-            now = time.monotonic()
-            for job in self.jobs:
-                if now >= job.next_at:
-                    try:
-                        job.run()
-                    except Exception:  # a database restart or a bug in one job must not stop the others
-                        log.exception("background job %s failed; retried in %.1f s", job.name, job.every_seconds)
-                    job.next_at = time.monotonic() + job.every_seconds
-            self._stop.wait(max(0.0, min(job.next_at for job in self.jobs) - time.monotonic()))
+            try:
+                job.run()
+            except Exception:  # a database restart or a bug must not end the job
+                log.exception("background job %s failed; retried in %.1f s", job.name, job.every_seconds)
+            self._stop.wait(job.every_seconds)

@@ -81,7 +81,7 @@ class StatsRead(BaseModel):
     police: int = Field(description="Community police and auxiliary police serving as deputy grid leaders.")
     stations: dict[str, int] = Field(description="Stations by kind.")
     door_plates: int = Field(description="粤居码 door plates.")
-    incidents: int
+    incidents: int = Field(description="Incidents, a merged group of duplicates counted once.")
 
 
 class AreaRef(BaseModel):
@@ -309,7 +309,7 @@ class IncidentCreate(BaseModel):
 
 class TransitionCreate(BaseModel):
     action: Code = Field(description="accept, start, resolve, verify, close, escalate, summon, acknowledge, "
-                         "return, reopen, reject or reassign.")
+                         "return, reopen, reject, reassign or merge.")
     version: int | None = Field(default=None, ge=1, le=MAX_INT4,
                                 description="The version you saw (or send an If-Match header).")
     note: Note | None = Field(default=None, description="Why; required for return, reopen and reject.")
@@ -320,6 +320,9 @@ class TransitionCreate(BaseModel):
     due_hours: int | None = Field(default=None, ge=1, le=720,
                                   description="escalate, summon: the departments report in within (24 by default).")
     department: Name | None = Field(default=None, description="acknowledge: the department reporting in.")
+    into: int | None = Field(default=None, ge=1, le=MAX_ID,
+                             description="merge: the id of the primary this incident duplicates (open, not itself "
+                             "merged).")
 
 
 class PersonRef(BaseModel):
@@ -348,6 +351,15 @@ class DepartmentRead(BaseModel):
     due_at: str | None = Field(description="Report in by then (吹哨).")
     acknowledged_at: str | None
     acknowledged_by: str | None
+
+
+class PossibleDuplicate(BaseModel):
+    id: int
+    status: str
+    reported_at: str
+    distance_m: float = Field(description="From the new report, in metres on the spheroid, to 0.1 m.")
+    grid_code: str | None
+    description: str
 
 
 class IncidentRead(BaseModel):
@@ -380,6 +392,10 @@ class IncidentRead(BaseModel):
     overdue: bool
     timeline: list[EventRead] | None = None
     departments: list[DepartmentRead] | None = None
+    possible_duplicates: list[PossibleDuplicate] | None = Field(
+        default=None, description="Only in the answer to a report (201, and 200 for a retry): open incidents of the "
+        "same category you may see, within 50 m and the 48 h before it, not themselves merged; nearest first, at "
+        "most 10. Merge the report into one of them with the `merge` transition.")
 
 
 class IncidentPage(BaseModel):
@@ -788,3 +804,61 @@ class Open311Posted(BaseModel):
     service_request_id: str = Field(description="The new incident's id.")
     service_notice: str = Field(description="Its status (assigned at once).")
     account_id: str | None
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+class WebhookCreate(BaseModel):
+    url: bounded_text(2000) = Field(description="Where to POST: any http(s) URL, intranet and loopback included "
+                                    "(restricted to the hosts of GEO_WEBHOOK_ALLOW when that is set).")
+    events: list[Code] = Field(min_length=1, max_length=MAX_LIST_ITEMS, description=(
+        "What to be told of: incident.created, incident.assigned, incident.escalated, incident.overdue, "
+        "incident.whistle, incident.resolved."))
+    secret: bounded_text(256) = Field(description="At least 16 characters; signs every body (X-Geo-Signature). "
+                                      "Never shown again.")
+    description: Note | None = Field(default=None, description="What the webhook is for, who runs the receiver.")
+
+
+class WebhookPatch(BaseModel):
+    enabled: bool = Field(description="false pauses the webhook (pending deliveries wait); true resumes it.")
+
+
+class WebhookRead(BaseModel):
+    """A registered webhook (never with its secret)."""
+    id: int
+    url: str
+    events: list[str]
+    description: str | None
+    enabled: bool
+    towns: list[str] | None = Field(description="The towns whose incidents it hears of (the registering admin's); "
+                                    "null: the county.")
+    created_at: str
+    created_by: str | None
+    deleted_at: str | None = Field(description="When it was deleted (the answer to DELETE); null otherwise.")
+
+
+class AttemptRead(BaseModel):
+    attempt: int = Field(description="1 for the first try.")
+    started_at: str
+    duration_ms: float
+    status_code: int | None = Field(description="The receiver's HTTP status; null when none came (timeout, "
+                                    "refused connection, target not allowed).")
+    error: str | None = Field(description="Why the attempt failed; null when it delivered.")
+    worker: str | None = Field(description="The service process that made it (host:pid).")
+
+
+class DeliveryRead(BaseModel):
+    id: int
+    delivery_id: str = Field(description="The X-Geo-Delivery header: the same on every attempt.")
+    incident_id: int
+    event: str
+    status: str = Field(description="pending, delivered, failed (given up 24 h after the change) or cancelled "
+                        "(webhook deleted).")
+    created_at: str = Field(description="When the change was made.")
+    attempts: int = Field(description="Attempts made so far.")
+    next_attempt_at: str | None = Field(description="When it is tried next (null: done, or its webhook is disabled).")
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: str | None
+    attempt_log: list[AttemptRead] = Field(description="Every attempt, oldest first.")

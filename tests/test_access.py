@@ -79,6 +79,13 @@ EXAMPLES = {
     ("GET", "/open311/v2/requests/{request_id}.json"): {"path": "/open311/v2/requests/{incident}.json"},
     ("POST", "/open311/v2/requests.json"): {"data": {"service_code": "other", "lat": "22.703", "long": "112.903",
                                                      "description": "matrix"}, "ok": 201},
+    ("POST", "/api/v1/webhooks"): {"json": {"url": "http://127.0.0.1:9/matrix", "events": ["incident.created"],
+                                            "secret": "matrix secret 0123456789"}, "ok": 201},
+    ("GET", "/api/v1/webhooks"): {},
+    ("GET", "/api/v1/webhooks/{webhook_id}"): {"path": "/api/v1/webhooks/{webhook}"},
+    ("PATCH", "/api/v1/webhooks/{webhook_id}"): {"path": "/api/v1/webhooks/{webhook}", "json": {"enabled": True}},
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): {"path": "/api/v1/webhooks/2147483647", "ok": 404},
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): {"path": "/api/v1/webhooks/{webhook}/deliveries"},
 }
 
 
@@ -132,6 +139,8 @@ def test_every_role_against_every_endpoint(access_db):
         worker = client.post("/api/v1/auth/token", data={"username": "matrix-worker", "password": "matrix password"})
         credentials = {role: access_db.keys[role] for role in models.ROLES}
         credentials["worker"] = worker.json()["access_token"]
+        webhook = client.post("/api/v1/webhooks", headers=access_db.headers("admin"), json={
+            "url": "http://127.0.0.1:9/matrix", "events": ["incident.created"], "secret": "matrix secret 0123456789"})
         checked = 0
         for route in api_routes(app):
             roles = allowed_roles(route)
@@ -143,7 +152,8 @@ def test_every_role_against_every_endpoint(access_db):
                 created = client.post("/api/v1/incidents", headers=access_db.headers("dispatcher"), json={
                     "category": "other", "description": "matrix", "reporter_kind": "hotline",
                     "lon": 112.903, "lat": 22.703}).json()
-                url = example.pop("path", path).replace("{incident}", str(created["id"]))
+                url = example.pop("path", path).replace("{incident}", str(created["id"])).replace(
+                    "{webhook}", str(webhook.json()["id"]))
                 anonymous = client.request(method, url, **example)
                 assert anonymous.status_code == 401, (method, path)
                 assert anonymous.headers["www-authenticate"] == "Bearer"

@@ -40,7 +40,8 @@ NOT_JSON = {
 # The examples of tests/test_access.py, with the one they lack (the token needs a real user).
 TOKEN_USER, TOKEN_PASSWORD = "contract-user", "contract password 1"
 CONTRACT_EXAMPLES = {**EXAMPLES,
-                     ("POST", "/api/v1/auth/token"): {"data": {"username": TOKEN_USER, "password": TOKEN_PASSWORD}}}
+                     ("POST", "/api/v1/auth/token"): {"data": {"username": TOKEN_USER, "password": TOKEN_PASSWORD}},
+                     ("DELETE", "/api/v1/webhooks/{webhook_id}"): {"path": "/api/v1/webhooks/{webhook}"}}
 OUTSIDE = {"lon": 113.5, "lat": 22.7}  # east of the tiny county
 
 
@@ -138,6 +139,11 @@ class Setup:
 
     def __init__(self, database, session: Session, client):
         admin = database.headers("admin")
+        webhook = client.post("/api/v1/webhooks", headers=admin, json={
+            "url": "http://127.0.0.1:9/contract", "events": ["incident.created"],
+            "secret": "contract secret 0123456789"})
+        assert webhook.status_code == 201, webhook.text
+        self.webhook = webhook.json()["id"]
         created = client.post("/api/v1/incidents", headers=admin, json={
             "category": "other", "description": "contract 13800000001", "reporter_kind": "hotline",
             "lon": 112.903, "lat": 22.703, "external_id": "contract-1"})
@@ -148,7 +154,7 @@ class Setup:
         auth.create_user(session, TOKEN_USER, "viewer", password=TOKEN_PASSWORD)
 
     def url(self, path: str) -> str:
-        return path.replace("{incident}", str(self.incident))
+        return path.replace("{incident}", str(self.incident)).replace("{webhook}", str(self.webhook))
 
 
 @pytest.fixture

@@ -295,6 +295,35 @@ def probe_audit(call: Call, w: World) -> str:
     return answer.text + (" LEAK:audit" if answer.status_code == 200 else "")
 
 
+def probe_webhooks(call: Call, w: World) -> str:
+    """Each registers a webhook (it hears of the caller's towns) and reports an incident in another
+    town (refused for the town's admin), which the county-wide admin's webhook hears of. The
+    town's admin may not list, read, change, delete or read the deliveries of a webhook beyond its
+    towns: those listed, and those registered just before its own (the county-wide admin's, in the
+    same transaction)."""
+    def beyond(hook: dict) -> bool:
+        return hook["towns"] is None or bool(set(hook["towns"]) - {TOWN})
+
+    lon, lat = w.foreign_point
+    mine = call("POST", "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/scope", "events": ["incident.created"],
+                                                  "secret": "scope probe secret 0123"}).json()
+    call("POST", "/api/v1/incidents", json={"category": "other", "description": "scope", "reporter_kind": "hotline",
+                                            "lon": lon, "lat": lat})
+    listed = call("GET", "/api/v1/webhooks").json()
+    found = [f"LEAK:webhook:{h['id']}" for h in [mine, *listed] if beyond(h)]
+    for hook_id in sorted({h["id"] for h in listed} | set(range(mine["id"] - 3, mine["id"] + 1))):
+        url = f"/api/v1/webhooks/{hook_id}"
+        for answer in (call("GET", url), call("PATCH", url, json={"enabled": True})):
+            if answer.status_code == 200 and beyond(answer.json()):
+                found.append(f"LEAK:webhook:{hook_id}")
+        deliveries = call("GET", url + "/deliveries")
+        if deliveries.status_code == 200:
+            found.append(incident_ids_in([d["incident_id"] for d in deliveries.json()], w))
+        if hook_id != mine["id"] and call("DELETE", url).status_code == 200:
+            found.append(f"LEAK:deleted:{hook_id}")
+    return " ".join(found)
+
+
 NONE = "answers nothing of a town: areas, stations, categories, the caller, the standards' documents"
 # Every API route and its scope decision. A new route fails test_every_route_has_a_scope_decision
 # until it is added here, with a probe when it returns incidents, door plates or people.
@@ -340,6 +369,12 @@ SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
     ("GET", "/open311/v2/requests.json"): probe_open311_requests,
     ("GET", "/open311/v2/requests/{request_id}.json"): probe_open311_request,
     ("POST", "/open311/v2/requests.json"): probe_open311_post,
+    ("POST", "/api/v1/webhooks"): probe_webhooks,
+    ("GET", "/api/v1/webhooks"): probe_webhooks,
+    ("GET", "/api/v1/webhooks/{webhook_id}"): probe_webhooks,
+    ("PATCH", "/api/v1/webhooks/{webhook_id}"): probe_webhooks,
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): probe_webhooks,
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): probe_webhooks,
 }
 EXTRA_PROBES = {"export hotspots": probe_export_hotspots}
 
