@@ -3,7 +3,9 @@
 Units: grids (default), communities, towns, or regular hexagons / squares of `size_m` metres
 (PostGIS ST_HexagonGrid / ST_SquareGrid in GEO_METRIC_CRS, kept where they meet the county).
 Incidents are counted per area unit by the unit recorded at intake (the assignment snapshot,
-itself ST_Covers of the point), and per hexagon or square by ST_Covers of the point.
+itself ST_Covers of the point), and per hexagon or square by ST_Covers of the point. A report
+merged into its primary as a duplicate is not counted (the group counts once, as its primary),
+in the density neither.
 
 Gi* (Getis & Ord 1992; Ord & Getis 1995) with binary weights and each unit its own neighbour:
 for unit i with neighbour set N(i) ∋ i, k_i = |N(i)|, n units, counts x, mean x̄ and population
@@ -59,10 +61,13 @@ SELECT format('{prefix}%s_%s', cells.i, cells.j) AS code, format('{prefix}%s_%s'
 FROM cells, county WHERE ST_Intersects(cells.geom, county.geom)
 ORDER BY cells.i, cells.j
 """
-AREA_COUNTS_SQL = "SELECT i.{column} AS code, count(*) FROM incident i WHERE " + incidents.FILTER_SQL + " GROUP BY 1"
-CELL_COUNTS_SQL = """
+# A merged group of duplicates counts once (incidents.COUNTED_SQL), here and in the density.
+AREA_COUNTS_SQL = ("SELECT i.{column} AS code, count(*) FROM incident i WHERE " + incidents.COUNTED_SQL + " AND "
+                   + incidents.FILTER_SQL + " GROUP BY 1")
+CELL_COUNTS_SQL = ("""
 SELECT c.ord, count(i.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS c(wkb, ord)
-JOIN incident i ON ST_Covers(ST_GeomFromWKB(c.wkb, 4326), i.geom) WHERE """ + incidents.FILTER_SQL + " GROUP BY 1"
+JOIN incident i ON ST_Covers(ST_GeomFromWKB(c.wkb, 4326), i.geom) WHERE """ + incidents.COUNTED_SQL + " AND "
+                   + incidents.FILTER_SQL + " GROUP BY 1")
 PLATES_SQL = """
 SELECT u.ord, count(d.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS u(wkb, ord)
 JOIN door_plate d ON ST_Covers(ST_GeomFromWKB(u.wkb, 4326), d.geom) WHERE """ + visibility.door_plates("d") + """
@@ -271,7 +276,8 @@ def density(session: Session, identity, filters: incidents.IncidentFilter | None
         raise InvalidInput(f"cell_m {cell_m!r} makes {columns * rows:,} cells over the area; at most "
                            f"{MAX_DENSITY_CELLS:,}: use larger cells")
     points = np.array(session.execute(text("SELECT ST_X(i.geom), ST_Y(i.geom) FROM incident i WHERE "
-                                           + incidents.FILTER_SQL), filters.params(identity)).all(), dtype=float)
+                                           + incidents.COUNTED_SQL + " AND " + incidents.FILTER_SQL),
+                                      filters.params(identity)).all(), dtype=float)
     grid = np.zeros((rows, columns))
     if len(points):
         col = np.clip(((points[:, 0] - west) / dx).astype(int), 0, columns - 1)

@@ -225,6 +225,68 @@ def category(session: Session, code: str) -> models.IncidentCategory:
     return found
 
 
+# --------------------------------------------------------------------------- duplicates
+
+DUPLICATE_RADIUS_M = 50.0
+DUPLICATE_WINDOW_HOURS = 48
+MAX_POSSIBLE_DUPLICATES = 10
+
+# A report merged into its primary (`duplicate_of` set) is counted as that primary: every
+# count, hotspot and density composes this over `incident AS i`, so a merged group counts once.
+# Lists, exports and reads still show merged reports (closed, with `duplicate_of`).
+COUNTED_SQL = "i.duplicate_of IS NULL"
+
+
+def possible_duplicates_sql(here: str, category: str, at: str, exclude: str) -> str:
+    """A scalar subquery: the jsonb array of the open primaries a report at `here` (a 4326 point)
+    of `category` at `at` may duplicate (SQL expressions; `exclude` an id or NULL), nearest first.
+
+    Open: not closed or rejected, and not itself merged (the list points at primaries). Near:
+    within DUPLICATE_RADIUS_M metres on the spheroid (geography), after a bounding-box test that
+    uses the GiST index on `geom` (the radius in degrees there, with a 10 % margin); reported in
+    the DUPLICATE_WINDOW_HOURS before `at`. Only incidents the caller may see (visibility.py, the
+    `vis_*` parameters)."""
+    radius, margin = DUPLICATE_RADIUS_M, DUPLICATE_RADIUS_M * 1.1
+    return f"""(
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'id', n.id, 'status', n.status, 'reported_at', n.reported_at, 'distance_m', n.distance_m,
+               'grid_code', n.grid_code, 'description', n.description) ORDER BY n.distance_m, n.id), '[]')
+    FROM (SELECT d.id, d.status, d.reported_at, d.grid_code, d.description,
+                 round(CAST(ST_Distance(CAST(d.geom AS geography), CAST({here} AS geography)) AS numeric), 1)
+                     AS distance_m
+          FROM incident AS d
+          WHERE d.geom && ST_Expand({here}, {margin:g} / (111320.0 * greatest(cos(radians(ST_Y({here}))), 0.01)),
+                                    {margin:g} / 110574.0)
+            AND ST_DWithin(CAST(d.geom AS geography), CAST({here} AS geography), {radius:g})
+            AND d.category_code = {category} AND d.status <> ALL(ARRAY['closed', 'rejected'])
+            AND d.duplicate_of IS NULL
+            AND d.reported_at <= {at} AND d.reported_at > {at} - interval '{DUPLICATE_WINDOW_HOURS} hours'
+            AND d.id IS DISTINCT FROM {exclude}
+            AND {visibility.incidents("d")}
+          ORDER BY distance_m, d.id LIMIT {MAX_POSSIBLE_DUPLICATES}) AS n)"""
+
+
+def present_duplicates(found: list[dict] | None, identity) -> list[dict]:
+    """possible_duplicates as the API answers them: times as the other fields' ISO 8601 (from
+    the database's JSON), descriptions as the caller may see them (privacy.py)."""
+    role = identity.role if identity is not None else None
+    return [{**d, "reported_at": dt.datetime.fromisoformat(d["reported_at"]).isoformat(),
+             "description": privacy.mask_description(d["description"], role) if role else d["description"]}
+            for d in found or []]
+
+
+# Raw SQL: the same subquery for a retried report, about the report as it was recorded.
+RECORDED_DUPLICATES_SQL = text("SELECT " + possible_duplicates_sql("i.geom", "i.category_code", "i.reported_at", "i.id")
+                               + " FROM incident AS i WHERE i.id = :id")
+
+
+def recorded_duplicates(session: Session, incident_id: int, identity) -> list[dict]:
+    """What the answer to incident `incident_id`'s report listed as possible duplicates, asked again
+    now (for a retried report): open incidents near it in the hours before it was reported."""
+    found = session.execute(RECORDED_DUPLICATES_SQL, {"id": incident_id, **visibility.params(identity)}).scalar()
+    return present_duplicates(found, identity)
+
+
 def record_event(session: Session, incident_id: int, actor: audit.Actor, action: str, from_status: str | None,
                  to_status: str, at: dt.datetime, note: str | None = None, detail: dict | None = None) -> None:
     """Add a line to the incident's timeline (in the caller's transaction)."""

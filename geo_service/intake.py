@@ -4,6 +4,11 @@ by assignment.py, recorded with its first timeline lines and audited, in one tra
 A report may carry the reporter's own `external_id`, which makes a retry idempotent (the phone
 that lost its connection sends it again): the retry answers the incident already recorded, or,
 for a caller who may not see it, 409 with nothing of it.
+
+The answer lists `possible_duplicates`: the open incidents of the same category the reporter
+may see within 50 m and the 48 hours before (incidents.possible_duplicates_sql), nearest
+first, for the desk to `merge` (lifecycle.py). A retry answers the same question again about
+the report as recorded.
 """
 
 from __future__ import annotations
@@ -51,12 +56,14 @@ def _replay(session: Session, identity, actor: audit.Actor, external_id: str, ad
                      detail={"external_id": external_id})
         session.commit()
         raise Conflict(f"external_id {external_id!r} is already used by another report; choose a new one")
-    return incidents.detail_for(session, row.id, identity, now)
+    return {**incidents.detail_for(session, row.id, identity, now),
+            "possible_duplicates": incidents.recorded_duplicates(session, row.id, identity)}
 
 
 # Raw SQL, one statement and one round trip for the whole report: assignment by location (the
 # assignment rule, assignment.assign_ctes), the scope check, the incident with its snapshot, its
-# first timeline events, its change in the outbox (changes.py) and the audit row. Prepared once
+# first timeline events, its change in the outbox (changes.py), the audit row and the possible
+# duplicates (read from the snapshot before the insert, so never the report itself). Prepared once
 # per connection (`_execute_prepared`): the plan of this statement costs more than running it.
 REPORT_SQL = """
 WITH point AS (
@@ -105,7 +112,10 @@ WITH point AS (
 )
 SELECT (SELECT count(*) FROM owner) AS covered, (SELECT count(*) FROM category) AS category_known,
        (SELECT town_code FROM choice) AS town_code, (SELECT count(*) FROM allowed) AS allowed,
-       (SELECT jsonb_object_agg(action, detail) FROM events) AS event_details, c.*
+       (SELECT jsonb_object_agg(action, detail) FROM events) AS event_details,
+       CASE WHEN c.id IS NOT NULL THEN """ + incidents.possible_duplicates_sql(
+    "ST_SetSRID(ST_MakePoint(:lon, :lat), 4326)", "CAST(:category AS text)", "CAST(:now AS timestamptz)", "NULL") + """
+       END AS possible_duplicates, c.*
 FROM (SELECT 1) AS one LEFT JOIN created AS c ON true
 """
 
@@ -158,6 +168,7 @@ def intake(session: Session, outside: Callable[[float, float], Exception], ident
         for action, from_status, to_status in (("report", None, "reported"), ("assign", "reported", "assigned"))
         if action in details]
     incident["departments"] = []
+    incident["possible_duplicates"] = incidents.present_duplicates(row["possible_duplicates"], identity)
     return (incident if identity is None else privacy.present_incident(incident, identity)), True
 
 

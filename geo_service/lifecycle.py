@@ -11,6 +11,8 @@ Every change bumps `version` (optimistic concurrency: a change names the version
 is refused with 409 when someone else changed the incident first, saying who and when), adds
 an `incident_event`, its change with the events it `notifies` to the outbox (changes.py: the
 live stream and webhooks) and an audit row, all in one transaction. Times are stored in UTC.
+A `merge` changes two incidents in that transaction: the duplicate (closed, `duplicate_of`) and
+its primary (a timeline line and a new version, so a console holding it sees it changed).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Change:
     departments: list[str] | None = None  # escalate, summon
     due_hours: int | None = None  # escalate, summon: the departments report in within
     department: str | None = None  # acknowledge
+    into: int | None = None  # merge: the primary's id
 
 
 @dataclass
@@ -92,6 +95,19 @@ def _reopen_in_time(step: Step) -> None:
     if closed_at is None or step.now - closed_at > REOPEN_WINDOW:
         raise Conflict(f"incident {step.incident_id} was closed more than {REOPEN_WINDOW.days} days ago; "
                        "report it anew", status=step.current["status"], allowed_actions=[])
+
+
+def _not_merged(step: Step) -> None:
+    primary = step.current["duplicate_of"]
+    if primary is not None:
+        raise Conflict(f"incident {step.incident_id} was merged into #{primary} as its duplicate and stays closed; "
+                       f"follow #{primary} instead (reopen #{primary} if the problem is back)",
+                       status=step.current["status"], allowed_actions=[])
+
+
+def _reopenable(step: Step) -> None:
+    _not_merged(step)
+    _reopen_in_time(step)
 
 
 def _departments_acknowledged(step: Step) -> None:
@@ -184,6 +200,61 @@ def _department_reports_in(step: Step) -> None:
     step.detail = {"department": department}
 
 
+# Both incidents of a merge, locked in id order (two merges of the same pair in opposite
+# directions wait for each other instead of deadlocking), read as last committed.
+MERGE_LOCK_SQL = text("SELECT id, status, duplicate_of FROM incident WHERE id IN (:duplicate, :primary) "
+                      "ORDER BY id FOR UPDATE")
+MERGE_PRIMARY_SQL = text("UPDATE incident SET version = version + 1, updated_at = :now WHERE id = :id "
+                         "RETURNING status")
+MOVE_ALONG_SQL = text("UPDATE incident SET duplicate_of = :primary, version = version + 1, updated_at = :now "
+                      "WHERE duplicate_of = :duplicate RETURNING id, status")
+
+
+def _primary_open(step: Step) -> None:
+    """merge: `into` names another incident the caller may see (404 otherwise), open and not
+    itself merged (no chains: every duplicate points at its group's primary)."""
+    into, incident_id = step.change.into, step.incident_id
+    if into is None:
+        raise InvalidInput("merge needs `into`: the id of the incident this one duplicates")
+    if into == incident_id:
+        raise InvalidInput(f"into {into} is this incident itself; name the incident it duplicates")
+    incidents.load(step.session, into, step.identity)
+    primary = {row.id: row for row in step.session.execute(
+        MERGE_LOCK_SQL, {"duplicate": incident_id, "primary": into})}[into]
+    if primary.duplicate_of == incident_id:
+        raise Conflict(f"incident {into} is merged into this one (#{incident_id}): it cannot be its primary")
+    if primary.duplicate_of is not None:
+        raise Conflict(f"incident {into} is itself merged into #{primary.duplicate_of}; "
+                       f"merge into #{primary.duplicate_of} instead")
+    if primary.status in incidents.TERMINAL:
+        raise Conflict(f"incident {into} is {primary.status}: merge into an open incident "
+                       f"(or reopen #{into} first)")
+
+
+def _merged(step: Step) -> None:
+    into = step.change.into
+    step.values.update(closed_at=step.now, duplicate_of=into)
+    step.detail = {"into": into, "summary": f"merged into #{into}"}
+
+
+def _tell_the_primary(step: Step) -> None:
+    """The primary learns of its duplicate (a timeline line, a new version, its change in the
+    outbox), and the duplicates merged into this incident before move along to the primary."""
+    session, into, now, actor = step.session, step.change.into, step.now, step.actor
+    status = session.execute(MERGE_PRIMARY_SQL, {"id": into, "now": now}).scalar_one()
+    moved = session.execute(MOVE_ALONG_SQL, {"primary": into, "duplicate": step.incident_id, "now": now}).all()
+    for row in moved:
+        incidents.record_event(session, row.id, actor, "merge", row.status, row.status, now, detail={
+            "into": into, "via": step.incident_id,
+            "summary": f"moved along to #{into}: #{step.incident_id} was merged into it"})
+    detail = {"duplicate": step.incident_id, "summary": f"#{step.incident_id} merged into this"}
+    if moved:
+        detail["moved"] = [row.id for row in moved]
+        step.detail["moved"] = detail["moved"]
+    incidents.record_event(session, into, actor, "merge", status, status, now, detail=detail)
+    changes.record(session, [into, *(row.id for row in moved)], "merge", [], actor, now)
+
+
 # --------------------------------------------------------------------------- the table
 
 STAFF = roles.STAFF
@@ -210,12 +281,17 @@ TRANSITIONS = {t.action: t for t in (
     Transition("return", ("resolved", "escalated"), "returned", STAFF, needs_note=True,
                summary="sent back to the grid with a reason"),
     Transition("reopen", ("closed",), "reopened", STAFF, needs_note=True,
-               summary=f"within {REOPEN_WINDOW.days} days of closing", check=_reopen_in_time),
+               summary=f"within {REOPEN_WINDOW.days} days of closing; not a merged duplicate", check=_reopenable),
     Transition("reject", ("reported", "assigned"), "rejected", STAFF, needs_note=True,
-               summary="invalid or duplicate report"),
+               summary="an invalid report (a duplicate: `merge` it)"),
     Transition("reassign", ("reported", "assigned", "accepted", "in_progress", "returned", "reopened", "escalated"),
                "assigned", STAFF, summary="to another `grid` (code) and/or `assignee` (grid worker id)",
                restarts_stage=True, prepare=_reassignment, notifies=("incident.assigned",)),
+    Transition("merge", tuple(s for s in models.INCIDENT_STATUSES if s not in incidents.TERMINAL), "closed", STAFF,
+               summary="a duplicate joins its primary `into` (open, not itself merged; any category): closed with "
+               "`duplicate_of`; both timelines say so and the primary's version moves on; duplicates merged into "
+               "this one before move along to the primary; analyses count the group once",
+               check=_primary_open, prepare=_merged, effect=_tell_the_primary),
 )}
 
 

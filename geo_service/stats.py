@@ -1,7 +1,11 @@
-"""Counts of everything the service holds: the figures officials compare with the article."""
+"""Counts of everything the service holds: the figures officials compare with the article.
+
+Incidents count a merged group of duplicates once (incidents.COUNTED_SQL)."""
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+
+from geo_service import incidents
 
 # One round trip for a dozen counts; the ORM would issue one query per count.
 COUNTS_SQL = text("""
@@ -18,7 +22,7 @@ SELECT
   (SELECT coalesce(json_object_agg(kind, n ORDER BY kind), '{}')
      FROM (SELECT kind, count(*) AS n FROM station GROUP BY kind) AS s) AS stations,
   (SELECT count(*) FROM door_plate) AS door_plates,
-  (SELECT count(*) FROM incident) AS incidents
+  (SELECT count(*) FROM incident AS i WHERE """ + incidents.COUNTED_SQL + """) AS incidents
 """)
 
 

@@ -149,7 +149,7 @@ def transition(request: Request, session: SessionDep, identity: ReporterDep, inc
         raise InvalidInput("send the version you saw, in the body or an If-Match header")
     change = lifecycle.Change(action=body.action, version=version, note=body.note, grid=body.grid,
                              assignee=body.assignee, departments=body.departments, due_hours=body.due_hours,
-                              department=body.department)
+                             department=body.department, into=body.into)
     incident = lifecycle.transition(session, identity, audit.actor_of(identity), incident_id, change, now(request),
                                    address=client_address(request))
     return json_response(incident)
