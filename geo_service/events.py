@@ -33,14 +33,14 @@ BATCH = 500
 RETRY_MS = 2000  # how soon a browser's EventSource reconnects after the connection drops
 
 
-def resume_point(last_event_id: str | None) -> int | None:
-    """The change number a client asks to resume after (None: start at the newest)."""
-    if last_event_id is None or last_event_id.strip() == "":
+def resume_point(sent: str | None, name: str = "Last-Event-ID") -> int | None:
+    """The change number a client asks to resume after (None: start at the newest); `name` is
+    where it was sent, for the error."""
+    if sent is None or sent.strip() == "":
         return None
-    value = last_event_id.strip()
-    if not value.isdigit() or len(value) > 18:
-        raise InvalidInput(f"Last-Event-ID {last_event_id[:40]!r} is not an event id of this stream "
-                           "(a non-negative integer)")
+    value = sent.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise InvalidInput(f"{name} {sent[:40]!r} is not an event id of this stream (a non-negative integer)")
     return int(value)
 
 

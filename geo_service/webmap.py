@@ -3,7 +3,8 @@
 Every script, stylesheet, font and icon comes from `web/vendor` (see `web/vendor/README.md`),
 served by the service under /static; `use_local_assets()` replaces Folium's CDN links with those.
 The pages carry no data: `web/js/geomap.js` loads every layer from the API as GeoJSON, with
-the session cookie of the login page.
+the session cookie of the login page; on the dispatch page `web/js/console.js` adds the dispatch
+console (queue, incident panel, live updates from /api/v1/events).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
     root.header.add_child(Element('<link rel="icon" href="/favicon.ico">'))
     root.header.add_child(folium.CssLink("/static/css/geomap.css"))
     root.header.add_child(folium.JavascriptLink("/static/js/geomap.js"))
+    if page == "dispatch":
+        root.header.add_child(folium.CssLink("/static/css/console.css"))
+        root.header.add_child(folium.JavascriptLink("/static/js/console.js"))
     config = {
         "page": page,
         "user": identity.name,
@@ -90,6 +94,8 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
         "csrfCookie": csrf_field,
         "pages": {name: title for name, title in PAGES.items() if identity.role in PAGE_ROLES[name]},
     }
+    if page == "dispatch":
+        config["actions"] = lifecycle_actions()
     root.html.add_child(Element(_chrome(page, config, csrf_token)))
     # Folium's script defines the map further down the same <script>: start once it has run.
     root.script.add_child(Element(
@@ -97,6 +103,16 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
         f"{json.dumps(config, ensure_ascii=False)}); }});"))
     rendered = root.render()
     return security.add_nonce(rendered, nonce) if nonce else rendered
+
+
+def lifecycle_actions() -> list[dict]:
+    """The lifecycle table (lifecycle.TRANSITIONS) for the console, which offers the actions whose
+    sources hold the incident's status and whose roles hold the caller's: a new action appears
+    there without a change to the page (with a note field unless console.js knows its fields)."""
+    from geo_service import lifecycle
+
+    return [{"action": t.action, "sources": list(t.sources), "target": t.target, "roles": list(t.roles),
+             "needs_note": t.needs_note, "summary": t.summary} for t in lifecycle.TRANSITIONS.values()]
 
 
 def _chrome(page: str, config: dict, csrf_token: str = "") -> str:

@@ -67,10 +67,18 @@ def api_schema(fuzz_app):
     return schema
 
 
+# Endless answers: the in-process client reads a body to its end, so a valid request would never
+# return. Their inputs are tested against a real server instead (the test named here).
+ENDLESS = {
+    "GET /api/v1/events": "tests/test_desk.py::test_the_stream_refuses_bad_requests_and_ends_when_a_key_is_revoked",
+}
+
+
 def _operations() -> list[str]:
     """The operations of the document, read without a database (the engine connects lazily)."""
     app = create_app(Settings(database_url="postgresql+psycopg2://nobody@127.0.0.1:1/none"))
-    return sorted(f"{method.upper()} {path}" for path, item in app.openapi()["paths"].items() for method in item)
+    return sorted(label for label in (f"{method.upper()} {path}" for path, item in app.openapi()["paths"].items()
+                                      for method in item) if label not in ENDLESS)
 
 
 def _send(case, key: str):

@@ -184,7 +184,8 @@ def test_dispatcher_reports_from_the_map_and_sees_it_queued(watched):
     assert "地图上报的垃圾堆放" in queued.inner_text()
     queued.click()
     watched.page.locator("#geo-detail", has_text=f"#{incident_id}").wait_for()
-    assert "report" in watched.page.inner_text("#geo-detail")  # the timeline
+    watched.page.locator("#geo-detail .geo-timeline", has_text="report").wait_for()  # the timeline, loaded
+    assert "report" in watched.page.inner_text("#geo-detail")
     assert watched.external() == [] and watched.problems == []
 
 
@@ -239,7 +240,9 @@ def test_pages_run_under_the_content_security_policy(watched):
     policy = page_response.headers["content-security-policy"]
     assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy and "'unsafe-eval'" not in policy
     watched.wait_ready()
-    assert watched.problems == []
+    # The reload ends the first page's live event stream (console.js) mid-response: Chromium counts
+    # that as a failed request. Nothing else may go wrong.
+    assert [p for p in watched.problems if not (p.startswith("failed ") and p.endswith("/api/v1/events"))] == []
     # Each page has its own nonce, and a script without it is refused and reported.
     nonce = policy.split("'nonce-")[1].split("'")[0]
     assert watched.page.evaluate("() => Array.from(document.scripts).every(s => s.nonce)") is True

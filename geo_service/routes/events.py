@@ -32,7 +32,8 @@ async def stream_events(
 ):
     """Incident changes the caller may see, live: created, updated (every action), overdue.
     Without Last-Event-ID the stream starts at the newest change."""
-    start = events.resume_point(last_event_id if last_event_id is not None else after)
+    start = (events.resume_point(last_event_id) if last_event_id is not None
+             else events.resume_point(after, "query parameter 'after'"))
     return StreamingResponse(events.stream(request, identity, start, Allow(*roles.EVERYONE)),
                              media_type=EVENT_STREAM,
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -171,21 +171,52 @@ var GeoMap = (function () {
     var heat = L.heatLayer([], { radius: 16, blur: 18, maxZoom: 15 });
     state.layers["incidents 事件"] = clusters;
     state.layers["incident heat 热力"] = heat;
+    state.incidentMarkers = {};
     return api("/api/v1/incident-points").then(function (points) {
       clusters.addLayers(points.map(function (p) {
-        return L.marker([p[2], p[1]], { icon: incidentIcon(p[3]), title: "#" + p[0] })
-          .bindPopup(function () { return incidentPopup(p); });
+        return incidentMarker(p[0], p[1], p[2], p[3]);
       }));
       heat.setLatLngs(points.map(function (p) { return [p[2], p[1], 0.6]; }));
       state.incidentCount = points.length;
     });
   }
 
+  function incidentMarker(id, lon, lat, status) {
+    var marker = L.marker([lat, lon], { icon: incidentIcon(status), title: "#" + id, status: status })
+      .bindPopup(function () { return incidentPopup([id]); });
+    state.incidentMarkers[id] = marker;
+    return marker;
+  }
+
+  // An incident created or changed (the live stream, a report from the map): its marker follows
+  // its status, or appears. `i` has id, lon, lat and status.
+  function upsertIncidentMarker(i) {
+    var marker = state.incidentMarkers && state.incidentMarkers[i.id];
+    if (!marker) {
+      if (!state.incidentMarkers || i.lon == null || i.lat == null) return;
+      state.layers["incidents 事件"].addLayer(incidentMarker(i.id, i.lon, i.lat, i.status));
+      state.incidentCount = (state.incidentCount || 0) + 1;
+    } else if (marker.options.status !== i.status) {
+      marker.options.status = i.status;
+      marker.setIcon(incidentIcon(i.status));
+    }
+  }
+
   function incidentPopup(p) {
     var div = document.createElement("div");
     div.className = "geo-popup";
     div.textContent = "…";
-    api("/api/v1/incidents/" + p[0]).then(function (i) { div.innerHTML = incidentHtml(i); }).catch(function (e) {
+    api("/api/v1/incidents/" + p[0]).then(function (i) {
+      div.innerHTML = incidentHtml(i);
+      if (state.openIncident) {  // the dispatch console: act on it there
+        var button = document.createElement("button");
+        button.type = "button";
+        button.className = "geo-open-console";
+        button.textContent = "在调度台打开 Open in console";
+        button.addEventListener("click", function () { map.closePopup(); state.openIncident(i.id); });
+        div.appendChild(button);
+      }
+    }).catch(function (e) {
       div.textContent = e.message;
     });
     return div;
@@ -256,8 +287,8 @@ var GeoMap = (function () {
             description: data.get("description"), lon: e.latlng.lng, lat: e.latlng.lat
           } }).then(function (incident) {
             form.querySelector(".geo-create-result").textContent = "#" + incident.id + " " + incident.status;
-            state.layers["incidents 事件"].addLayer(L.marker(e.latlng, { icon: incidentIcon(incident.status) }));
-            if (state.refreshQueue) state.refreshQueue();
+            upsertIncidentMarker(incident);
+            if (state.onIncident) state.onIncident(incident);
           }).catch(function (error) { form.querySelector(".geo-create-result").textContent = error.message; });
         });
       }
@@ -338,62 +369,14 @@ var GeoMap = (function () {
 
   // ----------------------------------------------------------------- dispatch page
 
+  // The console lives in console.js (loaded on this page only): the queue, the incident panel
+  // and the live stream. It gets the map's helpers rather than reaching into this module.
   function dispatchPanel() {
-    var panel = document.getElementById("geo-panel");
-    var towns = "<option value=''>全部镇街 all towns</option>";
-    panel.innerHTML = "<h3>事件队列 incident queue</h3><div class='geo-filters'>" +
-      "<select id='geo-filter-status'><option value='open'>未办结 open</option><option value='overdue'>逾期 overdue</option>" +
-      Object.keys(STATUS_COLOURS).map(function (s) { return "<option value='" + s + "'>" + s + "</option>"; }).join("") +
-      "</select><select id='geo-filter-category'><option value=''>全部类别 all categories</option>" +
-      categories.map(function (c) { return "<option value='" + esc(c.code) + "'>" + esc(c.name) + "</option>"; }).join("") +
-      "</select><select id='geo-filter-town'>" + towns + "</select></div>" +
-      "<div id='geo-queue'></div><div id='geo-detail'></div>";
-    api("/api/v1/towns").then(function (list) {
-      document.getElementById("geo-filter-town").innerHTML = towns + list.map(function (t) {
-        return "<option value='" + esc(t.code) + "'>" + esc(t.name) + "</option>";
-      }).join("");
-    }).catch(report);
-    ["geo-filter-status", "geo-filter-category", "geo-filter-town"].forEach(function (id) {
-      document.getElementById(id).addEventListener("change", refreshQueue);
+    if (!window.GeoConsole) throw new Error("console.js is not loaded");
+    return window.GeoConsole.start({
+      map: map, config: cfg, state: state, categories: categories, api: api, esc: esc, localTime: localTime,
+      statusColours: STATUS_COLOURS, upsertMarker: upsertIncidentMarker, report: report
     });
-    state.refreshQueue = refreshQueue;
-    return refreshQueue();
-  }
-
-  function refreshQueue() {
-    var status = document.getElementById("geo-filter-status").value;
-    var params = ["sort=deadline_at", "limit=200"];
-    if (status === "open") params.push("open=true");
-    else if (status === "overdue") params.push("overdue=true");
-    else params.push("status=" + status);
-    var category = document.getElementById("geo-filter-category").value;
-    var town = document.getElementById("geo-filter-town").value;
-    if (category) params.push("category=" + category);
-    if (town) params.push("town=" + town);
-    return api("/api/v1/incidents?" + params.join("&")).then(function (page) {
-      var queue = document.getElementById("geo-queue");
-      // Overdue first, then by deadline (the API sorts by deadline, which puts most overdue first).
-      var items = page.items.slice().sort(function (a, b) { return (b.overdue ? 1 : 0) - (a.overdue ? 1 : 0); });
-      queue.innerHTML = "<div class='meta'>" + page.total + " 件 incidents</div>";
-      items.forEach(function (i) {
-        var div = document.createElement("div");
-        div.className = "geo-queue-item" + (i.overdue ? " overdue" : "");
-        div.dataset.id = i.id;
-        div.innerHTML = "<b>#" + i.id + "</b> " + esc(i.category) + " <span class='geo-status' style='background:" +
-          (STATUS_COLOURS[i.status] || "#555") + "'>" + esc(i.status) + "</span><br>" + esc(i.description) +
-          "<div class='meta'>" + esc(i.grid ? i.grid.name : "") + " · 期限 " + esc(localTime(i.deadline_at)) + "</div>";
-        div.addEventListener("click", function () { showIncident(i); });
-        queue.appendChild(div);
-      });
-    }).catch(report);
-  }
-
-  function showIncident(i) {
-    map.setView([i.lat, i.lon], Math.max(map.getZoom(), 16));
-    api("/api/v1/incidents/" + i.id).then(function (detail) {
-      document.getElementById("geo-detail").innerHTML = "<h3>事件 #" + detail.id + "</h3>" + incidentHtml(detail);
-      L.popup().setLatLng([detail.lat, detail.lon]).setContent(incidentHtml(detail)).openOn(map);
-    }).catch(report);
   }
 
   // ----------------------------------------------------------------- hotspots page
