@@ -278,6 +278,9 @@ class Incident(Base):
         Index("ix_incident_deadline_at", "deadline_at"),
         Index("ix_incident_reported_by", "reported_by_kind", "reported_by_id"),
         CheckConstraint("duplicate_of <> id", name="incident_not_own_duplicate"),
+        # Only merged rows: the planner must never scan this for `duplicate_of IS NULL` (every
+        # incident but a few), as it did for each report's duplicate check before it was partial.
+        Index("ix_incident_duplicate_of", "duplicate_of", postgresql_where=text("duplicate_of IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -312,7 +315,7 @@ class Incident(Base):
     reported_by_kind: Mapped[str | None] = mapped_column(Text)
     reported_by_id: Mapped[int | None] = mapped_column(Integer)
     # A report merged into its primary (closed as a duplicate); analyses count the group once.
-    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("incident.id", ondelete="RESTRICT"), index=True)
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("incident.id", ondelete="RESTRICT"))
     # When the passing of the current stage's deadline was announced (incident.overdue).
     overdue_noticed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -23,7 +23,10 @@ EVENTS_ARRAY = "ARRAY[" + ", ".join(f"'{e}'" for e in WEBHOOK_EVENTS) + "]::text
 def upgrade() -> None:
     op.add_column("incident", sa.Column("duplicate_of", sa.BigInteger(),
                                         sa.ForeignKey("incident.id", ondelete="RESTRICT"), nullable=True))
-    op.create_index("ix_incident_duplicate_of", "incident", ["duplicate_of"])
+    # Partial: a full index on a column NULL in nearly every row invites bitmap scans of the whole
+    # table for `duplicate_of IS NULL` (the duplicate check of every report did that).
+    op.create_index("ix_incident_duplicate_of", "incident", ["duplicate_of"],
+                    postgresql_where=sa.text("duplicate_of IS NOT NULL"))
     op.add_column("incident", sa.Column("overdue_noticed_at", sa.DateTime(timezone=True), nullable=True))
     op.create_check_constraint("incident_not_own_duplicate", "incident", "duplicate_of <> id")
     # Incidents already overdue are not news: only deadlines passed from now on are announced.
