@@ -1,6 +1,7 @@
 """The FastAPI application, built by create_app(settings) and never at import time."""
 
 import datetime as dt
+import re
 from contextlib import asynccontextmanager
 
 import psycopg2
@@ -25,6 +26,7 @@ from geo_service.errors import (
     PayloadTooLarge,
     TooManyAttempts,
     Unauthenticated,
+    UnsupportedMediaType,
 )
 from geo_service.jobs import Jobs
 from geo_service.ownership import OwnershipCache
@@ -55,6 +57,7 @@ ERROR_STATUS = {
     NotFound: 404,  # also OutsideCoverage, which adds the nearest grid
     Conflict: 409,
     PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
     DatabaseUnavailable: 503,
 }
 
@@ -137,7 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Compression, minimum_size=16_384)
     # Outermost: bodies are capped and NUL characters refused before anything reads them.
     app.add_middleware(guard.RequestGuard, default_limit=settings.max_body_bytes,
-                       limits={"/api/v1/lookup/batch": settings.batch_max_bytes})
+                       limits={"/api/v1/lookup/batch": settings.batch_max_bytes},
+                       uploads=(re.compile(r"/api/v1/incidents(/[0-9]+/attachments)?"),
+                                settings.photos_per_request * settings.photo_max_bytes + settings.max_body_bytes))
     app.add_middleware(SecurityHeaders, settings=settings)  # CSP, nosniff, HSTS...: on every answer
     app.openapi = lambda: _openapi(app)
     return app

@@ -516,6 +516,26 @@ def dispatch_tick(at, grace_minutes: int) -> None:
 
 
 @main.group(cls=_Group)
+def media() -> None:
+    """Photos of incidents, stored under GEO_MEDIA_DIR."""
+
+
+@media.command("gc")
+@click.option("--grace-hours", default=1.0, show_default=True,
+              help="Keep unnamed files younger than this (an upload whose row is not yet committed).")
+def media_gc(grace_hours: float) -> None:
+    """Delete stored photos and thumbnails that no attachment names any more (their incident was
+    deleted, or the report rolled back); run it from cron, e.g. daily."""
+    import datetime as dt
+
+    from geo_service import media as photos
+
+    with _session() as session:
+        removed = photos.collect_garbage(session, get_settings(), dt.timedelta(hours=grace_hours))
+    click.echo(f"removed {len(removed)} unnamed file(s) from {get_settings().media_path}")
+
+
+@main.group(cls=_Group)
 def incidents() -> None:
     """Incidents in bulk."""
 

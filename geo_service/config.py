@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         default=None, description="Basemap tile URL template for the map pages, e.g. a local folder served "
         "under /static/tiles/{z}/{x}/{y}.png. Unset: vector layers on a plain background.")
     tile_attribution: str | None = Field(default=None, description="Attribution shown for the basemap.")
+    media_dir: Path | None = Field(
+        default=None, description="Where photos are stored, content-addressed (media.py). Unset: `media/` in "
+        "the data directory (var/media in a checkout).")
+    photo_max_bytes: int = Field(default=10 * 1024 * 1024, description="Largest photo accepted (413 beyond).")
+    photos_per_request: int = Field(default=6, description="Most photos one report or upload may carry.")
     background_jobs: bool = Field(
         default=True, description="Run the background jobs in every service process: numbering the outbox for the "
         "live stream, announcing passed deadlines, delivering webhooks (jobs.py). Safe with many processes.")
@@ -92,6 +97,10 @@ class Settings(BaseSettings):
     def worker_count(self) -> int:
         """How many worker processes `serve` starts."""
         return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
+
+    @property
+    def media_path(self) -> Path:
+        return self.media_dir or self.data_dir / "media"
 
     @property
     def metric_srid(self) -> int:

@@ -38,6 +38,10 @@ class PayloadTooLarge(GeoServiceError):
     """A request carries more than the service accepts at once."""
 
 
+class UnsupportedMediaType(GeoServiceError):
+    """A file of a type the route does not take (a photo that is not JPEG, PNG or WebP)."""
+
+
 class Unauthenticated(GeoServiceError):
     """No valid credentials: missing, wrong, expired or revoked."""
 

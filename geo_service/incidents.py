@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
-from geo_service import audit, models, privacy, visibility
+from geo_service import audit, media, models, privacy, visibility
 from geo_service.errors import InvalidInput, NotFound
 
 TERMINAL = ("closed", "rejected")
@@ -41,6 +41,8 @@ FILTER_SQL = """
        OR coalesce(i.deadline_at < :now AND i.status <> ALL(CAST(:terminal AS text[])), false) = :overdue)
   AND (CAST(:open AS boolean) IS NULL OR (i.status <> ALL(CAST(:terminal AS text[]))) = :open)
   AND (CAST(:ids AS bigint[]) IS NULL OR i.id = ANY(:ids))
+  AND (CAST(:mine AS boolean) IS NOT TRUE
+       OR (i.reported_by_kind = :vis_actor_kind AND i.reported_by_id = :vis_actor_id))
   AND """ + visibility.incidents("i") + "\n"
 
 
@@ -63,6 +65,7 @@ class IncidentFilter:
     open: bool | None = None  # not closed or rejected, or closed or rejected
     now: dt.datetime | None = None  # the clock `overdue` is judged by
     ids: list[int] | None = None  # only these incidents
+    mine: bool | None = None  # only those the caller reported
 
     def check(self) -> None:
         """422 for values no incident can have."""
@@ -82,7 +85,7 @@ class IncidentFilter:
                 "towns": self.towns or None, "communities": self.communities or None, "grids": self.grids or None,
                 "assignee": self.assignee, "police": self.police, "west": west, "south": south, "east": east,
                 "north": north, "overdue": self.overdue, "open": self.open, "terminal": list(TERMINAL),
-                "ids": self.ids or None,
+                "ids": self.ids or None, "mine": self.mine,
                 "now": self.now or dt.datetime.now(dt.UTC), **visibility.params(identity)}
 
     def describe(self) -> dict:
@@ -93,7 +96,7 @@ class IncidentFilter:
                      "town": self.towns}
         extra = {"community": self.communities, "grid": self.grids, "assignee": self.assignee,
                  "police": self.police, "bbox": list(self.bbox) if self.bbox else None, "overdue": self.overdue,
-                 "open": self.open}
+                 "open": self.open, "mine": self.mine}
         return {**described, **{k: v for k, v in extra.items() if v is not None}}
 
 
@@ -165,6 +168,7 @@ def detail(session: Session, incident_id: int, now: dt.datetime | None = None) -
     incident["departments"] = [
         {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in d.items()}
         for d in session.execute(DEPARTMENTS_SQL, {"id": incident_id}).mappings()]
+    incident["attachments"] = media.listed(session, incident_id)
     return incident
 
 

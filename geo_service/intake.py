@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import assignment, audit, changes, incidents, models, ownership, privacy, visibility
+from geo_service import assignment, audit, changes, incidents, media, models, ownership, privacy, visibility
+from geo_service.config import Settings
 from geo_service.errors import Conflict, InvalidInput
 
 
@@ -121,11 +122,14 @@ FROM (SELECT 1) AS one LEFT JOIN created AS c ON true
 
 
 def intake(session: Session, outside: Callable[[float, float], Exception], identity, actor: audit.Actor,
-           report: Report, now: dt.datetime, source: str = "api", address: str | None = None) -> tuple[dict, bool]:
+           report: Report, now: dt.datetime, source: str = "api", address: str | None = None,
+           photos: Sequence[media.Photo] = (), settings: Settings | None = None) -> tuple[dict, bool]:
     """Record and assign a report in one transaction: (incident, created). A retried report
-    with a known `external_id` returns the existing incident and created=False. `outside(lon,
-    lat)` makes the error for a point no grid covers (the lookup's, with the nearest grid).
-    A caller limited to towns may report only inside them (403)."""
+    with a known `external_id` returns the existing incident and created=False (its photos are
+    not added again: the first attempt stored them). `outside(lon, lat)` makes the error for a
+    point no grid covers (the lookup's, with the nearest grid). A caller limited to towns may
+    report only inside them (403). `photos` (cleaned by media.clean) are stored with the report,
+    under `settings`' media directory."""
     if report.reporter_kind not in models.REPORTER_KINDS:
         raise InvalidInput(f"reporter_kind {report.reporter_kind!r} is not one of {', '.join(models.REPORTER_KINDS)}")
     description = (report.description or "").strip()
@@ -158,6 +162,11 @@ def intake(session: Session, outside: Callable[[float, float], Exception], ident
     if row["id"] is None:  # the external_id is known: a retry
         session.rollback()
         return _replay(session, identity, actor, report.external_id, address, now), False
+    if photos:
+        media.attach(session, settings, row["id"], photos, "report", actor, now)
+        attachments = media.listed(session, row["id"])
+    else:
+        attachments = []
     session.commit()
     # The answer from what was written, without reading it back.
     incident = incidents.as_dict({k: row[k] for k in incidents.ANSWER_COLUMNS}, now)
@@ -168,6 +177,7 @@ def intake(session: Session, outside: Callable[[float, float], Exception], ident
         for action, from_status, to_status in (("report", None, "reported"), ("assign", "reported", "assigned"))
         if action in details]
     incident["departments"] = []
+    incident["attachments"] = attachments
     incident["possible_duplicates"] = incidents.present_duplicates(row["possible_duplicates"], identity)
     return (incident if identity is None else privacy.present_incident(incident, identity)), True
 

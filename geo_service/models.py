@@ -551,3 +551,40 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(Text)
+
+
+ATTACHMENT_PURPOSES = ("report", "evidence")
+ATTACHMENT_TYPES = ("image/jpeg", "image/png", "image/webp")
+
+
+class IncidentAttachment(Base):
+    """A photo of an incident. The file is outside the database (GEO_MEDIA_DIR), named by the
+    SHA-256 of its cleaned bytes (media.py); deleting the incident deletes the row, and the
+    media garbage collection the files no row names."""
+
+    __tablename__ = "incident_attachment"
+    __table_args__ = (
+        CheckConstraint(one_of("purpose", ATTACHMENT_PURPOSES), name="incident_attachment_purpose"),
+        CheckConstraint(one_of("content_type", ATTACHMENT_TYPES), name="incident_attachment_content_type"),
+        CheckConstraint("sha256 ~ '^[0-9a-f]{64}$' AND thumb_sha256 ~ '^[0-9a-f]{64}$'",
+                        name="incident_attachment_sha256"),
+        Index("ix_incident_attachment_incident_id", "incident_id", "id"),
+        Index("ix_incident_attachment_sha256", "sha256"),
+        Index("ix_incident_attachment_thumb_sha256", "thumb_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    thumb_sha256: Mapped[str] = mapped_column(String(64))
+    thumb_bytes: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str | None] = mapped_column(Text)
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    added_by_kind: Mapped[str] = mapped_column(Text)
+    added_by_id: Mapped[int | None] = mapped_column(BigInteger)
+    added_by_name: Mapped[str] = mapped_column(Text)

@@ -12,7 +12,7 @@ import datetime as dt
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from geo_service import incidents, intake
+from geo_service import incidents, intake, media
 from geo_service.errors import InvalidInput
 from geo_service.schemas import IncidentCreate
 
@@ -23,7 +23,7 @@ def services(session: Session) -> list[dict]:
              "group": "网格治理"} for c in incidents.categories(session)]
 
 
-def as_request(incident: dict, names: dict[str, str]) -> dict:
+def as_request(incident: dict, names: dict[str, str], media_url: str | None = None) -> dict:
     closed = incident["status"] in incidents.TERMINAL
     grid = incident.get("grid") or {}
     return {
@@ -43,7 +43,7 @@ def as_request(incident: dict, names: dict[str, str]) -> dict:
         "zipcode": None,
         "lat": incident["lat"],
         "long": incident["lon"],
-        "media_url": None,
+        "media_url": media_url,
     }
 
 
@@ -88,19 +88,28 @@ OPEN311_NAMES = {"category": "service_code", "door_plate": "address_id", "lon": 
                  "external_id": "attribute[external_id]"}
 
 
-def requests_for(session: Session, identity, *, ids: list[int] | None = None, service_codes: list[str] | None = None,
-                 status: str | None = None, start_date: dt.datetime | None = None,
-                 end_date: dt.datetime | None = None) -> list[dict]:
+def _media_urls(session: Session, incident_ids: list[int], base_url: str) -> dict[int, str]:
+    """The first photo of each incident, as an absolute URL (GeoReport v2's one `media_url`)."""
+    return {incident_id: f"{base_url.rstrip('/')}/api/v1/attachments/{attachment_id}"
+            for incident_id, attachment_id in media.first_of(session, incident_ids).items()}
+
+
+def requests_for(session: Session, identity, *, base_url: str, ids: list[int] | None = None,
+                 service_codes: list[str] | None = None, status: str | None = None,
+                 start_date: dt.datetime | None = None, end_date: dt.datetime | None = None) -> list[dict]:
     """Service requests the caller may see, newest first, at most 1,000. With `ids` the other
     filters are ignored (as GeoReport v2 says) and the ids that do not exist, or that the caller
     may not see, are left out."""
     found = incidents.IncidentFilter(ids=ids) if ids else filters(status, service_codes, start_date, end_date)
     page, _ = incidents.list_for(session, identity, found, limit=1000)
     names = {c["code"]: c["name"] for c in incidents.categories(session)}
-    return [as_request(incident, names) for incident in page]
+    urls = _media_urls(session, [incident["id"] for incident in page], base_url)
+    return [as_request(incident, names, urls.get(incident["id"])) for incident in page]
 
 
-def request_for(session: Session, identity, request_id: int, now: dt.datetime | None = None) -> list[dict]:
+def request_for(session: Session, identity, request_id: int, base_url: str,
+                now: dt.datetime | None = None) -> list[dict]:
     """One service request as a list of one (as GeoReport v2 answers); 404 when unseen."""
     names = {c["code"]: c["name"] for c in incidents.categories(session)}
-    return [as_request(incidents.get_for(session, identity, request_id, now), names)]
+    incident = incidents.get_for(session, identity, request_id, now)
+    return [as_request(incident, names, _media_urls(session, [request_id], base_url).get(request_id))]

@@ -60,6 +60,7 @@ SERVICE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     # overdue notice); the sequencer numbers committed rows (UPDATE of `seq`); the live stream
     # reads it. Its trigger fans rows out to webhook_delivery as the service role.
     "incident_change": ("SELECT", "INSERT", "UPDATE"),
+    "incident_attachment": ("SELECT", "INSERT"),
     # Admins register, disable and delete (deleted_at) webhooks through the API.
     "webhook": ("SELECT", "INSERT", "UPDATE"),
     # Created by the fan-out trigger; the delivery worker claims, retries and settles them.

@@ -362,6 +362,20 @@ class PossibleDuplicate(BaseModel):
     description: str
 
 
+class AttachmentRead(BaseModel):
+    id: int
+    purpose: str = Field(description="`report` (sent with the report) or `evidence` (added later, e.g. at resolve).")
+    content_type: str = Field(description="image/jpeg, image/png or image/webp.")
+    bytes: int = Field(description="Size of the stored photo (metadata removed).")
+    width: int
+    height: int
+    filename: str | None
+    added_at: str
+    added_by_name: str
+    url: str = Field(description="GET it (signed in; the incident's visibility applies).")
+    thumb_url: str = Field(description="A JPEG thumbnail of at most 320 pixels a side.")
+
+
 class IncidentRead(BaseModel):
     id: int
     external_id: str | None
@@ -392,6 +406,8 @@ class IncidentRead(BaseModel):
     overdue: bool
     timeline: list[EventRead] | None = None
     departments: list[DepartmentRead] | None = None
+    attachments: list[AttachmentRead] | None = Field(
+        default=None, description="Photos (one incident and the answer to a report; not in lists).")
     possible_duplicates: list[PossibleDuplicate] | None = Field(
         default=None, description="Only in the answer to a report (201, and 200 for a retry): open incidents of the "
         "same category you may see, within 50 m and the 48 h before it, not themselves merged; nearest first, at "

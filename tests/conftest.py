@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -143,6 +145,7 @@ class ThrowawayDatabase:
                                       password=self.roles.service_password)
         self.engine = create_engine(self.url, pool_pre_ping=True)
         self.admin_engine = create_engine(server.set(database=self.name), pool_pre_ping=True)
+        self.media_dir = Path(tempfile.mkdtemp(prefix=f"{self.name}_media_"))  # photos, never var/media
 
     def create_keys(self) -> dict[str, str]:
         """One committed API key per role, plus `scoped`: a dispatcher limited to the first town."""
@@ -161,15 +164,18 @@ class ThrowawayDatabase:
 
     def settings(self, **overrides) -> Settings:
         """The service's settings: it connects as the service role; the owner is there for the CLI."""
-        return Settings(database_url=self.service_url.render_as_string(hide_password=False),
-                        database_owner_url=self.url.render_as_string(hide_password=False), **overrides)
+        return Settings(**{"database_url": self.service_url.render_as_string(hide_password=False),
+                           "database_owner_url": self.url.render_as_string(hide_password=False),
+                           "media_dir": self.media_dir, **overrides})
 
     def environment(self) -> dict[str, str]:
         """The same as GEO_ environment variables, for `geo-service` in a subprocess."""
         return {"GEO_DATABASE_URL": self.service_url.render_as_string(hide_password=False),
-                "GEO_DATABASE_OWNER_URL": self.url.render_as_string(hide_password=False)}
+                "GEO_DATABASE_OWNER_URL": self.url.render_as_string(hide_password=False),
+                "GEO_MEDIA_DIR": str(self.media_dir)}
 
     def drop(self) -> None:
+        shutil.rmtree(self.media_dir, ignore_errors=True)
         self.engine.dispose()
         self.admin_engine.dispose()
         localdb.drop_database(self.server, self.name)
@@ -310,9 +316,6 @@ def sample_client(sample_db, sample_session):
 @pytest.fixture
 def private_cluster(monkeypatch) -> Iterator[Settings]:
     """An embedded cluster of its own, so stopping or reshaping it cannot disturb the other tests."""
-    import shutil
-    import tempfile
-
     from geo_service.config import get_settings
 
     directory = Path(tempfile.mkdtemp(prefix="geo_service_cluster_"))

@@ -30,6 +30,9 @@ from tests.conftest import ThrowawayDatabase, migrate, running_server
 G111 = tiny.grid_code(1, 1, 1)
 PLATE = "YJ440784901001000001"
 PUBLIC = {("POST", "/api/v1/auth/token")}
+TINY_PNG = bytes.fromhex(  # one pixel
+    "89504e470d0a1a0a0000000d49484452000000010000000108020000009077"
+    "53de0000000c4944415478 9c63f8cfc00000030101 00c9fe92ef0000000049454e44ae426082".replace(" ", ""))
 
 # One example request per API route. A new route without an entry here fails
 # test_every_api_route_has_an_access_decision: adding a route means deciding who may call it.
@@ -56,6 +59,10 @@ EXAMPLES = {
         "ok": (200, 409)},
     # A bad resume point: the stream itself never ends, so the allowed roles get its 422.
     ("GET", "/api/v1/events"): {"params": {"after": "x"}, "ok": 422},
+    ("POST", "/api/v1/incidents/{incident_id}/attachments"): {
+        "path": "/api/v1/incidents/{incident}/attachments", "files": [("photos", ("a.png", TINY_PNG, "image/png"))],
+        "ok": 201},
+    ("GET", "/api/v1/attachments/{attachment_id}"): {"path": "/api/v1/attachments/999999999", "ok": 404},
     ("GET", "/api/v1/stations"): {},
     ("GET", "/api/v1/compounds"): {},
     ("GET", "/api/v1/door-plates"): {"params": {"bbox": "112.90,22.70,112.94,22.74"}},

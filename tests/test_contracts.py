@@ -35,6 +35,7 @@ from tests.test_access import EXAMPLES, G111, PLATE, all_routes, api_routes, rou
 NOT_JSON = {
     ("GET", "/api/v1/hotspots/density"): "a PNG overlay or a GeoTIFF",
     ("GET", "/api/v1/export/{layer}"): "a file in the format asked for (GeoJSON, GeoPackage, …)",
+    ("GET", "/api/v1/attachments/{attachment_id}"): "a photo (JPEG, PNG or WebP)",
     ("GET", "/api/v1/events"): "a Server-Sent Events stream (its frames are tested in tests/test_desk.py)",
 }
 # The examples of tests/test_access.py, with the one they lack (the token needs a real user).

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from geo_service import auth
 from geo_service.app import create_app
 from tests.conftest import make_client
-from tests.test_access import api_routes, route_key
+from tests.test_access import TINY_PNG, api_routes, route_key
 
 TOWN = "440784001"
 TOKENS = re.compile(r"HS-SAMPLE-\d+|YJ\d{18}|GW\d{5}|PO\d{5}|1[3-9]\d{9}|LEAK:[\w:.\-]+")
@@ -187,6 +187,20 @@ def probe_transition(call: Call, w: World) -> str:
             + (" LEAK:moved-away" if own.status_code == 200 else ""))
 
 
+_FOREIGN_PHOTOS: list[str] = []  # what the county-wide run attached, for the town's run to try
+
+
+def probe_attachments(call: Call, w: World) -> str:
+    """Another town's incident takes no photo, and its photos are not served."""
+    attached = call("POST", f"/api/v1/incidents/{w.foreign_incident['id']}/attachments",
+                    files=[("photos", ("scope.png", TINY_PNG, "image/png"))])
+    if attached.status_code == 201:
+        _FOREIGN_PHOTOS[:] = [a[kind] for a in attached.json()["attachments"] for kind in ("url", "thumb_url")]
+    served = [call("GET", url) for url in _FOREIGN_PHOTOS]
+    return (attached.text + (" LEAK:attached" if attached.status_code == 201 else "")
+            + "".join(" LEAK:photo" for answer in served if answer.status_code == 200))
+
+
 def probe_door_plates(call: Call, w: World) -> str:
     lon, lat = w.foreign_point
     return call("GET", "/api/v1/door-plates", params={"bbox": f"{lon - 0.05},{lat - 0.05},{lon + 0.05},{lat + 0.05}"}
@@ -345,6 +359,8 @@ SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
     ("POST", "/api/v1/incidents"): probe_report,
     ("GET", "/api/v1/incidents/{incident_id}"): probe_incident,
     ("POST", "/api/v1/incidents/{incident_id}/transitions"): probe_transition,
+    ("POST", "/api/v1/incidents/{incident_id}/attachments"): probe_attachments,
+    ("GET", "/api/v1/attachments/{attachment_id}"): probe_attachments,
     # An endless stream cannot be read through the in-process client: probed on a real server, town
     # by town, by tests/test_desk.py::test_the_stream_sends_changes_the_caller_may_see.
     ("GET", "/api/v1/events"): "incident changes under the incidents rule (visibility.incidents on the change rows)",

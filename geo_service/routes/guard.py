@@ -13,6 +13,7 @@ the parameter and quotes the value, without ever decoding a raw (possibly binary
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl
 
 import orjson
@@ -54,10 +55,12 @@ def _nul_in_body(body: bytes, content_type: bytes) -> str | None:
 
 
 class RequestGuard:
-    def __init__(self, app, default_limit: int, limits: dict[str, int] | None = None):
+    def __init__(self, app, default_limit: int, limits: dict[str, int] | None = None,
+                 uploads: tuple[re.Pattern, int] | None = None):
         self.app = app
         self.default_limit = default_limit
         self.limits = limits or {}
+        self.uploads = uploads  # (paths, limit) for multipart/form-data bodies: photos
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -73,6 +76,9 @@ class RequestGuard:
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
         limit = self.limits.get(scope["path"], self.default_limit)
+        if (self.uploads and headers.get(b"content-type", b"").startswith(b"multipart/form-data")
+                and self.uploads[0].fullmatch(scope["path"])):
+            limit = self.uploads[1]
         if length is not None:
             if not length.isdigit():
                 return await _answer(send, 400, f"Content-Length {length.decode('latin-1')!r} is not a number")

@@ -25,7 +25,7 @@ def services(session: SessionDep, identity: AnyoneDep):
 
 @router.get("/requests.json", response_model=list[Open311Request],
             responses={404: {"model": ErrorRead}, 422: {"model": ErrorRead}})
-def requests(session: SessionDep, identity: AnyoneDep,
+def requests(request: Request, session: SessionDep, identity: AnyoneDep,
              service_request_id: Annotated[str | None, Query(description="Comma-separated ids (at most 50); "
                                                                          "the other filters are then ignored.")] = None,
              service_code: Annotated[str | None, Query(description="Comma-separated service codes.")] = None,
@@ -34,8 +34,8 @@ def requests(session: SessionDep, identity: AnyoneDep,
     """Service requests (incidents the caller may see), newest first, at most 1,000."""
     ids = [int(i) for i in comma_list(service_request_id, "service_request_id") or []
            if i.isdigit() and int(i) <= MAX_ID] or None
-    return json_response(open311.requests_for(session, identity, ids=ids, status=status, start_date=start_date,
-                                              end_date=end_date,
+    return json_response(open311.requests_for(session, identity, base_url=str(request.base_url), ids=ids,
+                                              status=status, start_date=start_date, end_date=end_date,
                                               service_codes=comma_list(service_code, "service_code")))
 
 
@@ -44,7 +44,8 @@ def requests(session: SessionDep, identity: AnyoneDep,
 def one_request(request: Request, session: SessionDep, identity: AnyoneDep,
                 request_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The service request id.")]):
     """One service request, as a list of one (as GeoReport v2 answers)."""
-    return json_response(open311.request_for(session, identity, request_id, request.app.state.clock()))
+    return json_response(open311.request_for(session, identity, request_id, str(request.base_url),
+                                             request.app.state.clock()))
 
 
 async def form_fields(request: Request) -> dict[str, str]:

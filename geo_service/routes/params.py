@@ -53,6 +53,8 @@ def incident_filters(
     bbox: Annotated[str | None, Query(description="west,south,east,north in degrees.")] = None,
     overdue: Annotated[bool | None, Query(description="Only (or no) incidents past their stage deadline.")] = None,
     open: Annotated[bool | None, Query(description="Only (or no) incidents not closed or rejected.")] = None,
+    mine: Annotated[bool | None, Query(description="true: only the incidents the caller reported (\"my reports\").")
+                    ] = None,
 ) -> incidents.IncidentFilter:
     """The incident filter of lists, hotspots, density, map points and exports, declared once."""
     return incidents.IncidentFilter(
@@ -60,7 +62,7 @@ def incident_filters(
         reporter_kinds=comma_list(reporter_kind, "reporter_kind"), towns=comma_list(town, "town"),
         communities=comma_list(community, "community"), grids=comma_list(grid, "grid"), assignee=assignee,
         police=police, since=since, until=until, bbox=None if bbox is None else geometry.parse_bbox(bbox),
-        overdue=overdue, open=open,
+        overdue=overdue, open=open, mine=mine,
         now=request.app.state.clock())
 
 
