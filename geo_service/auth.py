@@ -355,6 +355,19 @@ def identify(session: Session, secret: str) -> Identity | None:
                     row.grid_worker_id, row.police_officer_id)
 
 
+RIDER_SQL = text("SELECT is_rider FROM grid_worker WHERE id = :id")
+
+
+def reporter_kind(session: Session, identity: Identity) -> str | None:
+    """What the caller reports as (intake's `reporter_kind`): a police account as police, a
+    grid worker's as grid_worker, or rider when the worker is one of the delivery riders."""
+    if identity.police_officer_id is not None:
+        return "police"
+    if identity.grid_worker_id is not None:
+        return "rider" if session.execute(RIDER_SQL, {"id": identity.grid_worker_id}).scalar() else "grid_worker"
+    return None
+
+
 class IdentityCache:
     """Verified identities by secret digest.
 

@@ -267,6 +267,8 @@ class IdentityRead(BaseModel):
     towns: list[str] | None = Field(description="Towns the caller is limited to; null for all.")
     grid_worker_id: int | None
     police_officer_id: int | None
+    reporter_kind: str | None = Field(description="What the account reports as: police, rider (a grid worker who "
+                                      "is a delivery rider), grid_worker; null for accounts of no person.")
 
 
 class AuditRead(BaseModel):

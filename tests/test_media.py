@@ -230,3 +230,15 @@ def test_my_reports(client, db):
     by_dispatcher = client.get("/api/v1/incidents", params={"mine": "true", "limit": 1000}).json()
     assert theirs["id"] in {i["id"] for i in by_dispatcher["items"]}
     assert mine["id"] not in {i["id"] for i in by_dispatcher["items"]}
+
+
+def test_accounts_say_what_they_report_as(client, db, session):
+    auth.create_user(session, "rider2", "worker", password="rider password", person_code="GW00002")
+    auth.create_user(session, "po1", "worker", password="police password", person_code="PO00001")
+    kinds = {}
+    for name, password in (("gw3", "worker password"), ("rider2", "rider password"), ("po1", "police password")):
+        token = client.post("/api/v1/auth/token", data={"username": name, "password": password}).json()
+        me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token['access_token']}"}).json()
+        kinds[name] = me["reporter_kind"]
+    assert kinds == {"gw3": "grid_worker", "rider2": "rider", "po1": "police"}
+    assert client.get("/api/v1/auth/me").json()["reporter_kind"] is None  # a dispatcher's key: no person

@@ -46,11 +46,13 @@ def issue_token(request: Request, session: SessionDep, form: Annotated[OAuth2Pas
 
 
 @router.get("/api/v1/auth/me", response_model=IdentityRead)
-def who_am_i(identity: AnyoneDep):
-    """The caller's name, kind (user or API key), role and towns."""
+def who_am_i(session: SessionDep, identity: AnyoneDep):
+    """The caller's name, kind (user or API key), role and towns, the person a worker account
+    belongs to, and what it reports as."""
     return {"kind": identity.kind, "name": identity.name, "role": identity.role,
             "towns": sorted(identity.towns) if identity.towns is not None else None,
-            "grid_worker_id": identity.grid_worker_id, "police_officer_id": identity.police_officer_id}
+            "grid_worker_id": identity.grid_worker_id, "police_officer_id": identity.police_officer_id,
+            "reporter_kind": auth.reporter_kind(session, identity)}
 
 
 @router.get("/api/v1/audit", response_model=list[AuditRead], responses={403: {"model": ErrorRead}})
