@@ -250,7 +250,7 @@ def test_password_flow_token_works_and_passwords_are_argon2(access_db, users):
         token = token_for(client, name)
         me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
         assert me == {"kind": "user", "name": name, "role": "viewer", "towns": None,
-                      "grid_worker_id": None, "police_officer_id": None}
+                      "grid_worker_id": None, "police_officer_id": None, "reporter_kind": None}
     with Session(access_db.engine) as session:
         stored = session.scalar(select(models.AppUser.password_hash).where(models.AppUser.username == name))
         digest = session.scalar(select(models.AccessToken.digest).join(models.AppUser)
