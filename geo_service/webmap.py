@@ -22,6 +22,10 @@ PAGES = {
     "dispatch": "调度台 · Dispatch",
     "hotspots": "热点分析 · Hotspots",
 }
+# The phone's top bar shows one of these in place of the links.
+SHORT_TITLES = {"overview": "网格地图 Map", "dispatch": "调度台 Dispatch", "hotspots": "热点 Hotspots"}
+# On a phone the side panel is a sheet that this button opens.
+PANEL_TOGGLES = {"dispatch": "事件队列 Queue", "hotspots": "分析面板 Analysis"}
 # Who may open each page; the API behind them applies its own roles as well.
 PAGE_ROLES = {"overview": roles.EVERYONE, "dispatch": roles.REPORTERS, "hotspots": roles.ANALYSTS}
 CREATORS = roles.STAFF  # roles that may report incidents from the map
@@ -67,6 +71,9 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
     from branca.element import Element
 
     use_local_assets()
+    # Folium's template brings the phone's viewport (`width=device-width, initial-scale=1.0,
+    # maximum-scale=1.0, user-scalable=no`): a pinch zooms the map, not the page; geomap.css lays
+    # the page out for that width (tests/test_phone.py).
     # maxZoom on the map itself: without a tile layer Leaflet has none, and MarkerCluster then
     # throws "Map has no maxZoom specified", stopping every later script on the page.
     m = folium.Map(location=CENTER, zoom_start=11, tiles=None, max_zoom=18, min_zoom=8,
@@ -80,11 +87,11 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
     root = m.get_root()
     root.header.add_child(Element(f"<title>{html.escape(PAGES[page])}</title>"))
     root.header.add_child(Element('<link rel="icon" href="/favicon.ico">'))
-    root.header.add_child(folium.CssLink("/static/css/geomap.css"))
     root.header.add_child(folium.JavascriptLink("/static/js/geomap.js"))
+    stylesheets = ["/static/css/geomap.css"]
     if page == "dispatch":
-        root.header.add_child(folium.CssLink("/static/css/console.css"))
         root.header.add_child(folium.JavascriptLink("/static/js/console.js"))
+        stylesheets.append("/static/css/console.css")
     config = {
         "page": page,
         "user": identity.name,
@@ -101,7 +108,11 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
     root.script.add_child(Element(
         f"document.addEventListener('DOMContentLoaded', function () {{ GeoMap.init({m.get_name()}, "
         f"{json.dumps(config, ensure_ascii=False)}); }});"))
-    rendered = root.render()
+    # Our stylesheets last in <head>, after the ones Folium adds while rendering (Leaflet, Bootstrap):
+    # where a rule of ours and one of theirs are equally specific (the popup's close button, the
+    # layer list on a phone), ours wins.
+    rendered = root.render().replace("</head>", "".join(
+        f'<link rel="stylesheet" href="{href}"/>\n' for href in stylesheets) + "</head>", 1)
     return security.add_nonce(rendered, nonce) if nonce else rendered
 
 
@@ -116,16 +127,29 @@ def lifecycle_actions() -> list[dict]:
 
 
 def _chrome(page: str, config: dict, csrf_token: str = "") -> str:
-    """The page furniture around the map: a top bar with the pages and the user, and a side panel."""
+    """The page furniture around the map: a top bar with the pages and the user, and a side panel.
+
+    On a phone (geomap.css, below 700 px) the bar keeps one line: the menu button, this page's
+    short title and Sign out; the page links and the user fold into the menu (geomap.js opens it),
+    and the side panel becomes a sheet behind the button at the bottom.
+    """
     links = "".join(
-        f'<a href="/map{"" if name == "overview" else "/" + name}" class="{"active" if name == page else ""}">'
-        f"{html.escape(title)}</a>" for name, title in config["pages"].items())
-    return (f'<div id="geo-topbar"><span class="brand">鹤山网格治理</span>{links}'
-            f'<span class="user">{html.escape(config["user"])} · {html.escape(config["role"])}</span>'
+        f'<a href="/map{"" if name == "overview" else "/" + name}"'
+        + (' class="active" aria-current="page">' if name == page else ' class="">')
+        + f"{html.escape(title)}</a>" for name, title in config["pages"].items())
+    toggle = (f'<button type="button" id="geo-panel-toggle" aria-expanded="false" aria-controls="geo-panel">'
+              f'{html.escape(PANEL_TOGGLES[page])}<span class="geo-count"></span></button>'
+              if page in PANEL_TOGGLES else "")
+    return (f'<div id="geo-topbar"><button type="button" id="geo-menu-button" aria-expanded="false" '
+            f'aria-controls="geo-nav" aria-label="菜单 Menu" title="菜单 Menu"><span aria-hidden="true">☰</span>'
+            f'</button><span class="brand">鹤山网格治理</span>'
+            f'<span class="geo-title">{html.escape(SHORT_TITLES[page])}</span>'
+            f'<nav id="geo-nav" aria-label="页面 Pages">{links}'
+            f'<span class="user">{html.escape(config["user"])} · {html.escape(config["role"])}</span></nav>'
             # A plain form post (works without scripts): the CSRF token rides in a field.
             f'<form method="post" action="/logout"><input type="hidden" name="csrf" '
             f'value="{html.escape(csrf_token, quote=True)}"><button type="submit">退出 Sign out</button></form></div>'
-            f'<div id="geo-panel" class="geo-panel-{page}"></div>')
+            f'<div id="geo-panel" class="geo-panel-{page}"></div>{toggle}')
 
 
 def forbidden_page(page: str, identity) -> str:

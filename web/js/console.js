@@ -308,6 +308,9 @@ var GeoConsole = (function () {
     var shown = sorted.length;
     $("#geo-queue-count").textContent = queue.total > shown ? shown + " / " + queue.total + " 件 incidents"
       : shown + " 件 incidents";
+    // On a phone the queue is a sheet behind a button (geomap.js): the button says how many wait.
+    var count = $("#geo-panel-toggle .geo-count");
+    if (count) count.textContent = " · " + (queue.total > shown ? queue.total : shown);
   }
 
   function upsert(i) {

@@ -18,6 +18,9 @@ var GeoMap = (function () {
     public_service: ["heart", "cadetblue", "公共服务 public service"]
   };
   var DOOR_PLATE_ZOOM = 15;
+  // A phone, as geomap.css's breakpoint: the layer list starts folded there, the search spans the map.
+  var PHONE = window.matchMedia("(max-width: 700px)");
+  var NO_HOVER = window.matchMedia("(hover: none)");
   var map, cfg, categories = [], control;
   var state = { layers: {}, ready: false, errors: [] };
 
@@ -71,6 +74,9 @@ var GeoMap = (function () {
   }
 
   function gridTooltip(feature, layer) {
+    // Without a mouse (a phone) a tap would leave the tooltip standing beside the popup of the
+    // same tap, which says all of it and more.
+    if (NO_HOVER.matches) return;
     var p = feature.properties;
     layer.bindTooltip("<b>" + esc(p.code) + "</b><br>" + esc(p.name), { sticky: true });
     layer.on("mouseover", function () {
@@ -273,7 +279,7 @@ var GeoMap = (function () {
   }
 
   function onMapClick(e) {
-    var popup = L.popup({ maxWidth: 380 }).setLatLng(e.latlng).setContent("查询中 looking up…").openOn(map);
+    var popup = L.popup(popupOptions(380)).setLatLng(e.latlng).setContent("查询中 looking up…").openOn(map);
     api("/api/v1/lookup?lon=" + e.latlng.lng.toFixed(7) + "&lat=" + e.latlng.lat.toFixed(7)).then(function (a) {
       var html = "<div class='geo-popup'>" + lookupHtml(a) + (cfg.canCreate ? createForm(e.latlng) : "") + "</div>";
       popup.setContent(html);
@@ -305,24 +311,38 @@ var GeoMap = (function () {
     var search = L.control({ position: "topleft" });
     search.onAdd = function () {
       var div = L.DomUtil.create("div", "geo-search");
-      div.innerHTML = "<input type='search' id='geo-search-input' placeholder='网格编码 / 社区名 / 粤居码 search'>" +
+      // A form: Enter, and a phone keyboard's search key, submit it; the button is there for touch.
+      div.innerHTML = "<form class='geo-search-form' role='search'>" +
+        "<input type='search' id='geo-search-input' enterkeyhint='search' aria-label='搜索 Search' " +
+        "placeholder='网格编码 / 社区名 / 粤居码 search'>" +
+        "<button type='submit' class='geo-search-go' aria-label='搜索 Search' title='搜索 Search'>" +
+        "<i class='fa fa-magnifying-glass' aria-hidden='true'></i></button></form>" +
         "<ul id='geo-search-results'></ul>";
       L.DomEvent.disableClickPropagation(div);
       L.DomEvent.disableScrollPropagation(div);
-      var input = div.querySelector("input"), list = div.querySelector("ul");
-      input.addEventListener("keydown", function (event) {
-        if (event.key !== "Enter") return;
+      var form = div.querySelector("form"), input = div.querySelector("input"), list = div.querySelector("ul");
+      function choose(result) {
+        goTo(result);
+        if (PHONE.matches) {  // out of the way: the keyboard and the list would hide the place found
+          input.blur();
+          list.innerHTML = "";
+        }
+      }
+      form.addEventListener("submit", function (event) {
+        event.preventDefault();
+        if (!input.value.trim()) { list.innerHTML = ""; return; }
         api("/api/v1/search?q=" + encodeURIComponent(input.value)).then(function (results) {
           list.innerHTML = results.length ? "" : "<li>无结果 nothing found</li>";
           results.forEach(function (r) {
             var li = document.createElement("li");
             li.textContent = r.kind + " · " + r.code + " " + (r.name !== r.code ? r.name : "") + (r.address ? " " + r.address : "");
-            li.addEventListener("click", function () { goTo(r); });
+            li.addEventListener("click", function () { choose(r); });
             list.appendChild(li);
           });
-          if (results.length === 1) goTo(results[0]);
+          if (results.length === 1) choose(results[0]);
         }).catch(function (error) { list.innerHTML = "<li>" + esc(error.message) + "</li>"; });
       });
+      input.addEventListener("search", function () { if (!input.value) list.innerHTML = ""; });  // cleared
       return div;
     };
     search.addTo(map);
@@ -339,11 +359,15 @@ var GeoMap = (function () {
     }
   }
 
+  // The legend is folded behind its button on every screen: open, it would cover part of the
+  // county on a desktop beside the dispatch queue and half of the map on a phone.
   function addLegend() {
     var legend = L.control({ position: "bottomright" });
     legend.onAdd = function () {
-      var div = L.DomUtil.create("div", "geo-legend");
+      var box = L.DomUtil.create("div", "geo-legend-control");
+      var div = L.DomUtil.create("div", "geo-legend", box);
       div.id = "geo-legend";
+      div.hidden = true;
       var html = "<b>事件状态 incident status</b><br>";
       Object.keys(STATUS_COLOURS).forEach(function (s) {
         html += "<i style='background:" + STATUS_COLOURS[s] + ";border-radius:50%'></i>" + s + "<br>";
@@ -357,9 +381,99 @@ var GeoMap = (function () {
         "<i style='background:#cfe0f5;border:1px solid #7f9cc0'></i>网格 grid<br>" +
         "<i style='background:#ffcc80;border:1px solid #b26a00'></i>小区 compound";
       div.innerHTML = html;
-      return div;
+      var button = L.DomUtil.create("button", "geo-legend-toggle", box);
+      button.type = "button";
+      button.id = "geo-legend-toggle";
+      button.setAttribute("aria-controls", "geo-legend");
+      button.setAttribute("aria-expanded", "false");
+      button.textContent = "图例 Legend";
+      button.addEventListener("click", function () {
+        div.hidden = !div.hidden;
+        button.setAttribute("aria-expanded", String(!div.hidden));
+      });
+      L.DomEvent.disableClickPropagation(box);
+      L.DomEvent.disableScrollPropagation(box);
+      return box;
     };
     legend.addTo(map);
+  }
+
+  // The layer list: open beside a desktop map, folded behind Leaflet's button on a phone (with a
+  // close button of its own: a tap on the map would also ask what is there). Rebuilt when the
+  // screen crosses the breakpoint (a tablet turned), since Leaflet fixes `collapsed` at creation.
+  function addLayerControl() {
+    var folded = PHONE.matches;
+    if (control) control.remove();
+    control = L.control.layers(null, state.layers, { collapsed: folded, position: "topright" }).addTo(map);
+    state.control = control;
+    if (folded) {
+      var close = document.createElement("button");
+      close.type = "button";
+      close.className = "geo-layers-close";
+      close.textContent = "收起 Close";
+      close.addEventListener("click", function (e) {
+        L.DomEvent.stop(e);
+        control.collapse();
+      });
+      control.getContainer().querySelector(".leaflet-control-layers-list").appendChild(close);
+    }
+  }
+
+  // Popups within the map: Leaflet adds about 60 px of margins and close button around the
+  // content; on a phone a tall one scrolls inside instead of running off the screen.
+  function popupOptions(width) {
+    var size = map.getSize();
+    var options = { maxWidth: Math.max(200, Math.min(width, size.x - 90)), autoPanPadding: L.point(10, 10) };
+    if (PHONE.matches) {  // between the search bar across the top and the legend button at the bottom
+      options.autoPanPaddingTopLeft = L.point(10, 70);
+      options.autoPanPaddingBottomRight = L.point(10, 76);
+      options.maxHeight = Math.max(160, size.y - 200);
+    }
+    return options;
+  }
+
+  // ----------------------------------------------------------------- phone furniture
+
+  function wireTopbar() {
+    var bar = document.getElementById("geo-topbar"), button = document.getElementById("geo-menu-button");
+    if (!bar || !button) return;
+    function setOpen(open) {
+      bar.classList.toggle("geo-menu-open", open);
+      button.setAttribute("aria-expanded", String(open));
+    }
+    button.addEventListener("click", function () { setOpen(!bar.classList.contains("geo-menu-open")); });
+    document.addEventListener("click", function (e) {
+      if (!bar.contains(e.target)) setOpen(false);
+    });
+    document.addEventListener("keydown", function (e) {
+      if (e.key === "Escape" && bar.classList.contains("geo-menu-open")) {
+        setOpen(false);
+        button.focus();
+      }
+    });
+  }
+
+  // The side panel (the dispatch queue, the hotspot filters) is a sheet on a phone, opened by the
+  // button at the bottom of the screen; on a desktop the button is hidden and the panel always there.
+  function wirePanelToggle() {
+    var button = document.getElementById("geo-panel-toggle");
+    if (!button) return;
+    button.addEventListener("click", function () {
+      var open = !document.body.classList.contains("geo-panel-open");
+      document.body.classList.toggle("geo-panel-open", open);
+      button.setAttribute("aria-expanded", String(open));
+    });
+  }
+
+  // The whole county in the first view: on a phone that takes a lower (fractional) zoom than the
+  // page's; where it already fits, as on a desktop, the view stays as it is.
+  function fitCounty() {
+    var bounds = state.layers["towns 镇街"].getBounds();
+    if (!bounds.isValid() || map.getBounds().contains(bounds)) return;
+    var snap = map.options.zoomSnap;
+    map.options.zoomSnap = 0.25;
+    map.fitBounds(bounds, { animate: false, padding: [8, 8] });
+    map.options.zoomSnap = snap;
   }
 
   function report(error) {
@@ -469,16 +583,21 @@ var GeoMap = (function () {
     state.map = map;
     document.body.classList.add("geo-page-" + cfg.page);
     map.invalidateSize();
+    wireTopbar();
+    wirePanelToggle();
+    L.Popup.mergeOptions(popupOptions(300));  // every other popup
     var categoriesLoaded = api("/api/v1/incident-categories").then(function (list) { categories = list; });
     var loads = [loadAreas(), loadStations(), loadIncidents(), categoriesLoaded];
     Promise.all(loads).then(function () {
       var shown = cfg.page === "hotspots" ? ["towns 镇街"] :
         ["towns 镇街", "communities 村(社区)", "grids 网格", "compounds 小区", "stations 站点", "incidents 事件"];
       shown.forEach(function (name) { state.layers[name].addTo(map); });
+      fitCounty();
       return loadDoorPlates();
     }).then(function () {
-      control = L.control.layers(null, state.layers, { collapsed: false, position: "topright" }).addTo(map);
-      state.control = control;
+      addLayerControl();
+      if (PHONE.addEventListener) PHONE.addEventListener("change", addLayerControl);
+      else PHONE.addListener(addLayerControl);  // Safari before 14
       addLegend();
       addSearch();
       map.on("click", onMapClick);
