@@ -28,6 +28,9 @@ REDACTED = "[redacted]"
 NONCE_STATE = "csp_nonce"  # the request.state attribute a page handler sets for its inline scripts
 # JSON, files and everything else that is not a page: nothing in it may run or be framed.
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+# Scripts: a service worker (the phone report page's) runs under its script's own policy, and must
+# reach this origin (fetch, importScripts); for a script a page loads, the page's policy rules.
+SCRIPT_POLICY = "default-src 'self'; frame-ancestors 'none'"
 
 
 def page_nonce(request) -> str:
@@ -99,6 +102,7 @@ class SecurityHeaders:
             common.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
         self.common = common
         self.api_headers = [*common, (b"content-security-policy", API_POLICY.encode())]
+        self.script_headers = [*common, (b"content-security-policy", SCRIPT_POLICY.encode())]
         self.page_without_scripts = page_policy(settings, None).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,6 +125,8 @@ class SecurityHeaders:
                     present = {name for name, _ in headers}
                     extra = [(name, value) for name, value in (*self.common, (b"content-security-policy", policy))
                              if name not in present]
+                elif content_type.startswith((b"text/javascript", b"application/javascript")):
+                    extra = self.script_headers
                 else:
                     extra = self.api_headers  # the hot path: no handler of the API sets these itself
                 message = {**message, "headers": [*headers, *extra]}

@@ -349,6 +349,9 @@ def test_security_headers_on_api_answers_and_pages(access_db, users):
             assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
             assert "strict-transport-security" not in answer.headers  # not served over HTTPS
         assert api.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+        # A script may reach this origin and nothing else (the report page's service worker runs under it).
+        for script in ("/static/js/geomap.js", "/report-sw.js"):
+            assert client.get(script).headers["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'"
         login = client.get("/login").headers["content-security-policy"]
         assert "default-src 'self'" in login and "script-src 'self';" in login  # no inline script at all
         client.post("/login", data={"username": name, "password": "correct horse battery"})

@@ -3,11 +3,14 @@ unless GEO_PUBLIC_DOCS opens /docs and /openapi.json)."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
-from geo_service import security, webmap
+from geo_service import reportpage, security, webmap
 from geo_service.config import PROJECT_ROOT
 from geo_service.errors import Forbidden, Unauthenticated
 from geo_service.routes.access import CSRF_COOKIE, authenticate
@@ -44,6 +47,38 @@ async def dispatch_page(request: Request):
 @router.get("/map/hotspots")
 async def hotspots_page(request: Request):
     return await _page(request, "hotspots")
+
+
+@router.get("/report")
+async def report_page(request: Request):
+    """The phone report page (geo_service/reportpage.py)."""
+    plate = reportpage.canonical_plate(request.query_params.get("plate"))
+    if plate is not None:  # a scanned URL or a lower-case code: on to the plain code
+        return RedirectResponse(f"/report?plate={quote(plate, safe='')}", status_code=303)
+    try:
+        identity = await authenticate(request)
+    except (Unauthenticated, Forbidden):
+        if reportpage.needs_another_look(request.headers):
+            return HTMLResponse(reportpage.again_page(), headers={"Cache-Control": "no-store"})
+        return login_redirect(request)
+    if identity.role not in reportpage.PAGE_ROLES:
+        return HTMLResponse(reportpage.forbidden_page(identity), status_code=403)
+
+    def page_config() -> dict:
+        with request.app.state.sessionmaker() as session:
+            return reportpage.config(session, identity, request.app.state.settings, CSRF_COOKIE)
+
+    page_html = reportpage.render(await run_in_threadpool(page_config), request.cookies.get(CSRF_COOKIE, ""),
+                                  security.page_nonce(request))
+    # no-store: rendered for this user. The service worker keeps its own copy for offline use,
+    # recognising the page by X-Geo-Page (not the sign-in or "open again" pages of this URL).
+    return HTMLResponse(page_html, headers={"Cache-Control": "no-store", "X-Geo-Page": "report"})
+
+
+@router.get(reportpage.SERVICE_WORKER)
+def report_service_worker():
+    # Served from the root, so that its scope may be /report; no-cache: a new version is seen at once.
+    return FileResponse(WEB / "report-sw.js", media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/")
