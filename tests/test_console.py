@@ -295,6 +295,39 @@ def test_a_duplicate_is_merged_from_the_panel(pages, desk):
     assert page.problems == []
 
 
+def test_photos_are_shown_and_a_resolve_carries_evidence(pages, desk, tmp_path):
+    import io
+
+    from PIL import Image
+
+    def jpeg(color: str) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (640, 480), color).save(out, "JPEG")
+        return out.getvalue()
+
+    incident = call(desk, "POST", "/api/v1/incidents", data={
+        "category": "environment", "description": "照片: 垃圾堆放", "reporter_kind": "hotline",
+        "lon": "112.903", "lat": "22.703"}, files=[("photos", ("street.jpg", jpeg("red"), "image/jpeg"))])
+    incident = act(desk, incident, "accept")
+    page = pages()
+    panel = open_from_queue(page, incident)
+    thumbs = panel.locator(".geo-photos img")
+    expect(thumbs).to_have_count(1)
+    page.page.wait_for_function("() => document.querySelector('.geo-photos img').naturalWidth > 0", timeout=5000)
+    evidence = tmp_path / "done.jpg"
+    evidence.write_bytes(jpeg("green"))
+    panel.get_by_role("button", name="办结 Resolve").click()
+    panel.get_by_label("办结说明 resolution note").fill("已清理")
+    panel.get_by_label("证据照片 evidence photos").set_input_files(str(evidence))
+    submit_form(panel)
+    expect(panel.locator(".geo-detail-summary")).to_contain_text("resolved")
+    expect(thumbs).to_have_count(2)
+    expect(panel.locator(".geo-photos")).to_contain_text("证据 evidence")
+    stored = call(desk, "GET", f"/api/v1/incidents/{incident['id']}")
+    assert [a["purpose"] for a in stored["attachments"]] == ["report", "evidence"]
+    assert stored["status"] == "resolved" and page.problems == []
+
+
 def test_the_console_works_from_the_keyboard(pages, desk):
     first, second = report(desk, "键盘一"), report(desk, "键盘二")  # same category: adjacent in the queue
     page = pages()

@@ -46,7 +46,7 @@ var GeoConsole = (function () {
   // What an action asks for beyond the version. Absent: nothing (one click), or a required note
   // when the lifecycle table says the action needs one.
   var FORMS = {
-    resolve: [{ kind: "note", required: true, label: "办结说明 resolution note" }],
+    resolve: [{ kind: "note", required: true, label: "办结说明 resolution note" }, { kind: "photos" }],
     escalate: [{ kind: "departments", required: false }, { kind: "due_hours" }, { kind: "note", required: false }],
     summon: [{ kind: "departments", required: true }, { kind: "due_hours" }],
     acknowledge: [{ kind: "department" }],
@@ -54,6 +54,7 @@ var GeoConsole = (function () {
     merge: [{ kind: "into" }, { kind: "note", required: false }]
   };
 
+  var MAX_PHOTOS = 6;
   var ctx, cfg, api, esc, map;
   var queue = { items: {}, rows: {}, total: 0, seq: 0, refreshing: false, pending: {}, current: null };
   var panel = { el: null, id: null, incident: null, owners: null, nearby: null, form: null, busy: false,
@@ -467,6 +468,7 @@ var GeoConsole = (function () {
       "<section class='geo-detail-people'><h4>网格员与民警 Grid workers and police</h4><div></div></section>" +
       "<section class='geo-detail-departments'><h4>吹哨部门 Departments summoned</h4><div></div></section>" +
       "<section class='geo-detail-stations'><h4>附近站点 Nearby stations</h4><div></div></section>" +
+      "<section class='geo-detail-photos' hidden><h4>照片 Photos</h4><div class='geo-photos'></div></section>" +
       "<section class='geo-detail-timeline'><h4>时间线 Timeline</h4><ol class='geo-timeline'></ol></section>";
     document.body.appendChild(el);
     panel.el = el;
@@ -625,6 +627,7 @@ var GeoConsole = (function () {
       return "<dt>" + f[0] + "</dt><dd>" + f[1] + "</dd>";
     }).join("");
     renderDepartments();
+    renderPhotos();
     $(".geo-timeline", panel.el).innerHTML = (i.timeline || []).map(function (e) {
       return "<li><time>" + esc(ctx.localTime(e.at)) + "</time> <b>" + esc(ACTION_NAMES[e.action] || "") + "</b> " +
         esc(e.action) + " → " + esc(e.to_status) + (e.actor_name ? " · " + esc(e.actor_name) : "") +
@@ -632,6 +635,19 @@ var GeoConsole = (function () {
         (e.detail && e.detail.summary ? "<div class='geo-note'>" + esc(e.detail.summary) + "</div>" : "") + "</li>";
     }).join("");
     if (panel.owners) renderPeople();
+  }
+
+  function renderPhotos() {
+    var photos = panel.incident.attachments || [];
+    var section = $(".geo-detail-photos", panel.el);
+    section.hidden = !photos.length;
+    $(".geo-photos", section).innerHTML = photos.map(function (a) {
+      var what = (a.purpose === "evidence" ? "处置证据 evidence" : "上报 report") + " · " + esc(a.added_by_name) +
+        " · " + esc(ctx.localTime(a.added_at));
+      return "<a class='geo-photo' href='" + esc(a.url) + "' target='_blank' rel='noopener' title='" + what + "'>" +
+        "<img src='" + esc(a.thumb_url) + "' alt='照片 photo #" + esc(a.id) + " (" + what + ")' loading='lazy'>" +
+        "<span>" + (a.purpose === "evidence" ? "证据 evidence" : "上报 report") + "</span></a>";
+    }).join("");
   }
 
   function renderClock(now) {
@@ -802,6 +818,10 @@ var GeoConsole = (function () {
 
   function fieldHtml(field, rule) {
     var id = "geo-f-" + rule.action + "-" + field.kind;
+    if (field.kind === "photos") {
+      return "<label for='" + id + "'>证据照片 evidence photos (≤ " + MAX_PHOTOS + ")</label>" +
+        "<input type='file' id='" + id + "' name='photos' accept='image/jpeg,image/png,image/webp' multiple>";
+    }
     if (field.kind === "note") {
       var label = field.label || (field.required ? "理由 reason" : "备注 note");
       return "<label for='" + id + "'>" + esc(label) + (field.required ? " *" : "") + "</label>" +
@@ -918,7 +938,19 @@ var GeoConsole = (function () {
         body.assignee = Number(data.get("assignee"));
       }
     }
-    send(action, body);
+    var photos = data.getAll("photos").filter(function (f) { return f && f.size; });
+    if (!photos.length) return send(action, body);
+    if (photos.length > MAX_PHOTOS) return alertText("最多 at most " + MAX_PHOTOS + " photos");
+    // Evidence first: a refused photo leaves the incident as it was, and adding one changes no version.
+    var upload = new FormData();
+    photos.forEach(function (f) { upload.append("photos", f, f.name); });
+    upload.append("purpose", "evidence");
+    notice("上传照片 uploading photos…");
+    return api("/api/v1/incidents/" + panel.incident.id + "/attachments", { form: upload }).then(function (updated) {
+      panel.incident.attachments = updated.attachments;
+      renderPhotos();
+      return send(action, body);
+    }).catch(function (error) { notice(""); alertText(errorText(error)); });
   }
 
   function send(action, body) {

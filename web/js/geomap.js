@@ -43,6 +43,10 @@ var GeoMap = (function () {
       init.headers["Content-Type"] = "application/json";
       init.headers["X-CSRF-Token"] = cookie(cfg.csrfCookie);
       init.body = JSON.stringify(options.body);
+    } else if (options.form !== undefined) {  // multipart (photos): the browser sets the boundary
+      init.method = "POST";
+      init.headers["X-CSRF-Token"] = cookie(cfg.csrfCookie);
+      init.body = options.form;
     }
     return fetch(path, init).then(function (response) {
       return response.json().catch(function () { return {}; }).then(function (body) {
