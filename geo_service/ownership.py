@@ -482,7 +482,7 @@ DOOR_PLATE_SQL = text("""
 SELECT d.code, d.address, d.building, d.unit, d.room, d.is_rental, d.resident_count,
        ST_X(d.geom) AS lon, ST_Y(d.geom) AS lat
 FROM door_plate AS d WHERE d.code = :code AND """ + visibility.door_plates("d"))
-_QUERY_KEYS = ("code", "c", "id", "dp", "yjm")
+_QUERY_KEYS = ("code", "c", "id", "dp", "yjm", "plate")  # plate: our own /report?plate= links
 
 
 def normalize_door_plate_code(raw: str) -> str:

@@ -133,6 +133,7 @@ def test_station_count_is_adjustable(tiny_client):
     "https://yjm.example.gov.cn/scan?code=YJ440784901001000001",
     "https://yjm.example.gov.cn/scan?from=wx&c=yj440784901001000001",
     "https://yjm.example.gov.cn/p/YJ440784901001000001",
+    "https://grid.heshan.example/report?plate=YJ440784901001000001",  # our own phone-report link
 ])
 def test_door_plate_forms(tiny_client, form):
     from urllib.parse import quote
