@@ -2,13 +2,15 @@
 (360 and 390 px, touch, a GPS fix inside the tiny county) against a real server on the tiny
 dataset: a door plate's QR link prefills the place, GPS reports show up in "my reports" with
 their status, photos, and a report made offline that waits on the phone and is sent exactly
-once when the network is back (also from a page opened offline by the service worker)."""
+once when the network is back (also from a page opened offline by the service worker, and by the
+service worker itself, through Background Sync, with no page open)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import time
 import urllib.parse
 import urllib.request
 
@@ -73,7 +75,7 @@ class Phone:
         self.base, self.width = base, PHONES[size]["width"]
         self.context = browser.new_context(viewport=PHONES[size], is_mobile=True, has_touch=True,
                                            device_scale_factor=2, geolocation=geolocation or GPS,
-                                           permissions=["geolocation"], locale="zh-CN",
+                                           permissions=["geolocation", "background-sync"], locale="zh-CN",
                                            timezone_id="Asia/Shanghai", service_workers="allow")
         self.page = self.context.new_page()
         self.requests, self.problems = [], []
@@ -386,3 +388,48 @@ def test_the_page_is_for_reporters_only_and_runs_under_the_policy(phones, site):
     assert worker.headers["content-type"].startswith("text/javascript")
     desk.wait_ready()
     assert desk.problems == []
+
+
+
+
+def test_the_service_worker_sends_a_waiting_report_with_no_page_open(phones, site):
+    """Background Sync: a report made offline waits on the phone, the page is closed, and when the
+    network is back the browser wakes the service worker, which sends it, once, with the account
+    and CSRF token the page last stored (the site's policy lets the worker load the outbox)."""
+    phone = phones("360")
+    page = phone.page
+    phone.login("po1")
+    phone.wait_ready()
+    phone.wait_offline_ready()
+    expect(page.locator("#rp-place")).to_contain_text(GPS_GRID, timeout=WAIT)
+    [worker] = phone.context.service_workers
+    assert worker.evaluate("typeof ReportOutbox") == "object"  # importScripts was allowed
+    assert worker.evaluate("fetch('/api/v1/auth/me').then(r => r.status)") == 200
+    before = phone.reports_sent()
+
+    phone.context.set_offline(True)
+    phone.fill_report("dispute", "后台同步：页面已关闭")
+    phone.send()
+    expect(page.locator("#rp-status")).to_contain_text("已保存在本机", timeout=WAIT)
+    external_id = page.locator("#rp-list .rp-waiting").get_attribute("data-external-id")
+    page.wait_for_function("() => navigator.serviceWorker.ready.then(r => r.sync.getTags())"
+                           ".then(tags => tags.includes('geo-report-outbox'))", timeout=WAIT)
+    page.close()
+    assert phone.context.pages == []  # no page left to send it
+    time.sleep(1.5)  # room for a send that should not happen
+    assert recorded(site, external_id) == [] and phone.reports_sent() == before
+    assert worker.evaluate("ReportOutbox.all().then(r => r.map(x => x.external_id))") == [external_id]
+
+    phone.context.set_offline(False)  # the browser fires "sync" in the worker
+    deadline = time.monotonic() + WAIT / 1000
+    while not recorded(site, external_id) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    found = recorded(site, external_id)
+    assert len(found) == 1, "the service worker did not send the waiting report"
+    assert found[0]["reporter_kind"] == "police" and found[0]["description"] == "后台同步：页面已关闭"
+    assert worker.evaluate("ReportOutbox.all().then(r => r.length)") == 0
+    assert worker.evaluate("self.registration.sync.getTags()") == []
+    time.sleep(1.5)
+    assert phone.reports_sent() == before + 1 and len(recorded(site, external_id)) == 1
+    assert phone.external() == []
+    assert [p for p in phone.problems if "ERR_INTERNET_DISCONNECTED" not in p] == []
