@@ -275,11 +275,14 @@ def test_density_parameters_are_bounded(client):
 
 
 def test_multipart_to_the_incident_intake_is_422_not_500(client):
-    response = client.post("/api/v1/incidents", files={"photos": ("a.jpg", b"\xff\xd8\xff" * 1000, "image/jpeg")},
-                           data={"category": "other", "description": "with a photo"})
-    assert response.status_code == 422
-    expected = "must be a JSON object (Content-Type: application/json); got multipart/form-data"
-    assert expected in response.json()["detail"]
+    """A form report (issue 14) is checked like the JSON one: a missing field, then a photo that is none."""
+    photo = {"photos": ("a.jpg", b"\xff\xd8\xff" * 1000, "image/jpeg")}
+    response = client.post("/api/v1/incidents", files=photo, data={"category": "other", "description": "with a photo"})
+    assert response.status_code == 422 and "reporter_kind" in response.json()["detail"]
+    response = client.post("/api/v1/incidents", files=photo, data={
+        "category": "other", "description": "with a photo", "reporter_kind": "hotline", "lon": "112.903",
+        "lat": "22.703"})
+    assert response.status_code == 415 and "'a.jpg' is not a JPEG, PNG or WebP" in response.json()["detail"]
 
 
 def test_bodies_are_capped_before_authentication_and_parsing(fuzz_app, fuzz_db):
