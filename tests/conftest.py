@@ -15,6 +15,7 @@ test session) and drops them at the end.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 import shutil
@@ -179,6 +180,40 @@ class ThrowawayDatabase:
         self.engine.dispose()
         self.admin_engine.dispose()
         localdb.drop_database(self.server, self.name)
+
+
+class Clock:
+    """A clock a test sets (`app.state.clock = Clock(at)`; move it with `clock.at = ...`)."""
+
+    def __init__(self, at: dt.datetime):
+        self.at = at
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+
+WORKER_PASSWORD = "worker password"
+
+
+@contextmanager
+def tiny_database(server: URL, directory: Path, label: str, workers: tuple[tuple[str, str], ...] = ()
+                  ) -> Iterator[ThrowawayDatabase]:
+    """A throwaway database with the tiny dataset, worker accounts (username, person code; password
+    WORKER_PASSWORD) and a key per role; dropped after."""
+    from geo_service import auth, loading
+    from tests import tiny
+
+    database = ThrowawayDatabase(server, label)
+    migrate(database.engine)
+    with Session(database.engine) as session:
+        loading.load(session, tiny.write_tiny_dataset(directory), progress=lambda message: None)
+        for username, person in workers:
+            auth.create_user(session, username, "worker", password=WORKER_PASSWORD, person_code=person)
+    database.create_keys()
+    try:
+        yield database
+    finally:
+        database.drop()
 
 
 @pytest.fixture(scope="session")

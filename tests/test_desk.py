@@ -17,30 +17,26 @@ from sqlalchemy.orm import Session
 
 from geo_service import auth, changes, loading
 from tests import tiny
-from tests.conftest import ThrowawayDatabase, make_client, migrate, rolled_back_session, running_server
+from tests.conftest import (
+    Clock,
+    ThrowawayDatabase,
+    make_client,
+    migrate,
+    rolled_back_session,
+    running_server,
+    tiny_database,
+)
 
 G111, G112 = tiny.grid_code(1, 1, 1), tiny.grid_code(1, 1, 2)
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)
 
 
-class Clock:
-    def __init__(self, at: dt.datetime):
-        self.at = at
-
-    def __call__(self) -> dt.datetime:
-        return self.at
-
 
 @pytest.fixture(scope="module")
 def db(server_url, tmp_path_factory):
-    database = ThrowawayDatabase(server_url, "desk")
-    migrate(database.engine)
-    with Session(database.engine) as session:
-        loading.load(session, tiny.write_tiny_dataset(tmp_path_factory.mktemp("desk")), progress=lambda m: None)
-        auth.create_user(session, "gw1", "worker", password="worker password", person_code="GW00001")
-    database.create_keys()
-    yield database
-    database.drop()
+    workers = (("gw1", "GW00001"),)
+    with tiny_database(server_url, tmp_path_factory.mktemp("desk"), "desk", workers) as database:
+        yield database
 
 
 @pytest.fixture

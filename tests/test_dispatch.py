@@ -16,37 +16,31 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import auth, incidents, lifecycle, loading, models
+from geo_service import incidents, lifecycle, loading, models
 from geo_service.app import create_app
 from tests import tiny
-from tests.conftest import ThrowawayDatabase, make_client, migrate, rolled_back_session, running_server
+from tests.conftest import (
+    Clock,
+    ThrowawayDatabase,
+    make_client,
+    migrate,
+    rolled_back_session,
+    running_server,
+    tiny_database,
+)
 
 G111, G112, G221 = tiny.grid_code(1, 1, 1), tiny.grid_code(1, 1, 2), tiny.grid_code(2, 2, 1)
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)  # 09:00 in Shanghai
 
-
-class Clock:
-    def __init__(self, at: dt.datetime):
-        self.at = at
-
-    def __call__(self) -> dt.datetime:
-        return self.at
 
 
 @pytest.fixture(scope="module")
 def db(server_url, tmp_path_factory):
     """The tiny dataset, with one worker account for the full-time worker and one for the officer.
     Tests never commit to it: each runs in a rolled-back transaction (`session`)."""
-    database = ThrowawayDatabase(server_url, "dispatch")
-    migrate(database.engine)
-    with Session(database.engine) as session:
-        loading.load(session, tiny.write_tiny_dataset(tmp_path_factory.mktemp("d")), progress=lambda m: None)
-        auth.create_user(session, "gw1", "worker", password="worker password", person_code="GW00001")
-        auth.create_user(session, "po1", "worker", password="worker password", person_code="PO00001")
-        auth.create_user(session, "gw3", "worker", password="worker password", person_code="GW00003")
-    database.create_keys()
-    yield database
-    database.drop()
+    workers = (("gw1", "GW00001"), ("po1", "PO00001"), ("gw3", "GW00003"))
+    with tiny_database(server_url, tmp_path_factory.mktemp("dispatch"), "dispatch", workers) as database:
+        yield database
 
 
 @pytest.fixture

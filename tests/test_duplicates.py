@@ -14,9 +14,8 @@ from pyproj import Geod
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import loading
 from tests import tiny
-from tests.conftest import ThrowawayDatabase, make_client, migrate, rolled_back_session
+from tests.conftest import Clock, make_client, rolled_back_session, tiny_database
 
 G111 = tiny.grid_code(1, 1, 1)
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)
@@ -25,23 +24,11 @@ WGS84 = Geod(ellps="WGS84")
 THIS_TEST = {"from": T0.isoformat(), "to": (T0 + dt.timedelta(seconds=1)).isoformat()}  # reported by the test
 
 
-class Clock:
-    def __init__(self, at: dt.datetime):
-        self.at = at
-
-    def __call__(self) -> dt.datetime:
-        return self.at
-
 
 @pytest.fixture(scope="module")
 def db(server_url, tmp_path_factory):
-    database = ThrowawayDatabase(server_url, "duplicates")
-    migrate(database.engine)
-    with Session(database.engine) as session:
-        loading.load(session, tiny.write_tiny_dataset(tmp_path_factory.mktemp("duplicates")), progress=lambda m: None)
-    database.create_keys()
-    yield database
-    database.drop()
+    with tiny_database(server_url, tmp_path_factory.mktemp("duplicates"), "duplicates") as database:
+        yield database
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ from PIL import Image, PngImagePlugin
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import auth, loading, media
+from geo_service import auth, media
 from geo_service.config import Settings
-from tests import tiny
-from tests.conftest import ThrowawayDatabase, make_client, migrate, rolled_back_session
+from tests.conftest import make_client, rolled_back_session, tiny_database
 
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)
 REPORT = {"category": "environment", "description": "垃圾堆放", "reporter_kind": "grid_worker",
@@ -59,14 +58,9 @@ def jpeg_exif_bytes() -> bytes:
 
 @pytest.fixture(scope="module")
 def db(server_url, tmp_path_factory):
-    database = ThrowawayDatabase(server_url, "media")
-    migrate(database.engine)
-    with Session(database.engine) as session:
-        loading.load(session, tiny.write_tiny_dataset(tmp_path_factory.mktemp("media")), progress=lambda m: None)
-        auth.create_user(session, "gw3", "worker", password="worker password", person_code="GW00003")
-    database.create_keys()
-    yield database
-    database.drop()
+    workers = (("gw3", "GW00003"),)
+    with tiny_database(server_url, tmp_path_factory.mktemp("media"), "media", workers) as database:
+        yield database
 
 
 @pytest.fixture
