@@ -90,10 +90,9 @@ def _report(request: Request, session, identity, body: IncidentCreate, photos) -
 ALLOW_REPORT = Allow(*roles.REPORTERS)
 
 
-async def read_photos(request: Request, form) -> list[media.Photo]:
-    """The photos of a form (field `photos`), each verified and cleaned off the event loop."""
+async def read_photos(request: Request, uploads) -> list[media.Photo]:
+    """Uploaded photos, each verified and cleaned off the event loop."""
     settings = request.app.state.settings
-    uploads = [item for item in form.getlist("photos") if isinstance(item, StarletteUpload)]
     media.check_count(len(uploads), settings)
     photos = []
     for upload in uploads:
@@ -135,7 +134,8 @@ class ReportEndpoint:
             if request.headers.get("content-type", "").startswith(FORM_TYPES):
                 async with request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS) as form:
                     body = IncidentCreate.model_validate(_form_fields(form))
-                    photos = await read_photos(request, form)
+                    photos = await read_photos(request, [item for item in form.getlist("photos")
+                                                         if isinstance(item, StarletteUpload)])
             else:
                 body = IncidentCreate.model_validate_json(await request.body())
         except ValidationError as exc:
@@ -218,8 +218,7 @@ async def add_attachments(
     """Add photos to an incident the caller may see (a worker: one of their own queue or reports)."""
     if purpose not in models.ATTACHMENT_PURPOSES:
         raise InvalidInput(f"purpose {purpose!r} is not one of {', '.join(models.ATTACHMENT_PURPOSES)}")
-    async with request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS) as form:
-        cleaned = await read_photos(request, form)
+    cleaned = await read_photos(request, photos)  # the form as FastAPI parsed it (and closes)
     if not cleaned:
         raise InvalidInput("no photos sent: add files in the form field `photos`")
 
