@@ -195,11 +195,16 @@ class Clock:
 WORKER_PASSWORD = "worker password"
 
 
+def workers(*pairs: tuple[str, str]) -> tuple[tuple[str, str, str], ...]:
+    """Worker accounts for tiny_database: (username, person code) pairs."""
+    return tuple((username, "worker", person) for username, person in pairs)
+
+
 @contextmanager
-def tiny_database(server: URL, directory: Path, label: str, workers: tuple[tuple[str, str], ...] = ()
-                  ) -> Iterator[ThrowawayDatabase]:
-    """A throwaway database with the tiny dataset, worker accounts (username, person code; password
-    WORKER_PASSWORD) and a key per role; dropped after."""
+def tiny_database(server: URL, directory: Path, label: str, accounts: tuple[tuple[str, str, str | None], ...] = (),
+                  password: str = WORKER_PASSWORD) -> Iterator[ThrowawayDatabase]:
+    """A throwaway database with the tiny dataset, user accounts (username, role, person code or
+    None; all with `password`) and a key per role; dropped after."""
     from geo_service import auth, loading
     from tests import tiny
 
@@ -207,8 +212,8 @@ def tiny_database(server: URL, directory: Path, label: str, workers: tuple[tuple
     migrate(database.engine)
     with Session(database.engine) as session:
         loading.load(session, tiny.write_tiny_dataset(directory), progress=lambda message: None)
-        for username, person in workers:
-            auth.create_user(session, username, "worker", password=WORKER_PASSWORD, person_code=person)
+        for username, role, person in accounts:
+            auth.create_user(session, username, role, password=password, person_code=person)
     database.create_keys()
     try:
         yield database

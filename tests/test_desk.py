@@ -25,6 +25,7 @@ from tests.conftest import (
     rolled_back_session,
     running_server,
     tiny_database,
+    workers,
 )
 
 G111, G112 = tiny.grid_code(1, 1, 1), tiny.grid_code(1, 1, 2)
@@ -34,8 +35,8 @@ T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)
 
 @pytest.fixture(scope="module")
 def db(server_url, tmp_path_factory):
-    workers = (("gw1", "GW00001"),)
-    with tiny_database(server_url, tmp_path_factory.mktemp("desk"), "desk", workers) as database:
+    accounts = workers(("gw1", "GW00001"))
+    with tiny_database(server_url, tmp_path_factory.mktemp("desk"), "desk", accounts) as database:
         yield database
 
 

@@ -27,6 +27,7 @@ from tests.conftest import (
     rolled_back_session,
     running_server,
     tiny_database,
+    workers,
 )
 
 G111, G112, G221 = tiny.grid_code(1, 1, 1), tiny.grid_code(1, 1, 2), tiny.grid_code(2, 2, 1)
@@ -38,8 +39,8 @@ T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)  # 09:00 in Shanghai
 def db(server_url, tmp_path_factory):
     """The tiny dataset, with one worker account for the full-time worker and one for the officer.
     Tests never commit to it: each runs in a rolled-back transaction (`session`)."""
-    workers = (("gw1", "GW00001"), ("po1", "PO00001"), ("gw3", "GW00003"))
-    with tiny_database(server_url, tmp_path_factory.mktemp("dispatch"), "dispatch", workers) as database:
+    accounts = workers(("gw1", "GW00001"), ("po1", "PO00001"), ("gw3", "GW00003"))
+    with tiny_database(server_url, tmp_path_factory.mktemp("dispatch"), "dispatch", accounts) as database:
         yield database
 
 

@@ -7,11 +7,9 @@ import os
 import shutil
 
 import pytest
-from sqlalchemy.orm import Session
 
-from geo_service import auth, loading
 from tests import tiny
-from tests.conftest import ThrowawayDatabase, migrate, running_server
+from tests.conftest import running_server, tiny_database
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -25,15 +23,10 @@ def server(server_url, tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: run `make test` (it installs it) or "
                     "`sudo apt-get install -y chromium fonts-noto-cjk`")
-    database = ThrowawayDatabase(server_url, "map")
-    migrate(database.engine)
-    with Session(database.engine) as session:
-        loading.load(session, tiny.write_tiny_dataset(tmp_path_factory.mktemp("m")), progress=lambda m: None)
-        for role in ("viewer", "dispatcher", "analyst"):
-            auth.create_user(session, f"map-{role}", role, password=PASSWORD)
-    with running_server(database) as base:
-        yield base
-    database.drop()
+    accounts = tuple((f"map-{role}", role, None) for role in ("viewer", "dispatcher", "analyst"))
+    with tiny_database(server_url, tmp_path_factory.mktemp("m"), "map", accounts, PASSWORD) as database:
+        with running_server(database) as base:
+            yield base
 
 
 @pytest.fixture(scope="module")

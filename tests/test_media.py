@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from geo_service import auth, media
 from geo_service.config import Settings
-from tests.conftest import make_client, rolled_back_session, tiny_database
+from tests.conftest import make_client, rolled_back_session, tiny_database, workers
 
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)
 REPORT = {"category": "environment", "description": "垃圾堆放", "reporter_kind": "grid_worker",
@@ -58,8 +58,8 @@ def jpeg_exif_bytes() -> bytes:
 
 @pytest.fixture(scope="module")
 def db(server_url, tmp_path_factory):
-    workers = (("gw3", "GW00003"),)
-    with tiny_database(server_url, tmp_path_factory.mktemp("media"), "media", workers) as database:
+    accounts = workers(("gw3", "GW00003"))
+    with tiny_database(server_url, tmp_path_factory.mktemp("media"), "media", accounts) as database:
         yield database
 
 

@@ -9,12 +9,10 @@ import os
 
 import pytest
 from playwright.sync_api import expect
-from sqlalchemy.orm import Session
 
-from geo_service import auth, loading
 from tests import tiny
-from tests.conftest import ThrowawayDatabase, migrate, running_server
-from tests.test_map import CHROMIUM, Watched, browser  # noqa: F401 (browser is a fixture)
+from tests.conftest import running_server, tiny_database
+from tests.test_map import CHROMIUM, PASSWORD, Watched, browser  # noqa: F401 (browser is a fixture)
 
 PHONES = {"360": {"width": 360, "height": 740}, "390": {"width": 390, "height": 844}}
 PAGES = ["/map", "/map/dispatch", "/map/hotspots"]
@@ -29,14 +27,10 @@ def site(server_url, tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: run `make test` (it installs it) or "
                     "`sudo apt-get install -y chromium fonts-noto-cjk`")
-    database = ThrowawayDatabase(server_url, "phone")
-    migrate(database.engine)
-    with Session(database.engine) as session:
-        loading.load(session, tiny.write_tiny_dataset(tmp_path_factory.mktemp("p")), progress=lambda m: None)
-        auth.create_user(session, "map-admin", "admin", password="map test password")
-    with running_server(database) as base:
-        yield base
-    database.drop()
+    accounts = (("map-admin", "admin", None),)
+    with tiny_database(server_url, tmp_path_factory.mktemp("p"), "phone", accounts, PASSWORD) as database:
+        with running_server(database) as base:
+            yield base
 
 
 class Phone(Watched):
