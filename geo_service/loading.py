@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
-from sqlalchemy import Table, delete, func, literal_column, select, text
+from sqlalchemy import Table, bindparam, delete, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from geo_service import audit, geometry, incident_import, models, ownership
+from geo_service import audit, generations, geometry, incident_import, models, ownership
 from geo_service.errors import DatasetInvalid, NotFound, Problem
 
 Progress = Callable[[str], None]
@@ -132,6 +132,8 @@ class LoadReport:
     dry_run: bool
     seconds: float = 0.0
     changes: dict[str, LayerChange] = field(default_factory=dict)
+    valid_from: dt.datetime | None = None  # when changed boundaries take effect (default: the load's time)
+    generation: dict | None = None  # the generation the load started, None when no area changed
 
 
 # --------------------------------------------------------------------------- reading
@@ -655,6 +657,12 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
             _delete_missing(session, t[table], "code", dataset[layer]["code"].tolist(), changes[layer])
     # Areas or plates changed: each plate's town follows the ownership rule again.
     session.execute(DOOR_PLATE_TOWNS_SQL)
+    started = time.perf_counter()
+    report.generation = generations.record(session, str(dataset.path), f"{actor.kind}:{actor.name}",
+                                           report.valid_from)
+    progress("boundaries unchanged: no new generation" if report.generation is None else
+             f"boundaries changed: generation {report.generation['id']} "
+             f"({_summary_text(report.generation['changes'])}; {time.perf_counter() - started:.1f} s)")
     if "incidents" in dataset:
         started = time.perf_counter()
         frame = dataset["incidents"]
@@ -677,30 +685,61 @@ WHERE d.id = own.point_key AND d.town_code IS DISTINCT FROM a.town_code
 """)
 
 
+def _summary_text(changes: dict[str, dict[str, int]]) -> str:
+    return ", ".join(f"{layer}: " + " ".join(f"{n} {change}" for change, n in sorted(counts.items()))
+                     for layer, counts in changes.items())
+
+
 def _replace_assignments(session: Session, t: dict, frame: pd.DataFrame, grid_ids: dict[str, int],
                          changes: dict[str, LayerChange]) -> None:
-    """Assignments have no code of their own: the dataset's set replaces the stored set."""
+    """The dataset's assignments become the roster; the roster's history is kept.
+
+    Assignments have no code of their own: they are matched by grid, role, person and start.
+    A stored assignment the dataset no longer has ends the day before the load (or is removed
+    if it had not started yet) instead of being deleted, so `owners?as_of=` still answers who
+    served a grid then; assignments that had already ended stay as they are."""
     workers = _codes_to_ids(session, t["grid_worker"])
     police = _codes_to_ids(session, t["police_officer"])
     table = t["grid_assignment"]
     wanted = {
-        (grid_ids[r.grid_code], r.role,
+        (r.grid_code, r.role,
          None if r.role == "deputy_grid_leader" else workers[r.person_code],
          police[r.person_code] if r.role == "deputy_grid_leader" else None,
-         dt.date.fromisoformat(r.valid_from), dt.date.fromisoformat(r.valid_to) if r.valid_to else None)
+         dt.date.fromisoformat(r.valid_from)): dt.date.fromisoformat(r.valid_to) if r.valid_to else None
         for r in frame.itertuples()
     }
-    columns = (table.c.grid_id, table.c.role, table.c.grid_worker_id, table.c.police_officer_id,
-               table.c.valid_from, table.c.valid_to)
-    stored = {tuple(row[1:]): row[0] for row in session.execute(select(table.c.id, *columns)).all()}
-    obsolete = [row_id for key, row_id in stored.items() if key not in wanted]
-    new = [dict(zip([c.name for c in columns], key)) for key in wanted if key not in stored]
-    if obsolete:
-        session.execute(delete(table).where(table.c.id.in_(obsolete)))
+    columns = (table.c.grid_code, table.c.role, table.c.grid_worker_id, table.c.police_officer_id,
+               table.c.valid_from)
+    stored = {tuple(row[2:]): (row[0], row[1])
+              for row in session.execute(select(table.c.id, table.c.valid_to, *columns)).all()}
+    yesterday = ownership.local_today() - dt.timedelta(days=1)
+    new, ended, retimed, withdrawn = [], [], [], []
+    for key, valid_to in wanted.items():
+        if key not in stored:
+            new.append({**dict(zip([c.name for c in columns], key)), "valid_to": valid_to,
+                        "grid_id": grid_ids[key[0]]})
+        elif stored[key][1] != valid_to:
+            retimed.append({"row_id": stored[key][0], "valid_to": valid_to})
+    for key, (row_id, valid_to) in stored.items():
+        if key in wanted or (valid_to is not None and valid_to <= yesterday):
+            continue
+        if key[4] > yesterday:
+            withdrawn.append(row_id)  # had not started: never served
+        else:
+            ended.append({"row_id": row_id, "valid_to": yesterday})
+    if withdrawn:
+        session.execute(delete(table).where(table.c.id.in_(withdrawn)))
+    if retimed or ended:
+        session.execute(table.update().where(table.c.id == bindparam("row_id")).values(valid_to=bindparam("valid_to")),
+                        retimed + ended)
     if new:
         session.execute(insert(table), new)
-    changes["grid_assignments"] = LayerChange(inserted=len(new), deleted=len(obsolete),
-                                              unchanged=len(wanted) - len(new))
+    # The current grid of each code (a grid drawn anew under an old code gets its history back).
+    session.execute(text("UPDATE grid_assignment AS a SET grid_id = g.id FROM grid AS g "
+                         "WHERE g.code = a.grid_code AND a.grid_id IS DISTINCT FROM g.id"))
+    changes["grid_assignments"] = LayerChange(inserted=len(new), updated=len(retimed) + len(ended),
+                                              deleted=len(withdrawn),
+                                              unchanged=len(wanted) - len(new) - len(retimed))
 
 
 def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric_crs: str = "EPSG:4547",

@@ -153,6 +153,43 @@ class Compound(Base):
     geom = area_geom()
 
 
+class Generation(Base):
+    """A state of the boundary layers: created by a load that changed one (geo_service.generations)."""
+
+    __tablename__ = "generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # When the boundaries took effect; NULL for the first generation (nothing is known before it).
+    valid_from: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    dataset: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(Text)
+    summary: Mapped[dict] = mapped_column(JSONB)
+
+
+class AreaVersion(Base):
+    """One version of a town, community, grid or compound, valid for a range of generations."""
+
+    __tablename__ = "area_version"
+    __table_args__ = (
+        CheckConstraint("layer IN ('town', 'community', 'grid', 'compound')", name="area_version_layer"),
+        CheckConstraint("generation_high IS NULL OR generation_high >= generation_low",
+                        name="area_version_generations"),
+        UniqueConstraint("layer", "code", "generation_low", name="area_version_layer_code_generation"),
+        Index("ix_area_version_geom", "geom", postgresql_using="gist"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    layer: Mapped[str] = mapped_column(Text)
+    code: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(Text)
+    parent_code: Mapped[str | None] = mapped_column(String(32))
+    attributes: Mapped[dict] = mapped_column(JSONB)
+    geom = area_geom()
+    generation_low: Mapped[int] = mapped_column(ForeignKey("generation.id", ondelete="RESTRICT"))
+    generation_high: Mapped[int | None] = mapped_column(ForeignKey("generation.id", ondelete="RESTRICT"))
+
+
 class GridWorker(Base):
     __tablename__ = "grid_worker"
     __table_args__ = (
@@ -197,7 +234,10 @@ class GridAssignment(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    grid_id: Mapped[int] = mapped_column(ForeignKey("grid.id", ondelete="CASCADE"), index=True)
+    # The grid by code, which outlives a redrawing; grid_id is the current grid of that code
+    # (NULL once the code is gone), kept for the joins of the current generation.
+    grid_code: Mapped[str] = mapped_column(String(15), index=True)
+    grid_id: Mapped[int | None] = mapped_column(ForeignKey("grid.id", ondelete="SET NULL"), index=True)
     role: Mapped[str] = mapped_column(Text)
     grid_worker_id: Mapped[int | None] = mapped_column(
         ForeignKey("grid_worker.id", ondelete="RESTRICT"), index=True
@@ -318,6 +358,9 @@ class Incident(Base):
     duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("incident.id", ondelete="RESTRICT"))
     # When the passing of the current stage's deadline was announced (incident.overdue).
     overdue_noticed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # The boundary generation the incident was assigned in (grid_code names a grid of it).
+    generation_id: Mapped[int | None] = mapped_column(ForeignKey("generation.id", ondelete="RESTRICT"),
+                                                      server_default=text("current_generation()"))
 
 
 class IncidentEvent(Base):

@@ -26,7 +26,6 @@ import re
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg2
@@ -37,13 +36,14 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from geo_service import audit, geometry, privacy, visibility
+from geo_service import audit, generations, geometry, privacy, visibility
 from geo_service.errors import DatabaseUnavailable, InvalidInput, NotFound, OutsideCoverage
 
 CHANNEL = "ownership_changed"
+PAST_INDEXES = 8  # indexes of past generations or days kept per process
 NEAR_DEGREES = 3.0  # within this of the grids, distances to a point outside are measured in the metric CRS
 GEOD = Geod(ellps="WGS84")
-LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+LOCAL_TZ = generations.LOCAL_TZ
 ROLE_ORDER = ("grid_leader", "full_time_worker", "professional_worker", "part_time_worker")
 RESPONSIBLE_ROLES = {"grid_leader", "full_time_worker"}  # who answers for the grid by default
 
@@ -86,26 +86,43 @@ def owner_in_db(session: Session, lon: float, lat: float) -> DbOwner | None:
 
 GRIDS_SQL = text("""
 SELECT g.id, g.code, g.name, ST_AsBinary(g.geom) AS wkb, a.community_code, a.community_name, a.community_kind,
-       a.no_litigation, a.town_id, a.town_code, a.town_name, a.town_kind
+       a.no_litigation, a.town_code, a.town_name, a.town_kind
 FROM grid AS g JOIN grid_area AS a ON a.grid_id = g.id
 ORDER BY g.code
 """)
-COMPOUNDS_SQL = text("SELECT code, name, grid_id, ST_AsBinary(geom) AS wkb FROM compound ORDER BY code")
+COMPOUNDS_SQL = text("SELECT c.code, c.name, g.code AS grid_code, ST_AsBinary(c.geom) AS wkb "
+                     "FROM compound AS c JOIN grid AS g ON g.id = c.grid_id ORDER BY c.code")
+# The same rows for a past generation, from every version of the areas (generations.py).
+GRIDS_AT_SQL = text("""
+WITH v AS (SELECT * FROM area_version AS v WHERE """ + generations.VALID_AT + """)
+SELECT g.id, g.code, g.name, ST_AsBinary(g.geom) AS wkb, c.code AS community_code, c.name AS community_name,
+       c.attributes ->> 'kind' AS community_kind, (c.attributes ->> 'no_litigation')::boolean AS no_litigation,
+       t.code AS town_code, t.name AS town_name, t.attributes ->> 'kind' AS town_kind
+FROM v AS g JOIN v AS c ON c.layer = 'community' AND c.code = g.parent_code
+JOIN v AS t ON t.layer = 'town' AND t.code = c.parent_code
+WHERE g.layer = 'grid'
+ORDER BY g.code
+""")
+COMPOUNDS_AT_SQL = text("SELECT v.code, v.name, v.parent_code AS grid_code, ST_AsBinary(v.geom) AS wkb "
+                        "FROM area_version AS v WHERE v.layer = 'compound' AND " + generations.VALID_AT +
+                        " ORDER BY v.code")
+# Rosters by grid code, so a past generation's grids find the people who served them then.
 WORKERS_SQL = text("""
-SELECT a.grid_id, a.role, w.id, w.code, w.name, w.kind, w.phone, w.is_rider, w.specialty
+SELECT a.grid_code, a.role, w.id, w.code, w.name, w.kind, w.phone, w.is_rider, w.specialty
 FROM grid_assignment AS a JOIN grid_worker AS w ON w.id = a.grid_worker_id
 WHERE a.valid_from <= :today AND (a.valid_to IS NULL OR a.valid_to >= :today)
 ORDER BY w.code
 """)
 POLICE_SQL = text("""
-SELECT a.grid_id, p.id, p.code, p.name, p.unit, p.kind, p.phone
+SELECT a.grid_code, p.id, p.code, p.name, p.unit, p.kind, p.phone
 FROM grid_assignment AS a JOIN police_officer AS p ON p.id = a.police_officer_id
 WHERE a.role = 'deputy_grid_leader'
   AND a.valid_from <= :today AND (a.valid_to IS NULL OR a.valid_to >= :today)
 ORDER BY p.code
 """)
 STATIONS_SQL = text("""
-SELECT code, name, kind, town_id, ST_X(geom) AS lon, ST_Y(geom) AS lat FROM station ORDER BY code
+SELECT s.code, s.name, s.kind, t.code AS town_code, ST_X(s.geom) AS lon, ST_Y(s.geom) AS lat
+FROM station AS s JOIN town AS t ON t.id = s.town_id ORDER BY s.code
 """)
 
 
@@ -118,6 +135,7 @@ class OwnershipIndex:
     """An immutable snapshot of everything a lookup answer needs."""
 
     built_for: dt.date
+    generation: int | None  # the boundary generation of the areas (None before any load)
     grid_ids: np.ndarray
     grid_codes: np.ndarray
     grid_geoms: np.ndarray
@@ -138,13 +156,25 @@ class OwnershipIndex:
     cells: CellIndex = field(repr=False)
 
     @classmethod
-    def build(cls, session: Session, metric_crs: str = "EPSG:4547", today: dt.date | None = None) -> OwnershipIndex:
+    def build(cls, session: Session, metric_crs: str = "EPSG:4547", today: dt.date | None = None,
+              generation: int | None = None) -> OwnershipIndex:
+        """The index of the current areas and today's rosters, or of a past generation's areas
+        and the rosters of a past day."""
         today = today or local_today()
-        grid_rows = session.execute(GRIDS_SQL).mappings().all()
-        position = {row["id"]: i for i, row in enumerate(grid_rows)}
+        if generation is None:
+            current = generations.current(session)
+            grid_rows = session.execute(GRIDS_SQL).mappings().all()
+            compound_rows = session.execute(COMPOUNDS_SQL).mappings().all()
+        else:
+            current = generation
+            grid_rows = session.execute(GRIDS_AT_SQL, {"generation": generation}).mappings().all()
+            compound_rows = session.execute(COMPOUNDS_AT_SQL, {"generation": generation}).mappings().all()
+        position = {row["code"]: i for i, row in enumerate(grid_rows)}
         workers: list[dict[int, dict]] = [{} for _ in grid_rows]
         for row in session.execute(WORKERS_SQL, {"today": today}).mappings():
-            slot = workers[position[row["grid_id"]]]
+            if row["grid_code"] not in position:
+                continue  # an assignment to a grid of another generation
+            slot = workers[position[row["grid_code"]]]
             person = slot.setdefault(row["id"], {
                 "id": row["id"], "code": row["code"], "name": row["name"], "kind": row["kind"],
                 "roles": [], "phone": row["phone"], "is_rider": row["is_rider"],
@@ -153,12 +183,14 @@ class OwnershipIndex:
             person["roles"].append(row["role"])
         police: list[list[dict]] = [[] for _ in grid_rows]
         for row in session.execute(POLICE_SQL, {"today": today}).mappings():
-            police[position[row["grid_id"]]].append({
+            if row["grid_code"] not in position:
+                continue
+            police[position[row["grid_code"]]].append({
                 "id": row["id"], "code": row["code"], "name": row["name"], "unit": row["unit"],
                 "kind": row["kind"], "phone": row["phone"],
             })
         stations = [dict(row) for row in session.execute(STATIONS_SQL).mappings()]
-        centers = {s["town_id"]: s for s in stations if s["kind"] == "governance_center"}
+        centers = {s["town_code"]: s for s in stations if s["kind"] == "governance_center"}
         disputes = [s for s in stations if s["kind"] == "dispute_resolution"]
 
         grids = []
@@ -166,7 +198,7 @@ class OwnershipIndex:
             people = sorted(workers[i].values(), key=_worker_order)
             for person in people:
                 person["roles"].sort(key=ROLE_ORDER.index)
-            center = centers.get(row["town_id"])
+            center = centers.get(row["town_code"])
             grids.append({
                 "town": {"code": row["town_code"], "name": row["town_name"], "kind": row["town_kind"]},
                 "community": {"code": row["community_code"], "name": row["community_name"],
@@ -181,15 +213,15 @@ class OwnershipIndex:
         to_metric = geometry.metric_transformer(metric_crs)
         metric = geometry.to_metric(geoms, metric_crs) if len(geoms) else geoms
         shapely.prepare(geoms)
-        compound_rows = session.execute(COMPOUNDS_SQL).mappings().all()
         compound_geoms = shapely.from_wkb([bytes(r["wkb"]) for r in compound_rows]) if compound_rows \
             else np.array([], dtype=object)
         shapely.prepare(compound_geoms)
         grid_compounds: list[list[int]] = [[] for _ in grid_rows]
         for c, row in enumerate(compound_rows):
-            grid_compounds[position[row["grid_id"]]].append(c)
+            grid_compounds[position[row["grid_code"]]].append(c)
         return cls(
             built_for=today,
+            generation=current,
             grid_ids=np.array([row["id"] for row in grid_rows], dtype=np.int64),
             grid_codes=np.array([row["code"] for row in grid_rows], dtype=object),
             grid_geoms=geoms,
@@ -230,7 +262,7 @@ class OwnershipIndex:
         if len(hits) == 0:
             raise self.outside(lon, lat)
         static = self.grids[int(hits[0])]
-        answer = {"point": {"lon": lon, "lat": lat}, **static}
+        answer = {"point": {"lon": lon, "lat": lat}, "generation": self.generation, **static}
         answer["compound"] = self.compound_at(int(hits[0]), lon, lat)
         answer["on_boundary"] = len(hits) > 1
         answer["also_touching"] = [self.grids[int(i)]["grid"] for i in hits[1:]]
@@ -270,7 +302,7 @@ class OwnershipIndex:
             raise NotFound(f"grid {grid_code!r} does not exist")
         static = self.grids[position]
         return {"grid": static["grid"], "town": static["town"], "grid_workers": static["grid_workers"],
-                "police": static["police"], "as_of": self.built_for.isoformat()}
+                "police": static["police"], "as_of": self.built_for.isoformat(), "generation": self.generation}
 
     def outside(self, lon: float, lat: float) -> OutsideCoverage:
         """The error for a point no grid covers, naming the nearest grid and its distance.
@@ -404,6 +436,8 @@ class OwnershipCache:
         self._index: OwnershipIndex | None = None
         self._listener = None
         self._dirty = True
+        self._past: dict[tuple[int, dt.date], OwnershipIndex] = {}
+        self._past_for: OwnershipIndex | None = None
 
     def current(self) -> OwnershipIndex:
         """The fresh index, rebuilding it first if needed (may wait for the database)."""
@@ -411,6 +445,34 @@ class OwnershipCache:
             if not self._fresh():
                 self._rebuild()
             return self._index
+
+    def as_of(self, moment: dt.datetime) -> OwnershipIndex:
+        """The index of the areas valid at an instant and the rosters of that day.
+
+        Past indexes are built on first use and kept (a few) until the current one is rebuilt:
+        a load may rewrite history (rosters carry their own dates), and it notifies."""
+        index = self.current()
+        day = generations.local_date(moment)
+        try:
+            with Session(self._engine) as session:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                number = generations.at(session, moment)
+                if number == index.generation and day == index.built_for:
+                    return index
+                with self._lock:
+                    if self._past_for is not index:
+                        self._past, self._past_for = {}, index
+                    found = self._past.get((number, day))
+                if found is None:
+                    found = OwnershipIndex.build(session, self._metric_crs, today=day, generation=number)
+                    with self._lock:
+                        if self._past_for is index:
+                            while len(self._past) >= PAST_INDEXES:
+                                self._past.pop(next(iter(self._past)))
+                            self._past[(number, day)] = found
+                return found
+        except (psycopg2.Error, DBAPIError) as exc:
+            raise DatabaseUnavailable("database unavailable; retry shortly") from exc
 
     def ready(self) -> OwnershipIndex | None:
         """The index if it is fresh and nobody is rebuilding it, else None; never waits or queries."""

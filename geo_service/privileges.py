@@ -35,6 +35,10 @@ SERVICE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "grid_worker": READ,
     "police_officer": READ,
     "grid_assignment": READ,
+    # Boundary generations and every version of every area (geo_service.generations): written
+    # by `geo-service load`, read by lookups, diffs and the area endpoints `as_of` a date.
+    "generation": READ,
+    "area_version": READ,
     # Categories, deadlines and rules come with the migrations.
     "incident_category": READ,
     # Intake inserts (intake.intake, Open311); transitions update status, version, deadline

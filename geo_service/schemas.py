@@ -149,6 +149,7 @@ class PointUsed(BaseModel):
 
 class LookupRead(BaseModel):
     point: PointUsed
+    generation: int | None = Field(description="The boundary generation answered (GET /api/v1/generations).")
     town: TownRef
     community: CommunityRef
     grid: AreaRef
@@ -198,6 +199,7 @@ class GridOwnersRead(BaseModel):
     police: list[PoliceRead]
     people_hidden: bool = Field(description="True when the grid is outside the caller's towns.")
     as_of: str = Field(description="Date (Asia/Shanghai) the roster is valid for.")
+    generation: int | None = Field(description="The boundary generation whose grid is answered.")
 
 
 class BatchRequest(BaseModel):

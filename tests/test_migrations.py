@@ -27,7 +27,7 @@ def test_upgrade_downgrade_upgrade(server_url):
             gist = connection.execute(text(
                 "SELECT count(*) FROM pg_indexes WHERE indexdef LIKE '%USING gist%'")).scalar()
         assert categories == 7
-        assert gist == 8  # county, town, community, grid, compound, station, door_plate, incident
+        assert gist == 9  # county, town, community, grid, compound, station, door_plate, incident, area_version
     finally:
         database.drop()
 

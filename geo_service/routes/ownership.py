@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from geo_service import audit, auth, batch, ownership, roles
+from geo_service import audit, auth, batch, generations, ownership, roles
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput, PayloadTooLarge
 from geo_service.routes.access import Allow, AnalystDep, AnyoneDep
@@ -29,11 +29,22 @@ from geo_service.schemas import (
 router = APIRouter(prefix="/api/v1", tags=["ownership"])
 
 
-def current_index(request: Request) -> ownership.OwnershipIndex:
-    return request.app.state.ownership.current()
+AS_OF_DOC = ("Answer as things were then: a date YYYY-MM-DD (the end of that day, China Standard Time) or an "
+             "ISO 8601 time. The boundaries of the generation valid then and the rosters of that day; "
+             "default now.")
 
 
-IndexDep = Annotated[ownership.OwnershipIndex, Depends(current_index)]
+def current_index(request: Request, as_of: str | None = None) -> ownership.OwnershipIndex:
+    if as_of is None:
+        return request.app.state.ownership.current()
+    return request.app.state.ownership.as_of(generations.parse_as_of(as_of))
+
+
+def index_as_of(request: Request, as_of: Annotated[str | None, Query(description=AS_OF_DOC)] = None):
+    return current_index(request, as_of)
+
+
+IndexDep = Annotated[ownership.OwnershipIndex, Depends(index_as_of)]
 CRS_DOC = "Input coordinate system: wgs84 (default), cgcs2000 (= WGS-84), gcj02 (Amap, Tencent) or bd09 (Baidu)."
 STATIONS_DOC = "How many nearest dispute-resolution stations to list (0-20)."
 
@@ -56,6 +67,7 @@ LOOKUP_PARAMETERS = [
      "enum": ["wgs84", "cgcs2000", "gcj02", "bd09"]}, "description": CRS_DOC},
     {"name": "stations", "in": "query", "required": False,
      "schema": {"type": "integer", "default": 3, "minimum": 0, "maximum": 20}, "description": STATIONS_DOC},
+    {"name": "as_of", "in": "query", "required": False, "schema": {"type": "string"}, "description": AS_OF_DOC},
 ]
 
 
@@ -87,7 +99,11 @@ async def _lookup_answer(request: Request, identity) -> bytes:
     crs, stations = _query_value(values, "crs", str, "wgs84"), _query_value(values, "stations", int, 3)
     # The answer comes from memory in tens of microseconds, so it is computed on the event loop;
     # only a rebuild of the index goes to the thread pool.
-    index = request.app.state.ownership.ready() or await run_in_threadpool(current_index, request)
+    as_of = values.get("as_of")
+    if as_of is not None:
+        index = await run_in_threadpool(current_index, request, as_of)
+    else:
+        index = request.app.state.ownership.ready() or await run_in_threadpool(current_index, request)
     return orjson.dumps(ownership.lookup_for(index, identity, lon, lat, crs, stations, people_log(request)))
 
 
@@ -132,7 +148,7 @@ def door_plate(session: SessionDep, index: IndexDep, identity: AnyoneDep, log: P
 
 @router.get("/grids/{code}/owners", response_model=GridOwnersRead, responses={404: {"model": ErrorRead}})
 def grid_owners(index: IndexDep, identity: AnyoneDep, log: PeopleLogDep, code: str):
-    """The grid workers and police officers serving a grid today."""
+    """The grid workers and police officers serving a grid today, or on the day `as_of` names."""
     return json_response(ownership.owners_for(index, identity, code, log))
 
 
@@ -179,7 +195,8 @@ def _kind(content_type: str, filename: str = "") -> str:
                         413: {"model": TooLargeRead}, 422: {"model": ErrorRead}})
 async def lookup_batch(request: Request,
                        identity: AnalystDep,
-                       crs: Annotated[str | None, Query(description=CRS_DOC)] = None) -> Response:
+                       crs: Annotated[str | None, Query(description=CRS_DOC)] = None,
+                       as_of: Annotated[str | None, Query(description=AS_OF_DOC)] = None) -> Response:
     """Ownership for up to `GEO_BATCH_MAX_POINTS` (100,000) points in one request."""
     settings = request.app.state.settings
     content_type = request.headers.get("content-type", "")
@@ -191,7 +208,7 @@ async def lookup_batch(request: Request,
         kind, body = _kind(upload.content_type or "", upload.filename or ""), await upload.read()
     else:
         kind, body = _kind(content_type), await _read_limited(request, settings.batch_max_bytes)
-    index = await run_in_threadpool(current_index, request)
+    index = await run_in_threadpool(current_index, request, as_of)
     # Parsed and located before the answer starts (so errors are still 413 or 422); then
     # streamed, each chunk encoded in a worker thread as it is sent (and compressed, by
     # routes/compression.py, when the client accepts it).
