@@ -5,25 +5,30 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from geo_service import generations
 from geo_service.errors import NotFound
 
+# Every answer reads the versions of the areas valid at one generation (generations.py): the
+# current one by default, or the one valid `as_of` a time.
+AT = "FROM area_version AS {a} WHERE {a}.layer = '{layer}' AND " + \
+    "{a}.generation_low <= :generation AND ({a}.generation_high IS NULL OR {a}.generation_high >= :generation)"
 # Lists are assembled as JSON inside PostGIS (ST_AsGeoJSON + json_agg): one round trip and
 # no per-row Python, which matters for the geometry variants.
 LIST_SQL = {
     "towns": """
-        SELECT t.code, t.name, t.name_en, t.kind, t.geom
-        FROM town AS t
-        WHERE (:town IS NULL OR t.code = :town)
+        SELECT t.code, t.name, t.attributes ->> 'name_en' AS name_en, t.attributes ->> 'kind' AS kind, t.geom
+        """ + AT.format(a="t", layer="town") + """ AND (:town IS NULL OR t.code = :town)
     """,
     "communities": """
-        SELECT c.code, c.name, c.kind, c.no_litigation, t.code AS town_code, c.geom
-        FROM community AS c JOIN town AS t ON t.id = c.town_id
-        WHERE (:town IS NULL OR t.code = :town) AND (:community IS NULL OR c.code = :community)
+        SELECT c.code, c.name, c.attributes ->> 'kind' AS kind, (c.attributes ->> 'no_litigation')::boolean
+               AS no_litigation, c.parent_code AS town_code, c.geom
+        """ + AT.format(a="c", layer="community") + """
+          AND (:town IS NULL OR c.parent_code = :town) AND (:community IS NULL OR c.code = :community)
     """,
     "grids": """
-        SELECT g.code, g.name, a.community_code, a.town_code, g.geom
-        FROM grid AS g JOIN grid_area AS a ON a.grid_id = g.id
-        WHERE (:town IS NULL OR a.town_code = :town) AND (:community IS NULL OR a.community_code = :community)
+        SELECT g.code, g.name, g.parent_code AS community_code, left(g.parent_code, 9) AS town_code, g.geom
+        """ + AT.format(a="g", layer="grid") + """
+          AND (:town IS NULL OR left(g.parent_code, 9) = :town) AND (:community IS NULL OR g.parent_code = :community)
     """,
 }
 PLAIN = "SELECT coalesce(json_agg(to_jsonb(r) - 'geom' ORDER BY r.code), '[]') FROM ({query}) AS r"
@@ -35,8 +40,8 @@ SELECT json_build_object('type', 'FeatureCollection', 'features', coalesce(json_
 FROM ({query}) AS r
 """
 EXISTS_SQL = {
-    "town": text("SELECT 1 FROM town WHERE code = :code"),
-    "community": text("SELECT 1 FROM community WHERE code = :code"),
+    "town": text("SELECT 1 " + AT.format(a="v", layer="town") + " AND v.code = :code"),
+    "community": text("SELECT 1 " + AT.format(a="v", layer="community") + " AND v.code = :code"),
 }
 GRID_SQL = text("""
 SELECT json_build_object(
@@ -44,30 +49,41 @@ SELECT json_build_object(
     'geometry', ST_AsGeoJSON(g.geom, 7)::json,
     'properties', json_build_object(
         'code', g.code, 'name', g.name,
-        'community', json_build_object('code', a.community_code, 'name', a.community_name),
-        'town', json_build_object('code', a.town_code, 'name', a.town_name),
-        'area_km2', round((ST_Area(ST_Transform(g.geom, :metric_srid)) / 1e6)::numeric, 4)))
-FROM grid AS g JOIN grid_area AS a ON a.grid_id = g.id
-WHERE g.code = :code
+        'community', json_build_object('code', c.code, 'name', c.name),
+        'town', json_build_object('code', t.code, 'name', t.name),
+        'area_km2', round((ST_Area(ST_Transform(g.geom, :metric_srid)) / 1e6)::numeric, 4),
+        'generation', :generation))
+FROM (SELECT g.code, g.name, g.parent_code, g.geom """ + AT.format(a="g", layer="grid") + """ AND g.code = :code) AS g
+JOIN (SELECT c.code, c.name, c.parent_code """ + AT.format(a="c", layer="community") + """) AS c
+  ON c.code = g.parent_code
+JOIN (SELECT t.code, t.name """ + AT.format(a="t", layer="town") + """) AS t ON t.code = c.parent_code
 """)
 
 
-def _check_exists(session: Session, kind: str, code: str | None) -> None:
-    if code is not None and session.execute(EXISTS_SQL[kind], {"code": code}).first() is None:
-        raise NotFound(f"{kind} {code!r} does not exist")
+def _in_generation(generation: int | None) -> str:
+    return "" if generation is None else f" in generation {generation}"
+
+
+def _check_exists(session: Session, kind: str, code: str | None, generation: int | None) -> None:
+    if code is not None and session.execute(EXISTS_SQL[kind], {"code": code, "generation": generation}).first() is None:
+        raise NotFound(f"{kind} {code!r} does not exist{_in_generation(generation)}")
 
 
 def list_areas(session: Session, level: str, *, town: str | None = None, community: str | None = None,
-               geometry: bool = False):
-    """Codes and names of one level (a JSON list), or a GeoJSON FeatureCollection with geometry."""
-    _check_exists(session, "town", town)
-    _check_exists(session, "community", community)
+               geometry: bool = False, as_of: str | None = None):
+    """Codes and names of one level (a JSON list), or a GeoJSON FeatureCollection with geometry;
+    of the current generation or the one valid `as_of` a date or time."""
+    generation = generations.resolve(session, as_of)
+    _check_exists(session, "town", town, generation)
+    _check_exists(session, "community", community, generation)
     statement = text((GEOJSON if geometry else PLAIN).format(query=LIST_SQL[level]))
-    return session.execute(statement, {"town": town, "community": community}).scalar_one()
+    return session.execute(statement, {"town": town, "community": community, "generation": generation}).scalar_one()
 
 
-def grid_feature(session: Session, code: str, metric_srid: int) -> dict:
-    feature = session.execute(GRID_SQL, {"code": code, "metric_srid": metric_srid}).scalar_one_or_none()
+def grid_feature(session: Session, code: str, metric_srid: int, as_of: str | None = None) -> dict:
+    generation = generations.resolve(session, as_of)
+    feature = session.execute(GRID_SQL, {"code": code, "metric_srid": metric_srid,
+                                         "generation": generation}).scalar_one_or_none()
     if feature is None:
-        raise NotFound(f"grid {code!r} does not exist")
+        raise NotFound(f"grid {code!r} does not exist{_in_generation(generation)}")
     return feature

@@ -90,7 +90,12 @@ def parse_as_of(value: str) -> dt.datetime:
         moment = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidInput(f"as_of {value!r} is not a date YYYY-MM-DD or an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=LOCAL_TZ)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=LOCAL_TZ)
+    try:
+        moment.astimezone(dt.UTC).astimezone(LOCAL_TZ)
+    except OverflowError:
+        raise InvalidInput(f"as_of {value!r} is outside the years 1-9999") from None
+    return moment
 
 
 def local_date(moment: dt.datetime) -> dt.date:
@@ -127,6 +132,12 @@ def record(session: Session, dataset: str, created_by: str, valid_from: dt.datet
     return generation(session, number)
 
 
+def summary_text(changes: dict[str, dict[str, int]]) -> str:
+    """`{"grid": {"added": 2, "reshaped": 5}}` as `grid 2 added, 5 reshaped`."""
+    return "; ".join(f"{layer} " + ", ".join(f"{n} {change}" for change, n in sorted(counts.items()))
+                     for layer, counts in changes.items())
+
+
 LIST_SQL = """
 SELECT g.id, g.created_at, g.valid_from, lead(g.valid_from) OVER (ORDER BY g.id) AS valid_to,
        g.dataset, g.created_by, g.summary,
@@ -136,8 +147,13 @@ FROM generation AS g
 """
 
 
+def _iso(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
 def _present(row) -> dict:
-    return {"id": row.id, "created_at": row.created_at, "valid_from": row.valid_from, "valid_to": row.valid_to,
+    return {"id": row.id, "created_at": _iso(row.created_at), "valid_from": _iso(row.valid_from),
+            "valid_to": _iso(row.valid_to),
             "current": row.current, "dataset": row.dataset, "created_by": row.created_by,
             "changes": row.summary, "areas": row.areas}
 
@@ -154,8 +170,25 @@ def generation(session: Session, number: int) -> dict:
     return _present(row)
 
 
+def number(session: Session, value: str) -> int:
+    """A generation named in a path: its number or `current`."""
+    if value == "current":
+        found = current(session)
+        if found is None:
+            raise NotFound("no boundaries are loaded: there is no current generation")
+        return found
+    if not value.isdigit() or len(value) > 9:
+        raise InvalidInput(f"generation {value!r} is not a generation number or `current`")
+    return int(value)
+
+
 def current(session: Session) -> int | None:
     return session.scalar(text("SELECT max(id) FROM generation"))
+
+
+def resolve(session: Session, as_of: str | None) -> int | None:
+    """The generation an `as_of` parameter names: the current one when it is absent."""
+    return current(session) if as_of is None else at(session, parse_as_of(as_of))
 
 
 def at(session: Session, moment: dt.datetime) -> int:

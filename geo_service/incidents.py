@@ -106,13 +106,13 @@ INCIDENT_COLUMNS = """
     i.id, i.external_id, i.category_code AS category, i.description, i.reported_at, i.reporter_kind,
     i.door_plate_code, i.status, i.version, i.source, i.town_code, i.community_code, i.grid_code,
     i.assignee_worker_id, i.police_officer_ids, i.assignment, i.deadline_at, i.stage_started_at,
-    i.updated_at, i.closed_at, i.duplicate_of, ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat
+    i.updated_at, i.closed_at, i.duplicate_of, i.generation_id AS generation, ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat
 """
 # The names of those columns, as as_dict() reads them.
 ANSWER_COLUMNS = ("id", "external_id", "category", "description", "reported_at", "reporter_kind", "door_plate_code",
                   "status", "version", "source", "town_code", "community_code", "grid_code", "assignee_worker_id",
                   "police_officer_ids", "assignment", "deadline_at", "stage_started_at", "updated_at", "closed_at",
-                  "duplicate_of", "lon", "lat")
+                  "duplicate_of", "generation", "lon", "lat")
 INCIDENT_SQL = text(f"SELECT {INCIDENT_COLUMNS} FROM incident AS i WHERE i.id = :id")
 VISIBLE_INCIDENT_SQL = text(f"SELECT {INCIDENT_COLUMNS} FROM incident AS i WHERE i.id = :id AND "
                             + visibility.incidents("i"))

@@ -397,6 +397,8 @@ class IncidentRead(BaseModel):
     community_code: str | None
     grid_code: str | None
     grid: AreaRef | None = Field(description="The grid assigned at intake (a snapshot).")
+    generation: int | None = Field(description="The boundary generation the grid belongs to (the one current "
+                                   "at intake): GET /api/v1/grids/{grid_code}?as_of=reported_at shows it.")
     assignee: PersonRef | None = Field(description="The responsible grid worker (snapshot).")
     police: list[PersonRef] = Field(description="The police of the police–grid pair (snapshot).")
     assignment_rule: str | None = Field(description="The rule that chose the assignee.")
@@ -523,10 +525,51 @@ class GridProperties(BaseModel):
     community: AreaRef = Field(description="The community holding the grid.")
     town: AreaRef = Field(description="The town holding the grid.")
     area_km2: float = Field(description="Area in km², measured in `GEO_METRIC_CRS`.")
+    generation: int | None = Field(description="The boundary generation of this outline.")
 
 
 class GridFeature(Feature[GridProperties]):
     """One grid's outline with its community, town and area."""
+
+
+class GenerationRead(BaseModel):
+    id: int
+    created_at: str = Field(description="When the load that made it ran.")
+    valid_from: str | None = Field(description="When these boundaries took effect; null for the first "
+                                           "generation (valid since always: nothing earlier is known).")
+    valid_to: str | None = Field(description="When the next generation took over; null for the current.")
+    current: bool
+    dataset: str = Field(description="The dataset directory loaded.")
+    created_by: str
+    changes: dict[str, dict[str, int]] = Field(description="Per layer, how many areas were added, removed, "
+                                               "reshaped or changed (name, parent, attributes).")
+    areas: int = Field(description="Areas (towns, communities, grids, compounds) valid in this generation.")
+
+
+class AreaChange(BaseModel):
+    layer: Literal["town", "community", "grid", "compound"]
+    code: str
+    name: str
+    change: Literal["added", "removed", "reshaped", "changed"]
+    area_before_m2: float | None
+    area_after_m2: float | None
+    moved_m2: float = Field(description="Area gained plus area lost (added/removed: the whole area), m² in "
+                            "`GEO_METRIC_CRS`.")
+    from_codes: list[str] = Field(description="Areas of the same layer, in the older generation, that the "
+                                  "gained part (or an added area) came from.")
+    to_codes: list[str] = Field(description="Areas of the same layer, in the newer generation, that the lost "
+                                "part (or a removed area) went to.")
+    parent_before: str | None
+    parent_after: str | None
+    fields: list[str] = Field(description="Attributes that changed: name, parent_code, kind, …")
+
+
+class GenerationDiff(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    from_: int = Field(alias="from")
+    to: int
+    summary: dict[str, dict[str, int]]
+    areas: list[AreaChange]
 
 
 class StationProperties(BaseModel):

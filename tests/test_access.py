@@ -46,6 +46,8 @@ EXAMPLES = {
     ("GET", "/api/v1/communities"): {},
     ("GET", "/api/v1/grids"): {},
     ("GET", "/api/v1/grids/{code}"): {"path": f"/api/v1/grids/{G111}"},
+    ("GET", "/api/v1/generations"): {},
+    ("GET", "/api/v1/generations/{a}/diff/{b}"): {"path": "/api/v1/generations/1/diff/current"},
     ("GET", "/api/v1/auth/me"): {},
     ("GET", "/api/v1/audit"): {},
     ("POST", "/api/v1/auth/token"): None,

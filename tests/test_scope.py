@@ -351,6 +351,8 @@ SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
     ("GET", "/api/v1/communities"): NONE,
     ("GET", "/api/v1/grids"): NONE,
     ("GET", "/api/v1/grids/{code}"): NONE,
+    ("GET", "/api/v1/generations"): NONE,
+    ("GET", "/api/v1/generations/{a}/diff/{b}"): NONE,
     ("GET", "/api/v1/auth/me"): NONE,
     ("POST", "/api/v1/auth/token"): NONE,
     ("GET", "/api/v1/audit"): probe_audit,

@@ -1,17 +1,19 @@
-"""The area hierarchy: lists of towns, communities and grids; one grid's outline."""
+"""The area hierarchy: lists of towns, communities and grids; one grid's outline; generations."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from geo_service import areas, roles
+from geo_service import areas, generations, roles
 from geo_service.db import SessionDep
 from geo_service.routes.access import Allow
-from geo_service.routes.params import GEOJSON, JSON, json_response
+from geo_service.routes.params import GEOJSON, JSON, AsOf, json_response
 from geo_service.schemas import (
     CommunityCollection,
     CommunityRead,
     ErrorRead,
+    GenerationDiff,
+    GenerationRead,
     GridCollection,
     GridFeature,
     GridRead,
@@ -27,18 +29,21 @@ COMMUNITY_DOC = "Only areas in this community (12-digit code)."
 
 
 @router.get("/towns", response_model=list[TownRead] | TownCollection, responses={404: {"model": ErrorRead}})
-def list_towns(session: SessionDep, geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False) -> Response:
+def list_towns(session: SessionDep, geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False,
+               as_of: AsOf = None) -> Response:
     """Towns and the subdistrict: code, name, kind."""
-    return json_response(areas.list_areas(session, "towns", geometry=geometry), GEOJSON if geometry else JSON)
+    return json_response(areas.list_areas(session, "towns", geometry=geometry, as_of=as_of),
+                         GEOJSON if geometry else JSON)
 
 
 @router.get("/communities", response_model=list[CommunityRead] | CommunityCollection,
             responses={404: {"model": ErrorRead}})
 def list_communities(session: SessionDep,
                      town: Annotated[str | None, Query(description=TOWN_DOC)] = None,
-                     geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False) -> Response:
+                     geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False,
+                     as_of: AsOf = None) -> Response:
     """Villages and urban communities: code, name, kind, no-litigation flag, town code."""
-    return json_response(areas.list_areas(session, "communities", town=town, geometry=geometry),
+    return json_response(areas.list_areas(session, "communities", town=town, geometry=geometry, as_of=as_of),
                          GEOJSON if geometry else JSON)
 
 
@@ -46,15 +51,42 @@ def list_communities(session: SessionDep,
 def list_grids(session: SessionDep,
                town: Annotated[str | None, Query(description=TOWN_DOC)] = None,
                community: Annotated[str | None, Query(description=COMMUNITY_DOC)] = None,
-               geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False) -> Response:
+               geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False,
+               as_of: AsOf = None) -> Response:
     """Grids: code, name, community and town codes."""
-    return json_response(areas.list_areas(session, "grids", town=town, community=community, geometry=geometry),
-                         GEOJSON if geometry else JSON)
+    return json_response(areas.list_areas(session, "grids", town=town, community=community, geometry=geometry,
+                                          as_of=as_of), GEOJSON if geometry else JSON)
 
 
 @router.get("/grids/{code}", response_model=GridFeature,
             responses={200: {"content": {GEOJSON: schema_of(GridFeature)}}, 404: {"model": ErrorRead}})
-def get_grid(session: SessionDep, request: Request, code: str) -> Response:
-    """One grid as a GeoJSON Feature: outline, community, town, area in km²."""
-    feature = areas.grid_feature(session, code, request.app.state.settings.metric_srid)
+def get_grid(session: SessionDep, request: Request, code: str, as_of: AsOf = None) -> Response:
+    """One grid as a GeoJSON Feature: outline, community, town, area in km², generation."""
+    feature = areas.grid_feature(session, code, request.app.state.settings.metric_srid, as_of)
     return json_response(feature, GEOJSON)
+
+
+@router.get("/generations", response_model=list[GenerationRead], tags=["generations"])
+def list_generations(session: SessionDep) -> Response:
+    """Every boundary generation, oldest first: when it was valid and what its load changed."""
+    return json_response(generations.listing(session))
+
+
+@router.get("/generations/{a}/diff/{b}", response_model=GenerationDiff, tags=["generations"],
+            responses={200: {"content": {GEOJSON: {"schema": {"type": "object",
+                                                              "description": "GeoJSON FeatureCollection"}}}},
+                       404: {"model": ErrorRead}, 422: {"model": ErrorRead}})
+def diff_generations(session: SessionDep, request: Request,
+                     a: Annotated[str, Path(description="The older generation's number, or `current`.")],
+                     b: Annotated[str, Path(description="The newer generation's number, or `current`.")],
+                     format: Annotated[Literal["json", "geojson"], Query(
+                         description="`geojson`: a FeatureCollection whose features are the parts that "
+                                     "moved (a reshaped area) or the whole area (added, removed), for a map "
+                                     "or a GIS tool.")] = "json") -> Response:
+    """Areas added, removed, reshaped or changed between two generations, with the area moved in m²
+    and the codes the moved parts came from and went to."""
+    older, newer = generations.number(session, a), generations.number(session, b)
+    srid = request.app.state.settings.metric_srid
+    if format == "geojson":
+        return json_response(generations.diff_features(session, older, newer, srid), GEOJSON)
+    return json_response(generations.diff(session, older, newer, srid))

@@ -12,7 +12,7 @@ from geo_service import audit, auth, batch, generations, ownership, roles
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput, PayloadTooLarge
 from geo_service.routes.access import Allow, AnalystDep, AnyoneDep
-from geo_service.routes.params import JSON, json_response
+from geo_service.routes.params import AS_OF_DOC, JSON, AsOf, json_response
 from geo_service.schemas import (
     BatchFeatureCollection,
     BatchRead,
@@ -29,18 +29,13 @@ from geo_service.schemas import (
 router = APIRouter(prefix="/api/v1", tags=["ownership"])
 
 
-AS_OF_DOC = ("Answer as things were then: a date YYYY-MM-DD (the end of that day, China Standard Time) or an "
-             "ISO 8601 time. The boundaries of the generation valid then and the rosters of that day; "
-             "default now.")
-
-
 def current_index(request: Request, as_of: str | None = None) -> ownership.OwnershipIndex:
     if as_of is None:
         return request.app.state.ownership.current()
     return request.app.state.ownership.as_of(generations.parse_as_of(as_of))
 
 
-def index_as_of(request: Request, as_of: Annotated[str | None, Query(description=AS_OF_DOC)] = None):
+def index_as_of(request: Request, as_of: AsOf = None):
     return current_index(request, as_of)
 
 
@@ -196,7 +191,7 @@ def _kind(content_type: str, filename: str = "") -> str:
 async def lookup_batch(request: Request,
                        identity: AnalystDep,
                        crs: Annotated[str | None, Query(description=CRS_DOC)] = None,
-                       as_of: Annotated[str | None, Query(description=AS_OF_DOC)] = None) -> Response:
+                       as_of: AsOf = None) -> Response:
     """Ownership for up to `GEO_BATCH_MAX_POINTS` (100,000) points in one request."""
     settings = request.app.state.settings
     content_type = request.headers.get("content-type", "")

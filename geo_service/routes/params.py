@@ -17,6 +17,10 @@ JSON = "application/json"
 GEOJSON = "application/geo+json"
 
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="How many to skip (paging).")]
+AS_OF_DOC = ("Answer as things were then: a date YYYY-MM-DD (the end of that day, China Standard Time) or an "
+             "ISO 8601 time. The boundaries of the generation valid then (and the rosters of that day); "
+             "default now.")
+AsOf = Annotated[str | None, Query(max_length=40, description=AS_OF_DOC)]
 
 
 def json_response(content, media_type: str = JSON) -> Response:
