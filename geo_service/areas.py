@@ -30,6 +30,12 @@ LIST_SQL = {
         """ + AT.format(a="g", layer="grid") + """
           AND (:town IS NULL OR left(g.parent_code, 9) = :town) AND (:community IS NULL OR g.parent_code = :community)
     """,
+    "compounds": """
+        SELECT k.code, k.name, k.parent_code AS grid_code, k.geom
+        """ + AT.format(a="k", layer="compound") + """
+          AND (:town IS NULL OR left(k.parent_code, 9) = :town)
+          AND (:community IS NULL OR left(k.parent_code, 12) = :community)
+    """,
 }
 PLAIN = "SELECT coalesce(json_agg(to_jsonb(r) - 'geom' ORDER BY r.code), '[]') FROM ({query}) AS r"
 GEOJSON = """

@@ -177,8 +177,22 @@ def _warn_about_service_role(settings) -> None:
 @click.option("--if-empty", is_flag=True, help="Do nothing when the database already holds grids.")
 @click.option("--tolerance-m2", type=float, default=None,
               help="Largest gap/overlap tolerated between sibling areas (default GEO_LOAD_TOLERANCE_M2, 1 m²).")
-def load_command(directory: Path, dry_run: bool, if_empty: bool, tolerance_m2: float | None) -> None:
-    """Validate and load a dataset directory (e.g. gis_data/heshan) in one transaction."""
+@click.option("--source-crs", type=click.Choice(["gcj02", "bd09"], case_sensitive=False), default=None,
+              help="Every geo layer and CSV lon/lat is GCJ-02 (Amap, Tencent) or BD-09 (Baidu) lon/lat.")
+@click.option("--encoding", type=click.Choice(["utf-8", "gbk", "gb18030"], case_sensitive=False), default=None,
+              help="Encoding of shapefile text (over the .cpg) and CSVs (default: the .cpg, else UTF-8).")
+@click.option("--repair", is_flag=True,
+              help="Give each sliver or gap up to --repair-max-m2 to the neighbour sharing its longest edge.")
+@click.option("--repair-max-m2", type=click.FloatRange(min=0), default=50.0, show_default=True,
+              help="Largest sliver or gap --repair repairs; larger ones are refused.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every problem and repair to this GeoJSON file (also when the load is refused).")
+def load_command(directory: Path, dry_run: bool, if_empty: bool, tolerance_m2: float | None, source_crs: str | None,
+                 encoding: str | None, repair: bool, repair_max_m2: float, report_path: Path | None) -> None:
+    """Validate and load a dataset directory (e.g. gis_data/heshan) in one transaction.
+
+    What reading did to each layer (reprojection, datum, encoding) and each repair are printed as they happen.
+    """
     from geo_service import loading
 
     settings = get_settings()
@@ -189,10 +203,12 @@ def load_command(directory: Path, dry_run: bool, if_empty: bool, tolerance_m2: f
         report = loading.load(
             session, directory, dry_run=dry_run, metric_crs=settings.metric_crs,
             tolerance_m2=settings.load_tolerance_m2 if tolerance_m2 is None else tolerance_m2,
-            progress=click.echo,
+            progress=click.echo, source_crs=source_crs, encoding=encoding, repair=repair,
+            repair_max_m2=repair_max_m2, report_path=report_path,
         )
     verb = "would load" if dry_run else "loaded"
-    click.echo(f"{verb} {report.dataset} in {report.seconds:.1f} s")
+    repaired = f" with {len(report.repairs):,} repair(s)" if report.repairs else ""
+    click.echo(f"{verb} {report.dataset}{repaired} in {report.seconds:.1f} s")
 
 
 @main.command("stats")
@@ -202,6 +218,52 @@ def stats_command() -> None:
 
     with _session() as session:
         click.echo(json.dumps(stats.counts(session), ensure_ascii=False, indent=2))
+
+
+@main.group(cls=_Group)
+def generations() -> None:
+    """Boundary generations: what each load changed, and the difference between any two."""
+
+
+@generations.command("list")
+def generations_list() -> None:
+    """Every generation, oldest first: number, valid from/to, dataset and what changed."""
+    from geo_service import generations as kept
+
+    with _session() as session:
+        rows = kept.listing(session)
+    if not rows:
+        click.echo("no generations: no boundaries loaded yet")
+    for row in rows:
+        since, until = row["valid_from"] or "always", row["valid_to"] or "now"
+        click.echo(f"{row['id']:>4}{' *' if row['current'] else '  '} valid {since} .. {until}  "
+                   f"{row['areas']:,} areas  {row['dataset']}  {kept.summary_text(row['changes'])}")
+
+
+@generations.command("diff")
+@click.argument("older")
+@click.argument("newer", default="current")
+@click.option("--geojson", "geojson_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the moved parts as a GeoJSON FeatureCollection (open in QGIS).")
+def generations_diff(older: str, newer: str, geojson_path: Path | None) -> None:
+    """Areas added, removed, reshaped or changed from generation OLDER to NEWER (default current)."""
+    from geo_service import generations as kept
+
+    settings = get_settings()
+    with _session() as session:
+        a, b = kept.number(session, older), kept.number(session, newer)
+        found = kept.diff(session, a, b, settings.metric_srid)
+        if geojson_path is not None:
+            geojson_path.write_text(json.dumps(kept.diff_features(session, a, b, settings.metric_srid),
+                                               ensure_ascii=False, default=str))
+    click.echo(f"generation {a} -> {b}: " + (kept.summary_text(found["summary"]) or "no area differs"))
+    for area in found["areas"]:
+        moved = f"{area['moved_m2']:,.1f} m² moved" if area["change"] != "changed" else ", ".join(area["fields"])
+        links = (f"  from {', '.join(area['from_codes'])}" if area["from_codes"] else "") + \
+            (f"  to {', '.join(area['to_codes'])}" if area["to_codes"] else "")
+        click.echo(f"  {area['change']:<9}{area['layer']:<10}{area['code']}  {area['name']}  {moved}{links}")
+    if geojson_path is not None:
+        click.echo(f"wrote {geojson_path}")
 
 
 @main.command("serve")

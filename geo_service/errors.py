@@ -69,6 +69,10 @@ class Problem:
     lon: float | None = None
     lat: float | None = None
     area_m2: float | None = None
+    # The other areas involved (the neighbour of an overlap, the parent of a gap), for the problem report.
+    related_codes: tuple[str, ...] = ()
+    # The piece itself (a sliver or gap polygon) in lon/lat, for the problem report; None when only a point is known.
+    geometry: object = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         text = f"[{self.layer}] {self.kind}"

@@ -23,7 +23,7 @@ import shapely
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import audit, hotspots, incidents, roles, visibility
+from geo_service import audit, generations, hotspots, incidents, roles, visibility
 from geo_service.errors import Forbidden, InvalidInput, NotFound
 
 FORMATS = {  # format: (extension, media type)
@@ -43,7 +43,7 @@ SHAPEFILE_NAMES = {
     "deadline_at": "deadline", "density_km2": "dens_km2", "door_plates": "plates",
     "rate_per_1000_plates": "rate_1000", "is_rental": "rental", "grid_code": "grid_code",
     "town_code": "town_code", "category": "category", "valid_from": "valid_from",
-    "grid_worker_code": "worker",
+    "grid_worker_code": "worker", "attribution": "attributn",
 }
 
 # Raw SQL: each layer's columns, flat and export-ready (codes rather than internal ids).
@@ -60,9 +60,11 @@ LAYERS = {
     "door_plates": (roles.ANALYSTS, "SELECT d.code, d.address, d.building, d.unit, d.room, d.is_rental, "
                                     "d.town_code, d.geom "
                               "FROM door_plate AS d WHERE " + visibility.door_plates("d") + " ORDER BY d.code"),
+    # Attributed by report (the areas recorded at intake, of the generation then current).
     "incidents": (roles.ANALYSTS, """
         SELECT i.id, i.external_id, i.category_code AS category, i.status, i.reported_at, i.reporter_kind,
-               i.door_plate_code, i.town_code, i.community_code, i.grid_code, i.assignee_worker_id,
+               i.door_plate_code, i.town_code, i.community_code, i.grid_code, 'report' AS attribution,
+               i.generation_id AS generation, i.assignee_worker_id,
                array_to_string(i.police_officer_ids, ';') AS police_officer_ids, i.deadline_at, i.source, i.geom
         FROM incident i WHERE """ + incidents.FILTER_SQL + " ORDER BY i.id"),
     "grid_workers": (roles.ADMINS, "SELECT w.code, w.name, w.phone, w.kind, w.is_rider, w.platform, w.specialty "
@@ -70,12 +72,24 @@ LAYERS = {
     "police_officers": (roles.ADMINS, "SELECT p.code, p.name, p.phone, p.unit, p.kind FROM police_officer AS p "
                                     "WHERE " + visibility.police_officers("p") + " ORDER BY p.code"),
     "grid_assignments": (roles.ADMINS, """
-        SELECT g.code AS grid_code, a.role, coalesce(w.code, p.code) AS person_code, a.valid_from, a.valid_to
-        FROM grid_assignment a JOIN grid g ON g.id = a.grid_id
+        SELECT a.grid_code, a.role, coalesce(w.code, p.code) AS person_code, a.valid_from, a.valid_to
+        FROM grid_assignment a
         LEFT JOIN grid_worker w ON w.id = a.grid_worker_id LEFT JOIN police_officer p ON p.id = a.police_officer_id
         WHERE """ + visibility.grid_assignments("a") + """
-        ORDER BY g.code, a.role, person_code"""),
+        ORDER BY a.grid_code, a.role, person_code, a.valid_from"""),
 }
+# Incidents re-attributed by location to the areas of generation :generation (the ownership
+# rule: the covering grid with the lowest code), for attribution=location.
+INCIDENTS_BY_LOCATION_SQL = """
+    SELECT i.id, i.external_id, i.category_code AS category, i.status, i.reported_at, i.reporter_kind,
+           i.door_plate_code, left(own.community_code, 9) AS town_code, own.community_code, own.grid_code,
+           'location' AS attribution, CAST(:generation AS integer) AS generation, i.assignee_worker_id,
+           array_to_string(i.police_officer_ids, ';') AS police_officer_ids, i.deadline_at, i.source, i.geom
+    FROM incident i
+    LEFT JOIN LATERAL (SELECT v.code AS grid_code, v.parent_code AS community_code FROM area_version AS v
+                       WHERE v.layer = 'grid' AND """ + generations.VALID_AT + """ AND ST_Covers(v.geom, i.geom)
+                       ORDER BY v.code LIMIT 1) AS own ON true
+    WHERE """ + incidents.FILTER_SQL + " ORDER BY i.id"
 
 
 def allowed_roles(layer: str) -> tuple[str, ...]:
@@ -96,11 +110,14 @@ class Export:
 
 
 def read_layer(session: Session, layer: str, identity, filters: incidents.IncidentFilter | None = None,
-               progress: Callable[[int, int], None] = lambda done, total: None) -> gpd.GeoDataFrame | pd.DataFrame:
+               progress: Callable[[int, int], None] = lambda done, total: None,
+               attribution: dict | None = None) -> gpd.GeoDataFrame | pd.DataFrame:
     """What the caller may see of the layer as a (Geo)DataFrame in EPSG:4326, read in chunks
-    (progress(done, total))."""
+    (progress(done, total)); incidents attributed as `attribution` says (by report by default)."""
     sql = LAYERS[layer][1]
     params = (filters or incidents.IncidentFilter()).params(identity)
+    if layer == "incidents" and attribution is not None and attribution["by"] == "location":
+        sql, params = INCIDENTS_BY_LOCATION_SQL, {**params, "generation": attribution["generation"]}
     total = session.execute(text(f"SELECT count(*) FROM ({sql}) AS layer"), params).scalar_one()
     result = session.execute(text(sql).execution_options(stream_results=True), params)  # a server-side cursor
     columns = list(result.keys())
@@ -170,7 +187,8 @@ def _text_friendly(frame, fmt: str):
 
 
 def export(session: Session, layer: str, fmt: str, identity, filters: incidents.IncidentFilter | None = None,
-           hotspot_layer: dict | None = None, progress=lambda done, total: None) -> Export:
+           hotspot_layer: dict | None = None, progress=lambda done, total: None,
+           attribution: dict | None = None) -> Export:
     """Write what the caller may see of a layer to a temporary file (identity None: the CLI).
     `hotspots` is the given layer, or else the newest saved one the caller may see."""
     roles = allowed_roles(layer)
@@ -187,7 +205,7 @@ def export(session: Session, layer: str, fmt: str, identity, filters: incidents.
                            "POST /api/v1/hotspots/saved (or compute one with GET /api/v1/hotspots?format=...)")
         frame = gpd.GeoDataFrame.from_features(hotspot_layer["features"], crs="EPSG:4326")
     else:
-        frame = read_layer(session, layer, identity, filters, progress)
+        frame = read_layer(session, layer, identity, filters, progress, attribution)
     directory = Path(tempfile.mkdtemp(prefix="geo_export_"))
     try:
         path = write(frame, fmt, layer, directory)
@@ -200,10 +218,12 @@ def export(session: Session, layer: str, fmt: str, identity, filters: incidents.
 
 
 def export_for(session: Session, identity, actor: audit.Actor, layer: str, fmt: str,
-               filters: incidents.IncidentFilter | None, address: str | None = None) -> Export:
+               filters: incidents.IncidentFilter | None, address: str | None = None,
+               attribution: dict | None = None) -> Export:
     """An export over HTTP: written, then audited (who took which layer, how many rows)."""
-    result = export(session, layer, fmt, identity, filters)
-    audit.record(session, actor, "export", "layer", layer, address=address, detail={"format": fmt, "rows": result.rows})
+    result = export(session, layer, fmt, identity, filters, attribution=attribution)
+    audit.record(session, actor, "export", "layer", layer, address=address,
+                 detail={"format": fmt, "rows": result.rows, "attribution": attribution})
     session.commit()
     return result
 

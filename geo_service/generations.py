@@ -112,7 +112,7 @@ def record(session: Session, dataset: str, created_by: str, valid_from: dt.datet
     if not counts:
         return None
     previous = session.execute(text("SELECT id, valid_from FROM generation ORDER BY id DESC LIMIT 1")).first()
-    number = 1 if previous is None else previous.id + 1
+    new_id = 1 if previous is None else previous.id + 1
     if previous is not None:
         valid_from = valid_from or dt.datetime.now(dt.UTC)
         if previous.valid_from is not None and valid_from <= previous.valid_from:
@@ -124,12 +124,12 @@ def record(session: Session, dataset: str, created_by: str, valid_from: dt.datet
     session.execute(text("""
         INSERT INTO generation (id, valid_from, dataset, created_by, summary)
         VALUES (:id, :valid_from, :dataset, :created_by, CAST(:summary AS jsonb))
-    """), {"id": number, "valid_from": valid_from, "dataset": dataset, "created_by": created_by,
+    """), {"id": new_id, "valid_from": valid_from, "dataset": dataset, "created_by": created_by,
            "summary": json.dumps(summary, sort_keys=True)})
     if previous is not None:
         session.execute(CLOSE_SQL, {"previous": previous.id})
-    session.execute(OPEN_SQL, {"generation": number})
-    return generation(session, number)
+    session.execute(OPEN_SQL, {"generation": new_id})
+    return get(session, new_id)
 
 
 def summary_text(changes: dict[str, dict[str, int]]) -> str:
@@ -163,10 +163,10 @@ def listing(session: Session) -> list[dict]:
     return [_present(row) for row in session.execute(text(LIST_SQL + " ORDER BY g.id"))]
 
 
-def generation(session: Session, number: int) -> dict:
-    row = session.execute(text("SELECT * FROM (" + LIST_SQL + ") AS x WHERE x.id = :id"), {"id": number}).first()
+def get(session: Session, wanted: int) -> dict:
+    row = session.execute(text("SELECT * FROM (" + LIST_SQL + ") AS x WHERE x.id = :id"), {"id": wanted}).first()
     if row is None:
-        raise NotFound(f"generation {number} does not exist")
+        raise NotFound(f"generation {wanted} does not exist")
     return _present(row)
 
 
@@ -193,15 +193,36 @@ def resolve(session: Session, as_of: str | None) -> int | None:
 
 def at(session: Session, moment: dt.datetime) -> int:
     """The generation valid at an instant."""
-    number = session.scalar(text("SELECT max(id) FROM generation WHERE valid_from IS NULL OR valid_from <= :at"),
-                            {"at": moment})
-    if number is None:
+    found = session.scalar(text("SELECT max(id) FROM generation WHERE valid_from IS NULL OR valid_from <= :at"),
+                           {"at": moment})
+    if found is None:
         first = session.execute(text("SELECT valid_from FROM generation ORDER BY id LIMIT 1")).first()
         if first is None:
             raise NotFound("no boundaries are loaded")
         raise NotFound(f"no boundaries are known at {moment.isoformat()}: the first generation is valid "
                        f"from {first.valid_from.isoformat()}")
-    return number
+    return found
+
+
+# ---------------------------------------------------------------------------- attribution
+
+ATTRIBUTIONS = ("report", "location")
+
+
+def attribution(session: Session, by: str = "report", generation: str | None = None) -> dict:
+    """How analyses attribute incidents to areas: `report`, by the areas recorded when each was
+    reported (the assignment snapshot; areas redrawn since keep their history under their old
+    codes), or `location`, re-attributed by where each lies to the areas of one generation
+    (default the current one), so a redrawn county's history counts in its new areas."""
+    if by not in ATTRIBUTIONS:
+        raise InvalidInput(f"attribution {by!r} is not one of {', '.join(ATTRIBUTIONS)}")
+    if by == "report":
+        if generation is not None:
+            raise InvalidInput(f"generation {generation!r} applies only to attribution=location")
+        return {"by": "report", "generation": None}
+    chosen = number(session, generation or "current")
+    get(session, chosen)  # NotFound names a generation that does not exist
+    return {"by": "location", "generation": chosen}
 
 
 # ---------------------------------------------------------------------------- diff
@@ -270,8 +291,8 @@ def _changed_fields(row) -> list[str]:
 def diff(session: Session, a: int, b: int, metric_srid: int, with_geometry: bool = False) -> dict:
     """The areas added, removed, reshaped or changed (name, parent, attributes) from generation a
     to b, with the area moved in m² and the codes the moved parts came from and went to."""
-    for number in (a, b):
-        generation(session, number)  # NotFound names the missing one
+    for wanted in (a, b):
+        get(session, wanted)  # NotFound names the missing one
     rows = session.execute(DIFF_SQL, {"a": a, "b": b, "srid": metric_srid, "min_m2": MIN_MOVED_M2,
                                       "geometry": with_geometry}).all()
     areas = []

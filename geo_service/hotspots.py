@@ -3,7 +3,10 @@
 Units: grids (default), communities, towns, or regular hexagons / squares of `size_m` metres
 (PostGIS ST_HexagonGrid / ST_SquareGrid in GEO_METRIC_CRS, kept where they meet the county).
 Incidents are counted per area unit by the unit recorded at intake (the assignment snapshot,
-itself ST_Covers of the point), and per hexagon or square by ST_Covers of the point. A report
+itself ST_Covers of the point; `attribution=report`, the default) or re-attributed by location
+to the units of a chosen boundary generation (`attribution=location`, by the ownership rule),
+and per hexagon or square by ST_Covers of the point. The layer's metadata says which, and how
+many incidents no unit holds (reported in areas since removed). A report
 merged into its primary as a duplicate is not counted (the group counts once, as its primary),
 in the density neither.
 
@@ -33,7 +36,7 @@ from scipy import sparse, stats
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import audit, geometry, incidents, models, visibility
+from geo_service import audit, generations, geometry, incidents, models, visibility
 from geo_service.errors import InvalidInput
 
 UNITS = ("grid", "community", "town", "hex", "square")
@@ -52,6 +55,13 @@ AREA_UNITS_SQL = {
     "town": "SELECT t.code, t.name, ST_AsBinary(t.geom) AS wkb, t.code AS town FROM town t WHERE "
             + visibility.towns("t.code") + " ORDER BY t.code",
 }
+# The same units as a generation drew them (attribution by location, generations.py).
+AREA_UNITS_AT_SQL = {
+    layer: "SELECT v.code, v.name, ST_AsBinary(v.geom) AS wkb, " + town + " AS town FROM area_version AS v "
+           f"WHERE v.layer = '{layer}' AND " + generations.VALID_AT + " AND " + visibility.towns(town)
+           + " ORDER BY v.code"
+    for layer, town in (("grid", "left(v.parent_code, 9)"), ("community", "v.parent_code"), ("town", "v.code"))
+}
 CELLS_SQL = """
 WITH county AS (SELECT ST_Transform(ST_Union(t.geom), :srid) AS geom FROM town AS t
                 WHERE """ + visibility.towns("t.code") + """),
@@ -68,6 +78,17 @@ CELL_COUNTS_SQL = ("""
 SELECT c.ord, count(i.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS c(wkb, ord)
 JOIN incident i ON ST_Covers(ST_GeomFromWKB(c.wkb, 4326), i.geom) WHERE """ + incidents.COUNTED_SQL + " AND "
                    + incidents.FILTER_SQL + " GROUP BY 1")
+# By location to area units: each incident to the one unit owning its point by the ownership
+# rule (covering it, boundary included; on a shared edge the lowest code, = the lowest ordinal).
+LOCATED_COUNTS_SQL = ("""
+SELECT owned.ord, count(*) FROM (
+    SELECT DISTINCT ON (i.id) c.ord
+    FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS c(wkb, ord)
+    JOIN incident i ON ST_Covers(ST_GeomFromWKB(c.wkb, 4326), i.geom)
+    WHERE """ + incidents.COUNTED_SQL + " AND " + incidents.FILTER_SQL + """
+    ORDER BY i.id, c.ord
+) AS owned GROUP BY 1""")
+COUNTED_TOTAL_SQL = "SELECT count(*) FROM incident i WHERE " + incidents.COUNTED_SQL + " AND " + incidents.FILTER_SQL
 PLATES_SQL = """
 SELECT u.ord, count(d.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS u(wkb, ord)
 JOIN door_plate d ON ST_Covers(ST_GeomFromWKB(u.wkb, 4326), d.geom) WHERE """ + visibility.door_plates("d") + """
@@ -93,11 +114,12 @@ class Layer:
     filters: dict
     computed_at: str
     towns: list[str] | None = None  # the caller's towns it was computed over; None: the county
+    attribution: dict | None = None  # {"by", "generation", "unattributed"}: how incidents met units
 
     def metadata(self) -> dict:
         return {"unit": self.unit, "size_m": self.size_m, "method": "gistar", "weights": self.weights,
                 "fdr": self.fdr, "filters": self.filters, "within_towns": self.towns, "units": len(self.codes),
-                "incidents": int(self.counts.sum()), "computed_at": self.computed_at,
+                "incidents": int(self.counts.sum()), "attribution": self.attribution, "computed_at": self.computed_at,
                 "bins": {"3": "hot spot, 99 %", "2": "hot spot, 95 %", "1": "hot spot, 90 %", "0": "not significant",
                          "-1": "cold spot, 90 %", "-2": "cold spot, 95 %", "-3": "cold spot, 99 %"}}
 
@@ -172,8 +194,10 @@ def distance_band(centres: np.ndarray, threshold: float) -> sparse.csr_matrix:
 # --------------------------------------------------------------------------- the layer
 
 
-def _units(session: Session, unit: str, size_m: float | None, srid: int, identity) -> list:
+def _units(session: Session, unit: str, size_m: float | None, srid: int, identity, generation: int | None) -> list:
     scope = visibility.params(identity)
+    if unit in AREA_UNITS_SQL and generation is not None:
+        return session.execute(text(AREA_UNITS_AT_SQL[unit]), {"generation": generation, **scope}).mappings().all()
     if unit in AREA_UNITS_SQL:
         return session.execute(text(AREA_UNITS_SQL[unit]), scope).mappings().all()
     if size_m is None or not MIN_CELL_M <= size_m <= MAX_CELL_M:
@@ -184,15 +208,21 @@ def _units(session: Session, unit: str, size_m: float | None, srid: int, identit
 
 
 def compute(session: Session, identity, unit: str = "grid", *, size_m: float | None = None,
-            filters: incidents.IncidentFilter | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547") -> Layer:
+            filters: incidents.IncidentFilter | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547",
+            attribution: dict | None = None) -> Layer:
     """Counts, areas, door plates and Gi* per unit, in unit code order, over what `identity`
-    may see (None: everything)."""
+    may see (None: everything). Area units count incidents by `attribution`
+    (generations.attribution: by the areas at report time, the default, or by location in the
+    areas of a generation); cells always by location."""
     if unit not in UNITS:
         raise InvalidInput(f"unit {unit!r} is not one of {', '.join(UNITS)}")
     filters = filters or incidents.IncidentFilter()
     filters.check()
+    attribution = attribution or {"by": "report", "generation": None}
+    if unit not in AREA_UNITS_SQL:
+        attribution = {"by": "location", "generation": None}
     srid = int(metric_crs.rsplit(":", 1)[1])
-    rows = _units(session, unit, size_m, srid, identity)
+    rows = _units(session, unit, size_m, srid, identity, attribution["generation"])
     if not rows:
         raise InvalidInput("no units to analyse: load the areas first")
     codes = [r["code"] for r in rows]
@@ -200,16 +230,22 @@ def compute(session: Session, identity, unit: str = "grid", *, size_m: float | N
     geoms = shapely.from_wkb(wkbs)
     position = {code: i for i, code in enumerate(codes)}
     counts = np.zeros(len(codes))
-    if unit in AREA_UNITS_SQL:
+    if attribution["by"] == "report":
         column = {"grid": "grid_code", "community": "community_code", "town": "town_code"}[unit]
         for code, count in session.execute(text(AREA_COUNTS_SQL.format(column=column)),
                                            filters.params(identity)).all():
             if code in position:
                 counts[position[code]] = count
     else:
-        for ordinal, count in session.execute(text(CELL_COUNTS_SQL),
-                                              {**filters.params(identity), "wkbs": wkbs}).all():
+        located = LOCATED_COUNTS_SQL if unit in AREA_UNITS_SQL else CELL_COUNTS_SQL
+        for ordinal, count in session.execute(text(located), {**filters.params(identity), "wkbs": wkbs}).all():
             counts[ordinal - 1] = count
+    # What the units could not hold: reports in areas since removed (by report), or outside
+    # every unit; a cell count holds a point on a shared edge twice, so it is not compared.
+    unattributed = None
+    if unit in AREA_UNITS_SQL:
+        unattributed = int(session.execute(text(COUNTED_TOTAL_SQL), filters.params(identity)).scalar_one()
+                           - counts.sum())
     plates = np.zeros(len(codes))
     for ordinal, count in session.execute(text(PLATES_SQL), {"wkbs": wkbs, **visibility.params(identity)}).all():
         plates[ordinal - 1] = count
@@ -225,7 +261,8 @@ def compute(session: Session, identity, unit: str = "grid", *, size_m: float | N
     return Layer(unit=unit, size_m=size_m, codes=codes, names=[r["name"] for r in rows], geoms=geoms, counts=counts,
                  area_km2=shapely.area(metric) / 1e6, door_plates=plates, z=z, p=p,
                  bins=confidence_bins(z, p, fdr), weights=described, fdr=fdr, filters=filters.describe(),
-                 computed_at=dt.datetime.now(dt.UTC).isoformat(), towns=visibility.params(identity)["vis_towns"])
+                 computed_at=dt.datetime.now(dt.UTC).isoformat(), towns=visibility.params(identity)["vis_towns"],
+                 attribution={**attribution, "unattributed": unattributed})
 
 
 # --------------------------------------------------------------------------- kernel density
@@ -343,7 +380,8 @@ def save(session: Session, layer: Layer, name: str, computed_by: str | None) -> 
     """Keep a computed layer under a name for others: the OGC API's `hotspots` collection and
     the `hotspots` export serve the newest one each caller may see. Does not commit."""
     run = models.HotspotRun(computed_by=computed_by, name=name, towns=layer.towns, layer=layer.geojson(),
-                            params={"unit": layer.unit, "size_m": layer.size_m, "fdr": layer.fdr, **layer.filters})
+                            params={"unit": layer.unit, "size_m": layer.size_m, "fdr": layer.fdr, **layer.filters,
+                                    "attribution": layer.attribution})
     session.add(run)
     session.flush()
     return run
@@ -351,9 +389,10 @@ def save(session: Session, layer: Layer, name: str, computed_by: str | None) -> 
 
 def publish(session: Session, identity, actor: audit.Actor, name: str, unit: str, *, size_m: float | None = None,
             filters: incidents.IncidentFilter | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547",
-            address: str | None = None) -> dict:
+            address: str | None = None, attribution: dict | None = None) -> dict:
     """Compute a layer over what the caller may see, save it under `name` and audit it; commits."""
-    layer = compute(session, identity, unit, size_m=size_m, filters=filters, fdr=fdr, metric_crs=metric_crs)
+    layer = compute(session, identity, unit, size_m=size_m, filters=filters, fdr=fdr, metric_crs=metric_crs,
+                    attribution=attribution)
     run = save(session, layer, name.strip(), actor.name)
     audit.record(session, actor, "hotspots.save", "hotspot_run", run.id, address=address,
                  detail={"name": run.name, **run.params})

@@ -6,10 +6,12 @@ A dataset is a directory of layers, one file each, named by layer:
     door_plates, incidents                                  .csv (lon, lat columns) or a geo file
     grid_workers, police_officers, grid_assignments          .csv
 
-towns, communities and grids are required; every other layer is optional. Geo files must
-be lon/lat EPSG:4326 (CGCS2000, EPSG:4490, is accepted as equal). Everything is validated
-before anything is written, and the whole load is one transaction: either the dataset is
-loaded completely or nothing changes.
+towns, communities and grids are required; every other layer is optional. Geo files may be
+in any CRS pyproj can transform, GCJ-02/BD-09 lon/lat when declared, with shapefile text in
+GBK or GB18030: `geo_service.sources` reads them into lon/lat EPSG:4326 and notes what it
+did. On request slivers and gaps up to a limit are repaired first (`geo_service.repair`).
+Everything is validated before anything is written, and the whole load is one transaction:
+either the dataset is loaded completely or nothing changes.
 
 A present layer replaces what the database holds for it: rows are matched by code,
 inserted, updated or deleted, so loading the same data twice leaves the same state.
@@ -35,13 +37,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from geo_service import audit, generations, geometry, incident_import, models, ownership
-from geo_service.errors import DatasetInvalid, NotFound, Problem
+from geo_service import audit, generations, geometry, incident_import, models, ownership, sources
+from geo_service.errors import DatasetInvalid, InvalidInput, NotFound, Problem
+from geo_service.repair import SINGULAR, repair_slivers, sliver_area_m2, write_report
 
 Progress = Callable[[str], None]
 
 GEO_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb")
-ACCEPTED_EPSG = {4326, 4490}
 AREA_LAYERS = ("county", "towns", "communities", "grids", "compounds")
 REQUIRED_LAYERS = ("towns", "communities", "grids")
 
@@ -110,6 +112,7 @@ FALSE_WORDS = {"false", "f", "0", "no", "n", ""}
 class Dataset:
     path: Path
     layers: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what reading did: reprojections, encodings
 
     def __contains__(self, layer: str) -> bool:
         return layer in self.layers
@@ -134,6 +137,8 @@ class LoadReport:
     changes: dict[str, LayerChange] = field(default_factory=dict)
     valid_from: dt.datetime | None = None  # when changed boundaries take effect (default: the load's time)
     generation: dict | None = None  # the generation the load started, None when no area changed
+    source_notes: list[str] = field(default_factory=list)  # one line per conversion reading did
+    repairs: list[Problem] = field(default_factory=list)  # slivers and gaps repaired (--repair)
 
 
 # --------------------------------------------------------------------------- reading
@@ -147,40 +152,16 @@ def _find_layer_file(directory: Path, layer: str) -> Path | None:
     return None
 
 
-def _read_table(path: Path, layer: str, problems: list[Problem]) -> pd.DataFrame | None:
-    if path.suffix == ".csv":
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-        if {"lon", "lat"} <= set(frame.columns):
-            lon = pd.to_numeric(frame["lon"], errors="coerce")
-            lat = pd.to_numeric(frame["lat"], errors="coerce")
-            bad = lon.isna() | lat.isna()
-            for index in np.flatnonzero(bad.to_numpy()):
-                problems.append(Problem(layer, "bad coordinate", f"row {index + 2}: lon "
-                                        f"{frame['lon'].iloc[index]!r}, lat {frame['lat'].iloc[index]!r} "
-                                        "are not numbers", code=_row_code(frame, index)))
-            frame = gpd.GeoDataFrame(
-                frame.drop(columns=["lon", "lat"]),
-                geometry=gpd.points_from_xy(lon.fillna(0), lat.fillna(0)),
-                crs="EPSG:4326",
-            )
-            frame.loc[bad.to_numpy(), "geometry"] = None
+def _read_table(path: Path, layer: str, problems: list[Problem], notes: list[str], source_crs: str | None,
+                encoding: str | None) -> pd.DataFrame | None:
+    frame = sources.read_layer(path, layer, problems, notes, source_crs=source_crs, encoding=encoding)
+    if frame is None or path.suffix.lower() == ".csv":
         return frame
-    frame = gpd.read_file(path)
     frame = frame.rename(columns={k: v for k, v in SHAPEFILE_ALIASES.items() if k in frame.columns})
-    if frame.crs is None:
-        problems.append(Problem(layer, "missing CRS", f"{path.name} declares no coordinate "
-                                "reference system; expected EPSG:4326 (lon/lat)"))
-        return None
-    epsg = frame.crs.to_epsg()
-    if epsg not in ACCEPTED_EPSG:
-        problems.append(Problem(layer, "wrong CRS", f"{path.name} is in {frame.crs.to_string()}; "
-                                "expected EPSG:4326 lon/lat (reproject with "
-                                f"`ogr2ogr -t_srs EPSG:4326 {path.stem}.geojson {path.name}`)"))
-        return None
     for column in frame.columns:
         if column != "geometry":
             frame[column] = frame[column].map(_as_text)
-    return frame.set_crs("EPSG:4326", allow_override=True)
+    return frame
 
 
 def _as_text(value) -> str:
@@ -200,7 +181,23 @@ def _row_code(frame: pd.DataFrame, index: int) -> str | None:
     return None
 
 
-def read_dataset(directory: Path, progress: Progress = print) -> tuple[Dataset, list[Problem]]:
+def _seats_to_wgs84(towns: pd.DataFrame, source_crs: str) -> str:
+    """Town seats are lon/lat attributes: in a GCJ-02/BD-09 dataset they are in that datum too."""
+    lon = pd.to_numeric(towns["seat_lon"], errors="coerce")
+    lat = pd.to_numeric(towns["seat_lat"], errors="coerce")
+    known = (lon.notna() & lat.notna()).to_numpy()
+    if known.any():
+        x, y = geometry.to_wgs84(lon[known].to_numpy(), lat[known].to_numpy(), geometry.InputCRS(source_crs))
+        towns.loc[known, "seat_lon"] = [repr(float(v)) for v in x]
+        towns.loc[known, "seat_lat"] = [repr(float(v)) for v in y]
+    return (f"towns: {int(known.sum())} seat_lon/seat_lat converted from {sources.SOURCE_DATUMS[source_crs]} "
+            "to WGS 84")
+
+
+def read_dataset(directory: Path, progress: Progress = print, *, source_crs: str | None = None,
+                 encoding: str | None = None) -> tuple[Dataset, list[Problem]]:
+    """Every layer of `directory` in lon/lat EPSG:4326 (see geo_service.sources for `source_crs`,
+    GCJ-02/BD-09, and `encoding`), and the problems that kept any from being read."""
     directory = Path(directory)
     if not directory.is_dir():
         raise NotFound(f"dataset directory {str(directory)!r} does not exist")
@@ -214,7 +211,11 @@ def read_dataset(directory: Path, progress: Progress = print) -> tuple[Dataset, 
                                         f"in {directory}"))
             continue
         started = time.perf_counter()
-        frame = _read_table(path, layer, problems)
+        notes: list[str] = []
+        frame = _read_table(path, layer, problems, notes, source_crs, encoding)
+        for note in notes:
+            progress(note)
+        dataset.notes += notes
         if frame is None:
             continue
         frame = frame.reset_index(drop=True)
@@ -229,6 +230,9 @@ def read_dataset(directory: Path, progress: Progress = print) -> tuple[Dataset, 
         for column in frame.columns:
             if column != "geometry":
                 frame[column] = frame[column].astype(str).str.strip()
+        if layer == "towns" and source_crs:
+            dataset.notes.append(_seats_to_wgs84(frame, source_crs))
+            progress(dataset.notes[-1])
         dataset.layers[layer] = frame
         progress(f"read {layer}: {len(frame):,} rows from {path.name} "
                  f"({time.perf_counter() - started:.1f} s)")
@@ -409,10 +413,6 @@ def _reason_point(reason: str) -> tuple[float | None, float | None]:
     return None, None
 
 
-SINGULAR = {"county": "county", "towns": "town", "communities": "community", "grids": "grid",
-            "compounds": "compound"}
-
-
 class _Slivers:
     """Measures lon/lat geometries in metres.
 
@@ -425,18 +425,21 @@ class _Slivers:
         self._metric_crs = metric_crs
 
     def area_m2(self, geom) -> float:
-        if geom.is_empty:
-            return 0.0
-        return geometry.to_metric(geom, self._metric_crs).area
+        return sliver_area_m2(geom, self._metric_crs)
 
-    def report(self, problems: list[Problem], geom, tolerance_m2: float, **fields) -> None:
+    def report(self, problems: list[Problem], geom, tolerance_m2: float, related: tuple[str, ...] = (),
+               neighbours: tuple[np.ndarray, np.ndarray] | None = None, **fields) -> None:
+        """A Problem per part of `geom` above the tolerance, carrying the part for the problem report;
+        `related` codes, and those of the `neighbours` (geometries, codes) the part touches, name who is involved."""
         for part in getattr(geom, "geoms", [geom]):
             if part.is_empty or part.geom_type not in ("Polygon", "MultiPolygon"):
                 continue
             area = self.area_m2(part)
             if area > tolerance_m2:
                 point = part.representative_point()
-                problems.append(Problem(**fields, area_m2=area, lon=point.x, lat=point.y))
+                touching = () if neighbours is None else tuple(neighbours[1][shapely.intersects(neighbours[0], part)])
+                problems.append(Problem(**fields, area_m2=area, lon=point.x, lat=point.y,
+                                        related_codes=(*related, *touching), geometry=part))
 
 
 def _check_coverage(dataset: Dataset, problems: list[Problem], tolerance_m2: float, metric_crs: str) -> None:
@@ -452,7 +455,7 @@ def _check_coverage(dataset: Dataset, problems: list[Problem], tolerance_m2: flo
         for i, j in zip(left[pairs], right[pairs]):
             overlap = shapely.intersection(geoms[layer][i], geoms[layer][j])
             slivers.report(problems, overlap, tolerance_m2, layer=layer, kind="overlap",
-                           message=f"overlaps {codes[j]}", code=codes[i])
+                           message=f"overlaps {codes[j]}", code=codes[i], related=(codes[j],))
     levels = [("towns", "county", None), ("communities", "towns", "town_code"),
               ("grids", "communities", "community_code")]
     for child, parent, column in levels:
@@ -462,7 +465,8 @@ def _check_coverage(dataset: Dataset, problems: list[Problem], tolerance_m2: flo
             mask = slice(None) if column is None else (dataset[child][column] == parent_code).to_numpy()
             gap = shapely.difference(parent_geom, shapely.union_all(geoms[child][mask]))
             slivers.report(problems, gap, tolerance_m2, layer=child, kind="gap", code=parent_code,
-                           message=f"part of {SINGULAR[parent]} {parent_code} is covered by none of its {child}")
+                           message=f"part of {SINGULAR[parent]} {parent_code} is covered by none of its {child}",
+                           neighbours=(geoms[child][mask], dataset[child]["code"].to_numpy()[mask]))
     containment = [("towns", "county", None), ("communities", "towns", "town_code"),
                    ("grids", "communities", "community_code"), ("compounds", "grids", "grid_code")]
     for child, parent, column in containment:
@@ -480,7 +484,7 @@ def _check_coverage(dataset: Dataset, problems: list[Problem], tolerance_m2: flo
             where = SINGULAR[parent] + (f" {parent_code}" if parent_code else " outline")
             slivers.report(problems, shapely.difference(geom, parents[parent_code]), tolerance_m2,
                            layer=child, kind=f"outside its {SINGULAR[parent]}", code=code,
-                           message=f"reaches outside {where}")
+                           message=f"reaches outside {where}", related=(parent_code,) if parent_code else ())
 
 
 def _coverage_geometry(dataset: Dataset):
@@ -530,6 +534,14 @@ def validate(dataset: Dataset, *, categories: Iterable[str], tolerance_m2: float
         _check_points(dataset, problems)
         progress(f"checked coverage, nesting and points ({time.perf_counter() - started:.1f} s)")
     return problems
+
+
+def _write_problem_report(path: Path | None, refused: list[Problem], repaired: list[Problem],
+                          progress: Progress) -> None:
+    if path is not None:
+        count = write_report(path, refused, repaired)
+        progress(f"problem report: {len(refused):,} problem(s) and {len(repaired):,} repair(s) "
+                 f"({count:,} features) written to {path}")
 
 
 # --------------------------------------------------------------------------- writing
@@ -658,11 +670,11 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
     # Areas or plates changed: each plate's town follows the ownership rule again.
     session.execute(DOOR_PLATE_TOWNS_SQL)
     started = time.perf_counter()
-    report.generation = generations.record(session, str(dataset.path), f"{actor.kind}:{actor.name}",
+    report.generation = generations.record(session, dataset.path.name, f"{actor.kind}:{actor.name}",
                                            report.valid_from)
     progress("boundaries unchanged: no new generation" if report.generation is None else
              f"boundaries changed: generation {report.generation['id']} "
-             f"({_summary_text(report.generation['changes'])}; {time.perf_counter() - started:.1f} s)")
+             f"({generations.summary_text(report.generation['changes'])}; {time.perf_counter() - started:.1f} s)")
     if "incidents" in dataset:
         started = time.perf_counter()
         frame = dataset["incidents"]
@@ -683,11 +695,6 @@ FROM (""" + ownership.OWNERS_SQL.format(points="door_plate AS p", key="p.id", po
 JOIN grid_area AS a ON a.grid_id = own.grid_id
 WHERE d.id = own.point_key AND d.town_code IS DISTINCT FROM a.town_code
 """)
-
-
-def _summary_text(changes: dict[str, dict[str, int]]) -> str:
-    return ", ".join(f"{layer}: " + " ".join(f"{n} {change}" for change, n in sorted(counts.items()))
-                     for layer, counts in changes.items())
 
 
 def _replace_assignments(session: Session, t: dict, frame: pd.DataFrame, grid_ids: dict[str, int],
@@ -743,43 +750,80 @@ def _replace_assignments(session: Session, t: dict, frame: pd.DataFrame, grid_id
 
 
 def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric_crs: str = "EPSG:4547",
-         dry_run: bool = False, progress: Progress = print, actor: audit.Actor = audit.CLI) -> LoadReport:
+         dry_run: bool = False, progress: Progress = print, actor: audit.Actor = audit.CLI,
+         source_crs: str | None = None, encoding: str | None = None, repair: bool = False,
+         repair_max_m2: float = 50.0, report_path: Path | None = None) -> LoadReport:
     """Validate the dataset in `directory` and load it in one transaction.
 
     Raises DatasetInvalid (and writes nothing) when any check fails. With dry_run the
     dataset is validated and written, then rolled back, so the report shows what would change.
+
+    Real data (geo_service.sources): `source_crs` "gcj02" or "bd09" declares every geo layer and
+    the lon/lat of CSVs in that datum; `encoding` is that of shapefile text (over its .cpg) and of
+    CSVs. With `repair`, slivers and gaps above `tolerance_m2` and up to `repair_max_m2` are
+    repaired before validation (geo_service.repair). `report_path` receives every problem and
+    repair as GeoJSON, also (above all) when the dataset is refused.
     """
+    source_crs = sources.parse_source_crs(source_crs)
+    encoding = sources.parse_encoding(encoding)
+    if not (repair_max_m2 >= 0 and np.isfinite(repair_max_m2)):
+        raise InvalidInput(f"repair_max_m2 {repair_max_m2!r} is not an area >= 0 in m²")
+    if report_path is not None and not Path(report_path).parent.is_dir():
+        raise InvalidInput(f"report {str(report_path)!r}: directory {str(Path(report_path).parent)!r} does not exist")
     started = time.perf_counter()
+    repairs: list[Problem] = []
     try:
-        report = _validate_and_write(session, Path(directory), tolerance_m2, metric_crs, dry_run, progress, actor)
+        report = _validate_and_write(session, Path(directory), tolerance_m2, metric_crs, dry_run, progress, actor,
+                                     source_crs=source_crs, encoding=encoding,
+                                     repair_max_m2=repair_max_m2 if repair else None, repairs=repairs)
     except DatasetInvalid as exc:
         session.rollback()
+        _write_problem_report(report_path, exc.problems, repairs, progress)
         if not dry_run:
             audit.record(session, actor, "data.load", "dataset", str(directory), outcome="failed",
                          detail={"problems": len(exc.problems), "first": str(exc.problems[0])})
             session.commit()
         raise
+    _write_problem_report(report_path, [], report.repairs, progress)
     if dry_run:
         session.rollback()
     else:
-        audit.record(session, actor, "data.load", "dataset", str(directory),
-                     detail={layer: vars(change) for layer, change in report.changes.items()})
+        detail = {layer: vars(change) for layer, change in report.changes.items()}
+        if report.repairs:
+            detail["repairs"] = len(report.repairs)
+        audit.record(session, actor, "data.load", "dataset", str(directory), detail=detail)
         session.commit()
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _validate_and_write(session: Session, directory: Path, tolerance_m2: float, metric_crs: str,
-                        dry_run: bool, progress: Progress, actor: audit.Actor) -> LoadReport:
-    dataset, problems = read_dataset(directory, progress)
+                        dry_run: bool, progress: Progress, actor: audit.Actor, *, source_crs: str | None = None,
+                        encoding: str | None = None, repair_max_m2: float | None = None,
+                        repairs: list[Problem] | None = None) -> LoadReport:
+    """`repair_max_m2` None: no repair; else the repairs made are added to `repairs` (the caller's
+    list, so that it knows them when the dataset is refused)."""
+    repairs = [] if repairs is None else repairs
+    dataset, problems = read_dataset(directory, progress, source_crs=source_crs, encoding=encoding)
     if problems:  # a layer that could not be read would make every later check misleading
         raise DatasetInvalid(problems)
+    if repair_max_m2 is not None:
+        started = time.perf_counter()
+        repairs += repair_slivers(dataset.layers, tolerance_m2=tolerance_m2, max_m2=repair_max_m2,
+                                  metric_crs=metric_crs, progress=progress)
+        progress(f"repaired {len(repairs):,} sliver(s) and gap(s) up to {repair_max_m2:g} m² "
+                 f"({time.perf_counter() - started:.1f} s)")
     categories = session.scalars(select(models.IncidentCategory.code)).all()
     problems += validate(dataset, categories=categories, tolerance_m2=tolerance_m2,
                          metric_crs=metric_crs, progress=progress)
     if problems:
+        if repair_max_m2 is not None:
+            for problem in problems:
+                if problem.area_m2 is not None and problem.area_m2 > repair_max_m2:
+                    problem.message += f" (over the repair limit of {repair_max_m2:g} m², so not repaired)"
         raise DatasetInvalid(problems)
-    report = LoadReport(dataset=str(directory), dry_run=dry_run)
+    report = LoadReport(dataset=str(directory), dry_run=dry_run, source_notes=list(dataset.notes),
+                        repairs=list(repairs))
     try:
         _write(session, dataset, report, progress, actor)
         session.flush()

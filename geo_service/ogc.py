@@ -1,6 +1,8 @@
 """OGC API – Features, Part 1 Core, at /ogc: every layer (and the latest hotspot layer) as a
 collection of GeoJSON features in CRS84, paged with `limit`/`offset` and `next` links, with
 `numberMatched` and `numberReturned`, so GDAL's OAPIF driver and QGIS read them directly.
+Incidents filter on `datetime` by their report time; the area collections answer the boundary
+generation valid at `datetime` (generations.py).
 
 Every feature carries every property of its collection (null when empty): GDAL drops a
 property that is absent from the first page.
@@ -14,7 +16,7 @@ import shapely
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import exports, geometry, hotspots, incidents
+from geo_service import areas, exports, generations, geometry, hotspots, incidents
 from geo_service.errors import InvalidInput, NotFound
 from geo_service.schemas import MAX_ID, MAX_OFFSET
 
@@ -150,13 +152,21 @@ def items(session: Session, collection_id: str, base: str, identity, *, bbox: st
         raise InvalidInput(f"offset {offset} outside [0, {MAX_OFFSET}]")
     box = geometry.parse_bbox(bbox) if bbox is not None else None
     since, until = _datetime(datetime)
+    query, generation = exports.LAYERS.get(collection_id, ("", ""))[1], None
+    if collection_id in areas.LIST_SQL:
+        # Areas have the time of their generation: the one valid at the instant, or at the end
+        # of the interval (now when it is open); the current one without datetime.
+        moment = until - dt.timedelta(microseconds=1) if until else dt.datetime.now(dt.UTC)
+        generation = generations.at(session, moment) if datetime else generations.current(session)
+        query = areas.LIST_SQL[collection_id]
     if datetime and not COLLECTIONS[collection_id][3]:
-        since = until = None  # no time on this collection: datetime matches every feature
+        since = until = None  # no time column on this collection: the generation says it all
     if collection_id == "hotspots":
         features, matched = _hotspot_items(session, identity, box, limit, offset)
     else:
         where = ["TRUE"]
-        params = {**_visible(identity), "limit": limit, "offset": offset}
+        params = {**_visible(identity), "limit": limit, "offset": offset, "generation": generation,
+                  "town": None, "community": None}
         if box:
             where.append("l.geom && ST_MakeEnvelope(:w, :s, :e, :n, 4326)")
             params.update(w=box[0], s=box[1], e=box[2], n=box[3])
@@ -166,7 +176,7 @@ def items(session: Session, collection_id: str, base: str, identity, *, bbox: st
         if until:
             where.append("l.reported_at < :ogc_until")
             params["ogc_until"] = until
-        query, fid = exports.LAYERS[collection_id][1], COLLECTIONS[collection_id][2]
+        fid = COLLECTIONS[collection_id][2]
         condition = " AND ".join(where)
         matched = session.execute(text(COUNT_SQL.format(query=query, where=condition)), params).scalar_one()
         page = text(ITEMS_SQL.format(query=query, where=condition, fid=fid))
@@ -203,9 +213,10 @@ def item(session: Session, collection_id: str, feature_id: str, identity) -> dic
         value = int(feature_id) if fid == "id" and feature_id.isdigit() and int(feature_id) <= MAX_ID else feature_id
         if fid == "id" and not isinstance(value, int):
             raise NotFound(f"feature {feature_id!r} does not exist in {collection_id}")
-        found = session.execute(text(ITEMS_SQL.format(query=exports.LAYERS[collection_id][1], where=f"l.{fid} = :fid",
-                                                      fid=fid)),
-                                {**_visible(identity), "fid": value, "limit": 1, "offset": 0}).scalars().all()
+        query = areas.LIST_SQL.get(collection_id) or exports.LAYERS[collection_id][1]
+        found = session.execute(text(ITEMS_SQL.format(query=query, where=f"l.{fid} = :fid", fid=fid)),
+                                {**_visible(identity), "fid": value, "limit": 1, "offset": 0, "town": None,
+                                 "community": None, "generation": generations.current(session)}).scalars().all()
     if not found:
         raise NotFound(f"feature {feature_id!r} does not exist in {collection_id}")
     return found[0]

@@ -653,6 +653,14 @@ class FilterDescription(BaseModel):
     open: bool | None = Field(default=None, description="Present only when filtered.")
 
 
+class AttributionRead(BaseModel):
+    by: Literal["report", "location"] = Field(description="`report`: by the area recorded at report time; "
+                                              "`location`: re-attributed by location to a generation's areas.")
+    generation: int | None = Field(description="The generation whose areas hold the incidents (location).")
+    unattributed: int | None = Field(description="Incidents no unit holds (reported in areas since removed, "
+                                     "or outside every unit); null for cells.")
+
+
 class HotspotMetadata(BaseModel):
     unit: str = Field(description="grid, community, town, hex or square.")
     size_m: float | None = Field(description="Cell size in metres (hex and square).")
@@ -663,6 +671,8 @@ class HotspotMetadata(BaseModel):
     within_towns: list[str] | None = Field(description="The caller's towns it was computed over; null: the county.")
     units: int = Field(description="How many units (features).")
     incidents: int = Field(description="Incidents counted.")
+    attribution: AttributionRead | None = Field(default=None, description="How incidents were attributed to units "
+                                                "(null in layers saved before generations).")
     computed_at: str = Field(description="When (ISO 8601).")
     bins: dict[str, str] = Field(description="What each `gi_bin` value means.")
 
@@ -699,6 +709,8 @@ class HotspotParams(FilterDescription):
     unit: str
     size_m: float | None
     fdr: bool
+    attribution: AttributionRead | None = Field(default=None, description="How incidents were attributed "
+                                                "(null in layers saved before generations).")
 
 
 class SavedHotspotLayer(BaseModel):
@@ -802,6 +814,9 @@ class OgcIncidentProperties(BaseModel):
     town_code: str | None
     community_code: str | None
     grid_code: str | None
+    attribution: Literal["report", "location"] = Field(description="Whose areas the codes name: `report`, the "
+                                                       "ones recorded at intake.")
+    generation: int | None = Field(description="The boundary generation of those areas.")
     assignee_worker_id: int | None
     police_officer_ids: str | None = Field(description="Police officer ids separated by `;`.")
     deadline_at: str | None

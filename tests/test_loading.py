@@ -214,14 +214,14 @@ def test_refuses_a_missing_crs(empty_session, tmp_path):
     assert [(p.layer, p.kind) for p in problems] == [("grids", "missing CRS")]
 
 
-def test_refuses_a_wrong_crs_and_names_it(empty_session, tmp_path):
-    directory = tiny.write_tiny_dataset(tmp_path / "bad")
+def test_reprojects_a_projected_layer_and_says_so(empty_session, tmp_path):
+    # Refused before issue 15; tests/test_real_data.py covers the CRSs still refused.
+    directory = tiny.write_tiny_dataset(tmp_path / "projected")
     (directory / "grids.geojson").unlink()
     tiny.frames()["grids"].to_crs("EPSG:4547").to_file(directory / "grids.gpkg", driver="GPKG")
 
-    problems = problems_of(empty_session, directory)
-    assert [(p.layer, p.kind) for p in problems] == [("grids", "wrong CRS")]
-    assert "EPSG:4547" in problems[0].message
+    report = load(empty_session, directory)
+    assert any("grids" in note and "EPSG:4547" in note for note in report.source_notes), report.source_notes
 
 
 def test_accepts_shapefile_and_geopackage_layers(empty_session, tmp_path):

@@ -13,7 +13,7 @@ from geo_service import audit, exports, hotspots
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
 from geo_service.routes.access import AnalystDep, AnyoneDep, PublisherDep, client_address
-from geo_service.routes.params import GEOJSON, IncidentFilterDep, json_response
+from geo_service.routes.params import GEOJSON, AttributionDep, IncidentFilterDep, json_response
 from geo_service.schemas import ErrorRead, HotspotCollection, Name, SavedHotspotLayer, SavedHotspotRead, schema_of
 
 router = APIRouter(prefix="/api/v1", tags=["analytics"])
@@ -41,7 +41,8 @@ def get_hotspots(request: Request, session: SessionDep, identity: AnalystDep, fi
                  size_m: Annotated[float | None, Query(description=SIZE_DOC)] = None,
                  method: Annotated[str, Query(description="gistar (Getis-Ord Gi*).")] = "gistar",
                  fdr: Annotated[bool, Query(description=FDR_DOC)] = False,
-                 format: Annotated[str, Query(description=FORMAT_DOC)] = "geojson"):
+                 format: Annotated[str, Query(description=FORMAT_DOC)] = "geojson",
+                 attribution: AttributionDep = None):
     """Counts, density, rate per 1,000 door plates and Gi* (z, p, confidence bin) per unit, over
     the incidents the caller may see. Computing writes nothing; `POST /api/v1/hotspots/saved`
     keeps a layer for others."""
@@ -49,7 +50,7 @@ def get_hotspots(request: Request, session: SessionDep, identity: AnalystDep, fi
     if format not in exports.FORMATS:
         raise InvalidInput(f"format {format!r} is not one of {', '.join(exports.FORMATS)}")
     layer = hotspots.compute(session, identity, unit, size_m=size_m, filters=filters, fdr=fdr,
-                             metric_crs=request.app.state.settings.metric_crs)
+                             metric_crs=request.app.state.settings.metric_crs, attribution=attribution)
     if format == "geojson":
         return json_response(layer.geojson(), GEOJSON)
     return file_response(exports.export(session, "hotspots", format, identity, hotspot_layer=layer.geojson()))
@@ -62,13 +63,14 @@ def save_hotspots(request: Request, session: SessionDep, identity: PublisherDep,
                   unit: Annotated[str, Query(description=UNIT_DOC)] = "grid",
                   size_m: Annotated[float | None, Query(description=SIZE_DOC)] = None,
                   method: Annotated[str, Query(description="gistar (Getis-Ord Gi*).")] = "gistar",
-                  fdr: Annotated[bool, Query(description=FDR_DOC)] = False):
+                  fdr: Annotated[bool, Query(description=FDR_DOC)] = False,
+                  attribution: AttributionDep = None):
     """Compute a hotspot layer and keep it under a name: it becomes the OGC API's `hotspots`
     collection and the `hotspots` export for everyone who may see all of it. Audited."""
     _check_method(method)
     saved = hotspots.publish(session, identity, audit.actor_of(identity), name, unit, size_m=size_m,
                              filters=filters, fdr=fdr, metric_crs=request.app.state.settings.metric_crs,
-                             address=client_address(request))
+                             address=client_address(request), attribution=attribution)
     response = json_response(saved)
     response.status_code = 201
     return response
@@ -105,9 +107,11 @@ def get_density(request: Request, session: SessionDep, identity: AnalystDep, fil
                                           422: {"model": ErrorRead}})
 def export_layer(request: Request, session: SessionDep,
                  identity: AnyoneDep, filters: IncidentFilterDep, layer: str,
-                 format: Annotated[str, Query(description=FORMAT_DOC + " People layers: csv or parquet.")] = "geojson"):
+                 format: Annotated[str, Query(description=FORMAT_DOC + " People layers: csv or parquet.")] = "geojson",
+                 attribution: AttributionDep = None):
     """Download a layer: towns, communities, grids, compounds, stations, door_plates, incidents
-    (filtered), the newest saved hotspots layer, or (admins) grid_workers, police_officers,
-    grid_assignments; always only what the caller may see."""
+    (filtered; `attribution` says which areas their codes name, stated in the `attribution` and
+    `generation` columns), the newest saved hotspots layer, or (admins) grid_workers,
+    police_officers, grid_assignments (with their history); always only what the caller may see."""
     return file_response(exports.export_for(session, identity, audit.actor_of(identity), layer, format, filters,
-                                            address=client_address(request)))
+                                            address=client_address(request), attribution=attribution))

@@ -9,7 +9,8 @@ from typing import Annotated
 import orjson
 from fastapi import Depends, Query, Request, Response
 
-from geo_service import geometry, incidents
+from geo_service import generations, geometry, incidents
+from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
 from geo_service.schemas import MAX_INT4, MAX_LIST_ITEMS, MAX_OFFSET, Instant
 
@@ -71,3 +72,17 @@ def incident_filters(
 
 
 IncidentFilterDep = Annotated[incidents.IncidentFilter, Depends(incident_filters)]
+
+ATTRIBUTION_DOC = ("How incidents meet areas: `report` (default), by the town, community and grid recorded when "
+                   "each was reported; `location`, re-attributed by where each lies to the areas of `generation`.")
+GENERATION_DOC = "With attribution=location: the boundary generation (a number, or `current`, the default)."
+
+
+def attribution_choice(session: SessionDep,
+                       attribution: Annotated[str, Query(max_length=20, description=ATTRIBUTION_DOC)] = "report",
+                       generation: Annotated[str | None, Query(max_length=20, description=GENERATION_DOC)] = None
+                       ) -> dict:
+    return generations.attribution(session, attribution, generation)
+
+
+AttributionDep = Annotated[dict, Depends(attribution_choice)]

@@ -1,0 +1,201 @@
+"""Boundaries and rosters over time: generations, their diff, answers `as_of`, incidents that
+keep the grid they were assigned in, and rosters whose history survives a load."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from shapely.geometry import MultiPolygon, box
+from sqlalchemy.orm import Session
+
+from geo_service import generations, geometry, loading
+from geo_service.app import create_app
+from geo_service.cli import main
+from geo_service.config import get_settings
+from tests import tiny
+from tests.conftest import ThrowawayDatabase, migrate
+
+G111, G112 = tiny.grid_code(1, 1, 1), tiny.grid_code(1, 1, 2)
+G222, ENCLAVE = tiny.grid_code(2, 2, 2), tiny.grid_code(2, 2, 3)
+MOVED = (112.9105, 22.71)  # in grid 112 until the 111/112 edge moves from 112.91 to 112.911
+STRIP = box(112.91, 22.70, 112.911, 22.72)  # the part grid 112 gives to grid 111
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+def redrawn_frames():
+    """The tiny dataset redrawn: grid 111 takes a strip of 112, the enclave joins the grid around
+    it, and grid 111's worker GW00001 is replaced by GW00003."""
+    layers = tiny.frames()
+    grids = layers["grids"]
+    grids.loc[grids["code"] == G111, "geometry"] = MultiPolygon([box(112.90, 22.70, 112.911, 22.72)])
+    grids.loc[grids["code"] == G112, "geometry"] = MultiPolygon([box(112.911, 22.70, 112.92, 22.72)])
+    grids.loc[grids["code"] == G222, "geometry"] = MultiPolygon([tiny.grid_box(2, 2, 2)])
+    layers["grids"] = grids[grids["code"] != ENCLAVE].reset_index(drop=True)
+    roster = layers["grid_assignments"]
+    roster = roster[roster["grid_code"] != ENCLAVE].copy()
+    mine = (roster["grid_code"] == G111) & (roster["person_code"] == "GW00001")
+    roster.loc[mine, "person_code"] = "GW00003"
+    layers["grid_assignments"] = roster.reset_index(drop=True)
+    return layers
+
+
+@pytest.fixture(scope="module")
+def redrawn(server_url, tmp_path_factory):
+    """Generation 1 (the tiny dataset), an incident reported in the strip, then generation 2."""
+    database = ThrowawayDatabase(server_url, "generations")
+    migrate(database.engine)
+    directory = tmp_path_factory.mktemp("generations")
+    with Session(database.engine) as session:
+        first = loading.load(session, tiny.write_tiny_dataset(directory / "v1"), progress=quiet)
+    database.create_keys()
+    with TestClient(create_app(database.settings()), headers=database.headers()) as client:
+        reported = client.post("/api/v1/incidents", json={"category": "other", "description": "before the redrawing",
+                                                           "reporter_kind": "hotline", "lon": MOVED[0],
+                                                           "lat": MOVED[1]})
+        assert reported.status_code == 201, reported.text
+    with Session(database.engine) as session:
+        second = loading.load(session, tiny.write_frames(directory / "v2", redrawn_frames()), progress=quiet)
+        again = loading.load(session, tiny.write_frames(directory / "v2-again", redrawn_frames()), progress=quiet)
+    yield {"database": database, "first": first, "second": second, "again": again,
+           "incident": reported.json()["id"], "directory": directory}
+    database.drop()
+
+
+@pytest.fixture
+def client(redrawn):
+    database = redrawn["database"]
+    with TestClient(create_app(database.settings()), headers=database.headers()) as client:
+        yield client
+
+
+def yesterday() -> str:
+    return (generations.local_date(dt.datetime.now(dt.UTC)) - dt.timedelta(days=1)).isoformat()
+
+
+def strip_m2(shape) -> float:
+    return float(geometry.to_metric(shape, "EPSG:4547").area)
+
+
+def test_a_load_that_changes_areas_starts_a_generation_and_identical_data_does_not(redrawn, client):
+    assert redrawn["first"].generation["id"] == 1
+    assert redrawn["second"].generation["id"] == 2
+    assert redrawn["second"].generation["changes"] == {"grid": {"reshaped": 3, "removed": 1}}
+    assert redrawn["again"].generation is None
+    listed = client.get("/api/v1/generations").json()
+    assert [(g["id"], g["current"]) for g in listed] == [(1, False), (2, True)]
+    assert listed[0]["valid_from"] is None and listed[0]["valid_to"] == listed[1]["valid_from"]
+    assert listed[0]["areas"] == 2 + 4 + 9 + 1 and listed[1]["areas"] == 2 + 4 + 8 + 1
+
+
+def test_the_diff_names_the_areas_moved_and_where_the_area_went(client):
+    response = client.get("/api/v1/generations/1/diff/2")
+    assert response.status_code == 200, response.text
+    found = response.json()
+    changes = {(a["layer"], a["code"]): a for a in found["areas"]}
+    assert set(changes) == {("grid", G111), ("grid", G112), ("grid", G222), ("grid", ENCLAVE)}
+    assert changes["grid", G111]["change"] == "reshaped" and changes["grid", G111]["from_codes"] == [G112]
+    assert changes["grid", G112]["to_codes"] == [G111] and changes["grid", G112]["from_codes"] == []
+    assert changes["grid", G111]["moved_m2"] == pytest.approx(strip_m2(STRIP), rel=1e-3)
+    assert changes["grid", ENCLAVE]["change"] == "removed" and changes["grid", ENCLAVE]["to_codes"] == [G222]
+    assert changes["grid", ENCLAVE]["moved_m2"] == pytest.approx(strip_m2(tiny.ENCLAVE), rel=1e-3)
+    assert changes["grid", G222]["from_codes"] == [ENCLAVE]
+    assert found["summary"] == {"grid": {"reshaped": 3, "removed": 1}}
+    # Backwards, the same areas the other way round; and as GeoJSON for the map.
+    back = {a["code"]: a for a in client.get("/api/v1/generations/current/diff/1").json()["areas"]}
+    assert back[ENCLAVE]["change"] == "added" and back[ENCLAVE]["from_codes"] == [G222]
+    features = client.get("/api/v1/generations/1/diff/current", params={"format": "geojson"}).json()["features"]
+    moved = next(f for f in features if f["id"] == f"grid/{G111}")
+    assert moved["geometry"]["type"] in ("Polygon", "MultiPolygon")
+    assert moved["properties"]["change"] == "reshaped"
+    assert client.get("/api/v1/generations/1/diff/7").status_code == 404
+    assert client.get("/api/v1/generations/one/diff/2").status_code == 422
+
+
+def test_a_point_in_the_moved_strip_answers_the_new_grid_now_and_the_old_one_before(client, redrawn):
+    now = client.get("/api/v1/lookup", params={"lon": MOVED[0], "lat": MOVED[1]}).json()
+    assert (now["grid"]["code"], now["generation"]) == (G111, 2)
+    before = client.get("/api/v1/lookup", params={"lon": MOVED[0], "lat": MOVED[1], "as_of": yesterday()}).json()
+    assert (before["grid"]["code"], before["generation"]) == (G112, 1)
+    # An instant just before generation 2 took effect, in any offset.
+    took_effect = dt.datetime.fromisoformat(redrawn["second"].generation["valid_from"])
+    instant = (took_effect - dt.timedelta(seconds=1)).astimezone(dt.timezone(dt.timedelta(hours=-5))).isoformat()
+    assert client.get("/api/v1/lookup", params={"lon": MOVED[0], "lat": MOVED[1],
+                                                "as_of": instant}).json()["grid"]["code"] == G112
+    # The enclave exists only in generation 1; the batch answers as_of too.
+    inside_enclave = (112.935, 22.735)
+    assert client.get("/api/v1/lookup", params={"lon": inside_enclave[0], "lat": inside_enclave[1],
+                                                "as_of": yesterday()}).json()["grid"]["code"] == ENCLAVE
+    assert client.get("/api/v1/lookup", params={"lon": inside_enclave[0],
+                                                "lat": inside_enclave[1]}).json()["grid"]["code"] == G222
+    batch = client.post("/api/v1/lookup/batch", params={"as_of": yesterday()},
+                        json={"points": [list(MOVED), list(inside_enclave)]}).json()
+    assert [r["grid_code"] for r in batch["results"]] == [G112, ENCLAVE]
+    plate = client.get("/api/v1/door-plates/YJ440784902002000001", params={"as_of": yesterday()}).json()
+    assert plate["ownership"]["grid"]["code"] == ENCLAVE
+
+
+def test_the_incident_reported_before_keeps_its_grid_and_generation(client, redrawn):
+    incident = client.get(f"/api/v1/incidents/{redrawn['incident']}").json()
+    assert (incident["grid_code"], incident["generation"]) == (G112, 1)
+    fresh = client.post("/api/v1/incidents", json={"category": "other", "description": "after the redrawing",
+                                                    "reporter_kind": "hotline", "lon": MOVED[0], "lat": MOVED[1]})
+    assert (fresh.json()["grid_code"], fresh.json()["generation"]) == (G111, 2)
+
+
+def test_owners_as_of_answer_who_served_the_grid_then(client):
+    today = client.get(f"/api/v1/grids/{G111}/owners").json()
+    then = client.get(f"/api/v1/grids/{G111}/owners", params={"as_of": yesterday()}).json()
+    assert "GW00001" not in [w["code"] for w in today["grid_workers"]]
+    assert "GW00003" in [w["code"] for w in today["grid_workers"]]
+    assert "GW00001" in [w["code"] for w in then["grid_workers"]]
+    assert then["as_of"] == yesterday() and then["generation"] == 1
+    # A grid that is gone: its roster and outline are still there for the days it existed.
+    assert client.get(f"/api/v1/grids/{ENCLAVE}/owners").status_code == 404
+    gone = client.get(f"/api/v1/grids/{ENCLAVE}/owners", params={"as_of": yesterday()})
+    assert gone.status_code == 200 and [p["code"] for p in gone.json()["police"]] == ["PO00001"]
+    assert client.get(f"/api/v1/grids/{G111}/owners", params={"as_of": "last march"}).status_code == 422
+
+
+def test_the_area_endpoints_answer_any_generation(client):
+    assert len(client.get("/api/v1/grids").json()) == 8
+    assert len(client.get("/api/v1/grids", params={"as_of": yesterday()}).json()) == 9
+    assert client.get(f"/api/v1/grids/{ENCLAVE}").status_code == 404
+    old = client.get(f"/api/v1/grids/{ENCLAVE}", params={"as_of": yesterday()}).json()
+    assert old["properties"]["generation"] == 1
+    now, then = (client.get(f"/api/v1/grids/{G112}", params=p).json()["properties"]["area_km2"]
+                 for p in ({}, {"as_of": yesterday()}))
+    assert then - now == pytest.approx(strip_m2(STRIP) / 1e6, abs=1e-3)
+    towns = client.get("/api/v1/towns", params={"as_of": "2020-01-01", "geometry": "true"}).json()
+    assert len(towns["features"]) == 2  # the first generation is valid since always
+
+
+def test_the_roster_history_survives_the_load(redrawn):
+    from sqlalchemy import text
+
+    with Session(redrawn["database"].engine) as session:
+        rows = session.execute(text("SELECT grid_code, grid_id, valid_to FROM grid_assignment "
+                                    "WHERE grid_code = :g ORDER BY id"), {"g": ENCLAVE}).all()
+    # Closed the day before the load (not deleted); detached from the grid row that is gone.
+    assert len(rows) == 3  # leader, full-time worker, police
+    assert {(r.grid_id, r.valid_to) for r in rows} == {(None, dt.date.fromisoformat(yesterday()))}
+
+
+def test_generations_on_the_command_line(redrawn, tmp_path):
+    get_settings.cache_clear()
+    env = redrawn["database"].environment()
+    listed = CliRunner().invoke(main, ["generations", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "grid 1 removed, 3 reshaped" in listed.output
+    out = tmp_path / "diff.geojson"
+    diffed = CliRunner().invoke(main, ["generations", "diff", "1", "--geojson", str(out)], env=env)
+    get_settings.cache_clear()
+    assert diffed.exit_code == 0, diffed.output
+    assert f"removed  grid      {ENCLAVE}" in diffed.output and f"to {G222}" in diffed.output
+    assert len(json.loads(out.read_text())["features"]) == 4
