@@ -187,15 +187,20 @@ def _warn_about_service_role(settings) -> None:
               help="Largest sliver or gap --repair repairs; larger ones are refused.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every problem and repair to this GeoJSON file (also when the load is refused).")
+@click.option("--valid-from", default=None,
+              help="When changed boundaries took effect: YYYY-MM-DD or an ISO time (default now); it dates "
+                   "the new generation, and must be later than the current one's.")
 def load_command(directory: Path, dry_run: bool, if_empty: bool, tolerance_m2: float | None, source_crs: str | None,
-                 encoding: str | None, repair: bool, repair_max_m2: float, report_path: Path | None) -> None:
+                 encoding: str | None, repair: bool, repair_max_m2: float, report_path: Path | None,
+                 valid_from: str | None) -> None:
     """Validate and load a dataset directory (e.g. gis_data/heshan) in one transaction.
 
     What reading did to each layer (reprojection, datum, encoding) and each repair are printed as they happen.
     """
-    from geo_service import loading
+    from geo_service import generations, loading
 
     settings = get_settings()
+    took_effect = None if valid_from is None else generations.parse_valid_from(valid_from)
     with _session() as session:
         if if_empty and not loading.is_empty(session):
             click.echo("database already holds data; nothing loaded (--if-empty)")
@@ -204,7 +209,7 @@ def load_command(directory: Path, dry_run: bool, if_empty: bool, tolerance_m2: f
             session, directory, dry_run=dry_run, metric_crs=settings.metric_crs,
             tolerance_m2=settings.load_tolerance_m2 if tolerance_m2 is None else tolerance_m2,
             progress=click.echo, source_crs=source_crs, encoding=encoding, repair=repair,
-            repair_max_m2=repair_max_m2, report_path=report_path,
+            repair_max_m2=repair_max_m2, report_path=report_path, valid_from=took_effect,
         )
     verb = "would load" if dry_run else "loaded"
     repaired = f" with {len(report.repairs):,} repair(s)" if report.repairs else ""

@@ -98,6 +98,21 @@ def parse_as_of(value: str) -> dt.datetime:
     return moment
 
 
+def parse_valid_from(value: str) -> dt.datetime:
+    """When boundaries took effect: `YYYY-MM-DD` (the start of that day, China Standard Time) or
+    an ISO 8601 time (without an offset, China Standard Time)."""
+    raw = value.strip()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+        try:
+            return dt.datetime.combine(dt.date.fromisoformat(raw), dt.time.min, LOCAL_TZ)
+        except ValueError:
+            raise InvalidInput(f"valid_from {value!r} is not a date YYYY-MM-DD") from None
+    try:
+        return parse_as_of(raw)
+    except InvalidInput:
+        raise InvalidInput(f"valid_from {value!r} is not a date YYYY-MM-DD or an ISO 8601 time") from None
+
+
 def local_date(moment: dt.datetime) -> dt.date:
     return moment.astimezone(LOCAL_TZ).date()
 
@@ -113,8 +128,13 @@ def record(session: Session, dataset: str, created_by: str, valid_from: dt.datet
         return None
     previous = session.execute(text("SELECT id, valid_from FROM generation ORDER BY id DESC LIMIT 1")).first()
     new_id = 1 if previous is None else previous.id + 1
+    now = dt.datetime.now(dt.UTC)
+    if valid_from is not None and valid_from > now:
+        # The load replaces the current areas now: a generation cannot wait for its date.
+        raise InvalidInput(f"valid_from {valid_from.isoformat()} is in the future; load the new boundaries "
+                           "when they take effect")
     if previous is not None:
-        valid_from = valid_from or dt.datetime.now(dt.UTC)
+        valid_from = valid_from or now
         if previous.valid_from is not None and valid_from <= previous.valid_from:
             raise Conflict(f"valid_from {valid_from.isoformat()} is not after generation {previous.id}'s "
                            f"{previous.valid_from.isoformat()}: generations follow each other in time")

@@ -752,7 +752,8 @@ def _replace_assignments(session: Session, t: dict, frame: pd.DataFrame, grid_id
 def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric_crs: str = "EPSG:4547",
          dry_run: bool = False, progress: Progress = print, actor: audit.Actor = audit.CLI,
          source_crs: str | None = None, encoding: str | None = None, repair: bool = False,
-         repair_max_m2: float = 50.0, report_path: Path | None = None) -> LoadReport:
+         repair_max_m2: float = 50.0, report_path: Path | None = None,
+         valid_from: dt.datetime | None = None) -> LoadReport:
     """Validate the dataset in `directory` and load it in one transaction.
 
     Raises DatasetInvalid (and writes nothing) when any check fails. With dry_run the
@@ -763,6 +764,10 @@ def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric
     CSVs. With `repair`, slivers and gaps above `tolerance_m2` and up to `repair_max_m2` are
     repaired before validation (geo_service.repair). `report_path` receives every problem and
     repair as GeoJSON, also (above all) when the dataset is refused.
+
+    A load that changes any town, community, grid or compound starts a boundary generation
+    (geo_service.generations), valid from `valid_from` (when the redrawing took effect; default
+    now), which must be later than the current generation's.
     """
     source_crs = sources.parse_source_crs(source_crs)
     encoding = sources.parse_encoding(encoding)
@@ -775,7 +780,8 @@ def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric
     try:
         report = _validate_and_write(session, Path(directory), tolerance_m2, metric_crs, dry_run, progress, actor,
                                      source_crs=source_crs, encoding=encoding,
-                                     repair_max_m2=repair_max_m2 if repair else None, repairs=repairs)
+                                     repair_max_m2=repair_max_m2 if repair else None, repairs=repairs,
+                                     valid_from=valid_from)
     except DatasetInvalid as exc:
         session.rollback()
         _write_problem_report(report_path, exc.problems, repairs, progress)
@@ -800,7 +806,7 @@ def load(session: Session, directory: Path, *, tolerance_m2: float = 1.0, metric
 def _validate_and_write(session: Session, directory: Path, tolerance_m2: float, metric_crs: str,
                         dry_run: bool, progress: Progress, actor: audit.Actor, *, source_crs: str | None = None,
                         encoding: str | None = None, repair_max_m2: float | None = None,
-                        repairs: list[Problem] | None = None) -> LoadReport:
+                        repairs: list[Problem] | None = None, valid_from: dt.datetime | None = None) -> LoadReport:
     """`repair_max_m2` None: no repair; else the repairs made are added to `repairs` (the caller's
     list, so that it knows them when the dataset is refused)."""
     repairs = [] if repairs is None else repairs
@@ -823,7 +829,7 @@ def _validate_and_write(session: Session, directory: Path, tolerance_m2: float, 
                     problem.message += f" (over the repair limit of {repair_max_m2:g} m², so not repaired)"
         raise DatasetInvalid(problems)
     report = LoadReport(dataset=str(directory), dry_run=dry_run, source_notes=list(dataset.notes),
-                        repairs=list(repairs))
+                        repairs=list(repairs), valid_from=valid_from)
     try:
         _write(session, dataset, report, progress, actor)
         session.flush()

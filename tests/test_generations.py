@@ -199,3 +199,98 @@ def test_generations_on_the_command_line(redrawn, tmp_path):
     assert diffed.exit_code == 0, diffed.output
     assert f"removed  grid      {ENCLAVE}" in diffed.output and f"to {G222}" in diffed.output
     assert len(json.loads(out.read_text())["features"]) == 4
+
+
+def expected_grids(client, incidents, **params) -> dict[str, int]:
+    """Incidents per grid by location, each located by the lookup (the in-memory index)."""
+    counts: dict[str, int] = {}
+    for incident in incidents:
+        code = client.get("/api/v1/lookup", params={"lon": incident["lon"], "lat": incident["lat"],
+                                                    **params}).json()["grid"]["code"]
+        counts[code] = counts.get(code, 0) + 1
+    return counts
+
+
+def hotspot_counts(client, **params) -> tuple[dict[str, int], dict]:
+    layer = client.get("/api/v1/hotspots", params={"unit": "grid", **params})
+    assert layer.status_code == 200, layer.text
+    body = layer.json()
+    return {f["id"]: f["properties"]["count"] for f in body["features"] if f["properties"]["count"]}, \
+        body["metadata"]["attribution"]
+
+
+def test_hotspots_state_their_attribution_and_keep_the_history_of_redrawn_grids(client):
+    incidents = client.get("/api/v1/incidents", params={"limit": 500}).json()["items"]
+    by_report: dict[str, int] = {}
+    for incident in incidents:
+        by_report[incident["grid_code"]] = by_report.get(incident["grid_code"], 0) + 1
+
+    counted, attribution = hotspot_counts(client)
+    assert attribution == {"by": "report", "generation": None, "unattributed": by_report.get(ENCLAVE, 0)}
+    assert counted == {code: n for code, n in by_report.items() if code != ENCLAVE}
+
+    counted, attribution = hotspot_counts(client, attribution="location")
+    assert attribution == {"by": "location", "generation": 2, "unattributed": 0}
+    assert counted == expected_grids(client, incidents)
+    assert counted.get(G111, 0) > by_report.get(G111, 0)  # the strip's report moved to grid 111
+
+    counted, attribution = hotspot_counts(client, attribution="location", generation="1")
+    assert attribution["generation"] == 1
+    assert counted == expected_grids(client, incidents, as_of=yesterday())
+    assert client.get("/api/v1/hotspots", params={"attribution": "where"}).status_code == 422
+    assert client.get("/api/v1/hotspots", params={"generation": "1"}).status_code == 422
+    assert client.get("/api/v1/hotspots", params={"attribution": "location", "generation": "9"}).status_code == 404
+
+
+def test_incident_exports_say_which_areas_their_codes_name(client):
+    import io
+
+    import pandas as pd
+
+    incidents = {i["id"]: i for i in client.get("/api/v1/incidents", params={"limit": 500}).json()["items"]}
+    by_report = pd.read_csv(io.StringIO(client.get("/api/v1/export/incidents", params={"format": "csv"}).text),
+                            dtype=str)
+    assert set(by_report["attribution"]) == {"report"}
+    assert {(int(r.id), r.grid_code) for r in by_report.itertuples()} == \
+        {(i["id"], i["grid_code"]) for i in incidents.values()}
+    located = pd.read_csv(io.StringIO(client.get("/api/v1/export/incidents", params={
+        "format": "csv", "attribution": "location", "generation": "1"}).text), dtype=str)
+    assert set(located["attribution"]) == {"location"} and set(located["generation"]) == {"1"}
+    for row in located.itertuples():
+        incident = incidents[int(row.id)]
+        assert row.grid_code == client.get("/api/v1/lookup", params={
+            "lon": incident["lon"], "lat": incident["lat"], "as_of": yesterday()}).json()["grid"]["code"]
+
+
+def test_ogc_area_collections_answer_the_generation_of_datetime(client, redrawn):
+    now = client.get("/ogc/collections/grids/items").json()
+    then = client.get("/ogc/collections/grids/items", params={"datetime": f"{yesterday()}T12:00:00+08:00"}).json()
+    assert now["numberMatched"] == 8 and then["numberMatched"] == 9
+    assert ENCLAVE in [f["id"] for f in then["features"]]
+    interval = client.get("/ogc/collections/grids/items", params={"datetime": f"{yesterday()}T00:00:00Z/.."}).json()
+    assert interval["numberMatched"] == 8  # an interval answers the generation valid at its end
+
+
+def test_a_generation_is_dated_when_the_redrawing_took_effect(server_url, tmp_path):
+    database = ThrowawayDatabase(server_url, "valid_from")
+    try:
+        migrate(database.engine)
+        cst = generations.LOCAL_TZ
+        with Session(database.engine) as session:
+            loading.load(session, tiny.write_tiny_dataset(tmp_path / "v1"), progress=quiet)
+            second = loading.load(session, tiny.write_frames(tmp_path / "v2", redrawn_frames()), progress=quiet,
+                                  valid_from=dt.datetime(2026, 6, 1, tzinfo=cst))
+            assert second.generation["valid_from"] == "2026-05-31T16:00:00+00:00"
+            assert generations.at(session, generations.parse_as_of("2026-05-31")) == 1
+            assert generations.at(session, generations.parse_as_of("2026-06-01")) == 2
+            with pytest.raises(Exception, match="is not after generation 2"):
+                loading.load(session, tiny.write_tiny_dataset(tmp_path / "v3"), progress=quiet,
+                             valid_from=dt.datetime(2026, 1, 1, tzinfo=cst))
+            session.rollback()
+            with pytest.raises(Exception, match="in the future"):
+                loading.load(session, tiny.write_tiny_dataset(tmp_path / "v4"), progress=quiet,
+                             valid_from=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+            session.rollback()
+            assert [g["id"] for g in generations.listing(session)] == [1, 2]
+    finally:
+        database.drop()
