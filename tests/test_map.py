@@ -19,14 +19,19 @@ PASSWORD = "map test password"
 
 
 @pytest.fixture(scope="module")
-def server(server_url, tmp_path_factory):
+def map_db(server_url, tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: run `make test` (it installs it) or "
                     "`sudo apt-get install -y chromium fonts-noto-cjk`")
     accounts = tuple((f"map-{role}", role, None) for role in ("viewer", "dispatcher", "analyst"))
     with tiny_database(server_url, tmp_path_factory.mktemp("m"), "map", accounts, PASSWORD) as database:
-        with running_server(database) as base:
-            yield base
+        yield database
+
+
+@pytest.fixture(scope="module")
+def server(map_db):
+    with running_server(map_db) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +112,7 @@ def test_every_layer_is_present_and_toggles(watched):
     watched.wait_ready()
     names = watched.page.evaluate("Object.keys(geoState.layers)")
     assert set(names) == {"towns 镇街", "communities 村(社区)", "grids 网格", "compounds 小区", "stations 站点",
-                          "incidents 事件", "incident heat 热力", "door plates 粤居码"}
+                          "incidents 事件", "incident heat 热力", "door plates 粤居码", "boundary changes 边界变化"}
     counts = watched.page.evaluate("""() => ({grids: geoState.layers['grids 网格'].getLayers().length,
         stations: geoState.layers['stations 站点'].getLayers().length, incidents: geoState.incidentCount})""")
     assert counts == {"grids": 9, "stations": 2, "incidents": 2}
@@ -270,3 +275,27 @@ def test_no_page_or_asset_points_at_the_internet():
                  and "vendor" not in p.parts and cdn.search(p.read_text(errors="ignore"))]
     assert offenders == []
     assert shutil.which("chromium") or os.path.exists(CHROMIUM)
+
+
+def test_boundary_changes_layer_shows_the_last_redrawing(map_db, watched, tmp_path):
+    # Last in this module: it redraws the map's grids (a second generation).
+    from sqlalchemy.orm import Session
+
+    from geo_service import loading
+    from tests.test_generations import ENCLAVE, G111, redrawn_frames
+
+    with Session(map_db.engine) as session:
+        loading.load(session, tiny.write_frames(tmp_path / "v2", redrawn_frames()), progress=lambda m: None)
+    watched.login("viewer")
+    watched.wait_ready()
+    name = "boundary changes 边界变化"
+    assert watched.page.evaluate("geoState.boundaryChanges") == {"from": 1, "to": 2}
+    features = watched.page.evaluate("(n) => geoState.layers[n].getLayers().map(l => l.feature.id)", name)
+    assert sorted(features) == sorted(f"grid/{code}" for code in (G111, tiny.grid_code(1, 1, 2),
+                                                                  tiny.grid_code(2, 2, 2), ENCLAVE))
+    watched.page.locator(".leaflet-control-layers-overlays label", has_text=name).locator("input").click()
+    watched.page.evaluate("(n) => geoState.layers[n].getLayers().find(l => l.feature.id.endsWith('%s'))"
+                          ".openPopup()" % ENCLAVE, name)
+    popup = watched.page.inner_text(".leaflet-popup-content")
+    assert ENCLAVE in popup and "removed" in popup and tiny.grid_code(2, 2, 2) in popup
+    assert watched.problems == []

@@ -113,6 +113,46 @@ var GeoMap = (function () {
     return Promise.all([towns, communities, gridsLoaded, compounds]);
   }
 
+  // What the last redrawing changed: the previous boundary generation against the current one
+  // (GET /api/v1/generations/{a}/diff/{b}?format=geojson); empty while there is one generation.
+  var CHANGE_STYLES = {
+    added: { color: "#1a9850", fillColor: "#66bd63" },
+    removed: { color: "#d73027", fillColor: "#f46d43" },
+    reshaped: { color: "#e08214", fillColor: "#fdb863" },
+    changed: { color: "#4575b4", fillColor: "#91bfdb" }
+  };
+  var CHANGE_NAMES = { added: "新增 added", removed: "撤销 removed", reshaped: "调整 reshaped",
+                       changed: "更名等 changed" };
+
+  function changePopup(p) {
+    var moved = p.change === "changed" ? esc(p.fields.join(", ")) :
+      Math.round(p.moved_m2).toLocaleString("zh-CN") + " m²";
+    return "<b>" + esc(p.code) + "</b> " + esc(p.name) + "<br>" + esc(p.layer) + " · " +
+      esc(CHANGE_NAMES[p.change] || p.change) + "<br>面积变化 moved: " + moved +
+      (p.from_codes.length ? "<br>来自 from: " + esc(p.from_codes.join(", ")) : "") +
+      (p.to_codes.length ? "<br>划入 to: " + esc(p.to_codes.join(", ")) : "");
+  }
+
+  function loadBoundaryChanges() {
+    var layer = L.geoJSON(null, {
+      style: function (f) {
+        var s = CHANGE_STYLES[f.properties.change] || CHANGE_STYLES.changed;
+        return { color: s.color, weight: 2, fillColor: s.fillColor, fillOpacity: 0.55 };
+      },
+      onEachFeature: function (f, l) { l.bindPopup(changePopup(f.properties)); }
+    });
+    state.layers["boundary changes 边界变化"] = layer;
+    return api("/api/v1/generations").then(function (list) {
+      if (list.length < 2) return layer;
+      var from = list[list.length - 2].id, to = list[list.length - 1].id;
+      state.boundaryChanges = { from: from, to: to };
+      return api("/api/v1/generations/" + from + "/diff/" + to + "?format=geojson").then(function (data) {
+        layer.addData(data);
+        return layer;
+      });
+    });
+  }
+
   // ----------------------------------------------------------------- point layers
 
   function loadStations() {
@@ -591,7 +631,7 @@ var GeoMap = (function () {
     wirePanelToggle();
     L.Popup.mergeOptions(popupOptions(300));  // every other popup
     var categoriesLoaded = api("/api/v1/incident-categories").then(function (list) { categories = list; });
-    var loads = [loadAreas(), loadStations(), loadIncidents(), categoriesLoaded];
+    var loads = [loadAreas(), loadStations(), loadIncidents(), loadBoundaryChanges(), categoriesLoaded];
     Promise.all(loads).then(function () {
       var shown = cfg.page === "hotspots" ? ["towns 镇街"] :
         ["towns 镇街", "communities 村(社区)", "grids 网格", "compounds 小区", "stations 站点", "incidents 事件"];
