@@ -294,8 +294,8 @@ def test_boundary_changes_layer_shows_the_last_redrawing(map_db, watched, tmp_pa
     assert sorted(features) == sorted(f"grid/{code}" for code in (G111, tiny.grid_code(1, 1, 2),
                                                                   tiny.grid_code(2, 2, 2), ENCLAVE))
     watched.page.locator(".leaflet-control-layers-overlays label", has_text=name).locator("input").click()
-    watched.page.evaluate("(n) => geoState.layers[n].getLayers().find(l => l.feature.id.endsWith('%s'))"
-                          ".openPopup()" % ENCLAVE, name)
+    watched.page.evaluate("([n, code]) => geoState.layers[n].getLayers().find(l => l.feature.id.endsWith(code))"
+                          ".openPopup()", [name, ENCLAVE])
     popup = watched.page.inner_text(".leaflet-popup-content")
     assert ENCLAVE in popup and "removed" in popup and tiny.grid_code(2, 2, 2) in popup
     assert watched.problems == []
