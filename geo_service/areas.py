@@ -16,22 +16,26 @@ AT = "FROM area_version AS {a} WHERE {a}.layer = '{layer}' AND " + \
 # no per-row Python, which matters for the geometry variants.
 LIST_SQL = {
     "towns": """
-        SELECT t.code, t.name, t.attributes ->> 'name_en' AS name_en, t.attributes ->> 'kind' AS kind, t.geom
+        SELECT t.code, t.name, t.attributes ->> 'name_en' AS name_en, t.attributes ->> 'kind' AS kind,
+               t.generation_low AS generation_from, t.generation_high AS generation_to, t.geom
         """ + AT.format(a="t", layer="town") + """ AND (:town IS NULL OR t.code = :town)
     """,
     "communities": """
         SELECT c.code, c.name, c.attributes ->> 'kind' AS kind, (c.attributes ->> 'no_litigation')::boolean
-               AS no_litigation, c.parent_code AS town_code, c.geom
+               AS no_litigation, c.parent_code AS town_code, c.generation_low AS generation_from,
+               c.generation_high AS generation_to, c.geom
         """ + AT.format(a="c", layer="community") + """
           AND (:town IS NULL OR c.parent_code = :town) AND (:community IS NULL OR c.code = :community)
     """,
     "grids": """
-        SELECT g.code, g.name, g.parent_code AS community_code, left(g.parent_code, 9) AS town_code, g.geom
+        SELECT g.code, g.name, g.parent_code AS community_code, left(g.parent_code, 9) AS town_code,
+               g.generation_low AS generation_from, g.generation_high AS generation_to, g.geom
         """ + AT.format(a="g", layer="grid") + """
           AND (:town IS NULL OR left(g.parent_code, 9) = :town) AND (:community IS NULL OR g.parent_code = :community)
     """,
     "compounds": """
-        SELECT k.code, k.name, k.parent_code AS grid_code, k.geom
+        SELECT k.code, k.name, k.parent_code AS grid_code, k.generation_low AS generation_from,
+               k.generation_high AS generation_to, k.geom
         """ + AT.format(a="k", layer="compound") + """
           AND (:town IS NULL OR left(k.parent_code, 9) = :town)
           AND (:community IS NULL OR left(k.parent_code, 12) = :community)
@@ -58,8 +62,9 @@ SELECT json_build_object(
         'community', json_build_object('code', c.code, 'name', c.name),
         'town', json_build_object('code', t.code, 'name', t.name),
         'area_km2', round((ST_Area(ST_Transform(g.geom, :metric_srid)) / 1e6)::numeric, 4),
-        'generation', :generation))
-FROM (SELECT g.code, g.name, g.parent_code, g.geom """ + AT.format(a="g", layer="grid") + """ AND g.code = :code) AS g
+        'generation', :generation, 'generation_from', g.generation_low, 'generation_to', g.generation_high))
+FROM (SELECT g.code, g.name, g.parent_code, g.geom, g.generation_low, g.generation_high
+      """ + AT.format(a="g", layer="grid") + """ AND g.code = :code) AS g
 JOIN (SELECT c.code, c.name, c.parent_code """ + AT.format(a="c", layer="community") + """) AS c
   ON c.code = g.parent_code
 JOIN (SELECT t.code, t.name """ + AT.format(a="t", layer="town") + """) AS t ON t.code = c.parent_code

@@ -494,15 +494,21 @@ class FeatureCollection(BaseModel, Generic[AFeature]):
 # --------------------------------------------------------------------------- areas and map layers
 
 
-class TownRead(TownRef):
+class Versioned(BaseModel):
+    """The boundary generations a version of an area is valid in (GET /api/v1/generations dates them)."""
+    generation_from: int = Field(description="The first generation this version of the area is valid in.")
+    generation_to: int | None = Field(description="The last one; null while it is current.")
+
+
+class TownRead(TownRef, Versioned):
     name_en: str | None = Field(description="English name.")
 
 
-class CommunityRead(CommunityRef):
+class CommunityRead(CommunityRef, Versioned):
     town_code: str = Field(description="The town's 9-digit code.")
 
 
-class GridRead(AreaRef):
+class GridRead(AreaRef, Versioned):
     community_code: str = Field(description="The community's 12-digit code.")
     town_code: str = Field(description="The town's 9-digit code.")
 
@@ -525,7 +531,9 @@ class GridProperties(BaseModel):
     community: AreaRef = Field(description="The community holding the grid.")
     town: AreaRef = Field(description="The town holding the grid.")
     area_km2: float = Field(description="Area in km², measured in `GEO_METRIC_CRS`.")
-    generation: int | None = Field(description="The boundary generation of this outline.")
+    generation: int | None = Field(description="The boundary generation asked for (default the current).")
+    generation_from: int = Field(description="The first generation this outline is valid in.")
+    generation_to: int | None = Field(description="The last one; null while it is current.")
 
 
 class GridFeature(Feature[GridProperties]):
@@ -588,6 +596,10 @@ class CompoundProperties(BaseModel):
     code: str = Field(description="Compound code.")
     name: str
     grid_code: str = Field(description="The grid holding the compound.")
+
+
+class OgcCompoundProperties(CompoundProperties, Versioned):
+    pass
 
 
 class CompoundCollection(FeatureCollection[Feature[CompoundProperties]]):
@@ -825,12 +837,12 @@ class OgcIncidentProperties(BaseModel):
 
 # The properties of each collection's features (`towns` answers TownRead properties, …).
 OGC_PROPERTIES: dict[str, type[BaseModel]] = {
-    "towns": TownRead, "communities": CommunityRead, "grids": GridRead, "compounds": CompoundProperties,
+    "towns": TownRead, "communities": CommunityRead, "grids": GridRead, "compounds": OgcCompoundProperties,
     "stations": StationProperties, "door_plates": OgcDoorPlateProperties, "incidents": OgcIncidentProperties,
     "hotspots": HotspotProperties,
 }
-OgcProperties = (TownRead | CommunityRead | GridRead | CompoundProperties | StationProperties | OgcDoorPlateProperties
-                 | OgcIncidentProperties | HotspotProperties)
+OgcProperties = (TownRead | CommunityRead | GridRead | OgcCompoundProperties | StationProperties
+                 | OgcDoorPlateProperties | OgcIncidentProperties | HotspotProperties)
 
 
 class OgcFeature(Feature[OgcProperties]):

@@ -169,6 +169,12 @@ def test_the_area_endpoints_answer_any_generation(client):
     assert client.get(f"/api/v1/grids/{ENCLAVE}").status_code == 404
     old = client.get(f"/api/v1/grids/{ENCLAVE}", params={"as_of": yesterday()}).json()
     assert old["properties"]["generation"] == 1
+    # Every version says which generations it is valid in: the unchanged grid since the first.
+    versions = {g["code"]: (g["generation_from"], g["generation_to"]) for g in client.get("/api/v1/grids").json()}
+    assert versions[G112] == (2, None) and versions[tiny.grid_code(2, 1, 1)] == (1, None)
+    before = {g["code"]: (g["generation_from"], g["generation_to"])
+              for g in client.get("/api/v1/grids", params={"as_of": yesterday()}).json()}
+    assert before[G112] == (1, 1) and before[ENCLAVE] == (1, 1) and before[tiny.grid_code(2, 1, 1)] == (1, None)
     now, then = (client.get(f"/api/v1/grids/{G112}", params=p).json()["properties"]["area_km2"]
                  for p in ({}, {"as_of": yesterday()}))
     assert then - now == pytest.approx(strip_m2(STRIP) / 1e6, abs=1e-3)
