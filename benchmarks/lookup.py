@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import statistics
 import tempfile
 import time
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Session
 from geo_service import auth
 from geo_service.config import get_settings
 from geo_service.db import make_engine
-from geo_service.ownership import OWNER_SQL
+from geo_service.ownership import LOCAL_TZ, OWNER_SQL
 
 SAMPLE = ROOT / "gis_data" / "heshan"
 CONNECTIONS = (1, 8, 32)
@@ -63,20 +64,29 @@ def single_lookups(url, seconds: int, rounds: int, workers: int, key: str) -> li
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as points:
         for lon, lat in plates[["lon", "lat"]].itertuples(index=False):
             points.write(f"lon={lon}&lat={lat}\n")
+    # The same points as of yesterday: a past day's roster (generations.py), its index built on
+    # the first request and kept; each request also resolves the generation in PostgreSQL.
+    yesterday = (dt.datetime.now(LOCAL_TZ).date() - dt.timedelta(days=1)).isoformat()
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as past_points:
+        for lon, lat in plates[["lon", "lat"]].itertuples(index=False):
+            past_points.write(f"lon={lon}&lat={lat}&as_of={yesterday}\n")
     script = str(ROOT / "benchmarks" / "points.lua")
     env = {"POINTS_FILE": points.name, "API_KEY": key}
+    env_past = {"POINTS_FILE": past_points.name, "API_KEY": key}
     rows = []
     with uvicorn("benchmarks.hello_app:app", workers, ready_path="/hello") as hello, \
             geo_service(url) as audited, geo_service(url, {"GEO_AUDIT_LOOKUPS": "false"}) as unaudited:
         warm(audited, key, workers)
         warm(unaudited, key, workers)
         for connections in CONNECTIONS:
-            base, look, plain = [], [], []
+            base, look, plain, past = [], [], [], []
             for _ in range(rounds):
                 base.append(wrk(hello + "/hello", connections, seconds))
                 look.append(wrk(audited, connections, seconds, script, env=env))
                 plain.append(wrk(unaudited, connections, seconds, script, env=env))
-            assert all(r["non_2xx"] == 0 for r in look + plain), look + plain
+                if connections == 8:
+                    past.append(wrk(audited, connections, seconds, script, env=env_past))
+            assert all(r["non_2xx"] == 0 for r in look + plain + past), look + plain + past
             rows.append({
                 "connections": connections,
                 "hello_rps": median(r["rps"] for r in base), "hello_p50_ms": median(r["p50_ms"] for r in base),
@@ -86,6 +96,8 @@ def single_lookups(url, seconds: int, rounds: int, workers: int, key: str) -> li
                 "lookup_rps_min": min(r["rps"] for r in look),
                 "unaudited_rps": median(r["rps"] for r in plain),
                 "unaudited_p99_ms": median(r["p99_ms"] for r in plain),
+                "as_of_rps": median(r["rps"] for r in past) if past else None,
+                "as_of_p99_ms": median(r["p99_ms"] for r in past) if past else None,
             })
     return rows
 
@@ -469,6 +481,12 @@ def measure(seconds: int = 10, rounds: int = 3, batch_rounds: int = 5, workers: 
             if row["connections"] == 8:
                 figure.update(goal=">= 0.5 of the baseline, p99 < 5 ms", met=ratio >= 0.5 and row["lookup_p99_ms"] < 5)
             figures.append(figure)
+            if row["as_of_rps"] is not None:
+                figures.append({
+                    "measurement": f"lookup as_of yesterday (a past day's roster), {row['connections']} connections, "
+                                   "dispatcher key, audited", "median": row["as_of_rps"], "worst": None,
+                    "unit": "req/s", "p99_ms": row["as_of_p99_ms"], "baseline": "the same lookups today",
+                    "baseline_median": row["lookup_rps"], "ratio": row["as_of_rps"] / row["lookup_rps"]})
         result = batch_lookups(url, batch_rounds, workers, key)
     goals = {"json": (0.3, 0.5), "geojson": (0.45, 0.75), "csv": (0.45, 0.75)}
     for row in result["rows"]:

@@ -211,17 +211,32 @@ def resolve(session: Session, as_of: str | None) -> int | None:
     return current(session) if as_of is None else at(session, parse_as_of(as_of))
 
 
-def at(session: Session, moment: dt.datetime) -> int:
-    """The generation valid at an instant."""
-    found = session.scalar(text("SELECT max(id) FROM generation WHERE valid_from IS NULL OR valid_from <= :at"),
-                           {"at": moment})
+STARTS_SQL = text("SELECT id, valid_from FROM generation ORDER BY id")
+
+
+def starts(session: Session) -> list[tuple[int, dt.datetime | None]]:
+    """(generation, valid from) of every generation, oldest first: what `choose` decides on."""
+    return [(row.id, row.valid_from) for row in session.execute(STARTS_SQL)]
+
+
+def choose(generation_starts: list[tuple[int, dt.datetime | None]], moment: dt.datetime) -> int:
+    """The generation valid at an instant, from `starts` (valid_from grows with the number)."""
+    found = None
+    for candidate, valid_from in generation_starts:
+        if valid_from is not None and valid_from > moment:
+            break
+        found = candidate
     if found is None:
-        first = session.execute(text("SELECT valid_from FROM generation ORDER BY id LIMIT 1")).first()
-        if first is None:
+        if not generation_starts:
             raise NotFound("no boundaries are loaded")
         raise NotFound(f"no boundaries are known at {moment.isoformat()}: the first generation is valid "
-                       f"from {first.valid_from.isoformat()}")
+                       f"from {generation_starts[0][1].isoformat()}")
     return found
+
+
+def at(session: Session, moment: dt.datetime) -> int:
+    """The generation valid at an instant."""
+    return choose(starts(session), moment)
 
 
 # ---------------------------------------------------------------------------- attribution

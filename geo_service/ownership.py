@@ -136,6 +136,7 @@ class OwnershipIndex:
 
     built_for: dt.date
     generation: int | None  # the boundary generation of the areas (None before any load)
+    generation_starts: list  # every generation's (number, valid from), to answer `as_of` from memory
     grid_ids: np.ndarray
     grid_codes: np.ndarray
     grid_geoms: np.ndarray
@@ -161,8 +162,9 @@ class OwnershipIndex:
         """The index of the current areas and today's rosters, or of a past generation's areas
         and the rosters of a past day."""
         today = today or local_today()
+        generation_starts = generations.starts(session)
         if generation is None:
-            current = generations.current(session)
+            current = generation_starts[-1][0] if generation_starts else None
             grid_rows = session.execute(GRIDS_SQL).mappings().all()
             compound_rows = session.execute(COMPOUNDS_SQL).mappings().all()
         else:
@@ -222,6 +224,7 @@ class OwnershipIndex:
         return cls(
             built_for=today,
             generation=current,
+            generation_starts=generation_starts,
             grid_ids=np.array([row["id"] for row in grid_rows], dtype=np.int64),
             grid_codes=np.array([row["code"] for row in grid_rows], dtype=object),
             grid_geoms=geoms,
@@ -438,6 +441,7 @@ class OwnershipCache:
         self._dirty = True
         self._past: dict[tuple[int, dt.date], OwnershipIndex] = {}
         self._past_for: OwnershipIndex | None = None
+        self._past_lock = threading.Lock()  # one build of a past index at a time
 
     def current(self) -> OwnershipIndex:
         """The fresh index, rebuilding it first if needed (may wait for the database)."""
@@ -449,30 +453,47 @@ class OwnershipCache:
     def as_of(self, moment: dt.datetime) -> OwnershipIndex:
         """The index of the areas valid at an instant and the rosters of that day.
 
-        Past indexes are built on first use and kept (a few) until the current one is rebuilt:
-        a load may rewrite history (rosters carry their own dates), and it notifies."""
+        Past indexes are built on first use (once: concurrent askers wait for that build) and
+        kept, a few, until the current one is rebuilt: a load may rewrite history (rosters carry
+        their own dates), and it notifies."""
         index = self.current()
-        day = generations.local_date(moment)
-        try:
-            with Session(self._engine) as session:
-                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-                number = generations.at(session, moment)
-                if number == index.generation and day == index.built_for:
-                    return index
+        key = (generations.choose(index.generation_starts, moment), generations.local_date(moment))
+        if key == (index.generation, index.built_for):
+            return index
+        found = self._kept(index, key)
+        if found is not None:
+            return found
+        with self._past_lock:
+            found = self._kept(index, key)
+            if found is None:
+                try:
+                    with Session(self._engine) as session:
+                        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                        found = OwnershipIndex.build(session, self._metric_crs, today=key[1], generation=key[0])
+                except (psycopg2.Error, DBAPIError) as exc:
+                    raise DatabaseUnavailable("database unavailable; retry shortly") from exc
                 with self._lock:
-                    if self._past_for is not index:
-                        self._past, self._past_for = {}, index
-                    found = self._past.get((number, day))
-                if found is None:
-                    found = OwnershipIndex.build(session, self._metric_crs, today=day, generation=number)
-                    with self._lock:
-                        if self._past_for is index:
-                            while len(self._past) >= PAST_INDEXES:
-                                self._past.pop(next(iter(self._past)))
-                            self._past[(number, day)] = found
-                return found
-        except (psycopg2.Error, DBAPIError) as exc:
-            raise DatabaseUnavailable("database unavailable; retry shortly") from exc
+                    if self._past_for is index:
+                        while len(self._past) >= PAST_INDEXES:
+                            self._past.pop(next(iter(self._past)))
+                        self._past[key] = found
+        return found
+
+    def ready_as_of(self, moment: dt.datetime) -> OwnershipIndex | None:
+        """The index for an instant if it is at hand (fresh, or kept); else None, never waiting."""
+        index = self.ready()
+        if index is None:
+            return None
+        key = (generations.choose(index.generation_starts, moment), generations.local_date(moment))
+        if key == (index.generation, index.built_for):
+            return index
+        return self._kept(index, key)
+
+    def _kept(self, index: OwnershipIndex, key: tuple[int, dt.date]) -> OwnershipIndex | None:
+        with self._lock:
+            if self._past_for is not index:
+                self._past, self._past_for = {}, index
+            return self._past.get(key)
 
     def ready(self) -> OwnershipIndex | None:
         """The index if it is fresh and nobody is rebuilding it, else None; never waits or queries."""

@@ -96,7 +96,9 @@ async def _lookup_answer(request: Request, identity) -> bytes:
     # only a rebuild of the index goes to the thread pool.
     as_of = values.get("as_of")
     if as_of is not None:
-        index = await run_in_threadpool(current_index, request, as_of)
+        moment = generations.parse_as_of(as_of)
+        cache = request.app.state.ownership
+        index = cache.ready_as_of(moment) or await run_in_threadpool(cache.as_of, moment)
     else:
         index = request.app.state.ownership.ready() or await run_in_threadpool(current_index, request)
     return orjson.dumps(ownership.lookup_for(index, identity, lon, lat, crs, stations, people_log(request)))
