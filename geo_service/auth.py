@@ -59,6 +59,7 @@ class Identity:
     towns: frozenset[str] | None  # None: every town
     grid_worker_id: int | None = None
     police_officer_id: int | None = None
+    department_code: str | None = None  # role department: the department it speaks for
 
     def in_scope(self, town_code: str | None) -> bool:
         return self.towns is None or town_code in self.towns
@@ -103,8 +104,22 @@ def _check_password(password: str) -> None:
         raise InvalidInput("password must have at least 10 characters")
 
 
+def _check_department(session: Session, role: str, department: str | None) -> str | None:
+    """A department account names its department (and only a department account does)."""
+    if role != "department":
+        if department is not None:
+            raise InvalidInput(f"department {department!r} is for role department only, not {role!r}")
+        return None
+    if not department:
+        raise InvalidInput("a department account must name its department (--department CODE)")
+    if session.scalar(select(models.Department.id).where(models.Department.code == department)) is None:
+        known = session.scalars(select(models.Department.code).order_by(models.Department.code)).all()
+        raise InvalidInput(f"department {department!r} does not exist; known: {', '.join(known) or 'none loaded'}")
+    return department
+
+
 def create_user(session: Session, username: str, role: str, *, towns: list[str] | None = None,
-                password: str | None = None, person_code: str | None = None,
+                password: str | None = None, person_code: str | None = None, department: str | None = None,
                 actor: audit.Actor = audit.CLI) -> tuple[models.AppUser, str]:
     """Create a user; returns it with its password (generated when none is given)."""
     username = username.strip().lower()
@@ -113,7 +128,8 @@ def create_user(session: Session, username: str, role: str, *, towns: list[str] 
     password = password if password is not None else secrets.token_urlsafe(12)
     _check_password(password)
     user = models.AppUser(username=username, password_hash=PASSWORD_HASHER.hash(password), role=role,
-                          towns=_check_towns(session, towns))
+                          towns=_check_towns(session, towns),
+                          department_code=_check_department(session, role, department))
     if person_code:
         worker = session.scalar(select(models.GridWorker).where(models.GridWorker.code == person_code))
         officer = session.scalar(select(models.PoliceOfficer).where(models.PoliceOfficer.code == person_code))
@@ -132,7 +148,8 @@ def create_user(session: Session, username: str, role: str, *, towns: list[str] 
             raise InvalidInput(f"username {username!r} must be 2-64 characters a-z, 0-9, '_', '.', '-'") from None
         raise Conflict(f"user {username!r} already exists") from None
     audit.record(session, actor, "user.create", "user", username,
-                 detail={"role": role, "towns": user.towns, "generated_password": generated})
+                 detail={"role": role, "towns": user.towns, "department": user.department_code,
+                         "generated_password": generated})
     session.commit()
     return user, password
 
@@ -158,19 +175,21 @@ def set_disabled(session: Session, username: str, disabled: bool, actor: audit.A
 
 
 def create_api_key(session: Session, name: str, role: str, *, towns: list[str] | None = None,
-                   actor: audit.Actor = audit.CLI) -> tuple[models.ApiKey, str]:
+                   department: str | None = None, actor: audit.Actor = audit.CLI) -> tuple[models.ApiKey, str]:
     """Create a key; returns it with the secret, which is shown once and never stored."""
     _check_role(role)
     prefix, secret = _new_secret("gsk")
     key = models.ApiKey(name=name.strip(), prefix=prefix, digest=_digest(secret), role=role,
-                        towns=_check_towns(session, towns))
+                        towns=_check_towns(session, towns),
+                        department_code=_check_department(session, role, department))
     session.add(key)
     try:
         session.flush()
     except IntegrityError:
         session.rollback()
         raise Conflict(f"API key {name!r} already exists") from None
-    audit.record(session, actor, "apikey.create", "api_key", key.name, detail={"role": role, "towns": key.towns})
+    audit.record(session, actor, "apikey.create", "api_key", key.name,
+                 detail={"role": role, "towns": key.towns, "department": key.department_code})
     session.commit()
     return key, secret
 
@@ -326,13 +345,13 @@ def sign_out(session: Session, secret: str) -> None:
 
 
 USER_TOKEN_SQL = text("""
-SELECT t.digest, u.id, u.username, u.role, u.towns, u.grid_worker_id, u.police_officer_id
+SELECT t.digest, u.id, u.username, u.role, u.towns, u.grid_worker_id, u.police_officer_id, u.department_code
 FROM access_token AS t JOIN app_user AS u ON u.id = t.user_id
 WHERE t.prefix = :prefix AND t.kind = :kind AND t.revoked_at IS NULL AND t.expires_at > now()
   AND NOT u.disabled
 """)
 KEY_SQL = text("""
-SELECT digest, id, name, role, towns FROM api_key WHERE prefix = :prefix AND revoked_at IS NULL
+SELECT digest, id, name, role, towns, department_code FROM api_key WHERE prefix = :prefix AND revoked_at IS NULL
 """)
 
 
@@ -346,13 +365,14 @@ def identify(session: Session, secret: str) -> Identity | None:
         row = session.execute(KEY_SQL, {"prefix": prefix}).one_or_none()
         if row is None or not hmac.compare_digest(row.digest, _digest(secret)):
             return None
-        return Identity("key", row.id, row.name, row.role, frozenset(row.towns) if row.towns else None)
+        return Identity("key", row.id, row.name, row.role, frozenset(row.towns) if row.towns else None,
+                        department_code=row.department_code)
     row = session.execute(USER_TOKEN_SQL, {"prefix": prefix, "kind": "bearer" if kind == "gst" else "session"}
                           ).one_or_none()
     if row is None or not hmac.compare_digest(row.digest, _digest(secret)):
         return None
     return Identity("user", row.id, row.username, row.role, frozenset(row.towns) if row.towns else None,
-                    row.grid_worker_id, row.police_officer_id)
+                    row.grid_worker_id, row.police_officer_id, row.department_code)
 
 
 RIDER_SQL = text("SELECT is_rider FROM grid_worker WHERE id = :id")

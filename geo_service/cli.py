@@ -422,15 +422,18 @@ def user() -> None:
 @click.option("--role", required=True, type=click.Choice(roles.ROLES))
 @click.option("--town", "towns", multiple=True, help="Limit the user to this town (repeatable).")
 @click.option("--person", help="Grid worker or police officer code this account belongs to (workers).")
+@click.option("--department", help="The department a `department` account speaks for (its code).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input; "
               "otherwise one is generated and printed once.")
-def user_add(name: str, role: str, towns: tuple[str, ...], person: str | None, password_stdin: bool) -> None:
+def user_add(name: str, role: str, towns: tuple[str, ...], person: str | None, department: str | None,
+             password_stdin: bool) -> None:
     """Create a user."""
     from geo_service import auth
 
     with _session() as session:
         created, password = auth.create_user(session, name, role, towns=list(towns) or None,
-                                             password=_read_password(password_stdin), person_code=person)
+                                             password=_read_password(password_stdin), person_code=person,
+                                             department=department)
     towns = f", towns {', '.join(created.towns)}" if created.towns else ""
     click.echo(f"created user {created.username} ({role}{towns})")
     if not password_stdin:
@@ -495,12 +498,13 @@ def apikey() -> None:
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice(roles.ROLES))
 @click.option("--town", "towns", multiple=True, help="Limit the key to this town (repeatable).")
-def apikey_create(name: str, role: str, towns: tuple[str, ...]) -> None:
+@click.option("--department", help="The department a `department` key speaks for (its code).")
+def apikey_create(name: str, role: str, towns: tuple[str, ...], department: str | None) -> None:
     """Create a key; it is printed once, alone on the last line."""
     from geo_service import auth
 
     with _session() as session:
-        _, secret = auth.create_api_key(session, name, role, towns=list(towns) or None)
+        _, secret = auth.create_api_key(session, name, role, towns=list(towns) or None, department=department)
     click.echo(f"created API key {name} ({role}); send it as `Authorization: Bearer <key>`. It is not stored:")
     click.echo(secret)
 

@@ -69,6 +69,7 @@ COLUMNS = {
     "door_plates": ("code", "address"),
     "grid_workers": ("code", "name", "kind"),
     "police_officers": ("code", "name", "unit", "kind"),
+    "departments": ("code", "name"),
     "grid_assignments": ("grid_code", "role", "person_code", "valid_from"),
     "incidents": ("external_id", "category", "description", "reported_at", "reporter_kind"),
 }
@@ -79,6 +80,7 @@ OPTIONAL_COLUMNS = {
     "door_plates": ("building", "unit", "room", "is_rental", "resident_count"),
     "grid_workers": ("phone", "is_rider", "platform", "specialty"),
     "police_officers": ("phone",),
+    "departments": ("name_en", "duty_contact", "duty_phone"),
     "grid_assignments": ("valid_to",),
     "incidents": ("door_plate_code", "status"),
 }
@@ -88,6 +90,7 @@ CODE_PATTERNS = {
     "towns": r"^[0-9]{9}$",
     "communities": r"^[0-9]{12}$",
     "grids": r"^[0-9]{15}$",
+    "departments": r"^[a-z0-9_]{2,32}$",
 }
 PARENT = {  # layer -> (parent layer, column holding the parent's code)
     "communities": ("towns", "town_code"),
@@ -657,11 +660,17 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
         step("police_officers", "police_officer", [
             dict(code=r.code, name=r.name, phone=r.phone or None, unit=r.unit, kind=r.kind)
             for r in frame.itertuples()])
+    if "departments" in dataset:
+        frame = dataset["departments"]
+        step("departments", "department", [
+            dict(code=r.code, name=r.name, name_en=r.name_en or None, duty_contact=r.duty_contact or None,
+                 duty_phone=r.duty_phone or None) for r in frame.itertuples()])
     if "grid_assignments" in dataset:
         _replace_assignments(session, t, dataset["grid_assignments"], grid_ids, changes)
         progress(f"wrote grid_assignments: {len(dataset['grid_assignments']):,} rows")
     # Children first, so a parent is only deleted once nothing points at it.
-    for layer, table in [("police_officers", "police_officer"), ("grid_workers", "grid_worker"),
+    for layer, table in [("departments", "department"),
+                         ("police_officers", "police_officer"), ("grid_workers", "grid_worker"),
                          ("door_plates", "door_plate"), ("stations", "station"), ("compounds", "compound"),
                          ("grids", "grid"), ("communities", "community"), ("towns", "town"),
                          ("county", "county")]:

@@ -285,6 +285,126 @@ class DoorPlate(Base):
     geom = point_geom()
 
 
+class ServiceItem(Base):
+    """One of the 12 service items of the grid worker's task list, under one of its 5 duties."""
+
+    __tablename__ = "service_item"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    duty_code: Mapped[str] = mapped_column(String(32))
+    duty_name: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    name_en: Mapped[str] = mapped_column(Text)
+    ordinal: Mapped[int] = mapped_column(Integer)
+
+
+class Department(Base):
+    """A department (部门) a whistle summons, with its duty contact."""
+
+    __tablename__ = "department"
+    __table_args__ = (CheckConstraint("code ~ '^[a-z0-9_]{2,32}$'", name="department_code_format"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    name_en: Mapped[str | None] = mapped_column(Text)
+    duty_contact: Mapped[str | None] = mapped_column(Text)
+    duty_phone: Mapped[str | None] = mapped_column(String(20))
+
+
+class BuildingLeader(Base):
+    """A volunteer building leader (志愿楼长) of a compound or a building in a grid."""
+
+    __tablename__ = "building_leader"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(String(20))
+    grid_code: Mapped[str] = mapped_column(String(15), index=True)
+    compound_code: Mapped[str | None] = mapped_column(String(32), index=True)
+    building: Mapped[str | None] = mapped_column(Text)
+
+
+class NpcDeputy(Base):
+    """A deputy of the people's congress (人大代表) entering the grids of their constituency (进网入格)."""
+
+    __tablename__ = "npc_deputy"
+    __table_args__ = (CheckConstraint("level IN ('county', 'town')", name="npc_deputy_level"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(String(20))
+    level: Mapped[str] = mapped_column(Text)
+    constituency: Mapped[str | None] = mapped_column(Text)
+
+
+class NpcDeputyGrid(Base):
+    __tablename__ = "npc_deputy_grid"
+
+    deputy_id: Mapped[int] = mapped_column(ForeignKey("npc_deputy.id", ondelete="CASCADE"), primary_key=True)
+    grid_code: Mapped[str] = mapped_column(String(15), primary_key=True, index=True)
+
+
+class LegalAdviser(Base):
+    """The legal adviser of a village or community (一村(社区)一法律顾问)."""
+
+    __tablename__ = "legal_adviser"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(String(20))
+    law_firm: Mapped[str | None] = mapped_column(Text)
+    community_code: Mapped[str] = mapped_column(String(12), unique=True)
+
+
+MEDIATOR_ROLES = ("judge", "mediator", "judge_assistant", "clerk")
+
+
+class Mediator(Base):
+    """A member of a dispute-resolution station's team: 法官, 解纷员, 法官助理 or 书记."""
+
+    __tablename__ = "mediator"
+    __table_args__ = (CheckConstraint(one_of("role", MEDIATOR_ROLES), name="mediator_role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(String(20))
+    role: Mapped[str] = mapped_column(Text)
+    station_code: Mapped[str] = mapped_column(String(32), index=True)
+
+
+class PatrolCheckIn(Base):
+    """A grid worker's patrol visit (巡查打卡) to a door plate or a compound, where they stood."""
+
+    __tablename__ = "patrol_check_in"
+    __table_args__ = (
+        CheckConstraint("(door_plate_code IS NULL) <> (compound_code IS NULL)", name="patrol_check_in_target"),
+        CheckConstraint("ST_X(geom) BETWEEN -180 AND 180 AND ST_Y(geom) BETWEEN -90 AND 90",
+                        name="patrol_check_in_geom_lonlat"),
+        Index("ix_patrol_check_in_grid_code_at", "grid_code", "at"),
+        Index("ix_patrol_check_in_worker_id_at", "worker_id", "at"),
+        Index("ix_patrol_check_in_door_plate_code", "door_plate_code"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    worker_id: Mapped[int] = mapped_column(ForeignKey("grid_worker.id", ondelete="RESTRICT"))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    geom = mapped_column(Geometry("POINT", srid=SRID, spatial_index=False), nullable=False)
+    door_plate_code: Mapped[str | None] = mapped_column(String(64))
+    compound_code: Mapped[str | None] = mapped_column(String(32))
+    # The worker's grid (one they serve that day) holding the visited place; NULL when none does.
+    grid_code: Mapped[str | None] = mapped_column(String(15))
+    in_own_grid: Mapped[bool] = mapped_column(Boolean)
+    distance_m: Mapped[float | None] = mapped_column(Float)  # from where they stood to the place
+    note: Mapped[str | None] = mapped_column(Text)
+    recorded_by_kind: Mapped[str] = mapped_column(Text)
+    recorded_by_id: Mapped[int | None] = mapped_column(Integer)
+
+
 class IncidentCategory(Base):
     """A kind of incident with its deadline per stage and its assignment and escalation rules."""
 
@@ -300,6 +420,8 @@ class IncidentCategory(Base):
     verify_hours: Mapped[int] = mapped_column(Integer, server_default="48")
     preferred_specialty: Mapped[str | None] = mapped_column(Text)
     auto_escalate: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    # The grid worker's task list item it belongs to (service_item, migration 0010).
+    service_item_code: Mapped[str | None] = mapped_column(ForeignKey("service_item.code", ondelete="RESTRICT"))
 
 
 class Incident(Base):
@@ -396,6 +518,11 @@ class IncidentDepartment(Base):
     acknowledged_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     acknowledged_by: Mapped[str | None] = mapped_column(Text)
     due_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))  # report in by then (吹哨)
+    # 报到 then 反馈: the department's answer (what it did), and when the late report-in was escalated.
+    reported_back_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    reported_back_by: Mapped[str | None] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(Text)
+    overdue_noticed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AppUser(Base):
@@ -405,6 +532,7 @@ class AppUser(Base):
     __table_args__ = (
         CheckConstraint(one_of("role", ROLES), name="app_user_role"),
         CheckConstraint("username ~ '^[a-z0-9_.-]{2,64}$'", name="app_user_username_format"),
+        CheckConstraint("(role = 'department') = (department_code IS NOT NULL)", name="app_user_department_role"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -414,6 +542,7 @@ class AppUser(Base):
     towns: Mapped[list[str] | None] = mapped_column(ARRAY(String(9)))
     grid_worker_id: Mapped[int | None] = mapped_column(ForeignKey("grid_worker.id", ondelete="SET NULL"))
     police_officer_id: Mapped[int | None] = mapped_column(ForeignKey("police_officer.id", ondelete="SET NULL"))
+    department_code: Mapped[str | None] = mapped_column(String(32))  # role department: which one
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -422,7 +551,10 @@ class ApiKey(Base):
     """A long-lived key for machine clients; only its SHA-256 digest is stored."""
 
     __tablename__ = "api_key"
-    __table_args__ = (CheckConstraint(one_of("role", ROLES), name="api_key_role"),)
+    __table_args__ = (
+        CheckConstraint(one_of("role", ROLES), name="api_key_role"),
+        CheckConstraint("(role = 'department') = (department_code IS NOT NULL)", name="api_key_department_role"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -430,6 +562,7 @@ class ApiKey(Base):
     digest: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(Text)
     towns: Mapped[list[str] | None] = mapped_column(ARRAY(String(9)))
+    department_code: Mapped[str | None] = mapped_column(String(32))  # role department: which one
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 

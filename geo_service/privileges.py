@@ -35,6 +35,17 @@ SERVICE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "grid_worker": READ,
     "police_officer": READ,
     "grid_assignment": READ,
+    # The rest of the cast and the departments (issue 16): written only by `geo-service load`.
+    "department": READ,
+    "building_leader": READ,
+    "npc_deputy": READ,
+    "npc_deputy_grid": READ,
+    "legal_adviser": READ,
+    "mediator": READ,
+    # The task list comes with the migrations.
+    "service_item": READ,
+    # A worker's patrol visit is recorded (never changed).
+    "patrol_check_in": ("SELECT", "INSERT"),
     # Boundary generations and every version of every area (geo_service.generations): written
     # by `geo-service load`, read by lookups, diffs and the area endpoints `as_of` a date.
     "generation": READ,

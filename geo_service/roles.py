@@ -4,7 +4,7 @@ A user or API key has one role; every route declares its group with `Allow(*GROU
 (routes/access.py), and the privacy rules (phones, resident counts) use the same groups.
 """
 
-ROLES = ("viewer", "worker", "dispatcher", "analyst", "admin")
+ROLES = ("viewer", "worker", "dispatcher", "analyst", "admin", "department")
 
 EVERYONE = ROLES
 # Report incidents and act on them (workers only on what is assigned to them).
@@ -18,3 +18,6 @@ ANALYSTS = ("analyst", "dispatcher", "admin")
 PUBLISHERS = ("analyst", "admin")
 # Users, keys, the audit trail and the people layers.
 ADMINS = ("admin",)
+# A department (部门) summoned by a whistle: sees the incidents that summoned it, reports in and
+# reports back (its account names the department: department_code).
+DEPARTMENTS = ("department",)

@@ -2,7 +2,8 @@
 
 - **Incidents.** A caller limited to towns sees the incidents recorded in those towns (the town
   of the assignment snapshot taken at intake). A `worker` sees only their own queue: incidents
-  whose responsible grid worker or police officer they are, and the incidents they reported.
+  whose responsible grid worker or police officer they are, and the incidents they reported. A
+  `department` sees only the incidents a whistle summoned it to (incident_department).
 - **Door plates.** A caller limited to towns sees the plates located in those towns
   (`door_plate.town_code`, kept by the loader with the ownership rule).
 - **People** (grid workers, police officers, their grid assignments). A caller limited to towns
@@ -30,7 +31,9 @@ _TOWNS = "(CAST(:vis_towns AS text[]) IS NULL OR {town} = ANY(:vis_towns))"
 _INCIDENTS = (_TOWNS.format(town="{t}.town_code")
               + " AND (CAST(:vis_own_only AS boolean) IS NOT TRUE OR {t}.assignee_worker_id = :vis_worker"
                 " OR :vis_police = ANY({t}.police_officer_ids)"
-                " OR ({t}.reported_by_kind = :vis_actor_kind AND {t}.reported_by_id = :vis_actor_id))")
+                " OR ({t}.reported_by_kind = :vis_actor_kind AND {t}.reported_by_id = :vis_actor_id))"
+                " AND (CAST(:vis_department AS text) IS NULL OR EXISTS (SELECT 1 FROM incident_department AS vis_d"
+                " WHERE vis_d.incident_id = {t}.id AND vis_d.department = :vis_department))")
 _DOOR_PLATES = _TOWNS.format(town="{t}.town_code")
 _ASSIGNMENTS = ("(CAST(:vis_towns AS text[]) IS NULL OR EXISTS (SELECT 1 FROM grid_area AS vis_place"
                 " WHERE vis_place.grid_id = {t}.grid_id AND vis_place.town_code = ANY(:vis_towns)))")
@@ -43,11 +46,12 @@ def params(identity) -> dict:
     """The bound parameters of every condition here, for this caller (None: the CLI, everything)."""
     if identity is None:
         return {"vis_towns": None, "vis_own_only": False, "vis_worker": None, "vis_police": None,
-                "vis_actor_kind": None, "vis_actor_id": None}
+                "vis_actor_kind": None, "vis_actor_id": None, "vis_department": None}
     return {"vis_towns": sorted(identity.towns) if identity.towns is not None else None,
             "vis_own_only": identity.role == "worker",
             "vis_worker": identity.grid_worker_id, "vis_police": identity.police_officer_id,
-            "vis_actor_kind": identity.kind, "vis_actor_id": identity.id}
+            "vis_actor_kind": identity.kind, "vis_actor_id": identity.id,
+            "vis_department": identity.department_code if identity.role == "department" else None}
 
 
 def towns(town_code: str) -> str:

@@ -153,7 +153,10 @@ class ThrowawayDatabase:
         from geo_service import auth, models
 
         with Session(self.engine) as session:
-            self.keys = {role: auth.create_api_key(session, f"test-{role}", role)[1] for role in models.ROLES}
+            department = session.scalar(select(models.Department.code).order_by(models.Department.code))
+            self.keys = {role: auth.create_api_key(session, f"test-{role}", role,
+                                                   department=department if role == "department" else None)[1]
+                         for role in models.ROLES if role != "department" or department}
             first_town = session.scalar(select(models.Town.code).order_by(models.Town.code))
             if first_town:
                 self.keys["scoped"] = auth.create_api_key(session, "test-scoped", "dispatcher",

@@ -28,6 +28,7 @@ from tests import tiny
 from tests.conftest import ThrowawayDatabase, migrate, running_server
 
 G111 = tiny.grid_code(1, 1, 1)
+DEPARTMENT = "housing"  # the tiny dataset's first department: the `department` key's (conftest)
 PLATE = "YJ440784901001000001"
 PUBLIC = {("POST", "/api/v1/auth/token")}
 TINY_PNG = bytes.fromhex(  # one pixel
@@ -161,6 +162,12 @@ def test_every_role_against_every_endpoint(access_db):
                 created = client.post("/api/v1/incidents", headers=access_db.headers("dispatcher"), json={
                     "category": "other", "description": "matrix", "reporter_kind": "hotline",
                     "lon": 112.903, "lat": 22.703}).json()
+                # Summoned by a whistle, so the department account sees it too.
+                summoned = client.post(f"/api/v1/incidents/{created['id']}/transitions",
+                                       headers=access_db.headers("dispatcher"),
+                                       json={"action": "escalate", "version": created["version"],
+                                             "departments": [DEPARTMENT]})
+                assert summoned.status_code == 200, summoned.text
                 url = example.pop("path", path).replace("{incident}", str(created["id"])).replace(
                     "{webhook}", str(webhook.json()["id"]))
                 anonymous = client.request(method, url, **example)

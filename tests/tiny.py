@@ -108,6 +108,12 @@ def frames() -> dict[str, pd.DataFrame]:
         "grid_workers": workers,
         "police_officers": police,
         "grid_assignments": pd.DataFrame(assignments),
+        "departments": pd.DataFrame([
+            dict(code="public_security", name="测试公安局", name_en="Public security bureau",
+                 duty_contact="值班员甲", duty_phone="13700000001"),
+            dict(code="housing", name="测试住建局", name_en="Housing bureau", duty_contact="值班员乙",
+                 duty_phone="13700000002"),
+        ]),
         "incidents": incidents,
     }
 
