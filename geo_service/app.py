@@ -42,6 +42,8 @@ from geo_service.routes import (
     open311,
     ownership,
     pages,
+    patrols,
+    scoreboard,
     system,
     webhooks,
 )
@@ -134,6 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(analytics.router)
     app.include_router(ogc.router)
     app.include_router(open311.router)
+    app.include_router(patrols.router)
+    app.include_router(scoreboard.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.WEB), name="static")
     # Large answers (map layers) travel compressed to browsers; lookups stay below the threshold.

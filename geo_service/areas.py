@@ -1,11 +1,11 @@
-"""Browsing the area hierarchy: towns, communities, grids, and one grid's outline."""
+"""Browsing the area hierarchy: towns, communities, grids, and one grid's outline; the departments."""
 
 from __future__ import annotations
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from geo_service import generations
+from geo_service import generations, privacy
 from geo_service.errors import NotFound
 
 # Every answer reads the versions of the areas valid at one generation (generations.py): the
@@ -62,13 +62,23 @@ SELECT json_build_object(
         'community', json_build_object('code', c.code, 'name', c.name),
         'town', json_build_object('code', t.code, 'name', t.name),
         'area_km2', round((ST_Area(ST_Transform(g.geom, :metric_srid)) / 1e6)::numeric, 4),
-        'generation', :generation, 'generation_from', g.generation_low, 'generation_to', g.generation_high))
+        'generation', :generation, 'generation_from', g.generation_low, 'generation_to', g.generation_high,
+        -- The cast by code (it outlives redrawings): names only, this answer is for everyone.
+        'npc_deputies', (SELECT coalesce(json_agg(json_build_object('code', d.code, 'name', d.name) ORDER BY d.code),
+                                         '[]')
+                         FROM npc_deputy_grid AS dg JOIN npc_deputy AS d ON d.id = dg.deputy_id
+                         WHERE dg.grid_code = g.code),
+        'legal_adviser', (SELECT json_build_object('code', la.code, 'name', la.name)
+                          FROM legal_adviser AS la WHERE la.community_code = c.code)))
 FROM (SELECT g.code, g.name, g.parent_code, g.geom, g.generation_low, g.generation_high
       """ + AT.format(a="g", layer="grid") + """ AND g.code = :code) AS g
 JOIN (SELECT c.code, c.name, c.parent_code """ + AT.format(a="c", layer="community") + """) AS c
   ON c.code = g.parent_code
 JOIN (SELECT t.code, t.name """ + AT.format(a="t", layer="town") + """) AS t ON t.code = c.parent_code
 """)
+
+
+DEPARTMENTS_SQL = text("SELECT code, name, name_en, duty_contact, duty_phone FROM department ORDER BY code")
 
 
 def _in_generation(generation: int | None) -> str:
@@ -98,3 +108,9 @@ def grid_feature(session: Session, code: str, metric_srid: int, as_of: str | Non
     if feature is None:
         raise NotFound(f"grid {code!r} does not exist{_in_generation(generation)}")
     return feature
+
+
+def departments(session: Session, identity) -> list[dict]:
+    """The departments a whistle may summon, with their duty contact (the phone as privacy.py says)."""
+    rows = [dict(row) for row in session.execute(DEPARTMENTS_SQL).mappings()]
+    return privacy.present_departments(rows, identity)

@@ -64,10 +64,14 @@ class PeopleLog:
 
     def seen(self, identity, action: str, answer: dict) -> dict:
         """Record `answer` if it shows anyone; returns it unchanged."""
-        if self.buffer is not None and (answer.get("grid_workers") or answer.get("police")):
+        if self.buffer is not None and any(answer.get(people) for people in PEOPLE_FIELDS):
             self.buffer.add_line(_people_seen_line(identity.kind, identity.id, identity.name, action,
                                                    answer["grid"]["code"], self.address))
         return answer
+
+
+# The lists of people an ownership answer may carry (the grid's staff and the rest of the cast).
+PEOPLE_FIELDS = ("grid_workers", "police", "npc_deputies", "legal_adviser", "building_leaders", "mediators")
 
 
 @lru_cache(maxsize=4096)

@@ -1,4 +1,5 @@
-"""Where incidents concentrate beyond chance: counts per unit, Getis-Ord Gi*, kernel density.
+"""Where incidents concentrate beyond chance: counts per unit, Getis-Ord Gi*, Local Moran's I
+(LISA), kernel density.
 
 Units: grids (default), communities, towns, or regular hexagons / squares of `size_m` metres
 (PostGIS ST_HexagonGrid / ST_SquareGrid in GEO_METRIC_CRS, kept where they meet the county).
@@ -23,6 +24,27 @@ polygon units (sharing at least one boundary point); for hexagons and squares a 
 1.1 x the centre spacing of adjacent cells (6 hexagon / 8 square neighbours, queen-like).
 Confidence bins as ArcGIS: ±3, ±2, ±1 for 99 / 95 / 90 % (sign of z), else 0. With `fdr`, each
 level's significance is decided by the Benjamini–Hochberg procedure over all units instead.
+
+Local Moran's I (`method=lisa`; Anselin 1995) on the same neighbours, row-standardised and
+without the unit itself: with deviations z = x − x̄ and the neighbours' mean deviation
+lag_i = Σ_{j∈N(i)} z_j / k_i,
+
+    I_i = (n − 1) z_i lag_i / Σ_j z_j²,
+
+esda's `Moran_Local(transformation='r')`. Quadrant 1 HH (z_i > 0, lag_i > 0), 2 LH, 3 LL, 4 HL
+(esda's q); a unit without neighbours has I = 0, p = 1, quadrant 0. Inference by conditional
+permutation: `permutations` times, the k_i neighbours' values are replaced by k_i values drawn
+without replacement from the other n − 1 units (the unit's own value held); z = (I − mean) /
+standard deviation of the permuted I (esda's z_sim) and the folded pseudo p-value
+(min(#{I_perm ≥ I}, #{I_perm ≤ I}) + 1) / (permutations + 1). Without ties this is esda's p_sim,
+(min(larger, permutations − larger) + 1) / (permutations + 1); counts are integers, so a
+permuted neighbourhood often sums to the observed one exactly (always among units with zero
+counts), and esda then counts the tie on one side only, at the mercy of rounding: here ties are
+compared exactly (on the integer sums) and count on both sides. A unit whose count equals the
+mean has I = 0 whatever its neighbours, every permuted I is 0 too: p = 1. A significant unit
+(p < alpha, or rejected by Benjamini–Hochberg at alpha with `fdr`) is labelled by its
+quadrant, HH / LL clusters and HL / LH outliers; the rest "ns". The draws come from a seeded
+generator, so a layer is reproducible.
 """
 
 from __future__ import annotations
@@ -40,8 +62,16 @@ from geo_service import audit, generations, geometry, incidents, models, visibil
 from geo_service.errors import InvalidInput
 
 UNITS = ("grid", "community", "town", "hex", "square")
+METHODS = ("gistar", "lisa")
 LEVELS = ((3, 0.01), (2, 0.05), (1, 0.10))
 MIN_CELL_M, MAX_CELL_M = 200.0, 20_000.0
+# LISA: permutations (GeoDa and esda default to 999), seed and significance level; the work is
+# about units x permutations x k² (k neighbours), bounded to keep a request to seconds.
+LISA_PERMUTATIONS, MIN_PERMUTATIONS, MAX_PERMUTATIONS = 999, 99, 9999
+LISA_SEED, MAX_SEED = 12345, 2**31 - 1
+LISA_ALPHA, MAX_ALPHA = 0.05, 0.10
+MAX_LISA_DRAWS = 50_000_000  # units x permutations
+QUADRANTS = {1: "HH", 2: "LH", 3: "LL", 4: "HL"}  # esda's q
 
 # Raw SQL throughout: each unit kind needs its own join, and counting a million incidents must
 # stay one GROUP BY in PostGIS.
@@ -97,6 +127,27 @@ GROUP BY 1
 
 
 @dataclass
+class LocalMoran:
+    """Local Moran's I per unit with its permutation inference (the module's docstring)."""
+    i: np.ndarray
+    z: np.ndarray  # (I − mean) / standard deviation of the permuted I; 0 where they do not vary
+    p: np.ndarray  # folded pseudo p-value
+    q: np.ndarray  # 1 HH, 2 LH, 3 LL, 4 HL; 0 for a unit without neighbours
+    permutations: int
+    seed: int
+
+    def clusters(self, alpha: float, fdr: bool = False) -> np.ndarray:
+        """"HH", "LL", "HL" or "LH" where significant at `alpha` (Benjamini–Hochberg with `fdr`), else "ns"."""
+        significant = (_benjamini_hochberg(self.p, alpha) if fdr else self.p < alpha) & (self.q > 0)
+        return np.where(significant, np.array(["ns", *QUADRANTS.values()])[self.q], "ns")
+
+
+LISA_CLUSTERS = {"HH": "high among high: a cluster of busy units", "LL": "low among low: a cluster of quiet units",
+                 "HL": "high among low: a busy outlier", "LH": "low among high: a quiet outlier",
+                 "ns": "not significant"}
+
+
+@dataclass
 class Layer:
     unit: str
     size_m: float | None
@@ -106,33 +157,53 @@ class Layer:
     counts: np.ndarray
     area_km2: np.ndarray
     door_plates: np.ndarray
-    z: np.ndarray
-    p: np.ndarray
-    bins: np.ndarray
+    z: np.ndarray | None  # Gi* (None in a LISA layer)
+    p: np.ndarray | None
+    bins: np.ndarray | None
     weights: str
     fdr: bool
     filters: dict
     computed_at: str
     towns: list[str] | None = None  # the caller's towns it was computed over; None: the county
     attribution: dict | None = None  # {"by", "generation", "unattributed"}: how incidents met units
+    lisa: LocalMoran | None = None  # method=lisa, instead of Gi*
+    alpha: float | None = None  # LISA's significance level
+
+    @property
+    def method(self) -> str:
+        return "gistar" if self.lisa is None else "lisa"
 
     def metadata(self) -> dict:
-        return {"unit": self.unit, "size_m": self.size_m, "method": "gistar", "weights": self.weights,
-                "fdr": self.fdr, "filters": self.filters, "within_towns": self.towns, "units": len(self.codes),
-                "incidents": int(self.counts.sum()), "attribution": self.attribution, "computed_at": self.computed_at,
-                "bins": {"3": "hot spot, 99 %", "2": "hot spot, 95 %", "1": "hot spot, 90 %", "0": "not significant",
-                         "-1": "cold spot, 90 %", "-2": "cold spot, 95 %", "-3": "cold spot, 99 %"}}
+        described = {"unit": self.unit, "size_m": self.size_m, "method": self.method, "weights": self.weights,
+                     "fdr": self.fdr, "filters": self.filters, "within_towns": self.towns, "units": len(self.codes),
+                     "incidents": int(self.counts.sum()), "attribution": self.attribution,
+                     "computed_at": self.computed_at}
+        if self.lisa is None:
+            return {**described, "bins": {
+                "3": "hot spot, 99 %", "2": "hot spot, 95 %", "1": "hot spot, 90 %", "0": "not significant",
+                "-1": "cold spot, 90 %", "-2": "cold spot, 95 %", "-3": "cold spot, 99 %"}}
+        return {**described, "permutations": self.lisa.permutations, "seed": self.lisa.seed, "alpha": self.alpha,
+                "islands": int((self.lisa.q == 0).sum()), "clusters": LISA_CLUSTERS}
 
     def rows(self) -> list[dict]:
         density = np.divide(self.counts, self.area_km2, out=np.zeros(len(self.counts)), where=self.area_km2 > 0)
         rate = np.divide(self.counts * 1000.0, self.door_plates, out=np.full(len(self.counts), np.nan),
                          where=self.door_plates > 0)
-        return [{"code": c, "name": n, "count": int(k), "area_km2": round(float(a), 4),
+        rows = [{"code": c, "name": n, "count": int(k), "area_km2": round(float(a), 4),
                  "density_km2": round(float(d), 3), "door_plates": int(dp),
-                 "rate_per_1000_plates": None if np.isnan(r) else round(float(r), 3),
-                 "gi_z": round(float(z), 4), "gi_p": round(float(p), 6), "gi_bin": int(b)}
-                for c, n, k, a, d, dp, r, z, p, b in zip(self.codes, self.names, self.counts, self.area_km2, density,
-                                                         self.door_plates, rate, self.z, self.p, self.bins)]
+                 "rate_per_1000_plates": None if np.isnan(r) else round(float(r), 3)}
+                for c, n, k, a, d, dp, r in zip(self.codes, self.names, self.counts, self.area_km2, density,
+                                                self.door_plates, rate)]
+        if self.lisa is None:
+            for row, z, p, b in zip(rows, self.z, self.p, self.bins):
+                row.update(gi_z=round(float(z), 4), gi_p=round(float(p), 6), gi_bin=int(b))
+        else:
+            lisa = self.lisa
+            for row, i, z, p, q, cluster in zip(rows, lisa.i, lisa.z, lisa.p, lisa.q,
+                                                lisa.clusters(self.alpha, self.fdr)):
+                row.update(lisa_i=round(float(i), 6), lisa_z=round(float(z), 4), lisa_p=round(float(p), 6),
+                           lisa_q=int(q), lisa_cluster=str(cluster))
+        return rows
 
     def geojson(self) -> dict:
         return {"type": "FeatureCollection", "metadata": self.metadata(), "features": [
@@ -191,6 +262,102 @@ def distance_band(centres: np.ndarray, threshold: float) -> sparse.csr_matrix:
     return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
 
 
+def without_self(weights: sparse.csr_matrix) -> sparse.csr_matrix:
+    """The same neighbours, binary, without the diagonal: Local Moran's I compares a unit with
+    the others (Gi* counts it among its own)."""
+    neighbours = sparse.csr_matrix(weights - sparse.diags(weights.diagonal()))
+    neighbours.eliminate_zeros()
+    neighbours.data[:] = 1.0
+    return neighbours
+
+
+DRAWS_PER_CHUNK = 1 << 21  # unit indices drawn at once for the permutations (16 MiB)
+
+
+def local_moran(counts: np.ndarray, neighbours: sparse.csr_matrix, *, permutations: int = LISA_PERMUTATIONS,
+                seed: int = LISA_SEED) -> LocalMoran:
+    """Local Moran's I with row-standardised weights and conditional permutation inference
+    (the module's docstring); `neighbours` binary, without the diagonal.
+
+    Vectorised by neighbour count: for the units with k neighbours, one array (units,
+    permutations, k) of drawn indices, in chunks of at most DRAWS_PER_CHUNK. Time
+    O(permutations · Σ_i k_i²) (each of k draws steps over those before it), memory
+    O(DRAWS_PER_CHUNK) beyond the n-vectors.
+    """
+    x = np.asarray(counts, dtype=float)
+    n = len(x)
+    k = np.diff(neighbours.indptr)
+    z = x - x.mean()
+    total = (z * z).sum()
+    if n < 3 or total == 0:  # nothing varies: no association to measure
+        return LocalMoran(i=np.zeros(n), z=np.zeros(n), p=np.ones(n), q=np.zeros(n, dtype=int),
+                          permutations=permutations, seed=seed)
+    scaling = (n - 1) / total
+    lag = np.divide(neighbours @ z, k, out=np.zeros(n), where=k > 0)
+    observed = scaling * z * lag
+    q = np.select([(z > 0) & (lag > 0), (z <= 0) & (lag > 0), (z <= 0) & (lag <= 0)], [1, 2, 3], 4)
+    q[k == 0] = 0
+    # Permuted and observed neighbourhoods are compared by their sums of counts, exact in floating
+    # point for integers, so a tie is a tie: I_perm ≥ I where the permuted sum lies at or beyond the
+    # observed one on the side of the unit's own deviation (both sides when it is 0: p = 1).
+    observed_sums = neighbours @ x
+    at_least, at_most = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
+    mean, spread = np.zeros(n), np.zeros(n)
+    rng = np.random.default_rng(seed)
+    for size in np.unique(k[k > 0]):
+        units = np.flatnonzero(k == size)
+        for chunk in np.array_split(units, -(-len(units) * permutations * size // DRAWS_PER_CHUNK)):
+            sums = x[_draw_others(rng, chunk, size, n, permutations)].sum(axis=2)
+            simulated = (scaling * z[chunk])[:, None] * (sums / size - x.mean())
+            side = np.sign(z[chunk])[:, None]
+            at_least[chunk] = (side * sums >= side * observed_sums[chunk, None]).sum(axis=1)
+            at_most[chunk] = (side * sums <= side * observed_sums[chunk, None]).sum(axis=1)
+            # Equal sums give equal permuted I, whose floating-point spread would be rounding noise.
+            varies = sums.max(axis=1) > sums.min(axis=1)
+            mean[chunk], spread[chunk] = simulated.mean(axis=1), np.where(varies, simulated.std(axis=1), 0.0)
+    p = (np.minimum(at_least, at_most) + 1) / (permutations + 1)
+    p[k == 0] = 1.0
+    return LocalMoran(i=observed, z=np.divide(observed - mean, spread, out=np.zeros(n), where=spread > 0), p=p,
+                      q=q, permutations=permutations, seed=seed)
+
+
+def _draw_others(rng: np.random.Generator, units: np.ndarray, size: int, n: int, permutations: int) -> np.ndarray:
+    """For each unit, `permutations` times, `size` distinct units among the n − 1 others:
+    indices shaped (units, permutations, size)."""
+    drawn = np.empty((len(units), permutations, size), dtype=np.intp)
+    for j in range(size):
+        # The pick-th of the n − 1 − j positions not drawn yet: step over each drawn one at or
+        # below it, in ascending order.
+        pick = rng.integers(0, n - 1 - j, size=(len(units), permutations))
+        for taken in np.moveaxis(np.sort(drawn[..., :j], axis=2), 2, 0):
+            pick += pick >= taken
+        drawn[..., j] = pick
+    return drawn + (drawn >= units[:, None, None])  # positions among the others, as unit indices
+
+
+def lisa_options(method: str, permutations: int | None = None, seed: int | None = None,
+                 alpha: float | None = None) -> dict | None:
+    """The LISA parameters, checked, with their defaults; None for Gi*, which takes none of them."""
+    if method not in METHODS:
+        raise InvalidInput(f"method {method!r} is not one of {', '.join(METHODS)}")
+    given = {"permutations": permutations, "seed": seed, "alpha": alpha}
+    if method == "gistar":
+        for name, value in given.items():
+            if value is not None:
+                raise InvalidInput(f"{name} {value!r} is for method=lisa, not {method}")
+        return None
+    options = {"permutations": LISA_PERMUTATIONS if permutations is None else permutations,
+               "seed": LISA_SEED if seed is None else seed, "alpha": LISA_ALPHA if alpha is None else alpha}
+    if not MIN_PERMUTATIONS <= options["permutations"] <= MAX_PERMUTATIONS:
+        raise InvalidInput(f"permutations {options['permutations']!r} outside [{MIN_PERMUTATIONS}, "
+                           f"{MAX_PERMUTATIONS}]")
+    if not 0 <= options["seed"] <= MAX_SEED:
+        raise InvalidInput(f"seed {options['seed']!r} outside [0, {MAX_SEED}]")
+    if not 0 < options["alpha"] <= MAX_ALPHA:  # NaN fails too
+        raise InvalidInput(f"alpha {options['alpha']!r} outside (0, {MAX_ALPHA}]")
+    return options
+
+
 # --------------------------------------------------------------------------- the layer
 
 
@@ -209,13 +376,16 @@ def _units(session: Session, unit: str, size_m: float | None, srid: int, identit
 
 def compute(session: Session, identity, unit: str = "grid", *, size_m: float | None = None,
             filters: incidents.IncidentFilter | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547",
-            attribution: dict | None = None) -> Layer:
-    """Counts, areas, door plates and Gi* per unit, in unit code order, over what `identity`
-    may see (None: everything). Area units count incidents by `attribution`
+            attribution: dict | None = None, method: str = "gistar", permutations: int | None = None,
+            seed: int | None = None, alpha: float | None = None) -> Layer:
+    """Counts, areas, door plates and Gi* (or, with method=lisa, Local Moran's I with
+    `permutations`, `seed` and significance level `alpha`) per unit, in unit code order, over
+    what `identity` may see (None: everything). Area units count incidents by `attribution`
     (generations.attribution: by the areas at report time, the default, or by location in the
     areas of a generation); cells always by location."""
     if unit not in UNITS:
         raise InvalidInput(f"unit {unit!r} is not one of {', '.join(UNITS)}")
+    lisa = lisa_options(method, permutations, seed, alpha)
     filters = filters or incidents.IncidentFilter()
     filters.check()
     attribution = attribution or {"by": "report", "generation": None}
@@ -225,6 +395,9 @@ def compute(session: Session, identity, unit: str = "grid", *, size_m: float | N
     rows = _units(session, unit, size_m, srid, identity, attribution["generation"])
     if not rows:
         raise InvalidInput("no units to analyse: load the areas first")
+    if lisa and len(rows) * lisa["permutations"] > MAX_LISA_DRAWS:
+        raise InvalidInput(f"{len(rows):,} units x permutations {lisa['permutations']} is more than "
+                           f"{MAX_LISA_DRAWS:,}: use fewer permutations or larger cells")
     codes = [r["code"] for r in rows]
     wkbs = [bytes(r["wkb"]) for r in rows]
     geoms = shapely.from_wkb(wkbs)
@@ -250,19 +423,27 @@ def compute(session: Session, identity, unit: str = "grid", *, size_m: float | N
     for ordinal, count in session.execute(text(PLATES_SQL), {"wkbs": wkbs, **visibility.params(identity)}).all():
         plates[ordinal - 1] = count
     metric = geometry.to_metric(geoms, metric_crs)
+    # The same neighbours for both methods: Gi* counts each unit among its own (binary weights),
+    # Local Moran's I compares it with the others (row-standardised).
+    how = ("binary, each {unit} its own neighbour (Gi*)" if lisa is None
+           else "row-standardised, without the {unit} itself (Local Moran's I)")
     if unit in AREA_UNITS_SQL:
-        weights, described = contiguity(geoms), "queen contiguity, binary, each unit its own neighbour (Gi*)"
+        weights, described = contiguity(geoms), "queen contiguity, " + how.format(unit="unit")
     else:
         spacing = size_m * np.sqrt(3) if unit == "hex" else size_m * np.sqrt(2)
         threshold = 1.1 * spacing
         weights = distance_band(shapely.get_coordinates(shapely.centroid(metric)), threshold)
-        described = f"distance band {threshold:.0f} m between cell centres, binary, each cell its own neighbour (Gi*)"
+        described = f"distance band {threshold:.0f} m between cell centres, " + how.format(unit="cell")
+    common = dict(unit=unit, size_m=size_m, codes=codes, names=[r["name"] for r in rows], geoms=geoms,
+                  counts=counts, area_km2=shapely.area(metric) / 1e6, door_plates=plates, weights=described,
+                  fdr=fdr, filters=filters.describe(), computed_at=dt.datetime.now(dt.UTC).isoformat(),
+                  towns=visibility.params(identity)["vis_towns"],
+                  attribution={**attribution, "unattributed": unattributed})
+    if lisa:
+        result = local_moran(counts, without_self(weights), permutations=lisa["permutations"], seed=lisa["seed"])
+        return Layer(**common, z=None, p=None, bins=None, lisa=result, alpha=lisa["alpha"])
     z, p = gi_star(counts, weights)
-    return Layer(unit=unit, size_m=size_m, codes=codes, names=[r["name"] for r in rows], geoms=geoms, counts=counts,
-                 area_km2=shapely.area(metric) / 1e6, door_plates=plates, z=z, p=p,
-                 bins=confidence_bins(z, p, fdr), weights=described, fdr=fdr, filters=filters.describe(),
-                 computed_at=dt.datetime.now(dt.UTC).isoformat(), towns=visibility.params(identity)["vis_towns"],
-                 attribution={**attribution, "unattributed": unattributed})
+    return Layer(**common, z=z, p=p, bins=confidence_bins(z, p, fdr))
 
 
 # --------------------------------------------------------------------------- kernel density
@@ -379,9 +560,11 @@ def surface_geotiff(surface: Surface, path) -> None:
 def save(session: Session, layer: Layer, name: str, computed_by: str | None) -> models.HotspotRun:
     """Keep a computed layer under a name for others: the OGC API's `hotspots` collection and
     the `hotspots` export serve the newest one each caller may see. Does not commit."""
+    lisa = {} if layer.lisa is None else {"permutations": layer.lisa.permutations, "seed": layer.lisa.seed,
+                                          "alpha": layer.alpha}
     run = models.HotspotRun(computed_by=computed_by, name=name, towns=layer.towns, layer=layer.geojson(),
                             params={"unit": layer.unit, "size_m": layer.size_m, "fdr": layer.fdr, **layer.filters,
-                                    "attribution": layer.attribution})
+                                    "attribution": layer.attribution, "method": layer.method, **lisa})
     session.add(run)
     session.flush()
     return run
@@ -389,10 +572,11 @@ def save(session: Session, layer: Layer, name: str, computed_by: str | None) -> 
 
 def publish(session: Session, identity, actor: audit.Actor, name: str, unit: str, *, size_m: float | None = None,
             filters: incidents.IncidentFilter | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547",
-            address: str | None = None, attribution: dict | None = None) -> dict:
+            address: str | None = None, attribution: dict | None = None, method: str = "gistar",
+            permutations: int | None = None, seed: int | None = None, alpha: float | None = None) -> dict:
     """Compute a layer over what the caller may see, save it under `name` and audit it; commits."""
     layer = compute(session, identity, unit, size_m=size_m, filters=filters, fdr=fdr, metric_crs=metric_crs,
-                    attribution=attribution)
+                    attribution=attribution, method=method, permutations=permutations, seed=seed, alpha=alpha)
     run = save(session, layer, name.strip(), actor.name)
     audit.record(session, actor, "hotspots.save", "hotspot_run", run.id, address=address,
                  detail={"name": run.name, **run.params})

@@ -121,8 +121,10 @@ SELECT at, actor_kind, actor_name, action, from_status, to_status, note, detail
 FROM incident_event WHERE incident_id = :id ORDER BY id
 """)
 DEPARTMENTS_SQL = text("""
-SELECT department, added_at, added_by, due_at, acknowledged_at, acknowledged_by
-FROM incident_department WHERE incident_id = :id ORDER BY department
+SELECT d.department, p.name, d.added_at, d.added_by, d.due_at, d.acknowledged_at, d.acknowledged_by,
+       d.reported_back_at, d.reported_back_by, d.answer, d.overdue_noticed_at
+FROM incident_department AS d LEFT JOIN department AS p ON p.code = d.department
+WHERE d.incident_id = :id ORDER BY d.department
 """)
 SORTS = ("reported_at", "deadline_at", "updated_at", "id")
 # Raw SQL: the filter text above, then the page; the ORDER BY column is one of SORTS.

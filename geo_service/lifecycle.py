@@ -115,15 +115,25 @@ def _departments_acknowledged(step: Step) -> None:
         return
     waiting = step.session.scalars(select(models.IncidentDepartment.department).where(
         models.IncidentDepartment.incident_id == step.incident_id,
-        models.IncidentDepartment.acknowledged_at.is_(None))).all()
+        models.IncidentDepartment.acknowledged_at.is_(None)).order_by(models.IncidentDepartment.department)).all()
     if waiting:
         raise Conflict(f"incident {step.incident_id} waits for departments to acknowledge: {', '.join(waiting)}",
                        status=step.current["status"], allowed_actions=allowed_actions(step.current["status"]))
 
 
-def _department_named(step: Step) -> None:
-    if not step.change.department:
-        raise InvalidInput("acknowledge needs the `department` that reports in")
+def _speaking_department(step: Step) -> None:
+    """Who reports in or back: a department account speaks for its own department (and only
+    for it); the centre's staff name the department they record it for."""
+    identity, named = step.identity, step.change.department
+    if identity is not None and identity.role == "department":
+        if named is not None and named != identity.department_code:
+            raise Forbidden(f"this account speaks for department {identity.department_code!r}, not {named!r}")
+        step.change.department = identity.department_code
+    elif not named:
+        raise InvalidInput(f"{step.change.action} needs the `department` it is recorded for")
+
+
+KNOWN_DEPARTMENTS_SQL = text("SELECT code FROM department ORDER BY code")
 
 
 def _closed_now(step: Step) -> None:
@@ -167,6 +177,23 @@ def _departments_named(step: Step) -> None:
         raise InvalidInput("summon needs the `departments` called in")
 
 
+def _known_departments(step: Step) -> None:
+    """A whistle summons departments by code (GET /api/v1/departments lists them)."""
+    named = {d.strip() for d in step.change.departments or [] if d and d.strip()}
+    if not named:
+        return
+    known = step.session.scalars(KNOWN_DEPARTMENTS_SQL).all()
+    unknown = sorted(named - set(known))
+    if unknown:
+        raise InvalidInput(f"department {unknown[0]!r} is not a department code; known: "
+                           f"{', '.join(known) or 'none loaded (load a departments layer)'}")
+
+
+def _summon_known(step: Step) -> None:
+    _departments_named(step)
+    _known_departments(step)
+
+
 def _call_departments(step: Step) -> None:
     """中心吹哨: the departments called in, each to report in (acknowledge) by its deadline and
     before the incident is resolved. A department already called in is not called twice."""
@@ -186,18 +213,46 @@ def _call_departments(step: Step) -> None:
         step.events.append("incident.whistle")
 
 
-def _department_reports_in(step: Step) -> None:
-    """部门报到: a called-in department acknowledges, once."""
+def _summoned(step: Step) -> models.IncidentDepartment:
     department = step.change.department
     row = step.session.scalar(select(models.IncidentDepartment).where(
         models.IncidentDepartment.incident_id == step.incident_id,
-        models.IncidentDepartment.department == department))
+        models.IncidentDepartment.department == department).with_for_update())
     if row is None:
         raise InvalidInput(f"department {department!r} was not called in on incident {step.incident_id}")
+    return row
+
+
+def _department_reports_in(step: Step) -> None:
+    """部门报到: a called-in department acknowledges, once."""
+    row = _summoned(step)
     if row.acknowledged_at is not None:
-        raise Conflict(f"department {department!r} already acknowledged incident {step.incident_id}")
+        raise Conflict(f"department {row.department!r} already acknowledged incident {step.incident_id}")
     row.acknowledged_at, row.acknowledged_by = step.now, step.actor.name
-    step.detail = {"department": department}
+    late = row.due_at is not None and step.now > row.due_at
+    step.detail = {"department": row.department, "on_time": not late}
+
+
+def _department_reports_back(step: Step) -> None:
+    """反馈: a department that reported in says what it did (the note), once."""
+    row = _summoned(step)
+    if row.acknowledged_at is None:
+        raise Conflict(f"department {row.department!r} has not reported in on incident {step.incident_id}; "
+                       "acknowledge first")
+    if row.reported_back_at is not None:
+        raise Conflict(f"department {row.department!r} already reported back on incident {step.incident_id}")
+    row.reported_back_at, row.reported_back_by, row.answer = step.now, step.actor.name, step.change.note.strip()
+    step.detail = {"department": row.department}
+
+
+def _department_late(step: Step) -> None:
+    """The tick: a summoned department past its report-in deadline is escalated, once."""
+    row = _summoned(step)
+    if row.acknowledged_at is not None or row.overdue_noticed_at is not None:
+        raise Conflict(f"department {row.department!r} on incident {step.incident_id} is not late")
+    row.overdue_noticed_at = step.now
+    step.detail = {"department": row.department, "due_at": row.due_at.isoformat(),
+                   "summary": f"{row.department} missed its report-in deadline: escalated"}
 
 
 # Both incidents of a merge, locked in id order (two merges of the same pair in opposite
@@ -270,14 +325,22 @@ TRANSITIONS = {t.action: t for t in (
     Transition("verify", ("resolved",), "verified", STAFF, summary="the centre checks the result"),
     Transition("close", ("verified",), "closed", STAFF, summary="done", prepare=_closed_now),
     Transition("escalate", ("assigned", "accepted", "in_progress", "returned", "reopened"), "escalated", STAFF,
-               summary="the town centre takes over; `departments` may be called in at once (`due_hours`, 24 by "
-               "default)", effect=_call_departments, notifies=("incident.escalated",)),
+               summary="the town centre takes over; `departments` (codes) may be called in at once (`due_hours`, "
+               "24 by default)", check=_known_departments, effect=_call_departments,
+               notifies=("incident.escalated",)),
     Transition("summon", ("escalated",), None, STAFF,
-               summary="吹哨: more `departments` called in, to report in within `due_hours` (24 by default)",
-               check=_departments_named, effect=_call_departments),
-    Transition("acknowledge", ("escalated",), None, STAFF,
-               summary="部门报到: a called-in `department` reports in", check=_department_named,
-               effect=_department_reports_in),
+               summary="吹哨: more `departments` (codes) called in, to report in within `due_hours` (24 by default)",
+               check=_summon_known, effect=_call_departments),
+    Transition("acknowledge", ("escalated",), None, (*STAFF, *roles.DEPARTMENTS),
+               summary="部门报到: a called-in department reports in (a department account for itself; staff "
+               "name the `department`)", check=_speaking_department, effect=_department_reports_in),
+    Transition("report_back", ("escalated",), None, (*STAFF, *roles.DEPARTMENTS), needs_note=True,
+               summary="反馈: a department that reported in says what it did (the note is its answer)",
+               check=_speaking_department, effect=_department_reports_back),
+    Transition("department_overdue", ("escalated",), None, (),
+               summary="the tick (no caller): a summoned `department` past its report-in deadline is escalated "
+               "once, on the timeline and as `incident.overdue`", effect=_department_late,
+               notifies=("incident.overdue",)),
     Transition("return", ("resolved", "escalated"), "returned", STAFF, needs_note=True,
                summary="sent back to the grid with a reason"),
     Transition("reopen", ("closed",), "reopened", STAFF, needs_note=True,
@@ -299,7 +362,8 @@ def lifecycle_table() -> str:
     """The lifecycle as the Markdown table the README carries (a test keeps the two equal)."""
     rows = ["| action | from | to | who may | note |", "|---|---|---|---|---|"]
     for t in TRANSITIONS.values():
-        who = ", ".join("worker (own)" if role == "worker" else role for role in t.roles)
+        who = ", ".join(f"{role} (own)" if role in ("worker", "department") else role
+                        for role in t.roles) or "the tick (system)"
         rows.append(f"| `{t.action}` | {', '.join(t.sources)} | {t.target or '(unchanged)'} | {who} | "
                     f"{t.summary}{'; note required' if t.needs_note else ''} |")
     return "\n".join(rows)
@@ -401,15 +465,37 @@ ORDER BY i.deadline_at
 """)
 
 
+# Summoned departments past their report-in deadline, not yet escalated for it.
+LATE_DEPARTMENTS_SQL = text("""
+SELECT d.incident_id, d.department FROM incident_department AS d JOIN incident AS i ON i.id = d.incident_id
+WHERE i.status = 'escalated' AND d.acknowledged_at IS NULL AND d.overdue_noticed_at IS NULL
+  AND d.due_at < :cutoff
+ORDER BY d.due_at, d.incident_id, d.department
+""")
+VERSION_SQL = text("SELECT version FROM incident WHERE id = :id")
+
+
 def tick(session: Session, now: dt.datetime, grace: dt.timedelta = dt.timedelta(0)) -> list[int]:
     """Escalate to the town centre every incident of an auto-escalating category that is overdue
-    by more than `grace`. Idempotent: escalated incidents are no longer candidates."""
+    by more than `grace`, and escalate every summoned department late to report in by more than
+    `grace` (部门报到 has a deadline like any stage). Idempotent: what was escalated is no longer
+    a candidate. Returns the incidents changed."""
     escalated = []
-    for incident_id, version in session.execute(OVERDUE_FOR_ESCALATION_SQL, {"cutoff": now - grace}).all():
+    cutoff = now - grace
+    for incident_id, version in session.execute(OVERDUE_FOR_ESCALATION_SQL, {"cutoff": cutoff}).all():
         try:
             transition(session, None, audit.SYSTEM, incident_id,
                        Change("escalate", version, note="overdue: escalated automatically"), now)
             escalated.append(incident_id)
         except Conflict:
             session.rollback()  # someone moved it meanwhile; the next tick looks again
+    for incident_id, department in session.execute(LATE_DEPARTMENTS_SQL, {"cutoff": cutoff}).all():
+        try:
+            version = session.execute(VERSION_SQL, {"id": incident_id}).scalar_one()
+            transition(session, None, audit.SYSTEM, incident_id, Change(
+                "department_overdue", version, department=department,
+                note=f"{department} did not report in by its deadline: escalated automatically"), now)
+            escalated.append(incident_id)
+        except Conflict:
+            session.rollback()
     return escalated

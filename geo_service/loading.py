@@ -5,6 +5,8 @@ A dataset is a directory of layers, one file each, named by layer:
     county, towns, communities, grids, compounds, stations   .geojson | .gpkg | .shp | .fgb
     door_plates, incidents                                  .csv (lon, lat columns) or a geo file
     grid_workers, police_officers, grid_assignments          .csv
+    departments, building_leaders, npc_deputies,             .csv
+    legal_advisers, mediators
 
 towns, communities and grids are required; every other layer is optional. Geo files may be
 in any CRS pyproj can transform, GCJ-02/BD-09 lon/lat when declared, with shapefile text in
@@ -15,6 +17,8 @@ either the dataset is loaded completely or nothing changes.
 
 A present layer replaces what the database holds for it: rows are matched by code,
 inserted, updated or deleted, so loading the same data twice leaves the same state.
+The rest of the cast (building leaders, deputies, legal advisers, mediators) refers to grids,
+compounds, communities and stations by code, which must be those of the same dataset.
 Incidents are history and are only ever added (matched by external_id), never deleted; they
 are assigned to their grid and people as `geo_service.incident_import` assigns any import.
 """
@@ -32,7 +36,7 @@ import numpy as np
 import pandas as pd
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
-from sqlalchemy import Table, bindparam, delete, func, literal_column, select, text
+from sqlalchemy import Table, bindparam, delete, func, literal_column, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -70,6 +74,10 @@ COLUMNS = {
     "grid_workers": ("code", "name", "kind"),
     "police_officers": ("code", "name", "unit", "kind"),
     "departments": ("code", "name"),
+    "building_leaders": ("code", "name", "grid_code"),
+    "npc_deputies": ("code", "name", "level", "grid_codes"),
+    "legal_advisers": ("code", "name", "community_code"),
+    "mediators": ("code", "name", "role", "station_code"),
     "grid_assignments": ("grid_code", "role", "person_code", "valid_from"),
     "incidents": ("external_id", "category", "description", "reported_at", "reporter_kind"),
 }
@@ -81,6 +89,10 @@ OPTIONAL_COLUMNS = {
     "grid_workers": ("phone", "is_rider", "platform", "specialty"),
     "police_officers": ("phone",),
     "departments": ("name_en", "duty_contact", "duty_phone"),
+    "building_leaders": ("phone", "compound_code", "building"),
+    "npc_deputies": ("phone", "constituency"),
+    "legal_advisers": ("phone", "law_firm"),
+    "mediators": ("phone",),
     "grid_assignments": ("valid_to",),
     "incidents": ("door_plate_code", "status"),
 }
@@ -91,7 +103,15 @@ CODE_PATTERNS = {
     "communities": r"^[0-9]{12}$",
     "grids": r"^[0-9]{15}$",
     "departments": r"^[a-z0-9_]{2,32}$",
+    # The cast's codes: at most 32 characters (the column), no spaces or list separators.
+    "building_leaders": r"^[A-Za-z0-9_.-]{1,32}$",
+    "npc_deputies": r"^[A-Za-z0-9_.-]{1,32}$",
+    "legal_advisers": r"^[A-Za-z0-9_.-]{1,32}$",
+    "mediators": r"^[A-Za-z0-9_.-]{1,32}$",
 }
+CAST_LAYERS = ("building_leaders", "npc_deputies", "legal_advisers", "mediators")
+DEPUTY_LEVELS = ("county", "town")  # the npc_deputy_level check of migration 0010
+MAX_PHONE_CHARS = 20  # the phone columns' width
 PARENT = {  # layer -> (parent layer, column holding the parent's code)
     "communities": ("towns", "town_code"),
     "grids": ("communities", "community_code"),
@@ -104,6 +124,8 @@ ENUMS = {
     ("grid_workers", "kind"): models.WORKER_KINDS,
     ("police_officers", "kind"): models.POLICE_KINDS,
     ("grid_assignments", "role"): models.ASSIGNMENT_ROLES,
+    ("npc_deputies", "level"): DEPUTY_LEVELS,
+    ("mediators", "role"): models.MEDIATOR_ROLES,
     ("incidents", "reporter_kind"): models.REPORTER_KINDS,
     ("incidents", "status"): models.INCIDENT_STATUSES,
 }
@@ -369,6 +391,81 @@ def _check_assignments(dataset: Dataset, problems: list[Problem]) -> None:
                                             "not a date YYYY-MM-DD", code=row.grid_code))
 
 
+def grid_code_list(value: str) -> list[str]:
+    """A deputy's `grid_codes`: codes separated by ';' (or the full-width '；'), blanks ignored."""
+    return [code.strip() for code in value.replace("；", ";").split(";") if code.strip()]
+
+
+def _codes_of(dataset: Dataset, layer: str) -> set[str]:
+    return set(dataset[layer]["code"]) if layer in dataset else set()
+
+
+def _check_cast(dataset: Dataset, problems: list[Problem]) -> None:
+    """The rest of the cast refers by code to grids, compounds, communities and stations of the
+    same dataset: a compound's building leaders serve the compound's grid, one legal adviser per
+    village or community, mediators form the teams of dispute-resolution stations."""
+    for layer in CAST_LAYERS:
+        if layer in dataset:
+            frame = dataset[layer]
+            for code, phone in zip(frame["code"], frame["phone"]):
+                if len(phone) > MAX_PHONE_CHARS:
+                    problems.append(Problem(layer, "bad phone", f"phone {phone!r} is longer than "
+                                            f"{MAX_PHONE_CHARS} characters", code=code))
+    grids = _codes_of(dataset, "grids")
+    if "building_leaders" in dataset:
+        compound_grid = dict(zip(dataset["compounds"]["code"], dataset["compounds"]["grid_code"])) \
+            if "compounds" in dataset else {}
+        for code, grid, compound in dataset["building_leaders"][["code", "grid_code", "compound_code"]].itertuples(
+                index=False):
+            if grid not in grids:
+                problems.append(Problem("building_leaders", "unknown grid", f"grid_code {grid!r} is not in grids",
+                                        code=code))
+            if not compound:
+                continue
+            if compound not in compound_grid:
+                problems.append(Problem("building_leaders", "unknown compound", f"compound_code {compound!r} is "
+                                        "not in compounds", code=code))
+            elif compound_grid[compound] != grid:
+                problems.append(Problem("building_leaders", "compound in another grid", f"compound {compound} "
+                                        f"lies in grid {compound_grid[compound]}, but the leader's grid_code is "
+                                        f"{grid!r}: a compound's leaders serve the compound's grid", code=code,
+                                        related_codes=(compound, compound_grid[compound])))
+    if "npc_deputies" in dataset:
+        for code, value in dataset["npc_deputies"][["code", "grid_codes"]].itertuples(index=False):
+            codes = grid_code_list(value)
+            if not codes:
+                problems.append(Problem("npc_deputies", "no grids", "grid_codes is empty: a deputy enters at "
+                                        "least one grid (grid codes separated by ';')", code=code))
+            for grid in sorted(set(codes) - grids):
+                problems.append(Problem("npc_deputies", "unknown grid", f"grid code {grid!r} in grid_codes is "
+                                        "not in grids", code=code))
+            for grid in sorted({g for g in codes if codes.count(g) > 1}):
+                problems.append(Problem("npc_deputies", "duplicate grid", f"grid_codes names {grid} more than "
+                                        "once", code=code))
+    if "legal_advisers" in dataset:
+        frame = dataset["legal_advisers"]
+        communities = _codes_of(dataset, "communities")
+        for code, community in frame[["code", "community_code"]].itertuples(index=False):
+            if community not in communities:
+                problems.append(Problem("legal_advisers", "unknown community", f"community_code {community!r} "
+                                        "is not in communities", code=code))
+        for community, advisers in frame.groupby("community_code", sort=True)["code"]:
+            if community and len(advisers) > 1:
+                problems.append(Problem("legal_advisers", "more than one adviser", f"community {community} has "
+                                        f"{len(advisers)} legal advisers ({', '.join(advisers)}); a village or "
+                                        "community has one", code=community, related_codes=tuple(advisers)))
+    if "mediators" in dataset:
+        kinds = dict(zip(dataset["stations"]["code"], dataset["stations"]["kind"])) if "stations" in dataset else {}
+        for code, station in dataset["mediators"][["code", "station_code"]].itertuples(index=False):
+            if station not in kinds:
+                problems.append(Problem("mediators", "unknown station", f"station_code {station!r} is not in "
+                                        "stations", code=code))
+            elif kinds[station] != "dispute_resolution":
+                problems.append(Problem("mediators", "not a dispute-resolution station", f"station {station} is "
+                                        f"a {kinds[station]} station; the teams (judge, mediators, judge's "
+                                        "assistant, clerk) serve dispute_resolution stations", code=code))
+
+
 def _check_geometries(dataset: Dataset, problems: list[Problem]) -> None:
     for layer, frame in dataset.layers.items():
         if not isinstance(frame, gpd.GeoDataFrame):
@@ -523,6 +620,7 @@ def validate(dataset: Dataset, *, categories: Iterable[str], tolerance_m2: float
         ("references", lambda: _check_parents(dataset, problems)),
         ("values", lambda: _check_values(dataset, problems, set(categories))),
         ("assignments", lambda: _check_assignments(dataset, problems)),
+        ("cast", lambda: _check_cast(dataset, problems)),
         ("geometries", lambda: _check_geometries(dataset, problems)),
     ]
     for name, check in checks:
@@ -665,11 +763,13 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
         step("departments", "department", [
             dict(code=r.code, name=r.name, name_en=r.name_en or None, duty_contact=r.duty_contact or None,
                  duty_phone=r.duty_phone or None) for r in frame.itertuples()])
+    _write_cast(session, t, dataset, step, changes)
     if "grid_assignments" in dataset:
         _replace_assignments(session, t, dataset["grid_assignments"], grid_ids, changes)
         progress(f"wrote grid_assignments: {len(dataset['grid_assignments']):,} rows")
     # Children first, so a parent is only deleted once nothing points at it.
-    for layer, table in [("departments", "department"),
+    for layer, table in [("building_leaders", "building_leader"), ("npc_deputies", "npc_deputy"),
+                         ("mediators", "mediator"), ("departments", "department"),
                          ("police_officers", "police_officer"), ("grid_workers", "grid_worker"),
                          ("door_plates", "door_plate"), ("stations", "station"), ("compounds", "compound"),
                          ("grids", "grid"), ("communities", "community"), ("towns", "town"),
@@ -704,6 +804,70 @@ FROM (""" + ownership.OWNERS_SQL.format(points="door_plate AS p", key="p.id", po
 JOIN grid_area AS a ON a.grid_id = own.grid_id
 WHERE d.id = own.point_key AND d.town_code IS DISTINCT FROM a.town_code
 """)
+
+
+def _write_cast(session: Session, t: dict, dataset: Dataset, step: Callable, changes: dict[str, LayerChange]) -> None:
+    """Building leaders, deputies (and the grids each enters), legal advisers and mediators, matched
+    by code like every layer (deleting the missing ones is left to the caller, but for the legal
+    advisers: see _write_legal_advisers)."""
+    if "building_leaders" in dataset:
+        frame = dataset["building_leaders"]
+        step("building_leaders", "building_leader", [
+            dict(code=r.code, name=r.name, phone=r.phone or None, grid_code=r.grid_code,
+                 compound_code=r.compound_code or None, building=r.building or None) for r in frame.itertuples()])
+    if "npc_deputies" in dataset:
+        frame = dataset["npc_deputies"]
+        step("npc_deputies", "npc_deputy", [
+            dict(code=r.code, name=r.name, phone=r.phone or None, level=r.level, constituency=r.constituency or None)
+            for r in frame.itertuples()])
+        _replace_deputy_grids(session, t, frame, changes)
+    if "legal_advisers" in dataset:
+        _write_legal_advisers(session, t, dataset["legal_advisers"], step, changes)
+    if "mediators" in dataset:
+        frame = dataset["mediators"]
+        step("mediators", "mediator", [dict(code=r.code, name=r.name, phone=r.phone or None, role=r.role,
+                                            station_code=r.station_code) for r in frame.itertuples()])
+
+
+def _replace_deputy_grids(session: Session, t: dict, frame: pd.DataFrame, changes: dict[str, LayerChange]) -> None:
+    """Each deputy of the dataset enters exactly the grids of its grid_codes (rows added and
+    removed per deputy); deleting a deputy deletes its links (ON DELETE CASCADE)."""
+    table = t["npc_deputy_grid"]
+    ids = _codes_to_ids(session, t["npc_deputy"])
+    wanted = {(ids[r.code], grid) for r in frame.itertuples() for grid in grid_code_list(r.grid_codes)}
+    deputies = [ids[code] for code in frame["code"]]
+    stored = {tuple(row) for row in session.execute(select(table.c.deputy_id, table.c.grid_code)
+                                                    .where(table.c.deputy_id.in_(deputies)))} if deputies else set()
+    gone, new = stored - wanted, wanted - stored
+    if gone:
+        session.execute(delete(table).where(tuple_(table.c.deputy_id, table.c.grid_code).in_(sorted(gone))))
+    if new:
+        session.execute(insert(table), [dict(deputy_id=d, grid_code=g) for d, g in sorted(new)])
+    changes["npc_deputy_grids"] = LayerChange(inserted=len(new), deleted=len(gone), unchanged=len(wanted & stored))
+
+
+def _write_legal_advisers(session: Session, t: dict, frame: pd.DataFrame, step: Callable,
+                          changes: dict[str, LayerChange]) -> None:
+    """Matched by code like every layer; but one adviser per community is a unique constraint, which
+    an upsert row by row would trip over when advisers change places (a new one for a community
+    whose adviser leaves, two advisers swapping). So the leaving advisers are deleted first, and a
+    stored adviser moving to another community is deleted and inserted again (nothing refers to
+    its id); the move counts as an update."""
+    table = t["legal_adviser"]
+    leaving = LayerChange()
+    _delete_missing(session, table, "code", frame["code"].tolist(), leaving)
+    wanted = dict(zip(frame["code"], frame["community_code"]))
+    moving = [code for code, community in session.execute(select(table.c.code, table.c.community_code))
+              if wanted[code] != community]
+    if moving:
+        session.execute(delete(table).where(table.c.code.in_(moving)))
+    step("legal_advisers", "legal_adviser", [
+        dict(code=r.code, name=r.name, phone=r.phone or None, law_firm=r.law_firm or None,
+             community_code=r.community_code) for r in frame.itertuples()])
+    change = changes["legal_advisers"]
+    change.deleted = leaving.deleted
+    change.inserted -= len(moving)
+    change.updated += len(moving)
 
 
 def _replace_assignments(session: Session, t: dict, frame: pd.DataFrame, grid_ids: dict[str, int],

@@ -37,7 +37,8 @@ COLLECTIONS = {  # id: (title, description, feature id column, time column)
     "door_plates": ("粤居码 Door plates", "QR door plates of rental housing (no resident counts).", "code", None),
     "incidents": ("事件 Incidents", "Reported incidents with their assignment (ids and codes, no names).",
                   "id", "reported_at"),
-    "hotspots": ("热点 Hotspots", "The most recently computed hotspot layer (Getis-Ord Gi*).", "code", None),
+    "hotspots": ("热点 Hotspots", "The most recently saved hotspot layer (Getis-Ord Gi* or local Moran's I).",
+                 "code", None),
 }
 JSON = "application/json"
 GEOJSON = "application/geo+json"

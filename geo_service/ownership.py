@@ -1,5 +1,10 @@
 """Who owns a location: point or door plate -> town, community, grid, compound and people.
 
+The people of an answer: the grid's workers and police officers (its roster), the deputies of
+the people's congress who entered the grid and the legal adviser of its village or community, the
+volunteer building leaders of the compound at the point, and the team of the nearest
+dispute-resolution station (the first of `nearest_stations`).
+
 The ownership rule (the one place it is defined):
 
     A point belongs to every grid whose polygon covers it (ST_Covers: the boundary counts as
@@ -124,6 +129,21 @@ STATIONS_SQL = text("""
 SELECT s.code, s.name, s.kind, t.code AS town_code, ST_X(s.geom) AS lon, ST_Y(s.geom) AS lat
 FROM station AS s JOIN town AS t ON t.id = s.town_id ORDER BY s.code
 """)
+# The rest of the cast, all by code (deputies' grids, advisers' communities, leaders' compounds,
+# mediators' stations), so the areas of a past generation find them as well as the current ones.
+DEPUTIES_SQL = text("""
+SELECT dg.grid_code, d.code, d.name, d.level, d.constituency, d.phone
+FROM npc_deputy_grid AS dg JOIN npc_deputy AS d ON d.id = dg.deputy_id
+ORDER BY d.code
+""")
+ADVISERS_SQL = text("SELECT community_code, code, name, law_firm, phone FROM legal_adviser ORDER BY code")
+# Only the leaders of a compound: a lookup knows the compound at a point, not the building.
+COMPOUND_LEADERS_SQL = text("""
+SELECT compound_code, code, name, building, phone FROM building_leader
+WHERE compound_code IS NOT NULL ORDER BY compound_code, building IS NOT NULL, code
+""")
+MEDIATORS_SQL = text("SELECT station_code, code, name, role, phone FROM mediator ORDER BY code")
+TEAM_ORDER = ("judge", "mediator", "judge_assistant", "clerk")  # models.MEDIATOR_ROLES, as a team is listed
 
 
 def local_today() -> dt.date:
@@ -151,6 +171,8 @@ class OwnershipIndex:
     dispute_stations: list[dict]
     dispute_lon: np.ndarray
     dispute_lat: np.ndarray
+    compound_leaders: list[list[dict]]  # per compound: its volunteer building leaders
+    dispute_teams: list[list[dict]]  # per dispute-resolution station: its team (mediators)
     to_metric: Transformer = field(repr=False)
     responsible_ids: list[list[int]] = field(repr=False)  # per grid: leader and full-time workers
     police_ids: list[list[int]] = field(repr=False)
@@ -194,6 +216,7 @@ class OwnershipIndex:
         stations = [dict(row) for row in session.execute(STATIONS_SQL).mappings()]
         centers = {s["town_code"]: s for s in stations if s["kind"] == "governance_center"}
         disputes = [s for s in stations if s["kind"] == "dispute_resolution"]
+        cast = _Cast.read(session)
 
         grids = []
         for i, row in enumerate(grid_rows):
@@ -208,6 +231,8 @@ class OwnershipIndex:
                 "grid": {"code": row["code"], "name": row["name"]},
                 "grid_workers": people,
                 "police": police[i],
+                "npc_deputies": cast.deputies.get(row["code"], []),
+                "legal_adviser": cast.advisers.get(row["community_code"]),
                 "governance_center": None if center is None else {
                     "code": center["code"], "name": center["name"], "lon": center["lon"], "lat": center["lat"]},
             })
@@ -239,6 +264,8 @@ class OwnershipIndex:
             dispute_stations=[{k: s[k] for k in ("code", "name", "kind", "lon", "lat")} for s in disputes],
             dispute_lon=np.array([s["lon"] for s in disputes], dtype=float),
             dispute_lat=np.array([s["lat"] for s in disputes], dtype=float),
+            compound_leaders=[cast.leaders.get(r["code"], []) for r in compound_rows],
+            dispute_teams=[cast.teams.get(s["code"], []) for s in disputes],
             to_metric=to_metric,
             responsible_ids=[[p["id"] for p in g["grid_workers"] if RESPONSIBLE_ROLES & set(p["roles"])]
                              for g in grids],
@@ -266,7 +293,9 @@ class OwnershipIndex:
             raise self.outside(lon, lat)
         static = self.grids[int(hits[0])]
         answer = {"point": {"lon": lon, "lat": lat}, "generation": self.generation, **static}
-        answer["compound"] = self.compound_at(int(hits[0]), lon, lat)
+        compound = self.compound_index_at(int(hits[0]), lon, lat)
+        answer["compound"] = None if compound is None else self.compounds[compound]
+        answer["building_leaders"] = [] if compound is None else self.compound_leaders[compound]
         answer["on_boundary"] = len(hits) > 1
         answer["also_touching"] = [self.grids[int(i)]["grid"] for i in hits[1:]]
         center = static["governance_center"]
@@ -274,29 +303,40 @@ class OwnershipIndex:
             far = geometry.local_distance_one_m(lon, lat, center["lon"], center["lat"])
             center = {**center, "distance_m": round(far, 1)}
         answer["governance_center"] = center
-        answer["nearest_stations"] = self.nearest_stations(lon, lat, stations)
+        nearest = self._nearest_stations(lon, lat, stations)
+        answer["nearest_stations"] = [{**self.dispute_stations[i], "distance_m": round(d, 1)} for d, i in nearest]
+        # The team of the first station listed: where a dispute at this point would be taken.
+        answer["mediators"] = self.dispute_teams[nearest[0][1]] if nearest else []
         return answer
 
     def compound_at(self, owner: int, lon: float, lat: float) -> dict | None:
+        compound = self.compound_index_at(owner, lon, lat)
+        return None if compound is None else self.compounds[compound]
+
+    def compound_index_at(self, owner: int, lon: float, lat: float) -> int | None:
         # A compound lies inside one grid: only the owning grid's few compounds are tested.
         for c in self.grid_compounds[owner]:
             if shapely.intersects_xy(self.compound_geoms[c], lon, lat):
-                return self.compounds[c]
+                return c
         return None
 
     def nearest_stations(self, lon: float, lat: float, count: int) -> list[dict]:
+        return [{**self.dispute_stations[i], "distance_m": round(d, 1)}
+                for d, i in self._nearest_stations(lon, lat, count)]
+
+    def _nearest_stations(self, lon: float, lat: float, count: int) -> list[tuple[float, int]]:
+        """(distance in metres, index) of the `count` nearest dispute-resolution stations, nearest first."""
         if count <= 0 or len(self.dispute_lon) == 0:
             return []
         candidates = self.cells.stations.get(self.cells.key(lon, lat)) if count <= CellIndex.NEAREST else None
         if candidates is not None:
             # Only the stations that can be among the nearest from anywhere in this cell, measured
             # exactly as below; ties in index order, as the stable sort below orders them.
-            measured = sorted((geometry.local_distance_one_m(lon, lat, self.dispute_lon[i], self.dispute_lat[i]), i)
-                              for i in candidates)[:count]
-            return [{**self.dispute_stations[i], "distance_m": round(d, 1)} for d, i in measured]
+            return sorted((geometry.local_distance_one_m(lon, lat, self.dispute_lon[i], self.dispute_lat[i]), i)
+                          for i in candidates)[:count]
         distances = geometry.local_distance_m(lon, lat, self.dispute_lon, self.dispute_lat)
         order = np.argsort(distances, kind="stable")[:count]
-        return [{**self.dispute_stations[i], "distance_m": round(float(distances[i]), 1)} for i in order]
+        return [(float(distances[i]), int(i)) for i in order]
 
     def owners(self, grid_code: str) -> dict:
         """The people serving one grid today (the same roster a lookup answers with)."""
@@ -305,7 +345,9 @@ class OwnershipIndex:
             raise NotFound(f"grid {grid_code!r} does not exist")
         static = self.grids[position]
         return {"grid": static["grid"], "town": static["town"], "grid_workers": static["grid_workers"],
-                "police": static["police"], "as_of": self.built_for.isoformat(), "generation": self.generation}
+                "police": static["police"], "npc_deputies": static["npc_deputies"],
+                "legal_adviser": static["legal_adviser"], "as_of": self.built_for.isoformat(),
+                "generation": self.generation}
 
     def outside(self, lon: float, lat: float) -> OutsideCoverage:
         """The error for a point no grid covers, naming the nearest grid and its distance.
@@ -417,6 +459,39 @@ def _covering_pairs(geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tupl
 
 def _worker_order(person: dict) -> tuple:
     return (min(ROLE_ORDER.index(r) for r in person["roles"]), person["code"])
+
+
+@dataclass
+class _Cast:
+    """The rest of the cast as the answers show it, keyed by the code they hang on."""
+
+    deputies: dict[str, list[dict]]  # grid code -> the deputies who entered the grid, by code
+    advisers: dict[str, dict]  # community code -> its legal adviser
+    leaders: dict[str, list[dict]]  # compound code -> its building leaders, the whole compound's first
+    teams: dict[str, list[dict]]  # station code -> its team: judge, mediators, judge's assistant, clerk
+
+    @classmethod
+    def read(cls, session: Session) -> _Cast:
+        deputies: dict[str, list[dict]] = {}
+        for row in session.execute(DEPUTIES_SQL).mappings():
+            deputies.setdefault(row["grid_code"], []).append({
+                "code": row["code"], "name": row["name"], "level": row["level"],
+                "constituency": row["constituency"], "phone": row["phone"]})
+        advisers = {row["community_code"]: {"code": row["code"], "name": row["name"], "law_firm": row["law_firm"],
+                                            "phone": row["phone"]}
+                    for row in session.execute(ADVISERS_SQL).mappings()}
+        leaders: dict[str, list[dict]] = {}
+        for row in session.execute(COMPOUND_LEADERS_SQL).mappings():
+            leaders.setdefault(row["compound_code"], []).append({
+                "code": row["code"], "name": row["name"], "building": row["building"], "phone": row["phone"]})
+        teams: dict[str, list[dict]] = {}
+        for row in session.execute(MEDIATORS_SQL).mappings():
+            teams.setdefault(row["station_code"], []).append({
+                "code": row["code"], "name": row["name"], "role": row["role"], "phone": row["phone"],
+                "station_code": row["station_code"]})
+        for team in teams.values():
+            team.sort(key=lambda person: TEAM_ORDER.index(person["role"]))  # stable: by code within a role
+        return cls(deputies=deputies, advisers=advisers, leaders=leaders, teams=teams)
 
 
 # --------------------------------------------------------------------------- keeping it fresh

@@ -21,3 +21,8 @@ ADMINS = ("admin",)
 # A department (部门) summoned by a whistle: sees the incidents that summoned it, reports in and
 # reports back (its account names the department: department_code).
 DEPARTMENTS = ("department",)
+# Who may act on incidents at all; the lifecycle table (lifecycle.TRANSITIONS) says which actions.
+ACTORS = (*REPORTERS, *DEPARTMENTS)
+# The officials' scoreboard (考核) and its dashboard: officials (viewers) and the bulk readers of
+# incidents; a department its own figures. Not workers: it ranks their peers.
+SCOREBOARD = ("viewer", *ANALYSTS, *DEPARTMENTS)

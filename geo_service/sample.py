@@ -21,6 +21,9 @@ How the geometry is built, and why it nests exactly:
 Every random number comes from the one numpy Generator made from the seed, drawn in a fixed
 order; each step's docstring says what it draws. Moving a draw, or adding one, changes every
 file after that point, so tests/test_sample.py compares a fresh run with gis_data/heshan.
+The rest of the cast (building leaders, deputies, legal advisers, mediators, departments) came
+later and draws from a child stream of the seed (_make_cast), so adding it left every earlier
+file as it was.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import heapq
 import json
 import math
 import pathlib
+import re
 import warnings
 from datetime import date, datetime, time, timedelta
 
@@ -84,6 +88,38 @@ TARGET_DOOR_PLATES = 32_000
 N_BACKGROUND_INCIDENTS = 5_600
 N_PLANTED = 200
 RIDER_PLATFORM = "骑行侠·码上帮"
+# The rest of the cast of the grid (the article: 2,000+ volunteer building leaders, deputies
+# entering the grids, one legal adviser per village or community, the teams of the 20
+# dispute-resolution stations).
+N_BUILDING_LEADERS = 2_046
+N_COUNTY_DEPUTIES_PER_TOWN = 4
+DEPUTY_GRIDS = (1, 6)  # a deputy is linked to 1-6 neighbouring grids of one town
+TEAM_ROLES = ("judge", "mediator", "judge_assistant", "clerk")  # 法官, 解纷员, 法官助理, 书记
+LAW_FIRM_A = list("鹤华正信德明诚泰恒粤")
+LAW_FIRM_B = ["衡", "安", "和", "正", "信", "达"]
+# (code, name, name_en) of the departments a whistle summons (中心吹哨、部门报到).
+DEPARTMENTS = [
+    ("public_security", "鹤山市公安局", "Public Security Bureau"),
+    ("housing", "鹤山市住房和城乡建设局", "Housing and Urban-Rural Development Bureau"),
+    ("market_regulation", "鹤山市市场监督管理局", "Market Regulation Administration"),
+    ("labour", "鹤山市人力资源和社会保障局", "Human Resources and Social Security Bureau"),
+    ("emergency_management", "鹤山市应急管理局", "Emergency Management Bureau"),
+    ("natural_resources", "鹤山市自然资源局", "Natural Resources Bureau"),
+    ("ecology_environment", "江门市生态环境局鹤山分局", "Ecology and Environment Bureau, Heshan Branch"),
+    ("urban_management", "鹤山市城市管理和综合执法局", "Urban Management and Law Enforcement Bureau"),
+    ("civil_affairs", "鹤山市民政局", "Civil Affairs Bureau"),
+    ("health", "鹤山市卫生健康局", "Health Bureau"),
+    ("education", "鹤山市教育局", "Education Bureau"),
+    ("justice", "鹤山市司法局", "Justice Bureau"),
+    ("transport", "鹤山市交通运输局", "Transport Bureau"),
+    ("water_resources", "鹤山市水利局", "Water Resources Bureau"),
+    ("fire_rescue", "鹤山市消防救援大队", "Fire and Rescue Brigade"),
+    ("court", "鹤山市人民法院", "People's Court"),
+]
+# Placeholder mobile prefixes (7 digits + a 4-digit serial), one per kind of person, like the
+# grid workers' 1380000xxxx and the police's 1390000xxxx.
+CAST_PHONE_PREFIX = {"building_leaders": "1360000", "npc_deputies": "1350000", "legal_advisers": "1340000",
+                     "mediators": "1330000", "departments": "1320000"}
 
 INCIDENT_CATEGORIES = [
     "dispute", "safety_hazard", "public_security", "rental_housing",
@@ -229,9 +265,13 @@ def generate(
     progress("sample: incidents")
     incidents = _make_incidents(rng, areas, plates, clusters, reference_date)
 
+    progress("sample: building leaders, deputies, legal advisers, mediators, departments")
+    cast = _make_cast(seed, areas, compounds, plates, stations,
+                      first_serial=len(people["workers"]) + len(people["officers"]) + 1)
+
     progress(f"sample: writing {out_dir}")
     counts = _write_all(out_dir, seed, reference_date, areas, compounds, clusters, plates,
-                        stations, people, incidents)
+                        stations, people, incidents, cast)
     progress("sample: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return counts
 
@@ -1591,6 +1631,157 @@ def _status(rng, age_days, category):
 
 
 # ---------------------------------------------------------------------------------------
+# The rest of the cast: building leaders, deputies, legal advisers, mediators, departments
+
+
+def _make_cast(seed, a: _Areas, compounds, plates, stations, first_serial):
+    """{"building_leaders", "npc_deputies", "legal_advisers", "mediators", "departments"}: the
+    rows of their CSV files.
+
+    Everything here draws from a child stream of the seed, never from the sample's main
+    generator, so the files written before the cast existed stay byte-identical. Draws in this
+    order: building leaders, deputies, legal advisers, mediators, then names (a surname each, in
+    the order of the files). Names continue the serial numbers after the grid workers and police
+    (unique across every file); phones are sequential per kind (CAST_PHONE_PREFIX).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    cast = {
+        "building_leaders": _building_leaders(rng, a, compounds, plates),
+        "npc_deputies": _npc_deputies(rng, a),
+        "legal_advisers": _legal_advisers(rng, a),
+        "mediators": _mediators(rng, stations),
+        "departments": [{"code": code, "name": name, "name_en": name_en}
+                        for code, name, name_en in sorted(DEPARTMENTS)],
+    }
+    serial = first_serial
+    for kind, rows in cast.items():
+        for i, row in enumerate(rows):
+            name = f"{SURNAMES[int(rng.integers(len(SURNAMES)))]}某{serial:04d}"
+            phone = f"{CAST_PHONE_PREFIX[kind]}{i + 1:04d}"
+            if kind == "departments":
+                row["duty_contact"], row["duty_phone"] = name, phone
+            else:
+                row["name"], row["phone"] = name, phone
+            serial += 1
+    assert serial <= 10_000, "names have 4-digit serials"
+    return cast
+
+
+def _building_order(label):
+    """Buildings in natural order: "碧水雅苑3栋" before "碧水雅苑21栋"."""
+    m = re.fullmatch(r"(.*?)(\d+)栋", label)
+    return (m.group(1), int(m.group(2))) if m else (label, 0)
+
+
+def _building_leaders(rng, a: _Areas, compounds, plates):
+    """N_BUILDING_LEADERS volunteer building leaders (志愿楼长): one for every compound as a whole,
+    one for every building of a compound (the `building` of its door plates), and the rest for
+    apartment buildings outside compounds (plates with a unit), drawn at random.
+
+    A compound's leaders serve the compound's grid; the others the grid of their building's
+    plates. Codes BL00001.. follow grid, compound and building order."""
+    in_compound: dict[str, set] = {}
+    outside = set()
+    for p in plates:
+        if p["compound"]:
+            in_compound.setdefault(p["compound"], set()).add(p["building"])
+        elif p["unit"]:
+            outside.add((a.grid_code[p["grid"]], p["building"]))
+    rows = []
+    for comp in compounds:
+        grid = a.grid_code[comp["grid"]]
+        rows.append({"grid_code": grid, "compound_code": comp["code"], "building": ""})
+        rows += [{"grid_code": grid, "compound_code": comp["code"], "building": b}
+                 for b in sorted(in_compound.get(comp["code"], ()), key=_building_order)]
+    candidates = sorted(outside, key=lambda gb: (gb[0], _building_order(gb[1])))
+    n_rest = N_BUILDING_LEADERS - len(rows)
+    assert 0 < n_rest <= len(candidates), (n_rest, len(candidates))
+    for i in sorted(rng.choice(len(candidates), n_rest, replace=False).tolist()):
+        grid, building = candidates[i]
+        rows.append({"grid_code": grid, "compound_code": "", "building": building})
+    rows.sort(key=lambda r: (r["grid_code"], r["compound_code"] or "~", _building_order(r["building"])))
+    for i, r in enumerate(rows):
+        r["code"] = f"BL{i + 1:05d}"
+    return rows
+
+
+def _constituency(rng, a: _Areas, seed_grid, size, prefer):
+    """`size` grids (fewer when the town runs out) grown from seed_grid through neighbouring grids
+    of its town, taking grids in `prefer` first; returned in code order."""
+    town = a.grid_town[seed_grid]
+    group = [seed_grid]
+    while len(group) < size:
+        near = sorted({n for g in group for n in a.grid_nbrs[g] if a.grid_town[n] == town} - set(group))
+        if not near:
+            break
+        pool = [n for n in near if n in prefer] or near
+        group.append(pool[int(rng.integers(len(pool)))])
+    return sorted(group, key=lambda g: a.grid_code[g])
+
+
+def _npc_deputies(rng, a: _Areas):
+    """People's congress deputies entering the grids (人大代表进网入格), town by town: town
+    deputies whose constituencies of 1-6 neighbouring grids together cover every grid (each
+    grown from a grid no deputy serves yet, taking such grids first), then
+    N_COUNTY_DEPUTIES_PER_TOWN county deputies linked to 1-6 neighbouring grids anywhere in the
+    town. Codes ND00001.. in that order."""
+    rows = []
+    county_n = 0
+    lo, hi = DEPUTY_GRIDS
+    for t, town in enumerate(TOWNS):
+        tg = [g for g in a.grid_order if a.grid_town[g] == t]
+        uncovered = set(tg)
+        order = [tg[i] for i in rng.permutation(len(tg))]
+        k = 0
+        for g in order:
+            if g not in uncovered:
+                continue
+            k += 1
+            group = _constituency(rng, a, g, int(rng.integers(lo, hi + 1)), uncovered)
+            uncovered -= set(group)
+            rows.append({"level": "town", "constituency": f"{town[1]}第{k}选区",
+                         "grids": group})
+        for _ in range(N_COUNTY_DEPUTIES_PER_TOWN):
+            county_n += 1
+            g = tg[int(rng.integers(len(tg)))]
+            group = _constituency(rng, a, g, int(rng.integers(lo, hi + 1)), set())
+            rows.append({"level": "county", "constituency": f"鹤山市第{county_n}选区({town[1]})",
+                         "grids": group})
+    for i, r in enumerate(rows):
+        r["code"] = f"ND{i + 1:05d}"
+        r["grid_codes"] = ";".join(a.grid_code[g] for g in r.pop("grids"))
+    return rows
+
+
+def _legal_advisers(rng, a: _Areas):
+    """One legal adviser per village or community (一村(社区)一法律顾问), in community code order,
+    each from one of a dozen synthetic law firms. Codes LA00001.."""
+    firms = [f"广东{x}{y}律师事务所" for x in LAW_FIRM_A for y in LAW_FIRM_B if x != y]
+    firms = [firms[i] for i in rng.choice(len(firms), 12, replace=False)]
+    rows = []
+    for i, c in enumerate(sorted(a.comm_order, key=lambda c: a.comm_code[c])):
+        rows.append({"code": f"LA{i + 1:05d}", "community_code": a.comm_code[c],
+                     "law_firm": firms[int(rng.integers(len(firms)))]})
+    return rows
+
+
+def _mediators(rng, stations):
+    """The team of every dispute-resolution station (解纷站点), in station order: one judge (法官),
+    two or three mediators (解纷员), one judge's assistant (法官助理) and one clerk (书记).
+    Codes MD00001.."""
+    rows = []
+    for s in stations:
+        if s["kind"] != "dispute_resolution":
+            continue
+        sizes = {"judge": 1, "mediator": int(rng.integers(2, 4)), "judge_assistant": 1, "clerk": 1}
+        for role in TEAM_ROLES:
+            rows += [{"role": role, "station_code": s["code"]} for _ in range(sizes[role])]
+    for i, r in enumerate(rows):
+        r["code"] = f"MD{i + 1:05d}"
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
 # Writing
 
 
@@ -1624,7 +1815,7 @@ def _write_csv(path, header, rows):
 
 
 def _write_all(out, seed, reference_date, a: _Areas, compounds, clusters, plates, stations,
-               people, incidents):
+               people, incidents, cast):
     """Write every file and the manifest; return {file stem: row count}.
 
     The counts keep the order the files are written in, which is the order of the manifest.
@@ -1639,6 +1830,7 @@ def _write_all(out, seed, reference_date, a: _Areas, compounds, clusters, plates
     _write_geojson(out / "planted_clusters.geojson", recs,
                    [shapely.Point(*c["centre_ll"]) for c in clusters])
     counts["planted_clusters"] = len(recs)
+    counts.update(_write_cast(out, cast))
 
     manifest = {"name": "heshan-sample", "synthetic": True, "seed": int(seed),
                 "reference_date": reference_date.isoformat(), "crs": "EPSG:4326",
@@ -1718,4 +1910,20 @@ def _write_tables(out, a: _Areas, stations, plates, people, incidents):
                ["external_id", "category", "description", "reported_at", "reporter_kind",
                 "lon", "lat", "door_plate_code", "status"], incidents)
     counts["incidents"] = len(incidents)
+    return counts
+
+
+def _write_cast(out, cast):
+    """The rest of the cast and the departments (.csv), each in code order."""
+    columns = {
+        "building_leaders": ["code", "name", "phone", "grid_code", "compound_code", "building"],
+        "npc_deputies": ["code", "name", "phone", "level", "constituency", "grid_codes"],
+        "legal_advisers": ["code", "name", "phone", "law_firm", "community_code"],
+        "mediators": ["code", "name", "phone", "role", "station_code"],
+        "departments": ["code", "name", "name_en", "duty_contact", "duty_phone"],
+    }
+    counts = {}
+    for stem, header in columns.items():
+        _write_csv(out / f"{stem}.csv", header, cast[stem])
+        counts[stem] = len(cast[stem])
     return counts

@@ -3,7 +3,7 @@
 import datetime as dt
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 
 def _no_nul(value: str) -> str:
@@ -82,6 +82,11 @@ class StatsRead(BaseModel):
     stations: dict[str, int] = Field(description="Stations by kind.")
     door_plates: int = Field(description="粤居码 door plates.")
     incidents: int = Field(description="Incidents, a merged group of duplicates counted once.")
+    building_leaders: int = Field(description="Volunteer building leaders (志愿楼长).")
+    npc_deputies: int = Field(description="People's congress deputies who entered grids (人大代表进网入格).")
+    legal_advisers: int = Field(description="Villages and communities with their legal adviser (一村(社区)一法律顾问).")
+    mediators: int = Field(description="Members of the dispute-resolution stations' teams.")
+    departments: int = Field(description="Departments a whistle may summon (部门).")
 
 
 class AreaRef(BaseModel):
@@ -123,6 +128,50 @@ class PoliceRead(BaseModel):
     phone: str | None
 
 
+class NpcDeputyRead(BaseModel):
+    code: str
+    name: str
+    level: str = Field(description="The people's congress: `county` (市人大) or `town` (镇人大).")
+    constituency: str | None = Field(description="The constituency (选区) that elected the deputy.")
+    phone: str | None = Field(description="Mobile number (masked for some roles).")
+
+
+class LegalAdviserRead(BaseModel):
+    code: str
+    name: str
+    law_firm: str | None
+    phone: str | None = Field(description="Mobile number (masked for some roles).")
+
+
+class BuildingLeaderRead(BaseModel):
+    code: str
+    name: str
+    building: str | None = Field(description="The building led, as its door plates name it; null: the whole compound.")
+    phone: str | None = Field(description="Mobile number (masked for some roles).")
+
+
+class MediatorRead(BaseModel):
+    code: str
+    name: str
+    role: str = Field(description="`judge` (法官), `mediator` (解纷员), `judge_assistant` (法官助理) "
+                                  "or `clerk` (书记).")
+    phone: str | None = Field(description="Mobile number (masked for some roles).")
+    station_code: str = Field(description="The dispute-resolution station the team serves.")
+
+
+class PersonName(BaseModel):
+    code: str
+    name: str
+
+
+class DepartmentContactRead(BaseModel):
+    code: str = Field(description="What a whistle (escalate, summon) names the department by.")
+    name: str
+    name_en: str | None
+    duty_contact: str | None = Field(description="Who is on duty for it.")
+    duty_phone: str | None = Field(description="The duty phone (masked for some roles).")
+
+
 class StationNear(BaseModel):
     code: str
     name: str
@@ -159,8 +208,14 @@ class LookupRead(BaseModel):
     also_touching: list[AreaRef] = Field(description="The other grids sharing that edge or vertex.")
     grid_workers: list[GridWorkerRead] = Field(description="Grid workers serving the grid today, leader first.")
     police: list[PoliceRead] = Field(description="The deputy grid leader(s): the police of the police–grid pair.")
+    npc_deputies: list[NpcDeputyRead] = Field(description="People's congress deputies who entered the grid.")
+    legal_adviser: LegalAdviserRead | None = Field(description="The legal adviser of the village or community.")
+    building_leaders: list[BuildingLeaderRead] = Field(
+        description="Volunteer building leaders of the compound at the point (none outside compounds).")
     governance_center: StationNear | None = Field(description="The town's comprehensive governance centre (综治中心).")
     nearest_stations: list[NearStation] = Field(description="Nearest dispute-resolution stations, nearest first.")
+    mediators: list[MediatorRead] = Field(description="The team of the first of `nearest_stations` (none when "
+                                          "no station is asked for): judge, mediators, judge's assistant, clerk.")
     people_hidden: bool = Field(description="True when the point is outside the caller's towns: the area is "
                                 "answered, its people are not.")
 
@@ -197,6 +252,8 @@ class GridOwnersRead(BaseModel):
     town: TownRef
     grid_workers: list[GridWorkerRead]
     police: list[PoliceRead]
+    npc_deputies: list[NpcDeputyRead] = Field(description="People's congress deputies who entered the grid.")
+    legal_adviser: LegalAdviserRead | None = Field(description="The legal adviser of the grid's village or community.")
     people_hidden: bool = Field(description="True when the grid is outside the caller's towns.")
     as_of: str = Field(description="Date (Asia/Shanghai) the roster is valid for.")
     generation: int | None = Field(description="The boundary generation whose grid is answered.")
@@ -313,17 +370,20 @@ class IncidentCreate(BaseModel):
 
 class TransitionCreate(BaseModel):
     action: Code = Field(description="accept, start, resolve, verify, close, escalate, summon, acknowledge, "
-                         "return, reopen, reject, reassign or merge.")
+                         "report_back, return, reopen, reject, reassign or merge.")
     version: int | None = Field(default=None, ge=1, le=MAX_INT4,
                                 description="The version you saw (or send an If-Match header).")
-    note: Note | None = Field(default=None, description="Why; required for return, reopen and reject.")
+    note: Note | None = Field(default=None, description="Why; required for return, reopen and reject; "
+                              "report_back: the department's answer.")
     grid: Code | None = Field(default=None, description="reassign: the new grid's code.")
     assignee: int | None = Field(default=None, ge=1, le=MAX_INT4, description="reassign: the new grid worker's id.")
     departments: list[Name] | None = Field(default=None, max_length=MAX_LIST_ITEMS,
-                                           description="escalate, summon: departments called in.")
+                                           description="escalate, summon: the codes of the departments called in "
+                                           "(GET /api/v1/departments).")
     due_hours: int | None = Field(default=None, ge=1, le=720,
                                   description="escalate, summon: the departments report in within (24 by default).")
-    department: Name | None = Field(default=None, description="acknowledge: the department reporting in.")
+    department: Name | None = Field(default=None, description="acknowledge, report_back: the department's code "
+                                    "(a department account: its own, may be left out).")
     into: int | None = Field(default=None, ge=1, le=MAX_ID,
                              description="merge: the id of the primary this incident duplicates (open, not itself "
                              "merged).")
@@ -349,12 +409,17 @@ class EventRead(BaseModel):
 
 
 class DepartmentRead(BaseModel):
-    department: str
+    department: str = Field(description="The department's code.")
+    name: str | None = Field(description="Its name (null for a department no longer loaded).")
     added_at: str
     added_by: str | None
     due_at: str | None = Field(description="Report in by then (吹哨).")
-    acknowledged_at: str | None
+    acknowledged_at: str | None = Field(description="When it reported in (报到).")
     acknowledged_by: str | None
+    reported_back_at: str | None = Field(description="When it reported back (反馈) with its answer.")
+    reported_back_by: str | None
+    answer: str | None = Field(description="What the department did.")
+    overdue_noticed_at: str | None = Field(description="When its missed report-in deadline was escalated.")
 
 
 class PossibleDuplicate(BaseModel):
@@ -534,6 +599,8 @@ class GridProperties(BaseModel):
     generation: int | None = Field(description="The boundary generation asked for (default the current).")
     generation_from: int = Field(description="The first generation this outline is valid in.")
     generation_to: int | None = Field(description="The last one; null while it is current.")
+    npc_deputies: list[PersonName] = Field(description="People's congress deputies who entered the grid (today's).")
+    legal_adviser: PersonName | None = Field(description="The legal adviser of the grid's community (today's).")
 
 
 class GridFeature(Feature[GridProperties]):
@@ -676,9 +743,10 @@ class AttributionRead(BaseModel):
 class HotspotMetadata(BaseModel):
     unit: str = Field(description="grid, community, town, hex or square.")
     size_m: float | None = Field(description="Cell size in metres (hex and square).")
-    method: str = Field(description="Always `gistar` (Getis-Ord Gi*).")
+    method: Literal["gistar", "lisa"] = Field(description="`gistar` (Getis-Ord Gi*) or `lisa` (Local Moran's I).")
     weights: str = Field(description="The spatial weights, in words.")
-    fdr: bool = Field(description="Bins corrected with Benjamini–Hochberg.")
+    fdr: bool = Field(description="Significance decided with Benjamini–Hochberg (Gi*: each bin's level; LISA: "
+                      "`alpha`).")
     filters: FilterDescription
     within_towns: list[str] | None = Field(description="The caller's towns it was computed over; null: the county.")
     units: int = Field(description="How many units (features).")
@@ -686,10 +754,30 @@ class HotspotMetadata(BaseModel):
     attribution: AttributionRead | None = Field(default=None, description="How incidents were attributed to units "
                                                 "(null in layers saved before generations).")
     computed_at: str = Field(description="When (ISO 8601).")
-    bins: dict[str, str] = Field(description="What each `gi_bin` value means.")
+    bins: dict[str, str] | None = Field(default=None, description="What each `gi_bin` value means (gistar).")
+    permutations: int | None = Field(default=None, description="Conditional permutations per unit (lisa).")
+    seed: int | None = Field(default=None, description="The seed of the permutations' draws: the same layer again "
+                             "(lisa).")
+    alpha: float | None = Field(default=None, description="Significance level of `lisa_cluster` (lisa).")
+    islands: int | None = Field(default=None, description="Units without a neighbour: I = 0, p = 1 (lisa).")
+    clusters: dict[str, str] | None = Field(default=None, description="What each `lisa_cluster` value means (lisa).")
+
+    @model_validator(mode="after")
+    def _fields_of_the_method(self):
+        lisa = (self.permutations, self.seed, self.alpha, self.islands, self.clusters)
+        if self.method == "gistar" and (self.bins is None or any(v is not None for v in lisa)):
+            raise ValueError("a gistar layer states `bins` and none of the LISA fields")
+        if self.method == "lisa" and (self.bins is not None or any(v is None for v in lisa)):
+            raise ValueError("a lisa layer states permutations, seed, alpha, islands and clusters, not `bins`")
+        return self
+
+
+GI_STAR_FIELDS = ("gi_z", "gi_p", "gi_bin")
+LISA_FIELDS = ("lisa_i", "lisa_z", "lisa_p", "lisa_q", "lisa_cluster")
 
 
 class HotspotProperties(BaseModel):
+    """A unit's counts, with the Gi* fields (method gistar) or the LISA fields (method lisa)."""
     code: str = Field(description="The unit's code (cells: H or S with the cell's column and row).")
     name: str
     count: int = Field(description="Incidents in the unit.")
@@ -697,10 +785,28 @@ class HotspotProperties(BaseModel):
     density_km2: float = Field(description="Incidents per km².")
     door_plates: int = Field(description="Door plates in the unit (that the caller may see).")
     rate_per_1000_plates: float | None = Field(description="Incidents per 1,000 door plates; null without plates.")
-    gi_z: float = Field(description="Gi* z-score.")
-    gi_p: float = Field(description="Two-sided p-value.")
-    gi_bin: int = Field(ge=-3, le=3, description="±3/±2/±1: hot (+) or cold (−) spot at 99/95/90 % confidence; "
-                        "0: not significant.")
+    gi_z: float | None = Field(default=None, description="Gi* z-score (gistar).")
+    gi_p: float | None = Field(default=None, description="Two-sided p-value (gistar).")
+    gi_bin: int | None = Field(default=None, ge=-3, le=3, description="±3/±2/±1: hot (+) or cold (−) spot at "
+                               "99/95/90 % confidence; 0: not significant (gistar).")
+    lisa_i: float | None = Field(default=None, description="Local Moran's I (lisa).")
+    lisa_z: float | None = Field(default=None, description="(I − mean) / standard deviation of the permuted I "
+                                 "(lisa).")
+    lisa_p: float | None = Field(default=None, ge=0, le=1, description="Folded pseudo p-value of the conditional "
+                                 "permutations (lisa).")
+    lisa_q: int | None = Field(default=None, ge=0, le=4, description="Quadrant: 1 HH, 2 LH, 3 LL, 4 HL (the unit's "
+                               "count, then its neighbours' mean, above or below the mean); 0: no neighbour (lisa).")
+    lisa_cluster: Literal["HH", "LL", "HL", "LH", "ns"] | None = Field(
+        default=None, description="The quadrant where significant at `alpha`: HH / LL clusters, HL / LH outliers; "
+        "`ns`: not significant (lisa).")
+
+    @model_validator(mode="after")
+    def _fields_of_one_method(self):
+        present = tuple(name for name in (*GI_STAR_FIELDS, *LISA_FIELDS) if getattr(self, name) is not None)
+        if present not in (GI_STAR_FIELDS, LISA_FIELDS):
+            raise ValueError(f"a unit carries all of {', '.join(GI_STAR_FIELDS)} (gistar) or all of "
+                             f"{', '.join(LISA_FIELDS)} (lisa); it has {', '.join(present) or 'neither'}")
+        return self
 
 
 class HotspotCollection(FeatureCollection[Feature[HotspotProperties]]):
@@ -723,6 +829,11 @@ class HotspotParams(FilterDescription):
     fdr: bool
     attribution: AttributionRead | None = Field(default=None, description="How incidents were attributed "
                                                 "(null in layers saved before generations).")
+    method: Literal["gistar", "lisa"] | None = Field(default=None, description="gistar or lisa (null in layers "
+                                                     "saved before LISA: gistar).")
+    permutations: int | None = Field(default=None, description="lisa: conditional permutations per unit.")
+    seed: int | None = Field(default=None, description="lisa: the seed of the permutations' draws.")
+    alpha: float | None = Field(default=None, description="lisa: significance level.")
 
 
 class SavedHotspotLayer(BaseModel):
@@ -952,3 +1063,103 @@ class DeliveryRead(BaseModel):
     last_error: str | None
     delivered_at: str | None
     attempt_log: list[AttemptRead] = Field(description="Every attempt, oldest first.")
+
+
+# --------------------------------------------------------------------------- scoreboard
+
+
+class ScoreboardBacklog(BaseModel):
+    """Open incidents at the period's end by age then (end − reported_at)."""
+    lt_1d: int = Field(description="Under 1 day.")
+    d1_3: int = Field(description="1 to under 3 days.")
+    d3_7: int = Field(description="3 to under 7 days.")
+    gt_7d: int = Field(description="7 days or more.")
+
+
+class ScoreboardFigures(BaseModel):
+    """The figures of one row, or of everything the caller may see (README "Scoreboard" defines each)."""
+    reported: int = Field(description="Incidents reported in the period (a merged group once).")
+    closed: int = Field(description="Of those, closed at the period's end.")
+    closed_on_time: int = Field(description="Closed with no stage of the timeline past its deadline.")
+    on_time_rate: float | None = Field(description="按期办结率: closed_on_time / closed; null when none closed.")
+    mean_hours: float | None = Field(description="Mean hours from report to the last close, of the closed.")
+    p90_hours: float | None = Field(description="90th percentile of those hours (linear interpolation).")
+    backlog: ScoreboardBacklog
+    reopened: int = Field(description="Closed incidents that had been reopened before their last close.")
+    reopen_rate: float | None = Field(description="reopened / closed; null when none closed.")
+    whistles: int = Field(description="Departments summoned in the period (吹哨).")
+    whistles_on_time: int = Field(description="Of those, reported in (acknowledged) no later than due.")
+    whistle_on_time_rate: float | None = Field(description="whistles_on_time / whistles; null when none.")
+    rider_reported: int = Field(description="Incidents of the period reported by riders.")
+    rider_accepted: int = Field(description="Of those, taken up (accepted or further) by the period's end.")
+    rider_closed: int = Field(description="Of those, closed at the period's end.")
+    patrol_coverage: float | None = Field(description="Share of door plates with a patrol check-in in the period; "
+                                          "null where it does not apply (worker, department, category, week, "
+                                          "month, department accounts) or there are no plates.")
+
+
+class ScoreboardRow(ScoreboardFigures):
+    code: str = Field(description="Town, community or grid code, worker code, department code, category code, "
+                      "week (2026-W45) or month (2026-11).")
+    name: str | None = Field(description="Its name (a week's Monday; null for workers to analysts).")
+
+
+class ScoreboardRead(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    by: str = Field(description="The grouping of the rows.")
+    from_: str = Field(alias="from", description="The period's start (China Standard Time).")
+    to: str = Field(description="The period's end, exclusive (China Standard Time).")
+    measured_at: str = Field(description="When ages and what is open are measured: the end, or now if earlier.")
+    rows: list[ScoreboardRow]
+    total: ScoreboardFigures = Field(description="Everything the caller may see, each incident once.")
+
+
+# --------------------------------------------------------------------------- task list and patrols
+
+
+class ServiceItemRead(BaseModel):
+    code: str
+    name: str
+    name_en: str
+    categories: list[str] = Field(description="Incident categories that belong to this service item.")
+
+
+class DutyRead(BaseModel):
+    code: str
+    name: str
+    items: list[ServiceItemRead]
+
+
+class CheckInCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    door_plate: bounded_text(512) | None = Field(default=None, description="The 粤居码 code or scanned QR URL.")
+    compound: Code | None = Field(default=None, description="Or the compound's code.")
+    lon: float = Field(description="Where the worker stands: longitude.")
+    lat: float = Field(description="Latitude.")
+    crs: Code = Field(default="wgs84", description="wgs84, cgcs2000, gcj02 or bd09.")
+    worker: Code | None = Field(default=None, description="Staff recording for a grid worker: their code.")
+    note: bounded_text(2000) | None = None
+
+
+class CheckInRead(BaseModel):
+    id: int
+    at: str
+    worker_code: str
+    worker_name: str
+    door_plate_code: str | None
+    compound_code: str | None
+    grid_code: str | None = Field(description="The worker's grid holding the place.")
+    in_own_grid: bool = Field(description="Where the worker stood lies in one of their grids.")
+    distance_m: float | None = Field(description="From where they stood to the place, metres.")
+    note: str | None
+    lon: float
+    lat: float
+
+
+class CoverageRead(BaseModel):
+    grid: str
+    month: str = Field(description="YYYY-MM, China Standard Time.")
+    door_plates: int = Field(description="Door plates in the grid (by the ownership rule).")
+    visited: int = Field(description="Of those, visited at least once in the month.")
+    coverage: float | None = Field(description="visited / door_plates; null without door plates.")
+    check_ins: int = Field(description="Check-ins in the grid in the month.")

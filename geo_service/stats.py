@@ -1,6 +1,7 @@
 """Counts of everything the service holds: the figures officials compare with the article.
 
-Incidents count a merged group of duplicates once (incidents.COUNTED_SQL)."""
+Incidents count a merged group of duplicates once (incidents.COUNTED_SQL); legal advisers count
+the villages and communities that have one."""
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -22,6 +23,12 @@ SELECT
   (SELECT coalesce(json_object_agg(kind, n ORDER BY kind), '{}')
      FROM (SELECT kind, count(*) AS n FROM station GROUP BY kind) AS s) AS stations,
   (SELECT count(*) FROM door_plate) AS door_plates,
+  (SELECT count(*) FROM building_leader) AS building_leaders,
+  (SELECT count(*) FROM npc_deputy) AS npc_deputies,
+  (SELECT count(*) FROM community AS c WHERE EXISTS (
+     SELECT 1 FROM legal_adviser AS a WHERE a.community_code = c.code)) AS legal_advisers,
+  (SELECT count(*) FROM mediator) AS mediators,
+  (SELECT count(*) FROM department) AS departments,
   (SELECT count(*) FROM incident AS i WHERE """ + incidents.COUNTED_SQL + """) AS incidents
 """)
 
@@ -42,5 +49,10 @@ def counts(session: Session) -> dict:
         "police": row["police"],
         "stations": row["stations"],
         "door_plates": row["door_plates"],
+        "building_leaders": row["building_leaders"],
+        "npc_deputies": row["npc_deputies"],
+        "legal_advisers": row["legal_advisers"],
+        "mediators": row["mediators"],
+        "departments": row["departments"],
         "incidents": row["incidents"],
     }

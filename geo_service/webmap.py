@@ -21,13 +21,18 @@ PAGES = {
     "overview": "鹤山市网格治理地图 · Map",
     "dispatch": "调度台 · Dispatch",
     "hotspots": "热点分析 · Hotspots",
+    "dashboard": "考核 · Scoreboard",
 }
+# Where each page lives (the dashboard is not a map page: geo_service/dashboard.py).
+PAGE_PATHS = {"overview": "/map", "dispatch": "/map/dispatch", "hotspots": "/map/hotspots", "dashboard": "/dashboard"}
 # The phone's top bar shows one of these in place of the links.
-SHORT_TITLES = {"overview": "网格地图 Map", "dispatch": "调度台 Dispatch", "hotspots": "热点 Hotspots"}
+SHORT_TITLES = {"overview": "网格地图 Map", "dispatch": "调度台 Dispatch", "hotspots": "热点 Hotspots",
+                "dashboard": "考核 Scoreboard"}
 # On a phone the side panel is a sheet that this button opens.
 PANEL_TOGGLES = {"dispatch": "事件队列 Queue", "hotspots": "分析面板 Analysis"}
 # Who may open each page; the API behind them applies its own roles as well.
-PAGE_ROLES = {"overview": roles.EVERYONE, "dispatch": roles.REPORTERS, "hotspots": roles.ANALYSTS}
+PAGE_ROLES = {"overview": roles.EVERYONE, "dispatch": roles.REPORTERS, "hotspots": roles.ANALYSTS,
+              "dashboard": roles.SCOREBOARD}
 CREATORS = roles.STAFF  # roles that may report incidents from the map
 
 
@@ -99,7 +104,7 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
         "towns": sorted(identity.towns) if identity.towns is not None else None,
         "canCreate": identity.role in CREATORS,
         "csrfCookie": csrf_field,
-        "pages": {name: title for name, title in PAGES.items() if identity.role in PAGE_ROLES[name]},
+        "pages": page_links(identity),
     }
     if page == "dispatch":
         config["actions"] = lifecycle_actions()
@@ -134,7 +139,7 @@ def _chrome(page: str, config: dict, csrf_token: str = "") -> str:
     and the side panel becomes a sheet behind the button at the bottom.
     """
     links = "".join(
-        f'<a href="/map{"" if name == "overview" else "/" + name}"'
+        f'<a href="{PAGE_PATHS[name]}"'
         + (' class="active" aria-current="page">' if name == page else ' class="">')
         + f"{html.escape(title)}</a>" for name, title in config["pages"].items())
     toggle = (f'<button type="button" id="geo-panel-toggle" aria-expanded="false" aria-controls="geo-panel">'
@@ -150,6 +155,16 @@ def _chrome(page: str, config: dict, csrf_token: str = "") -> str:
             f'<form method="post" action="/logout"><input type="hidden" name="csrf" '
             f'value="{html.escape(csrf_token, quote=True)}"><button type="submit">退出 Sign out</button></form></div>'
             f'<div id="geo-panel" class="geo-panel-{page}"></div>{toggle}')
+
+
+def page_links(identity) -> dict[str, str]:
+    """The pages this caller may open, name -> title, for the top bar."""
+    return {name: title for name, title in PAGES.items() if identity.role in PAGE_ROLES[name]}
+
+
+def topbar(page: str, identity, csrf_token: str = "") -> str:
+    """The top bar of the map pages, for a page that is not a Folium map (the dashboard)."""
+    return _chrome(page, {"user": identity.name, "role": identity.role, "pages": page_links(identity)}, csrf_token)
 
 
 def forbidden_page(page: str, identity) -> str:

@@ -149,27 +149,34 @@ def test_dispatcher_works_an_incident_without_leaving_the_page(pages, desk):
 
     # 吹哨: escalate with a department and a deadline, then summon another.
     panel.get_by_role("button", name="升级 Escalate").click()
-    panel.get_by_label("部门 departments").fill("城管")
+    panel.get_by_label("部门 departments").fill("urban_management")
     panel.get_by_label("报到时限(小时)").fill("4")
     submit_form(panel)
     expect(panel.locator(".geo-detail-summary")).to_contain_text("escalated")
-    department = panel.locator(".geo-departments tr[data-department='城管']")
+    department = panel.locator(".geo-departments tr[data-department='urban_management']")
     expect(department).to_contain_text(re.compile(r"剩 3 h 5\d min"))
     panel.get_by_role("button", name="吹哨 Summon").click()
-    panel.get_by_label("部门 departments").fill("住建")
+    panel.get_by_label("部门 departments").fill("housing")
     panel.get_by_label("报到时限(小时)").fill("2")
     submit_form(panel)
-    expect(panel.locator(".geo-departments tr[data-department='住建']")).to_contain_text(re.compile(r"剩 1 h 5\d min"))
+    housing = panel.locator(".geo-departments tr[data-department='housing']")
+    expect(housing).to_contain_text(re.compile(r"剩 1 h 5\d min"))
     expect(department).to_contain_text("待报到 waiting")
     panel.get_by_role("button", name="报到 Acknowledge").click()
-    panel.get_by_label("报到部门").select_option("城管")
+    panel.get_by_label("报到部门").select_option("urban_management")
     submit_form(panel)
     expect(department).to_contain_text("map-dispatcher")
     expect(panel.locator(".geo-timeline")).to_contain_text("summon → escalated")
+    # 反馈: the department's answer, recorded by the desk.
+    panel.get_by_role("button", name="部门反馈 Report back").click()
+    panel.get_by_label("反馈部门").select_option("urban_management")
+    panel.get_by_label("部门反馈 the department's answer").fill("已清理占道")
+    submit_form(panel)
+    expect(department).to_contain_text("已清理占道")
 
     state = call(desk, "GET", f"/api/v1/incidents/{incident['id']}")
     assert state["status"] == "escalated" and state["grid_code"] == OTHER_GRID
-    assert {d["department"] for d in state["departments"]} == {"城管", "住建"}
+    assert {d["department"] for d in state["departments"]} == {"urban_management", "housing"}
     assert page.external() == [] and page.problems == []
 
 
@@ -193,14 +200,14 @@ def test_another_context_sees_the_change_live(pages, desk):
     watcher_panel.get_by_role("button", name="办结 Resolve").click()
     watcher_panel.get_by_label("办结说明").fill("已清理")
     actor_panel.get_by_role("button", name="升级 Escalate").click()
-    actor_panel.get_by_label("部门 departments").fill("城管")
+    actor_panel.get_by_label("部门 departments").fill("urban_management")
     submit_form(actor_panel)
     alert = watcher_panel.locator(".geo-detail-alert")
     expect(alert).to_contain_text(re.compile(r"changed by map-dispatcher2 at \S+ \S+, reload"), timeout=LIVE)
     expect(watcher_panel.get_by_label("办结说明")).to_have_value("已清理")
     alert.get_by_role("button", name="重新加载 Reload").click()
     expect(watcher_panel.locator(".geo-detail-summary")).to_contain_text("escalated")
-    expect(watcher_panel.locator(".geo-departments")).to_contain_text("城管")
+    expect(watcher_panel.locator(".geo-departments")).to_contain_text("urban_management")
     assert actor.problems == [] and watcher.problems == []
 
 

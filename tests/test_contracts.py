@@ -37,6 +37,8 @@ NOT_JSON = {
     ("GET", "/api/v1/export/{layer}"): "a file in the format asked for (GeoJSON, GeoPackage, …)",
     ("GET", "/api/v1/attachments/{attachment_id}"): "a photo (JPEG, PNG or WebP)",
     ("GET", "/api/v1/events"): "a Server-Sent Events stream (its frames are tested in tests/test_desk.py)",
+    ("GET", "/api/v1/scoreboard.csv"): "the scoreboard's rows as CSV (tests/test_scoreboard.py reads it)",
+    ("GET", "/api/v1/scoreboard.xlsx"): "the scoreboard as an Excel workbook (tests/test_scoreboard.py opens it)",
 }
 # The examples of tests/test_access.py, with the one they lack (the token needs a real user).
 TOKEN_USER, TOKEN_PASSWORD = "contract-user", "contract password 1"
@@ -136,7 +138,7 @@ def check_it_can_fail(model, answer) -> None:
 
 class Setup:
     """What every check starts from, inside the test's rolled-back transaction: an incident
-    reported at G111, a saved hotspot layer, and a user who may ask for a token."""
+    reported at G111, a saved hotspot layer, a patrol check-in, and a user who may ask for a token."""
 
     def __init__(self, database, session: Session, client):
         admin = database.headers("admin")
@@ -152,6 +154,9 @@ class Setup:
         self.incident = created.json()["id"]
         saved = client.post("/api/v1/hotspots/saved", headers=admin, params={"name": "contract", "unit": "grid"})
         assert saved.status_code == 201, saved.text
+        visit = client.post("/api/v1/patrols", headers=admin, json={
+            "door_plate": "YJ440784901001000001", "lon": 112.903, "lat": 22.703, "worker": "GW00001"})
+        assert visit.status_code == 201, visit.text
         auth.create_user(session, TOKEN_USER, "viewer", password=TOKEN_PASSWORD)
 
     def url(self, path: str) -> str:
@@ -302,6 +307,10 @@ VARIANTS = [
      list[schemas.Open311Posted]),
     ("POST", "/open311/v2/requests.json", {"data": {"service_code": "other", "lat": "22.7", "long": "113.5",
                                                     "description": "outside"}, "ok": 404}, schemas.OutsideRead),
+    ("GET", "/api/v1/scoreboard", {"params": {"by": "worker"}, "role": "analyst"}, schemas.ScoreboardRead),
+    ("GET", "/api/v1/scoreboard", {"params": {"by": "week", "from": "2026-10-01", "to": "2026-11-30"},
+                                   "role": "department"}, schemas.ScoreboardRead),
+    ("GET", "/api/v1/scoreboard", {"params": {"by": "street"}, "ok": 422}, schemas.ErrorRead),
 ]
 
 

@@ -77,8 +77,8 @@ def outbox(session, incident_id: int) -> list[dict]:
 def test_every_change_writes_its_events_to_the_outbox(client, session):
     incident = report(client).json()
     accepted = act(client, incident, "accept").json()
-    escalated = act(client, accepted, "escalate", departments=["城管"], due_hours=4).json()
-    summoned = act(client, escalated, "summon", departments=["住建"]).json()
+    escalated = act(client, accepted, "escalate", departments=["urban_management"], due_hours=4).json()
+    summoned = act(client, escalated, "summon", departments=["housing"]).json()
     rows = outbox(session, incident["id"])
     assert [(r["action"], r["events"], r["status"], r["version"]) for r in rows] == [
         ("report", ["incident.created", "incident.assigned"], "assigned", 1),
@@ -90,10 +90,10 @@ def test_every_change_writes_its_events_to_the_outbox(client, session):
     assert rows[-1]["payload"]["version"] == summoned["version"] == 4
     assert rows[0]["payload"]["assignee"]["code"] == incident["assignee"]["code"]
     departments = {d["department"]: d["due_at"] for d in summoned["departments"]}
-    assert departments["城管"] == (T0 + dt.timedelta(hours=4)).isoformat()
-    assert departments["住建"] == (T0 + dt.timedelta(hours=24)).isoformat()
-    again = act(client, summoned, "summon", departments=["住建"])
-    assert again.status_code == 422 and "住建" in again.json()["detail"]
+    assert departments["urban_management"] == (T0 + dt.timedelta(hours=4)).isoformat()
+    assert departments["housing"] == (T0 + dt.timedelta(hours=24)).isoformat()
+    again = act(client, summoned, "summon", departments=["housing"])
+    assert again.status_code == 422 and "housing" in again.json()["detail"]
 
 
 def test_a_refused_change_writes_nothing(client, session):

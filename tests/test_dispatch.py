@@ -189,21 +189,26 @@ def set_status(session, incident_id: int, status: str, **extra) -> dict:
 
 
 EXTRA = {"return": {"note": "not fixed"}, "reopen": {"note": "came back"}, "reject": {"note": "duplicate"},
-         "reassign": {"grid": G112}, "escalate": {"departments": ["城管"]},
-         "summon": {"departments": ["住建"], "due_hours": 4}}
+         "reassign": {"grid": G112}, "escalate": {"departments": ["urban_management"]},
+         "summon": {"departments": ["housing"], "due_hours": 4}}
 
 
 @pytest.mark.parametrize("status", models.INCIDENT_STATUSES)
 def test_every_action_from_every_status(client, session, clock, status):
     for action, rule in lifecycle.TRANSITIONS.items():
+        if not rule.roles:
+            continue  # the tick's own action: no caller may take it (tests/test_departments.py)
         fresh = report(client).json()
         incident = set_status(session, fresh["id"], status, closed_at=clock())
         fields = dict(EXTRA.get(action, {}))
-        if action == "acknowledge":
-            session.execute(text("INSERT INTO incident_department (incident_id, department, added_at) "
-                                 "VALUES (:id, '城管', now())"), {"id": incident["id"]})
+        if action in ("acknowledge", "report_back"):
+            session.execute(text("INSERT INTO incident_department (incident_id, department, added_at, acknowledged_at) "
+                                 "VALUES (:id, 'urban_management', now(), :reported_in)"),
+                            {"id": incident["id"], "reported_in": clock() if action == "report_back" else None})
             session.commit()
-            fields["department"] = "城管"
+            fields["department"] = "urban_management"
+            if action == "report_back":
+                fields["note"] = "drain cleared"
         if action == "merge":
             fields["into"] = report(client).json()["id"]  # an open primary
         response = act(client, incident, action, **fields)
@@ -287,7 +292,7 @@ def test_two_dispatchers_race_and_exactly_one_wins(race_db, tmp_path):
             barrier.wait()
             outcomes.append(post(f"/api/v1/incidents/{incident['id']}/transitions",
                                  {"action": action, "version": incident["version"],
-                                  "note": "race", "departments": ["派出所"]}))
+                                  "note": "race", "departments": ["public_security"]}))
 
         threads = [threading.Thread(target=move, args=(a,)) for a in ["accept", "escalate"] * 4]
         for thread in threads:
@@ -308,17 +313,17 @@ def test_two_dispatchers_race_and_exactly_one_wins(race_db, tmp_path):
 
 def test_escalation_waits_for_every_department(client):
     incident = report(client).json()
-    escalated = act(client, incident, "escalate", departments=["城管", "派出所"]).json()
+    escalated = act(client, incident, "escalate", departments=["urban_management", "public_security"]).json()
     assert escalated["status"] == "escalated"
-    assert [d["department"] for d in escalated["departments"]] == ["城管", "派出所"]
+    assert [d["department"] for d in escalated["departments"]] == ["public_security", "urban_management"]
     waiting = act(client, escalated, "resolve")
-    assert waiting.status_code == 409 and "城管, 派出所" in waiting.json()["detail"]
-    once = act(client, escalated, "acknowledge", department="城管").json()
-    twice = act(client, once, "acknowledge", department="城管")
+    assert waiting.status_code == 409 and "public_security, urban_management" in waiting.json()["detail"]
+    once = act(client, escalated, "acknowledge", department="urban_management").json()
+    twice = act(client, once, "acknowledge", department="urban_management")
     assert twice.status_code == 409 and "already acknowledged" in twice.json()["detail"]
     unknown = act(client, once, "acknowledge", department="水务")
     assert unknown.status_code == 422
-    both = act(client, once, "acknowledge", department="派出所").json()
+    both = act(client, once, "acknowledge", department="public_security").json()
     assert act(client, both, "resolve").json()["status"] == "resolved"
 
 

@@ -214,6 +214,36 @@ def test_hotspots_page_draws_gi_star_bins_and_offers_downloads(watched):
     assert watched.external() == [] and watched.problems == []
 
 
+LISA_COLOURS = {"HH": "#d7191c", "HL": "#fdae61", "LH": "#abd9e9", "LL": "#2c7bb6", "ns": "#d9d9d9"}
+
+
+def test_hotspots_page_draws_lisa_clusters_by_quadrant_with_their_legend(watched):
+    watched.login("analyst", "/map/hotspots")
+    watched.wait_ready()
+    watched.page.select_option("#geo-hot-method", "lisa")
+    watched.page.wait_for_function("() => { const ls = geoState.layers['hot spots 热点'].getLayers();"
+                                   " return ls.length === 9 && ls.every(l => l.feature.properties.lisa_cluster); }")
+    fills = watched.page.evaluate("geoState.layers['hot spots 热点'].getLayers()"
+                                  ".map(l => [l.feature.properties.lisa_cluster, l.options.fillColor])")
+    assert all(colour == LISA_COLOURS[cluster] for cluster, colour in fills), fills
+    summary = watched.page.inner_text("#geo-hot-summary")
+    assert "row-standardised" in summary and "999 次置换 permutations" in summary and "α 0.05" in summary
+    legend = watched.page.inner_text("#geo-hot-legend")
+    for name in ("高-高 high-high", "低-低 low-low", "高-低 high-low", "低-高 low-high", "不显著 not significant"):
+        assert name in legend
+    assert "热点 hot 99 %" not in legend
+    links = watched.page.eval_on_selector_all("a.geo-download", "as => as.map(a => a.getAttribute('href'))")
+    assert all(("method=lisa" in link) != ("/density" in link) for link in links), links  # density has no method
+    with watched.page.expect_download() as download:
+        watched.page.locator("a.geo-download", has_text="csv").click()
+    assert "lisa_cluster" in open(download.value.path(), encoding="utf-8").readline()
+    watched.page.select_option("#geo-hot-method", "gistar")
+    watched.page.wait_for_function("() => geoState.layers['hot spots 热点'].getLayers()"
+                                   ".every(l => l.feature.properties.gi_bin !== undefined)")
+    assert "热点 hot 99 %" in watched.page.inner_text("#geo-hot-legend")
+    assert watched.external() == [] and watched.problems == []
+
+
 def test_unauthenticated_pages_redirect_to_login(watched):
     response = watched.page.goto(f"{watched.base}/map/hotspots")
     assert watched.page.url == f"{watched.base}/login?next=%2Fmap%2Fhotspots" and response.status == 200

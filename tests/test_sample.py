@@ -23,6 +23,7 @@ FILES = [
     "manifest.json", "county.geojson", "towns.geojson", "communities.geojson", "grids.geojson",
     "compounds.geojson", "stations.geojson", "door_plates.csv", "grid_workers.csv",
     "police_officers.csv", "grid_assignments.csv", "incidents.csv", "planted_clusters.geojson",
+    "building_leaders.csv", "npc_deputies.csv", "legal_advisers.csv", "mediators.csv", "departments.csv",
 ]
 CATEGORIES = {"dispute", "safety_hazard", "public_security", "rental_housing", "environment",
               "labour_dispute", "other"}

@@ -11,11 +11,12 @@ probe adds for what it checks structurally (incident ids, hotspot units, extents
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pytest
@@ -47,6 +48,7 @@ class World:
     incident_towns: dict[int, str]
     worker_codes: dict[int, str]
     police_codes: dict[int, str]
+    foreign_visit: dict = field(default_factory=dict)  # a door plate elsewhere and a worker serving its grid
 
     def leaks(self, answer: str) -> set[str]:
         return {t for t in TOKENS.findall(answer) if t in self.foreign or t.startswith("LEAK:")}
@@ -61,6 +63,13 @@ WORLD_SQL = {
     "police": """SELECT code, phone FROM police_officer AS o WHERE NOT EXISTS (
                    SELECT 1 FROM grid_assignment a JOIN grid_area p ON p.grid_id = a.grid_id
                    WHERE a.police_officer_id = o.id AND p.town_code = :town)""",
+    # The rest of the cast of other towns, by phone (their codes are not among TOKENS).
+    "cast": """SELECT d.phone FROM npc_deputy AS d WHERE NOT EXISTS (
+                 SELECT 1 FROM npc_deputy_grid AS dg WHERE dg.deputy_id = d.id AND left(dg.grid_code, 9) = :town)
+               UNION SELECT phone FROM legal_adviser WHERE left(community_code, 9) <> :town
+               UNION SELECT phone FROM building_leader WHERE left(grid_code, 9) <> :town
+               UNION SELECT m.phone FROM mediator AS m JOIN station AS s ON s.code = m.station_code
+                 JOIN town AS t ON t.id = s.town_id WHERE t.code <> :town""",
 }
 
 
@@ -73,6 +82,7 @@ def world(sample_db) -> World:
         foreign = {r[0] for r in rows(WORLD_SQL["incidents"])} | {r[0] for r in rows(WORLD_SQL["plates"])}
         for row in rows(WORLD_SQL["workers"]) + rows(WORLD_SQL["police"]):
             foreign |= {row[0], row[1]} - {None}
+        foreign |= {row[0] for row in rows(WORLD_SQL["cast"])} - {None}
         point = "SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(geom) AS p FROM grid WHERE code = :code) g"
         foreign_grid = session.execute(text("SELECT grid_code FROM grid_area WHERE town_code <> :town "
                                             "ORDER BY grid_code DESC LIMIT 1"), {"town": TOWN}).scalar()
@@ -82,7 +92,15 @@ def world(sample_db) -> World:
                                     "WHERE code = :town"), {"town": TOWN}).one()
         incident = ("SELECT id, external_id, version FROM incident WHERE town_code {} :town "
                     "AND status IN ('assigned', 'accepted', 'in_progress') ORDER BY id LIMIT 1")
+        visit = session.execute(text("""
+            SELECT d.code AS plate, ST_X(d.geom) AS lon, ST_Y(d.geom) AS lat, min(w.code) AS worker
+            FROM door_plate AS d JOIN grid AS g ON ST_Covers(g.geom, d.geom)
+            JOIN grid_assignment AS a ON a.grid_code = g.code AND a.valid_to IS NULL
+            JOIN grid_worker AS w ON w.id = a.grid_worker_id
+            WHERE d.town_code <> :town GROUP BY d.code, d.geom ORDER BY d.code LIMIT 1"""),
+            {"town": TOWN}).mappings().one()
         return World(
+            foreign_visit=dict(visit),
             foreign=foreign,
             foreign_incident=dict(session.execute(text(incident.format("<>")), {"town": TOWN}).mappings().one()),
             own_incident=dict(session.execute(text(incident.format("=")), {"town": TOWN}).mappings().one()),
@@ -124,6 +142,16 @@ def people_in(ids: list | None, codes: dict[int, str]) -> str:
 def within(bounds, box) -> bool:
     west, south, east, north = bounds
     return west >= box[0] - 1e-6 and south >= box[1] - 1e-6 and east <= box[2] + 1e-6 and north <= box[3] + 1e-6
+
+
+def probe_patrols(call: Call, w: World) -> str:
+    """Each records a visit to a plate of another town (refused for the town's admin: its refusal
+    names the plate it was sent, which is no leak) and lists the visits it may see."""
+    v = w.foreign_visit
+    recorded = call("POST", "/api/v1/patrols", json={"door_plate": v["plate"], "lon": v["lon"], "lat": v["lat"],
+                                                     "worker": v["worker"]})
+    listed = call("GET", "/api/v1/patrols", params={"limit": 1000})
+    return (recorded.text if recorded.status_code == 201 else "") + " " + listed.text
 
 
 def probe_lookup(call: Call, w: World) -> str:
@@ -338,6 +366,60 @@ def probe_webhooks(call: Call, w: World) -> str:
     return " ".join(found)
 
 
+SAMPLE_YEAR = {"from": "2025-11-01", "to": "2026-12-31"}  # the sample's incidents
+
+
+def scoreboard_leaks(rows: list[tuple], total: tuple) -> str:
+    """Rows (code first) of towns, communities or grids elsewhere; and a total that is more than the
+    town's own row (figures of other towns in the sums)."""
+    found = [f"LEAK:scoreboard:{row[0]}" for row in rows if not str(row[0]).startswith(TOWN)]
+    own = [row[1:] for row in rows if row[0] == TOWN]
+    if own and own[0] != total:
+        found.append("LEAK:scoreboard-total")
+    return " ".join(found)
+
+
+def probe_scoreboard(call: Call, w: World) -> str:
+    answers = {by: call("GET", "/api/v1/scoreboard", params={"by": by, **SAMPLE_YEAR}).json()
+               for by in ("town", "community", "grid", "worker", "category")}
+    figures = list(answers["town"]["total"])
+    total = tuple(answers["town"]["total"][k] for k in figures)
+    found = [scoreboard_leaks([(r["code"], *[r[k] for k in figures]) for r in answers[by]["rows"]], total)
+             for by in ("town", "community", "grid")]
+    own = sum(r["reported"] for r in answers["town"]["rows"] if r["code"] == TOWN)
+    if sum(r["reported"] for r in answers["category"]["rows"]) > own:  # each incident has one category
+        found.append("LEAK:scoreboard-categories")
+    return " ".join(found) + " " + json.dumps(answers["worker"], ensure_ascii=False)
+
+
+def probe_scoreboard_csv(call: Call, w: World) -> str:
+    found = []
+    for by in ("town", "grid", "worker"):
+        answer = call("GET", "/api/v1/scoreboard.csv", params={"by": by, **SAMPLE_YEAR})
+        lines = list(csv.reader(io.StringIO(answer.content.decode("utf-8-sig"))))[1:]
+        if by == "worker":
+            found.append(answer.content.decode("utf-8-sig"))
+        else:
+            found.append(scoreboard_leaks([(line[0], *line[2:]) for line in lines[:-1]], tuple(lines[-1][2:]))
+                         if by == "town" else scoreboard_leaks([tuple(line) for line in lines[:-1]], ()))
+    return " ".join(found)
+
+
+def probe_scoreboard_xlsx(call: Call, w: World) -> str:
+    from openpyxl import load_workbook
+
+    book = load_workbook(io.BytesIO(call("GET", "/api/v1/scoreboard.xlsx", params=SAMPLE_YEAR).content))
+    found = []
+    for by in ("town", "community", "grid", "worker"):
+        lines = list(book[by].iter_rows(values_only=True))[1:]
+        if by == "worker":
+            found.append(" ".join(str(line[0]) for line in lines))
+        else:
+            total = tuple(lines[-1][2:]) if by == "town" else ()
+            found.append(scoreboard_leaks([(line[0], *line[2:]) for line in lines[:-1]], total))
+    return " ".join(found)
+
+
 NONE = "answers nothing of a town: areas, stations, categories, the caller, the standards' documents"
 # Every API route and its scope decision. A new route fails test_every_route_has_a_scope_decision
 # until it is added here, with a probe when it returns incidents, door plates or people.
@@ -351,7 +433,13 @@ SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
     ("GET", "/api/v1/communities"): NONE,
     ("GET", "/api/v1/grids"): NONE,
     ("GET", "/api/v1/grids/{code}"): NONE,
+    ("GET", "/api/v1/departments"): "county departments and their duty contacts, serving every town alike",
     ("GET", "/api/v1/generations"): NONE,
+    ("GET", "/api/v1/tasks"): NONE,
+    ("POST", "/api/v1/patrols"): probe_patrols,
+    ("GET", "/api/v1/patrols"): probe_patrols,
+    ("GET", "/api/v1/grids/{code}/coverage"): "counts of one grid's plates and visits; a grid outside the caller's "
+                                              "towns is not found",
     ("GET", "/api/v1/generations/{a}/diff/{b}"): NONE,
     ("GET", "/api/v1/auth/me"): NONE,
     ("POST", "/api/v1/auth/token"): NONE,
@@ -393,6 +481,9 @@ SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
     ("PATCH", "/api/v1/webhooks/{webhook_id}"): probe_webhooks,
     ("DELETE", "/api/v1/webhooks/{webhook_id}"): probe_webhooks,
     ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): probe_webhooks,
+    ("GET", "/api/v1/scoreboard"): probe_scoreboard,
+    ("GET", "/api/v1/scoreboard.csv"): probe_scoreboard_csv,
+    ("GET", "/api/v1/scoreboard.xlsx"): probe_scoreboard_xlsx,
 }
 EXTRA_PROBES = {"export hotspots": probe_export_hotspots}
 

@@ -113,6 +113,37 @@ def frames() -> dict[str, pd.DataFrame]:
                  duty_contact="值班员甲", duty_phone="13700000001"),
             dict(code="housing", name="测试住建局", name_en="Housing bureau", duty_contact="值班员乙",
                  duty_phone="13700000002"),
+            dict(code="urban_management", name="测试城管局", name_en="Urban management bureau",
+                 duty_contact="值班员丙", duty_phone="13700000003"),
+        ]),
+        # The rest of the cast (tests/test_cast.py). None of it names grid 222, the enclave grid or
+        # ST001, which other tests remove or spoil.
+        "building_leaders": pd.DataFrame([
+            dict(code="BL001", name="赵某0101", phone="13600000001", grid_code=grid_code(1, 1, 1),
+                 compound_code=grid_code(1, 1, 1) + "01", building=""),
+            dict(code="BL002", name="钱某0102", phone="13600000002", grid_code=grid_code(1, 1, 1),
+                 compound_code=grid_code(1, 1, 1) + "01", building="1"),
+            dict(code="BL003", name="孙某0103", phone="13600000003", grid_code=grid_code(2, 2, 1),
+                 compound_code="", building="5号楼"),
+        ]),
+        "npc_deputies": pd.DataFrame([
+            dict(code="ND001", name="周某0201", phone="13500000001", level="town", constituency="测试镇1第1选区",
+                 grid_codes=f"{grid_code(1, 1, 1)};{grid_code(1, 1, 2)}"),
+            dict(code="ND002", name="吴某0202", phone="13500000002", level="county", constituency="测试县第1选区",
+                 grid_codes=f"{grid_code(2, 1, 1)};{grid_code(2, 2, 1)}"),
+            dict(code="ND003", name="郑某0203", phone="13500000003", level="town", constituency="测试镇1第2选区",
+                 grid_codes=grid_code(1, 1, 1)),
+        ]),
+        "legal_advisers": pd.DataFrame([
+            dict(code="LA001", name="冯某0301", phone="13400000001", law_firm="测试律师事务所",
+                 community_code="440784901001"),
+            dict(code="LA002", name="陈某0302", phone="13400000002", law_firm="测试律师事务所",
+                 community_code="440784902002"),
+        ]),
+        "mediators": pd.DataFrame([
+            dict(code=f"MD00{i}", name=f"{surname}某040{i}", phone=f"1330000000{i}", role=role, station_code="ST002")
+            for i, (surname, role) in enumerate([("褚", "judge"), ("卫", "mediator"), ("蒋", "judge_assistant"),
+                                                 ("沈", "clerk")], 1)
         ]),
         "incidents": incidents,
     }

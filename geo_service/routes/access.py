@@ -135,6 +135,7 @@ class Allow:
 # The route dependencies, one per role group (geo_service/roles.py).
 AnyoneDep = Annotated[auth.Identity, Depends(Allow(*role_names.EVERYONE))]
 ReporterDep = Annotated[auth.Identity, Depends(Allow(*role_names.REPORTERS))]
+ActorDep = Annotated[auth.Identity, Depends(Allow(*role_names.ACTORS))]
 AnalystDep = Annotated[auth.Identity, Depends(Allow(*role_names.ANALYSTS))]
 PublisherDep = Annotated[auth.Identity, Depends(Allow(*role_names.PUBLISHERS))]
 AdminDep = Annotated[auth.Identity, Depends(Allow(*role_names.ADMINS))]

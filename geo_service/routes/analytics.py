@@ -20,17 +20,23 @@ router = APIRouter(prefix="/api/v1", tags=["analytics"])
 FORMAT_DOC = "geojson (default), gpkg, shp (zipped), kml, csv (WKT geometry), parquet (GeoParquet) or fgb."
 UNIT_DOC = "grid, community, town, hex or square."
 SIZE_DOC = "Cell size in metres for hex and square (hexagon edge; square side)."
-FDR_DOC = "Benjamini–Hochberg correction of the bins."
+FDR_DOC = "Benjamini–Hochberg correction (Gi*: of each bin's level; LISA: at `alpha`)."
+METHOD_DOC = ("gistar (Getis-Ord Gi*: hot and cold spots) or lisa (Local Moran's I: clusters HH / LL and outliers "
+              "HL / LH).")
+# LISA only (422 with gistar); checked, with their defaults, by hotspots.lisa_options.
+Permutations = Annotated[int | None, Query(description=f"lisa: conditional permutations per unit, "
+                                           f"{hotspots.MIN_PERMUTATIONS} to {hotspots.MAX_PERMUTATIONS} "
+                                           f"(default {hotspots.LISA_PERMUTATIONS}).")]
+Seed = Annotated[int | None, Query(description=f"lisa: the seed of the permutations' random draws, 0 to "
+                                   f"{hotspots.MAX_SEED} (default {hotspots.LISA_SEED}): the same seed, the same "
+                                   "layer.")]
+Alpha = Annotated[float | None, Query(description=f"lisa: significance level of the clusters and outliers, above 0 "
+                                      f"and at most {hotspots.MAX_ALPHA} (default {hotspots.LISA_ALPHA}).")]
 
 
 def file_response(export: exports.Export) -> FileResponse:
     return FileResponse(export.path, media_type=export.media_type, filename=export.filename,
                         background=BackgroundTask(shutil.rmtree, export.directory, ignore_errors=True))
-
-
-def _check_method(method: str) -> None:
-    if method != "gistar":
-        raise InvalidInput(f"method {method!r} is not gistar")
 
 
 @router.get("/hotspots", response_model=HotspotCollection,
@@ -39,18 +45,20 @@ def _check_method(method: str) -> None:
 def get_hotspots(request: Request, session: SessionDep, identity: AnalystDep, filters: IncidentFilterDep,
                  unit: Annotated[str, Query(description=UNIT_DOC)] = "grid",
                  size_m: Annotated[float | None, Query(description=SIZE_DOC)] = None,
-                 method: Annotated[str, Query(description="gistar (Getis-Ord Gi*).")] = "gistar",
+                 method: Annotated[str, Query(description=METHOD_DOC)] = "gistar",
                  fdr: Annotated[bool, Query(description=FDR_DOC)] = False,
                  format: Annotated[str, Query(description=FORMAT_DOC)] = "geojson",
-                 attribution: AttributionDep = None):
-    """Counts, density, rate per 1,000 door plates and Gi* (z, p, confidence bin) per unit, over
-    the incidents the caller may see. Computing writes nothing; `POST /api/v1/hotspots/saved`
-    keeps a layer for others."""
-    _check_method(method)
+                 attribution: AttributionDep = None, permutations: Permutations = None, seed: Seed = None,
+                 alpha: Alpha = None):
+    """Counts, density, rate per 1,000 door plates and Gi* (z, p, confidence bin) or, with
+    `method=lisa`, Local Moran's I (I, z, pseudo p, quadrant, cluster) per unit, over the
+    incidents the caller may see. Computing writes nothing; `POST /api/v1/hotspots/saved` keeps
+    a layer for others."""
     if format not in exports.FORMATS:
         raise InvalidInput(f"format {format!r} is not one of {', '.join(exports.FORMATS)}")
     layer = hotspots.compute(session, identity, unit, size_m=size_m, filters=filters, fdr=fdr,
-                             metric_crs=request.app.state.settings.metric_crs, attribution=attribution)
+                             metric_crs=request.app.state.settings.metric_crs, attribution=attribution,
+                             method=method, permutations=permutations, seed=seed, alpha=alpha)
     if format == "geojson":
         return json_response(layer.geojson(), GEOJSON)
     return file_response(exports.export(session, "hotspots", format, identity, hotspot_layer=layer.geojson()))
@@ -62,15 +70,16 @@ def save_hotspots(request: Request, session: SessionDep, identity: PublisherDep,
                   name: Annotated[Name, Query(min_length=1, description="What the layer shows, for its readers.")],
                   unit: Annotated[str, Query(description=UNIT_DOC)] = "grid",
                   size_m: Annotated[float | None, Query(description=SIZE_DOC)] = None,
-                  method: Annotated[str, Query(description="gistar (Getis-Ord Gi*).")] = "gistar",
+                  method: Annotated[str, Query(description=METHOD_DOC)] = "gistar",
                   fdr: Annotated[bool, Query(description=FDR_DOC)] = False,
-                  attribution: AttributionDep = None):
+                  attribution: AttributionDep = None, permutations: Permutations = None, seed: Seed = None,
+                  alpha: Alpha = None):
     """Compute a hotspot layer and keep it under a name: it becomes the OGC API's `hotspots`
     collection and the `hotspots` export for everyone who may see all of it. Audited."""
-    _check_method(method)
     saved = hotspots.publish(session, identity, audit.actor_of(identity), name, unit, size_m=size_m,
                              filters=filters, fdr=fdr, metric_crs=request.app.state.settings.metric_crs,
-                             address=client_address(request), attribution=attribution)
+                             address=client_address(request), attribution=attribution, method=method,
+                             permutations=permutations, seed=seed, alpha=alpha)
     response = json_response(saved)
     response.status_code = 201
     return response

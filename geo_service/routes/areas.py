@@ -1,4 +1,5 @@
-"""The area hierarchy: lists of towns, communities and grids; one grid's outline; generations."""
+"""The area hierarchy: lists of towns, communities and grids; one grid's outline; generations; the
+departments a whistle summons."""
 
 from typing import Annotated, Literal
 
@@ -6,11 +7,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from geo_service import areas, generations, roles
 from geo_service.db import SessionDep
-from geo_service.routes.access import Allow
+from geo_service.routes.access import Allow, AnyoneDep
 from geo_service.routes.params import GEOJSON, JSON, AsOf, json_response
 from geo_service.schemas import (
     CommunityCollection,
     CommunityRead,
+    DepartmentContactRead,
     ErrorRead,
     GenerationDiff,
     GenerationRead,
@@ -61,7 +63,8 @@ def list_grids(session: SessionDep,
 @router.get("/grids/{code}", response_model=GridFeature,
             responses={200: {"content": {GEOJSON: schema_of(GridFeature)}}, 404: {"model": ErrorRead}})
 def get_grid(session: SessionDep, request: Request, code: str, as_of: AsOf = None) -> Response:
-    """One grid as a GeoJSON Feature: outline, community, town, area in km², generation."""
+    """One grid as a GeoJSON Feature: outline, community, town, area in km², generation, and the
+    deputies and legal adviser serving it today (names only)."""
     feature = areas.grid_feature(session, code, request.app.state.settings.metric_srid, as_of)
     return json_response(feature, GEOJSON)
 
@@ -90,3 +93,10 @@ def diff_generations(session: SessionDep, request: Request,
     if format == "geojson":
         return json_response(generations.diff_features(session, older, newer, srid), GEOJSON)
     return json_response(generations.diff(session, older, newer, srid))
+
+
+@router.get("/departments", response_model=list[DepartmentContactRead], tags=["departments"])
+def list_departments(session: SessionDep, identity: AnyoneDep) -> Response:
+    """The departments a whistle (escalate, summon) may call in, by code, with the duty contact; the duty
+    phone in full for dispatchers and admins, masked for the other roles."""
+    return json_response(areas.departments(session, identity))

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile as StarletteUpload  # what forms
 from geo_service import audit, incidents, intake, lifecycle, media, models, roles, visibility
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput, PayloadTooLarge
-from geo_service.routes.access import Allow, AnyoneDep, ReporterDep, client_address
+from geo_service.routes.access import ActorDep, Allow, AnyoneDep, ReporterDep, client_address
 from geo_service.routes.params import GEOJSON, JSON, IncidentFilterDep, Offset, json_response
 from geo_service.schemas import (
     MAX_ID,
@@ -182,7 +182,7 @@ def get_incident(request: Request, session: SessionDep, identity: AnyoneDep, inc
 @router.post("/incidents/{incident_id}/transitions", response_model=IncidentRead,
              responses={403: {"model": ErrorRead}, 404: {"model": ErrorRead}, 409: {"model": ConflictRead},
                         422: {"model": ErrorRead}})
-def transition(request: Request, session: SessionDep, identity: ReporterDep, incident_id: IncidentId,
+def transition(request: Request, session: SessionDep, identity: ActorDep, incident_id: IncidentId,
                body: TransitionCreate,
                if_match: Annotated[str | None, Header(description="The version, instead of the body's.")] = None):
     """Move an incident through its lifecycle (see the README's table). 409 names the current

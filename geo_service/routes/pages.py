@@ -10,7 +10,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from geo_service import reportpage, security, webmap
+from geo_service import dashboard, reportpage, security, webmap
 from geo_service.config import PROJECT_ROOT
 from geo_service.errors import Forbidden, Unauthenticated
 from geo_service.routes.access import CSRF_COOKIE, authenticate
@@ -47,6 +47,20 @@ async def dispatch_page(request: Request):
 @router.get("/map/hotspots")
 async def hotspots_page(request: Request):
     return await _page(request, "hotspots")
+
+
+@router.get("/dashboard")
+async def dashboard_page(request: Request):
+    """The officials' scoreboard page (geo_service/dashboard.py): not a Folium map."""
+    try:
+        identity = await authenticate(request)
+    except (Unauthenticated, Forbidden):
+        return login_redirect(request)
+    if identity.role not in dashboard.PAGE_ROLES:
+        return HTMLResponse(webmap.forbidden_page("dashboard", identity), status_code=403)
+    page_html = dashboard.render(identity, request.app.state.settings, request.app.state.clock(),
+                                 request.cookies.get(CSRF_COOKIE, ""), security.page_nonce(request))
+    return HTMLResponse(page_html, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/report")

@@ -30,6 +30,7 @@ depends_on = None
 ROLES_BEFORE = ("viewer", "worker", "dispatcher", "analyst", "admin")
 ROLES_AFTER = (*ROLES_BEFORE, "department")
 MEDIATOR_ROLES = ("judge", "mediator", "judge_assistant", "clerk")
+CAST_TABLES = ("building_leader", "npc_deputy", "npc_deputy_grid", "legal_adviser", "mediator")
 DEPUTY_LEVELS = ("county", "town")
 
 # The service's own task list for grid workers (the article names "5 duties, 12 service items"
@@ -143,9 +144,18 @@ def upgrade() -> None:
     op.create_index("ix_patrol_check_in_grid_code_at", "patrol_check_in", ["grid_code", "at"])
     op.create_index("ix_patrol_check_in_worker_id_at", "patrol_check_in", ["worker_id", "at"])
     op.create_index("ix_patrol_check_in_door_plate_code", "patrol_check_in", ["door_plate_code"])
+    # The cast appears in lookup answers: changes notify the ownership cache (as migration 0002).
+    for table in CAST_TABLES:
+        op.execute(f"""
+            CREATE TRIGGER {table}_ownership_changed
+            AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}
+            FOR EACH STATEMENT EXECUTE FUNCTION notify_ownership_changed()
+        """)
 
 
 def downgrade() -> None:
+    for table in CAST_TABLES:
+        op.execute(f"DROP TRIGGER {table}_ownership_changed ON {table}")
     op.drop_table("patrol_check_in")
     op.drop_column("incident_category", "service_item_code")
     op.drop_table("service_item")

@@ -27,12 +27,13 @@ var GeoConsole = (function () {
   var ACTION_NAMES = {
     report: "上报", accept: "受理", start: "开始处置", resolve: "办结", verify: "核查", close: "结案",
     escalate: "升级", summon: "吹哨", acknowledge: "报到", "return": "退回", reopen: "重新打开",
-    reject: "驳回", reassign: "改派", merge: "合并", overdue: "超时"
+    reject: "驳回", reassign: "改派", merge: "合并", overdue: "超时", report_back: "部门反馈",
+    department_overdue: "部门超时"
   };
   var ACTION_EN = {
     accept: "Accept", start: "Start", resolve: "Resolve", verify: "Verify", close: "Close", escalate: "Escalate",
     summon: "Summon", acknowledge: "Acknowledge", "return": "Return", reopen: "Reopen", reject: "Reject",
-    reassign: "Reassign", merge: "Merge"
+    reassign: "Reassign", merge: "Merge", report_back: "Report back"
   };
   var STATUS_NAMES = {
     reported: "待分派", assigned: "已分派", accepted: "已受理", in_progress: "处置中", resolved: "已办结",
@@ -50,6 +51,7 @@ var GeoConsole = (function () {
     escalate: [{ kind: "departments", required: false }, { kind: "due_hours" }, { kind: "note", required: false }],
     summon: [{ kind: "departments", required: true }, { kind: "due_hours" }],
     acknowledge: [{ kind: "department" }],
+    report_back: [{ kind: "answering" }, { kind: "note", required: true, label: "部门反馈 the department's answer" }],
     reassign: [{ kind: "reassign" }],
     merge: [{ kind: "into" }, { kind: "note", required: false }]
   };
@@ -680,6 +682,18 @@ var GeoConsole = (function () {
     return (i.departments || []).filter(function (d) { return !d.acknowledged_at; });
   }
 
+  // Reported in, not yet reported back: who may answer now.
+  function answeringDepartments(i) {
+    return (i.departments || []).filter(function (d) { return d.acknowledged_at && !d.reported_back_at; });
+  }
+
+  function departmentOptions(list) {
+    return list.map(function (d) {
+      return "<option value='" + esc(d.department) + "'>" + esc(d.name ? d.name + " " + d.department : d.department) +
+        "</option>";
+    }).join("");
+  }
+
   function renderActions() {
     var box = $(".geo-action-buttons", panel.el);
     var focusedAction = box.contains(document.activeElement) ? document.activeElement.dataset.action : null;
@@ -727,13 +741,18 @@ var GeoConsole = (function () {
     var list = i.departments || [];
     if (!list.length) { box.innerHTML = "<span class='meta'>无 none</span>"; return; }
     box.innerHTML = "<table class='geo-departments'><thead><tr><th scope='col'>部门 department</th>" +
-      "<th scope='col'>报到期限 due</th><th scope='col'>报到 acknowledged</th></tr></thead><tbody>" +
+      "<th scope='col'>报到期限 due</th><th scope='col'>报到 acknowledged</th><th scope='col'>反馈 answer</th>" +
+      "</tr></thead><tbody>" +
       list.map(function (d) {
-        return "<tr data-department='" + esc(d.department) + "'><th scope='row'>" + esc(d.department) + "</th><td>" +
+        return "<tr data-department='" + esc(d.department) + "'><th scope='row'>" +
+          esc(d.name ? d.name + " " + d.department : d.department) + "</th><td>" +
           esc(ctx.localTime(d.due_at) || "—") + (d.due_at && !d.acknowledged_at ? "<br><span class='geo-left' data-due='" +
-          esc(d.due_at) + "'></span>" : "") + "</td><td>" +
+          esc(d.due_at) + "'></span>" : "") + (d.overdue_noticed_at ? "<br><span class='geo-late'>已超时升级 late, escalated</span>" : "") +
+          "</td><td>" +
           (d.acknowledged_at ? esc(ctx.localTime(d.acknowledged_at)) + (d.acknowledged_by ? " · " + esc(d.acknowledged_by) : "")
-            : "<span class='meta'>待报到 waiting</span>") + "</td></tr>";
+            : "<span class='meta'>待报到 waiting</span>") + "</td><td>" +
+          (d.reported_back_at ? esc(d.answer) + "<br><span class='meta'>" + esc(ctx.localTime(d.reported_back_at)) +
+            (d.reported_back_by ? " · " + esc(d.reported_back_by) : "") + "</span>" : "—") + "</td></tr>";
       }).join("") + "</tbody></table>";
     renderClock(Date.now());
   }
@@ -839,9 +858,11 @@ var GeoConsole = (function () {
     }
     if (field.kind === "department") {
       return "<label for='" + id + "'>报到部门 department reporting in</label><select id='" + id +
-        "' name='department' required>" + waitingDepartments(panel.incident).map(function (d) {
-          return "<option value='" + esc(d.department) + "'>" + esc(d.department) + "</option>";
-        }).join("") + "</select>";
+        "' name='department' required>" + departmentOptions(waitingDepartments(panel.incident)) + "</select>";
+    }
+    if (field.kind === "answering") {
+      return "<label for='" + id + "'>反馈部门 department reporting back</label><select id='" + id +
+        "' name='department' required>" + departmentOptions(answeringDepartments(panel.incident)) + "</select>";
     }
     if (field.kind === "into") {
       return "<label for='" + id + "'>合并到事件 merge into incident # *</label>" +

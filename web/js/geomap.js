@@ -91,8 +91,11 @@ var GeoMap = (function () {
           return w.roles.indexOf("grid_leader") >= 0 || w.roles.indexOf("full_time_worker") >= 0;
         }).map(function (w) { return esc(w.name); }).join("、");
         var police = o.police.map(function (x) { return esc(x.name); }).join("、");
+        var deputies = (o.npc_deputies || []).map(function (d) { return esc(d.name); }).join("、");
+        var adviser = o.legal_adviser ? esc(o.legal_adviser.name) : "";
         layer.setTooltipContent("<b>" + esc(p.code) + "</b><br>" + esc(p.name) +
-          "<br>网格员 grid workers: " + (workers || "—") + "<br>民警 police: " + (police || "—"));
+          "<br>网格员 grid workers: " + (workers || "—") + "<br>民警 police: " + (police || "—") +
+          "<br>人大代表 deputies: " + (deputies || "—") + "<br>法律顾问 legal adviser: " + (adviser || "—"));
       }).catch(function () { layer._owners = false; });
     });
   }
@@ -288,6 +291,14 @@ var GeoMap = (function () {
 
   // ----------------------------------------------------------------- click: who owns this point
 
+  var TEAM_ROLES = { judge: "法官 judge", mediator: "解纷员 mediator", judge_assistant: "法官助理 judge's assistant",
+                     clerk: "书记 clerk" };
+
+  // One person of the rest of the cast: the name, what they are, the phone when the answer has it.
+  function castHtml(name, what, phone) {
+    return esc(name) + (what ? " (" + esc(what) + ")" : "") + (phone ? ", " + esc(phone) : "");
+  }
+
   function lookupHtml(a) {
     var workers = a.grid_workers.map(function (w) {
       return esc(w.name) + " (" + esc(w.roles.join(", ")) + (w.phone ? ", " + esc(w.phone) : "") + ")";
@@ -295,6 +306,17 @@ var GeoMap = (function () {
     var police = a.police.map(function (p) {
       return esc(p.name) + " · " + esc(p.unit) + (p.phone ? ", " + esc(p.phone) : "");
     }).join("<br>");
+    var deputies = (a.npc_deputies || []).map(function (d) {
+      return castHtml(d.name, d.level === "county" ? "市人大 county" : "镇人大 town", d.phone);
+    }).join("<br>");
+    var adviser = a.legal_adviser ? castHtml(a.legal_adviser.name, a.legal_adviser.law_firm, a.legal_adviser.phone) : "";
+    var leaders = (a.building_leaders || []).map(function (b) {
+      return castHtml(b.name, b.building || "全小区 whole compound", b.phone);
+    }).join("<br>");
+    var team = (a.mediators || []).map(function (m) {
+      return castHtml(m.name, TEAM_ROLES[m.role] || m.role, m.phone);
+    }).join("<br>");
+    function shown(html) { return a.people_hidden ? "(outside your towns)" : html || "—"; }
     var station = a.nearest_stations[0];
     return "<table>" +
       "<tr><th>镇街 town</th><td>" + esc(a.town.name) + " " + esc(a.town.code) + "</td></tr>" +
@@ -304,10 +326,15 @@ var GeoMap = (function () {
       "<tr><th>小区 compound</th><td>" + esc(a.compound ? a.compound.name : "—") + "</td></tr>" +
       "<tr><th>网格员 workers</th><td>" + (a.people_hidden ? "(outside your towns)" : workers || "—") + "</td></tr>" +
       "<tr><th>民警 police</th><td class='geo-police'>" + (a.people_hidden ? "(outside your towns)" : police || "—") + "</td></tr>" +
+      (a.compound ? "<tr><th>楼长 building leaders</th><td class='geo-leaders'>" + shown(leaders) + "</td></tr>" : "") +
+      "<tr><th>人大代表 deputies</th><td class='geo-deputies'>" + shown(deputies) + "</td></tr>" +
+      "<tr><th>法律顾问 legal adviser</th><td class='geo-adviser'>" + shown(adviser) + "</td></tr>" +
       "<tr><th>综治中心</th><td>" + (a.governance_center ? esc(a.governance_center.name) + " · " +
         Math.round(a.governance_center.distance_m) + " m" : "—") + "</td></tr>" +
       "<tr><th>解纷站点</th><td>" + (station ? esc(station.name) + " · " + Math.round(station.distance_m) + " m" : "—") +
-      "</td></tr></table>";
+      "</td></tr>" +
+      (station ? "<tr><th>解纷团队 team</th><td class='geo-team'>" + shown(team) + "</td></tr>" : "") +
+      "</table>";
   }
 
   function createForm(latlng) {
@@ -544,11 +571,29 @@ var GeoMap = (function () {
                       "1": "#fab984", "2": "#ed7551", "3": "#d62f27" };
   var BIN_NAMES = { "3": "热点 hot 99 %", "2": "热点 hot 95 %", "1": "热点 hot 90 %", "0": "不显著 not significant",
                     "-1": "冷点 cold 90 %", "-2": "冷点 cold 95 %", "-3": "冷点 cold 99 %" };
+  // LISA cluster maps as GeoDa draws them: clusters red and blue, outliers in their pale shades.
+  var CLUSTER_COLOURS = { HH: "#d7191c", HL: "#fdae61", LH: "#abd9e9", LL: "#2c7bb6", ns: "#d9d9d9" };
+  var CLUSTER_NAMES = { HH: "高-高 high-high (聚类 cluster)", HL: "高-低 high-low (异常 outlier)",
+                        LH: "低-高 low-high (异常 outlier)", LL: "低-低 low-low (聚类 cluster)",
+                        ns: "不显著 not significant" };
+  // What each method's features are coloured by: its legend's keys in order, colours and names.
+  var CLASSES = {
+    gistar: { keys: ["3", "2", "1", "0", "-1", "-2", "-3"], colours: BIN_COLOURS, names: BIN_NAMES,
+              of: function (p) { return String(p.gi_bin); },
+              figures: function (p) { return "z " + p.gi_z.toFixed(2) + " · p " + p.gi_p.toPrecision(2); } },
+    lisa: { keys: ["HH", "HL", "LH", "LL", "ns"], colours: CLUSTER_COLOURS, names: CLUSTER_NAMES,
+            of: function (p) { return p.lisa_cluster; },
+            figures: function (p) {
+              return "I " + p.lisa_i.toFixed(3) + " · z " + p.lisa_z.toFixed(2) + " · p " + p.lisa_p.toPrecision(2);
+            } }
+  };
   var FORMATS = ["geojson", "gpkg", "shp", "kml", "csv", "parquet", "fgb"];
 
   function hotspotsPanel() {
     var panel = document.getElementById("geo-panel");
-    panel.innerHTML = "<h3>热点分析 hotspots (Getis-Ord Gi*)</h3><div class='geo-filters'>" +
+    panel.innerHTML = "<h3>热点分析 hotspots</h3><div class='geo-filters'>" +
+      "<label>方法 method <select id='geo-hot-method'><option value='gistar'>Gi* 热点 hot spots</option>" +
+      "<option value='lisa'>LISA 聚类 clusters</option></select></label>" +
       "<label>单元 unit <select id='geo-hot-unit'><option value='grid'>网格 grid</option>" +
       "<option value='community'>村(社区) community</option><option value='town'>镇街 town</option>" +
       "<option value='hex'>六边形 1 km hexagons</option></select></label>" +
@@ -565,54 +610,63 @@ var GeoMap = (function () {
     layer.addTo(map);
     control.addOverlay(layer, "hot spots 热点");
     control.addOverlay(density, "density 核密度");
-    function query() {
-      var params = ["unit=" + document.getElementById("geo-hot-unit").value];
-      if (params[0] === "unit=hex") params.push("size_m=1000");
-      var from = document.getElementById("geo-hot-from").value, to = document.getElementById("geo-hot-to").value;
-      var category = document.getElementById("geo-hot-category").value;
-      if (from) params.push("from=" + from + "T00:00:00%2B08:00");
-      if (to) params.push("to=" + to + "T00:00:00%2B08:00");
-      if (category) params.push("category=" + category);
-      if (document.getElementById("geo-hot-fdr").checked) params.push("fdr=true");
-      return params.join("&");
+    function value(id) { return document.getElementById(id).value; }
+    function filters() {  // the incidents counted, shared with the density surface
+      var params = [];
+      if (value("geo-hot-from")) params.push("from=" + value("geo-hot-from") + "T00:00:00%2B08:00");
+      if (value("geo-hot-to")) params.push("to=" + value("geo-hot-to") + "T00:00:00%2B08:00");
+      if (value("geo-hot-category")) params.push("category=" + value("geo-hot-category"));
+      return params;
     }
+    function query() {
+      var params = ["unit=" + value("geo-hot-unit")];
+      if (value("geo-hot-unit") === "hex") params.push("size_m=1000");
+      if (value("geo-hot-method") === "lisa") params.push("method=lisa");
+      if (document.getElementById("geo-hot-fdr").checked) params.push("fdr=true");
+      return params.concat(filters()).join("&");
+    }
+    function densityUrl(format) {
+      return "/api/v1/hotspots/density?" + filters().concat(["format=" + format]).join("&");
+    }
+    function draw(data) {
+      var m = data.metadata, classes = CLASSES[m.method], tally = {};
+      layer.clearLayers();
+      layer.addData(data);
+      layer.eachLayer(function (l) {
+        var p = l.feature.properties, key = classes.of(p);
+        tally[key] = (tally[key] || 0) + 1;
+        l.setStyle({ fillColor: classes.colours[key] });
+        l.bindTooltip(esc(p.code) + " " + esc(p.name) + "<br>" + p.count + " 件 · " + classes.figures(p) + "<br>" +
+          esc(classes.names[key]));
+      });
+      document.getElementById("geo-hot-summary").textContent = m.units + " 单元 units · " + m.incidents +
+        " 件 incidents · " + m.weights +
+        (m.method === "lisa" ? " · " + m.permutations + " 次置换 permutations · α " + m.alpha : "") +
+        (m.fdr ? " · FDR" : "");
+      document.getElementById("geo-hot-legend").innerHTML = classes.keys.map(function (k) {
+        return "<div><i class='geo-swatch' style='background:" + classes.colours[k] + "'></i>" +
+          esc(classes.names[k]) + " (" + (tally[k] || 0) + ")</div>";
+      }).join("");
+    }
+    var asked = 0;  // answers arriving after a newer question are dropped
     function refresh() {
-      var q = query();
+      var q = query(), question = ++asked;
       document.getElementById("geo-hot-downloads").innerHTML = FORMATS.map(function (f) {
         return "<a class='geo-download' href='/api/v1/hotspots?" + q + "&format=" + f + "' download>" + f + "</a>";
-      }).join(" · ") + " · <a class='geo-download' href='/api/v1/hotspots/density?" +
-        q.replace(/unit=[^&]*&?(size_m=[^&]*&?)?/, "") + "&format=tiff' download>density GeoTIFF</a>";
-      var hot = api("/api/v1/hotspots?" + q).then(function (data) {
-        layer.clearLayers();
-        layer.addData(data);
-        var tally = {};
-        layer.eachLayer(function (l) {
-          var p = l.feature.properties;
-          tally[p.gi_bin] = (tally[p.gi_bin] || 0) + 1;
-          l.setStyle({ fillColor: BIN_COLOURS[String(p.gi_bin)] });
-          l.bindTooltip(esc(p.code) + " " + esc(p.name) + "<br>" + p.count + " 件 · z " + p.gi_z.toFixed(2) +
-            " · p " + p.gi_p.toPrecision(2) + "<br>" + esc(BIN_NAMES[String(p.gi_bin)]));
-        });
-        var m = data.metadata;
-        document.getElementById("geo-hot-summary").textContent = m.units + " 单元 units · " + m.incidents +
-          " 件 incidents · " + m.weights + (m.fdr ? " · FDR" : "");
-        document.getElementById("geo-hot-legend").innerHTML = ["3", "2", "1", "0", "-1", "-2", "-3"].map(function (b) {
-          return "<div><i style='display:inline-block;width:14px;height:12px;background:" + BIN_COLOURS[b] +
-            ";border:1px solid #999;margin-right:4px'></i>" + esc(BIN_NAMES[b]) + " (" + (tally[b] || 0) + ")</div>";
-        }).join("");
-      });
-      var surface = fetch("/api/v1/hotspots/density?" + q.replace(/unit=[^&]*&?(size_m=[^&]*&?)?/, "") + "&format=png",
-                          { credentials: "same-origin" }).then(function (response) {
+      }).join(" · ") + " · <a class='geo-download' href='" + densityUrl("tiff") + "' download>density GeoTIFF</a>";
+      var hot = api("/api/v1/hotspots?" + q).then(function (data) { if (question === asked) draw(data); });
+      var surface = fetch(densityUrl("png"), { credentials: "same-origin" }).then(function (response) {
         if (!response.ok) throw new Error("density: HTTP " + response.status);
         var b = response.headers.get("X-Bounds").split(",").map(Number);
         return response.blob().then(function (blob) {
+          if (question !== asked) return;
           density.clearLayers();
           density.addLayer(L.imageOverlay(URL.createObjectURL(blob), [[b[1], b[0]], [b[3], b[2]]], { opacity: 0.8 }));
         });
       });
       return Promise.all([hot, surface]).catch(report);
     }
-    ["geo-hot-unit", "geo-hot-from", "geo-hot-to", "geo-hot-category", "geo-hot-fdr"].forEach(function (id) {
+    ["geo-hot-method", "geo-hot-unit", "geo-hot-from", "geo-hot-to", "geo-hot-category", "geo-hot-fdr"].forEach(function (id) {
       document.getElementById(id).addEventListener("change", refresh);
     });
     return refresh();
