@@ -444,6 +444,10 @@ WHERE a.role = 'grid_leader' ORDER BY w.code LIMIT 1
 """)
 
 
+# The demo department account speaks for housing (出租屋) when the data has it, else the first.
+DEMO_DEPARTMENT_SQL = text("SELECT code FROM department ORDER BY code <> 'housing', code LIMIT 1")
+
+
 def create_demo_users(session: Session) -> list[tuple[str, str, str]]:
     """One user per role named demo-<role>, created only if none exists; (name, role, password)."""
     existing = set(session.scalars(select(models.AppUser.username).where(models.AppUser.username.like("demo-%"))))
@@ -455,6 +459,9 @@ def create_demo_users(session: Session) -> list[tuple[str, str, str]]:
         person = session.execute(DEMO_WORKER_SQL).scalar() if role == "worker" else None
         if role == "worker" and person is None:
             continue  # no grid worker loaded yet: nobody for a worker account to be
-        _, password = create_user(session, name, role, person_code=person)
+        department = session.scalar(DEMO_DEPARTMENT_SQL) if role == "department" else None
+        if role == "department" and department is None:
+            continue  # no department loaded yet: none for a department account to speak for
+        _, password = create_user(session, name, role, person_code=person, department=department)
         created.append((name, role, password))
     return created

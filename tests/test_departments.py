@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from geo_service import audit, auth, lifecycle
+from geo_service import audit, auth, lifecycle, models
 from geo_service.cli import main
 from geo_service.config import get_settings
 from tests.conftest import Clock, make_client, rolled_back_session, tiny_database
@@ -141,3 +141,12 @@ def test_department_accounts_name_their_department(session, db):
     key = created.output.strip().splitlines()[-1]
     identity = auth.identify(session, key)
     assert (identity.role, identity.department_code) == ("department", HOUSING)
+
+
+def test_demo_users_include_a_department_account(session):
+    # `make run` creates them (geo-service user demo): every role, the department one for housing.
+    created = auth.create_demo_users(session)
+    assert sorted(role for _, role, _ in created) == sorted(models.ROLES)
+    assert session.scalar(select(models.AppUser.department_code).where(
+        models.AppUser.username == "demo-department")) == HOUSING
+    assert auth.create_demo_users(session) == []
