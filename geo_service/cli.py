@@ -339,12 +339,24 @@ def _format_answer(answer: dict) -> str:
     lines.append("police (deputy grid leader)")
     for p in answer["police"]:
         lines.append(f"  {p['code']} {p['name']}  {p['kind']}  {p['unit']}  {p['phone'] or ''}")
+    if answer.get("building_leaders"):
+        lines.append("building leaders (志愿楼长)")
+        for b in answer["building_leaders"]:
+            lines.append(f"  {b['code']} {b['name']}  {b['building'] or 'whole compound'}  {b['phone'] or ''}")
+    lines.append("NPC deputies (人大代表)")
+    for d in answer.get("npc_deputies") or []:
+        lines.append(f"  {d['code']} {d['name']}  {d['level']}  {d['phone'] or ''}")
+    adviser = answer.get("legal_adviser")
+    lines.append(f"legal adviser  {adviser['code']} {adviser['name']}  {adviser['law_firm'] or ''}  "
+                 f"{adviser['phone'] or ''}" if adviser else "legal adviser  -")
     center = answer["governance_center"]
     if center:
         lines.append(f"governance centre  {center['code']} {center['name']}  {center['distance_m']:,.0f} m")
     lines.append("nearest dispute-resolution stations")
-    for s in answer["nearest_stations"]:
+    for i, s in enumerate(answer["nearest_stations"]):
         lines.append(f"  {s['code']} {s['name']}  {s['distance_m']:,.0f} m")
+        for m in (answer.get("mediators") or []) if i == 0 else []:  # the nearest station's team
+            lines.append(f"      {m['code']} {m['name']}  {m['role']}  {m['phone'] or ''}")
     return "\n".join(lines)
 
 
