@@ -11,7 +11,7 @@ import click
 
 from geo_service import localdb, roles
 from geo_service.config import PROJECT_ROOT, get_settings
-from geo_service.errors import DatasetInvalid, GeoServiceError
+from geo_service.errors import DatabaseSetupError, DatasetInvalid, GeoServiceError
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -19,8 +19,30 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _explain(exc: Exception) -> str:
+    """One line for an error nobody anticipated: what it is and the command that fixes it."""
+    from psycopg2 import errors as pg
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, OperationalError):
+        return (f"cannot reach the database ({_first_line(exc)}): start it with `geo-service db start`, "
+                "or check GEO_DATABASE_URL / GEO_DATABASE_OWNER_URL")
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, pg.UndefinedTable | pg.UndefinedColumn
+                                                  | pg.UndefinedFunction | pg.UndefinedObject):
+        return f"the database schema is not up to date ({_first_line(exc)}): run `geo-service db migrate`"
+    if isinstance(exc, DBAPIError):
+        return f"database error: {_first_line(exc)} (rerun with `geo-service --debug ...` for the traceback)"
+    return f"{type(exc).__name__}: {_first_line(exc)} (rerun with `geo-service --debug ...` for the traceback)"
+
+
 class _Group(click.Group):
-    """Turns domain errors into one clear line on stderr instead of a traceback."""
+    """Turns every error into one clear line on stderr (and exit status 1) instead of a traceback;
+    `geo-service --debug ...` lets an unexpected one through with its traceback."""
 
     def invoke(self, ctx):
         try:
@@ -31,10 +53,17 @@ class _Group(click.Group):
             _fail(str(exc))
         except GeoServiceError as exc:
             _fail(str(exc))
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            _fail(_explain(exc))
 
 
 @click.group(cls=_Group)
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
+def main(debug: bool) -> None:
     """Heshan grid-governance map service."""
 
 
@@ -140,12 +169,42 @@ def db_grant(role: str | None) -> None:
     click.echo(f"granted {role} the service's privileges (and revoked any others)")
 
 
+SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
+
+
 def _session():
-    """A session for the admin commands: they connect as the owner, not as the service role."""
+    """A session for the admin commands: they connect as the owner, not as the service role, to a
+    database whose schema is this version's (else one line saying what to run)."""
+    from alembic.script import ScriptDirectory
+    from psycopg2 import errors as pg
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
     from geo_service.db import make_engine, make_sessionmaker
 
     settings = get_settings()
-    return make_sessionmaker(make_engine(settings, localdb.owner_url(settings)))()
+    url = localdb.owner_url(settings)
+    session = make_sessionmaker(make_engine(settings, url))()
+    where = f"{url.host}:{url.port}/{url.database}"
+    try:
+        found = session.execute(text(SCHEMA_VERSION_SQL)).scalar()
+    except OperationalError as exc:
+        session.close()
+        raise DatabaseSetupError(f"cannot reach the database at {where} ({_first_line(exc)}): start it with "
+                                 "`geo-service db start`, or check GEO_DATABASE_URL") from None
+    except DBAPIError as exc:
+        session.close()
+        if isinstance(exc.orig, pg.UndefinedTable):
+            raise DatabaseSetupError(f"the database at {where} has no schema yet: run `geo-service db migrate`"
+                                     ) from None
+        raise
+    session.rollback()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if found != head:
+        session.close()
+        raise DatabaseSetupError(f"the database at {where} is at schema revision {found}, this version needs "
+                                 f"{head}: run `geo-service db migrate`")
+    return session
 
 
 def _warn_about_service_role(settings) -> None:
