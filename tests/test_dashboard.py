@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from geo_service import scoreboard
 from tests import tiny
 from tests.conftest import running_server, tiny_database
-from tests.test_map import CHROMIUM, CHROMIUM_ARGS, PASSWORD, Watched
+from tests.test_map import CHROMIUM, PASSWORD, Watched, browser  # noqa: F401 (browser is a fixture)
 
 G111, G112, G221 = tiny.grid_code(1, 1, 1), tiny.grid_code(1, 1, 2), tiny.grid_code(2, 2, 1)
 TOWN1, COMMUNITY11 = "440784901", "440784901001"
@@ -66,18 +66,8 @@ def server(dashboard_db):
         yield base
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def watched(browser, server):
+def watched(browser, server):  # noqa: F811
     page = Watched(browser, server)
     yield page
     page.close()
@@ -206,7 +196,7 @@ def test_the_dashboard_runs_under_the_content_security_policy(watched):
     assert watched.problems == [] and watched.external() == []
 
 
-def test_the_dashboard_fits_a_phone(browser, server):
+def test_the_dashboard_fits_a_phone(browser, server):  # noqa: F811
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     problems = []
     try:
