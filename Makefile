@@ -40,6 +40,7 @@ $(VENV)/.installed: pyproject.toml
 ## bench: every benchmark in benchmarks/, one table, figures kept in benchmarks/results/<date>.json
 bench: setup
 	PYTHON=$(PYTHON) scripts/system-deps.sh --bench
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'  # tipg, the OGC API's peer
 	cd benchmarks && ../$(BIN)/python run.py $(BENCH_ARGS)
 
 ## clean-db: stop the embedded cluster and delete it (all data in var/ is lost)

@@ -20,7 +20,7 @@ import time
 from _servers import ROOT, print_figures
 
 RESULTS = ROOT / "benchmarks" / "results"
-SUITES = ("lookup", "dispatch", "load_sample", "hotspots", "map_render")
+SUITES = ("lookup", "dispatch", "load_sample", "hotspots", "map_render", "ogc")
 
 
 def machine() -> dict:

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, description="How long one webhook attempt may take.")
     events_keepalive_seconds: float = Field(default=15.0, description="Seconds between keep-alive comments on "
                                             "the live event stream (GET /api/v1/events).")
+    open311_public: bool = Field(
+        default=False, description="Let callers without credentials read the Open311 services and requests "
+        "(the public view: category, status, dates, grid, a location rounded to ~100 m). Off on an intranet: "
+        "every Open311 read needs credentials; a POST always does.")
+    open311_jurisdiction: str = Field(
+        default="heshan.gd.cn", description="The one Open311 jurisdiction_id served; a request naming another "
+        "is 404 (leaving it out is fine).")
     load_tolerance_m2: float = Field(
         default=1.0,
         description="Largest gap or overlap (m²) tolerated between sibling areas when loading.",

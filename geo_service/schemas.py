@@ -863,7 +863,8 @@ class OgcLanding(BaseModel):
 
 
 class OgcConformance(BaseModel):
-    conformsTo: list[str] = Field(description="The conformance classes: Core, GeoJSON, OpenAPI 3.0.")
+    conformsTo: list[str] = Field(description="The conformance classes: Features Part 1 (Core, GeoJSON, OpenAPI "
+                                  "3.0), Part 2 (CRS), Part 3 (queryables, filter) and the CQL2 classes.")
 
 
 class OgcApiInfo(BaseModel):
@@ -906,9 +907,23 @@ class OgcCollection(BaseModel):
     title: str
     description: str
     itemType: Literal["feature"]
-    crs: list[str]
+    crs: list[str] = Field(description="The CRSs answers may be asked in (`crs=`): CRS84, EPSG:4326, EPSG:4490, "
+                           "EPSG:4547, as URIs.")
+    storageCrs: str = Field(description="The CRS the geometries are stored in (CRS84).")
     extent: OgcExtent
     links: list[Link]
+
+
+class OgcQueryables(BaseModel):
+    """A collection's queryables as a JSON Schema (OGC API – Features Part 3): its properties and
+    `geometry`, each with its JSON type and format."""
+    model_config = ConfigDict(populate_by_name=True)
+    schema_: str = Field(alias="$schema", description="The JSON Schema dialect (2020-12).")
+    id: str = Field(alias="$id", description="This document's URL.")
+    type: Literal["object"]
+    title: str
+    properties: dict[str, dict[str, str]] = Field(description="name: {title, type, format, x-ogc-role}.")
+    additionalProperties: Literal[False]
 
 
 class OgcCollections(BaseModel):
@@ -975,19 +990,42 @@ class Open311Service(BaseModel):
     service_code: str = Field(description="An incident category code.")
     service_name: str
     description: str
-    metadata: bool = Field(description="Always false: no extra attributes are defined.")
+    metadata: bool = Field(description="Always true: every service declares its attributes (services/{code}).")
     type: str = Field(description="Always `realtime`.")
     keywords: str
     group: str
 
 
+class Open311AttributeValue(BaseModel):
+    key: str = Field(description="What to send as attribute[code].")
+    name: str
+
+
+class Open311Attribute(BaseModel):
+    variable: bool = Field(description="Always true: the reporter gives it.")
+    code: str = Field(description="Sent in a POST as attribute[code].")
+    datatype: Literal["string", "number", "datetime", "text", "singlevaluelist", "multivaluelist"]
+    required: bool
+    datatype_description: str | None
+    order: int
+    description: str
+    values: list[Open311AttributeValue] = Field(description="The choices of a list; empty for other datatypes.")
+
+
+class Open311ServiceDefinition(BaseModel):
+    service_code: str
+    attributes: list[Open311Attribute]
+
+
 class Open311Request(BaseModel):
+    """A service request. Anonymous callers (GEO_OPEN311_PUBLIC) get the public view: description,
+    address, address_id and media_url null, lat and long rounded to 3 decimal places (about 100 m)."""
     service_request_id: str = Field(description="The incident's id.")
     status: Literal["open", "closed"]
     status_notes: str = Field(description="The incident's status.")
     service_name: str
     service_code: str
-    description: str
+    description: str | None = Field(description="As the caller's role sees it; null in the public view.")
     agency_responsible: str = Field(description="The grid assigned, `name (code)`.")
     service_notice: str | None
     requested_datetime: str = Field(description="When reported (ISO 8601).")
@@ -1003,8 +1041,20 @@ class Open311Request(BaseModel):
 
 class Open311Posted(BaseModel):
     service_request_id: str = Field(description="The new incident's id.")
+    token: str = Field(description="The same value: tokens/{token} answers it back (the intake is synchronous).")
     service_notice: str = Field(description="Its status (assigned at once).")
     account_id: str | None
+
+
+class Open311Token(BaseModel):
+    service_request_id: str
+    token: str
+
+
+class Open311Error(BaseModel):
+    """GeoReport v2's error: every error under /open311 is a list of these (or <errors><error> in XML)."""
+    code: int = Field(description="The HTTP status.")
+    description: str = Field(description="What went wrong, quoting the offending value.")
 
 
 # --------------------------------------------------------------------------- webhooks

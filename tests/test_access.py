@@ -24,6 +24,7 @@ from geo_service import auth, lifecycle, loading, models, security
 from geo_service.app import create_app
 from geo_service.config import Settings
 from geo_service.routes.access import Allow
+from geo_service.routes.open311 import Open311Reader
 from tests import tiny
 from tests.conftest import ThrowawayDatabase, migrate, running_server
 
@@ -31,6 +32,12 @@ G111 = tiny.grid_code(1, 1, 1)
 DEPARTMENT = "housing"  # the tiny dataset's first department: the `department` key's (conftest)
 PLATE = "YJ440784901001000001"
 PUBLIC = {("POST", "/api/v1/auth/token")}
+# Routes that GEO_OPEN311_PUBLIC opens to callers without credentials (the Open311 reads, given the
+# public view). The setting is off by default, so the matrix's anonymous 401 holds for them as for
+# every other route; test_open311_public_opens_the_open311_reads_and_nothing_else turns it on.
+PUBLIC_BY_SETTING = {(method, f"/open311/v2/{path}.{fmt}") for method, path in (
+    ("GET", "services"), ("GET", "services/{service_code}"), ("GET", "requests"), ("GET", "requests/{request_id}"),
+    ("GET", "tokens/{token}")) for fmt in ("json", "xml")}
 TINY_PNG = bytes.fromhex(  # one pixel
     "89504e470d0a1a0a0000000d49484452000000010000000108020000009077"
     "53de0000000c4944415478 9c63f8cfc00000030101 00c9fe92ef0000000049454e44ae426082".replace(" ", ""))
@@ -86,15 +93,21 @@ EXAMPLES = {
     ("GET", "/ogc/api"): {},
     ("GET", "/ogc/collections"): {},
     ("GET", "/ogc/collections/{collection_id}"): {"path": "/ogc/collections/grids"},
+    ("GET", "/ogc/collections/{collection_id}/queryables"): {"path": "/ogc/collections/incidents/queryables"},
     ("GET", "/ogc/collections/{collection_id}/items"): {"path": "/ogc/collections/grids/items"},
     ("GET", "/ogc/collections/{collection_id}/items/{feature_id}"): {
         "path": f"/ogc/collections/grids/items/{G111}"},
     ("GET", "/api/v1/search"): {"params": {"q": "YJ44"}},
-    ("GET", "/open311/v2/services.json"): {},
-    ("GET", "/open311/v2/requests.json"): {},
-    ("GET", "/open311/v2/requests/{request_id}.json"): {"path": "/open311/v2/requests/{incident}.json"},
-    ("POST", "/open311/v2/requests.json"): {"data": {"service_code": "other", "lat": "22.703", "long": "112.903",
-                                                     "description": "matrix"}, "ok": 201},
+    # Open311: every endpoint twice, as .json and as .xml, with the same decision.
+    **{key: example for fmt in ("json", "xml") for key, example in {
+        ("GET", f"/open311/v2/services.{fmt}"): {},
+        ("GET", f"/open311/v2/services/{{service_code}}.{fmt}"): {"path": f"/open311/v2/services/other.{fmt}"},
+        ("GET", f"/open311/v2/requests.{fmt}"): {},
+        ("GET", f"/open311/v2/requests/{{request_id}}.{fmt}"): {"path": f"/open311/v2/requests/{{incident}}.{fmt}"},
+        ("GET", f"/open311/v2/tokens/{{token}}.{fmt}"): {"path": f"/open311/v2/tokens/{{incident}}.{fmt}"},
+        ("POST", f"/open311/v2/requests.{fmt}"): {"data": {"service_code": "other", "lat": "22.703",
+                                                           "long": "112.903", "description": "matrix"}, "ok": 201},
+    }.items()},
     ("POST", "/api/v1/webhooks"): {"json": {"url": "http://127.0.0.1:9/matrix", "events": ["incident.created"],
                                             "secret": "matrix secret 0123456789"}, "ok": 201},
     ("GET", "/api/v1/webhooks"): {},
@@ -125,12 +138,23 @@ def api_routes(app) -> list[APIRoute]:
     return routes
 
 
-def allowed_roles(route: APIRoute) -> frozenset[str] | None:
+def allow_of(route: APIRoute) -> Allow | None:
     for dependency in [*route.dependencies, *route.dependant.dependencies]:
         call = getattr(dependency, "dependency", None) or getattr(dependency, "call", None)
         if isinstance(call, Allow):
-            return call.roles
+            return call
     return None
+
+
+def allowed_roles(route: APIRoute) -> frozenset[str] | None:
+    allow = allow_of(route)
+    return None if allow is None else allow.roles
+
+
+def error_detail(response) -> str:
+    """The message of an error: `detail`, or under /open311 the standard's `[{code, description}]`."""
+    body = response.json()
+    return body[0]["description"] if isinstance(body, list) else body["detail"]
 
 
 def route_key(route: APIRoute) -> list[tuple[str, str]]:
@@ -146,6 +170,8 @@ def test_every_api_route_has_an_access_decision(access_db):
                 assert allowed_roles(route) is None
             else:
                 assert allowed_roles(route), f"{key} has no Allow(...) dependency"
+            # Only the routes named in PUBLIC_BY_SETTING may admit the anonymous by a setting.
+            assert isinstance(allow_of(route), Open311Reader) == (key in PUBLIC_BY_SETTING), key
 
 
 def test_every_role_against_every_endpoint(access_db):
@@ -192,9 +218,37 @@ def test_every_role_against_every_endpoint(access_db):
                             (method, path, role, response.text)
                     else:
                         assert response.status_code == 403, (method, path, role)
-                        assert f"role '{role}' may not" in response.json()["detail"]
+                        assert f"role '{role}' may not" in (response.text if path.endswith(".xml")
+                                                            else error_detail(response))
                     checked += 1
         assert checked >= 20 * len(models.ROLES)
+
+
+def test_open311_public_opens_the_open311_reads_and_nothing_else(access_db):
+    """With GEO_OPEN311_PUBLIC the routes of PUBLIC_BY_SETTING answer the anonymous (their public
+    view is tested in tests/test_open311.py); every other route still answers 401."""
+    with TestClient(create_app(access_db.settings(open311_public=True))) as client:
+        created = client.post("/api/v1/incidents", headers=access_db.headers("dispatcher"), json={
+            "category": "other", "description": "public matrix", "reporter_kind": "hotline",
+            "lon": 112.903, "lat": 22.703}).json()
+        webhook = client.post("/api/v1/webhooks", headers=access_db.headers("admin"), json={
+            "url": "http://127.0.0.1:9/public", "events": ["incident.created"], "secret": "public secret 0123456789"})
+        opened = set()
+        for route in api_routes(create_app(access_db.settings())):
+            for method, path in route_key(route):
+                if (method, path) in PUBLIC:
+                    continue
+                example = dict(EXAMPLES[(method, path)])
+                example.pop("ok", None)
+                url = example.pop("path", path).replace("{incident}", str(created["id"])).replace(
+                    "{webhook}", str(webhook.json()["id"]))
+                anonymous = client.request(method, url, **example)
+                if (method, path) in PUBLIC_BY_SETTING:
+                    assert anonymous.status_code == 200, (method, path, anonymous.text)
+                    opened.add((method, path))
+                else:
+                    assert anonymous.status_code == 401, (method, path)
+    assert opened == PUBLIC_BY_SETTING
 
 
 def test_healthz_tells_the_anonymous_only_up_or_down(access_db):
@@ -332,7 +386,7 @@ def test_credentials_in_a_query_string_are_refused(access_db):
                     f"/api/v1/stats?API%5FKEY={key}", f"/ogc/collections?token={key}"):
             refused = client.get(url)
             assert refused.status_code == 401, url
-            detail = refused.json()["detail"]
+            detail = error_detail(refused)
             assert "not accepted in the URL" in detail and "Authorization: Bearer" in detail and key not in detail
         # Refused even beside a good header: the key has leaked into logs and must be replaced.
         both = client.get(f"/api/v1/stats?api_key={key}", headers={"Authorization": f"Bearer {key}"})
@@ -345,7 +399,7 @@ def test_credentials_in_a_query_string_are_refused(access_db):
             "api_key": access_db.keys["viewer"], "service_code": "other", "lat": "22.703", "long": "112.903",
             "description": "from the body"})
         assert viewer_in_body.status_code == 403  # the key was read and identified (a viewer may not report)
-        assert "role 'viewer' may not" in viewer_in_body.json()["detail"]
+        assert "role 'viewer' may not" in error_detail(viewer_in_body)
 
 
 @pytest.mark.parametrize("tile_url, source", [

@@ -39,6 +39,10 @@ NOT_JSON = {
     ("GET", "/api/v1/events"): "a Server-Sent Events stream (its frames are tested in tests/test_desk.py)",
     ("GET", "/api/v1/scoreboard.csv"): "the scoreboard's rows as CSV (tests/test_scoreboard.py reads it)",
     ("GET", "/api/v1/scoreboard.xlsx"): "the scoreboard as an Excel workbook (tests/test_scoreboard.py opens it)",
+    **{(method, f"/open311/v2/{path}.xml"): "GeoReport v2 XML (tests/test_open311.py parses each; the .json twin "
+                                            "has the model)"
+       for method, path in (("GET", "services"), ("GET", "services/{service_code}"), ("GET", "requests"),
+                            ("GET", "requests/{request_id}"), ("GET", "tokens/{token}"), ("POST", "requests"))},
 }
 # The examples of tests/test_access.py, with the one they lack (the token needs a real user).
 TOKEN_USER, TOKEN_PASSWORD = "contract-user", "contract password 1"
@@ -217,7 +221,8 @@ def test_every_route_answers_its_contract(key, tiny_db, session):
     assert response.status_code in (ok if isinstance(ok, tuple) else (ok,)), response.text[:500]
     content_type = response.headers["content-type"].split(";")[0]
     if key in NOT_JSON and response.status_code < 400:  # errors are JSON like every other
-        assert content_type.startswith("image/") or "attachment" in response.headers["content-disposition"], (
+        assert (content_type.startswith("image/") or content_type == "application/xml"
+                or "attachment" in response.headers["content-disposition"]), (
             f"{key} should answer {NOT_JSON[key]}; got {content_type}")
         return
     assert "json" in content_type, f"{key} answered {content_type}: list it in NOT_JSON if that is right"
@@ -305,8 +310,23 @@ VARIANTS = [
     ("POST", "/open311/v2/requests.json", {"data": {"service_code": "other", "address_id": PLATE,
                                                     "description": "at a door plate"}, "ok": 201},
      list[schemas.Open311Posted]),
+    # Open311 errors are the standard's list of {code, description}, whatever the status.
     ("POST", "/open311/v2/requests.json", {"data": {"service_code": "other", "lat": "22.7", "long": "113.5",
-                                                    "description": "outside"}, "ok": 404}, schemas.OutsideRead),
+                                                    "description": "outside"}, "ok": 404}, list[schemas.Open311Error]),
+    ("POST", "/open311/v2/requests.json", {"data": {"service_code": "other", "description": "no place"}, "ok": 422},
+     list[schemas.Open311Error]),
+    ("POST", "/open311/v2/requests.json", {"data": {"service_code": "other", "lat": "22.703", "long": "112.903",
+                                                    "description": "viewer"}, "role": "viewer", "ok": 403},
+     list[schemas.Open311Error]),
+    ("GET", "/open311/v2/services/{service_code}.json", {"path": "/open311/v2/services/nope.json", "ok": 404},
+     list[schemas.Open311Error]),
+    ("GET", "/open311/v2/requests.json", {"params": {"status": "pending"}, "ok": 422}, list[schemas.Open311Error]),
+    ("GET", "/open311/v2/requests.json", {"params": {"jurisdiction_id": "elsewhere.cn"}, "ok": 404},
+     list[schemas.Open311Error]),
+    ("GET", "/open311/v2/tokens/{token}.json", {"path": "/open311/v2/tokens/999999999.json", "ok": 404},
+     list[schemas.Open311Error]),
+    ("GET", "/open311/v2/requests/{request_id}.json", {"path": "/open311/v2/requests/{incident}.json",
+                                                       "role": "analyst"}, list[schemas.Open311Request]),
     ("GET", "/api/v1/scoreboard", {"params": {"by": "worker"}, "role": "analyst"}, schemas.ScoreboardRead),
     ("GET", "/api/v1/scoreboard", {"params": {"by": "week", "from": "2026-10-01", "to": "2026-11-30"},
                                    "role": "department"}, schemas.ScoreboardRead),

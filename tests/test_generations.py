@@ -275,6 +275,12 @@ def test_ogc_area_collections_answer_the_generation_of_datetime(client, redrawn)
     assert ENCLAVE in [f["id"] for f in then["features"]]
     interval = client.get("/ogc/collections/grids/items", params={"datetime": f"{yesterday()}T00:00:00Z/.."}).json()
     assert interval["numberMatched"] == 8  # an interval answers the generation valid at its end
+    # A filter narrows the generation's areas; it does not change which generation answers.
+    enclave = client.get("/ogc/collections/grids/items", params={
+        "datetime": f"{yesterday()}T12:00:00+08:00", "filter": f"code = '{ENCLAVE}' AND generation_to IS NOT NULL"})
+    assert [f["id"] for f in enclave.json()["features"]] == [ENCLAVE]
+    assert client.get("/ogc/collections/grids/items", params={"filter": f"code = '{ENCLAVE}'"}).json()[
+        "numberMatched"] == 0
 
 
 def test_a_generation_is_dated_when_the_redrawing_took_effect(server_url, tmp_path):

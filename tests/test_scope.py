@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -301,8 +302,18 @@ def probe_ogc_collections(call: Call, w: World) -> str:
 
 
 def probe_ogc_items(call: Call, w: World) -> str:
-    return " ".join(call("GET", f"/ogc/collections/{c}/items", params={"limit": 10_000}).text
-                    for c in ("incidents", "door_plates"))
+    foreign_town = w.foreign_plate[2:11]
+    # Filters that try to widen the view: a filter is ANDed with the visibility rule, never ORed.
+    widening = [{}, {"filter": "TRUE OR code IS NULL"}, {"filter": f"town_code = '{foreign_town}' OR TRUE"},
+                {"town_code": foreign_town}, {"filter-lang": "cql2-json",
+                                              "filter": '{"op": "not", "args": [{"op": "isNull", "args": '
+                                                        '[{"property": "town_code"}]}]}'}]
+    answers = [call("GET", "/ogc/collections/door_plates/items", params={"limit": 10_000, **extra}).text
+               for extra in widening]
+    answers += [call("GET", "/ogc/collections/incidents/items",
+                     params={"limit": 10_000, **{k: v.replace("code IS NULL", "id IS NULL") for k, v in extra.items()}}
+                     ).text for extra in widening]
+    return " ".join(answers)
 
 
 def probe_ogc_item(call: Call, w: World) -> str:
@@ -311,25 +322,39 @@ def probe_ogc_item(call: Call, w: World) -> str:
             + asked(plate.text, w.foreign_plate) + (" LEAK:plate" if plate.status_code == 200 else ""))
 
 
+def open311_ids(answer) -> list[int]:
+    """The service_request_id values of an Open311 answer in JSON or XML (none in an error)."""
+    if answer.status_code != 200:
+        return []
+    if answer.headers["content-type"].startswith("application/xml"):
+        return [int(e.text) for e in ET.fromstring(answer.content).iter("service_request_id")]
+    return [int(r["service_request_id"]) for r in answer.json()]
+
+
 def probe_open311_requests(call: Call, w: World) -> str:
-    answer = call("GET", "/open311/v2/requests.json")
-    by_id = call("GET", "/open311/v2/requests.json",
-                 params={"service_request_id": f"{w.foreign_incident['id']},{w.own_incident['id']}"})
-    ids = [int(r["service_request_id"]) for r in answer.json() + (by_id.json() if by_id.status_code == 200 else [])]
-    return answer.text + by_id.text + incident_ids_in(ids, w)
+    by_id = {"service_request_id": f"{w.foreign_incident['id']},{w.own_incident['id']}"}
+    answers = [call("GET", f"/open311/v2/requests.{fmt}", params=params)
+               for fmt in ("json", "xml") for params in ({}, by_id)]
+    return " ".join(a.text for a in answers) + incident_ids_in([i for a in answers for i in open311_ids(a)], w)
 
 
 def probe_open311_request(call: Call, w: World) -> str:
-    answer = call("GET", f"/open311/v2/requests/{w.foreign_incident['id']}.json")
-    ids = [int(r["service_request_id"]) for r in answer.json()] if answer.status_code == 200 else []
-    return answer.text + incident_ids_in(ids, w)
+    answers = [call("GET", f"/open311/v2/requests/{w.foreign_incident['id']}.{fmt}") for fmt in ("json", "xml")]
+    return " ".join(a.text for a in answers) + incident_ids_in([i for a in answers for i in open311_ids(a)], w)
+
+
+def probe_open311_token(call: Call, w: World) -> str:
+    """A token is a request's id: another town's must not resolve."""
+    answers = [call("GET", f"/open311/v2/tokens/{w.foreign_incident['id']}.{fmt}") for fmt in ("json", "xml")]
+    return " ".join(a.text for a in answers) + incident_ids_in([i for a in answers for i in open311_ids(a)], w)
 
 
 def probe_open311_post(call: Call, w: World) -> str:
     lon, lat = w.foreign_point
-    answer = call("POST", "/open311/v2/requests.json", data={"service_code": "other", "lat": str(lat),
-                                                              "long": str(lon), "description": "scope"})
-    return answer.text + (" LEAK:created-elsewhere" if answer.status_code == 201 else "")
+    answers = [call("POST", f"/open311/v2/requests.{fmt}", data={"service_code": "other", "lat": str(lat),
+                                                                  "long": str(lon), "description": "scope"})
+               for fmt in ("json", "xml")]
+    return " ".join(a.text + (" LEAK:created-elsewhere" if a.status_code == 201 else "") for a in answers)
 
 
 def probe_audit(call: Call, w: World) -> str:
@@ -469,12 +494,19 @@ SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
     ("GET", "/ogc/api"): NONE,
     ("GET", "/ogc/collections"): probe_ogc_collections,
     ("GET", "/ogc/collections/{collection_id}"): probe_ogc_collections,
+    ("GET", "/ogc/collections/{collection_id}/queryables"): NONE,
     ("GET", "/ogc/collections/{collection_id}/items"): probe_ogc_items,
     ("GET", "/ogc/collections/{collection_id}/items/{feature_id}"): probe_ogc_item,
-    ("GET", "/open311/v2/services.json"): NONE,
-    ("GET", "/open311/v2/requests.json"): probe_open311_requests,
-    ("GET", "/open311/v2/requests/{request_id}.json"): probe_open311_request,
-    ("POST", "/open311/v2/requests.json"): probe_open311_post,
+    # Open311, as .json and .xml (each probe asks in both). The anonymous of GEO_OPEN311_PUBLIC have
+    # no towns: they get the public view of every town's requests (tests/test_open311.py).
+    **{key: decision for fmt in ("json", "xml") for key, decision in {
+        ("GET", f"/open311/v2/services.{fmt}"): NONE,
+        ("GET", f"/open311/v2/services/{{service_code}}.{fmt}"): NONE,
+        ("GET", f"/open311/v2/requests.{fmt}"): probe_open311_requests,
+        ("GET", f"/open311/v2/requests/{{request_id}}.{fmt}"): probe_open311_request,
+        ("GET", f"/open311/v2/tokens/{{token}}.{fmt}"): probe_open311_token,
+        ("POST", f"/open311/v2/requests.{fmt}"): probe_open311_post,
+    }.items()},
     ("POST", "/api/v1/webhooks"): probe_webhooks,
     ("GET", "/api/v1/webhooks"): probe_webhooks,
     ("GET", "/api/v1/webhooks/{webhook_id}"): probe_webhooks,
