@@ -222,6 +222,10 @@ class _Writer:
                 raise InvalidInput("filter: IN does not compare geometries")
             if value.kind == "unknown":
                 return "NULL"
+            if not all(isinstance(self.scalar(item), Literal) for item in args[1]):
+                # Expressions among the values (CASEI('x'), another property): one comparison each.
+                return "(" + " OR ".join(f"({left.sql} = {right.sql})" for left, right in
+                                          (self.pair(op, args[0], item) for item in args[1])) + ")"
             items = [self.literal(item, value.kind, op) for item in args[1]]
             sql_type = "numeric" if value.kind == "integer" and not all(map(_bigint, items)) else SQL_TYPES[value.kind]
             return f"({value.sql} = ANY({self.bind(items, sql_type + '[]')}))"

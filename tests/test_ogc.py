@@ -99,6 +99,9 @@ TABLE = [
     ("incidents", "cql2-text", "status = 'closed' AND NOT (category = 'dispute' OR id < 3000)",
      lambda d: (d.status == "closed") & ~((d.category == "dispute") | (d.id < 3000))),
     ("incidents", "cql2-text", "CASEI(category) = casei('DISPUTE')", lambda d: d.category == "dispute"),
+    ("incidents", "cql2-text", "CASEI(status) IN (CASEI('CLOSED'), CASEI('Rejected')) AND CASEI(category) LIKE "
+                               "CASEI('DIS%')",
+     lambda d: d.status.isin(["closed", "rejected"]) & (d.category == "dispute")),
     ("incidents", "cql2-text", "id > assignee_worker_id", lambda d: d.id > d.assignee_worker_id),
     ("incidents", "cql2-text", f"S_INTERSECTS(geometry, {TRIANGLE})", lambda d: d.intersects(TRIANGLE_SHAPE)),
     ("incidents", "cql2-text", f"S_WITHIN(geometry, {TRIANGLE}) AND status = 'closed'",

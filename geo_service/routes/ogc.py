@@ -49,11 +49,11 @@ def _items_page(request: Request, identity, collection_id: str) -> ogc.Page:
 
 
 # Pages are computed in two threads of their own in each worker process, not in the shared
-# thread pool. Measured with wrk (8 connections, 2 workers): through the pool's 40 threads the
-# requests queued behind each other for the GIL, p99 80 ms to 1 s in rounds of 8 s; through two
-# threads 15-26 ms, at the same or a higher throughput (benchmarks/README.md). Computed on the
-# event loop they were as fast, but a page of 10,000 polygons would stall every other request
-# of the worker, lookups included.
+# thread pool. Measured with wrk (8 connections, 2 workers): through the pool's 40 threads some
+# requests waited far longer than the rest (the GIL passed between many threads, most likely),
+# p99 53 ms to 1 s in rounds of 8 s; through two threads 17-27 ms, at the same or a higher
+# throughput (benchmarks/README.md). Computed on the event loop they were as fast, but a page of
+# 10,000 polygons would stall every other request of the worker, lookups included.
 PAGES = ThreadPoolExecutor(2, thread_name_prefix="ogc-page")
 
 
