@@ -48,13 +48,16 @@ def uvicorn(app: str, workers: int, factory: bool = False, env: dict | None = No
 
 
 @contextmanager
-def geo_service(url, extra_env: dict | None = None):
+def geo_service(url, extra_env: dict | None = None, checkout: Path | None = None):
     """`geo-service serve` as `make run` starts it (its defaults: a worker per core, no access
-    log), connected as the service role to the database at `url`; yields the base URL."""
+    log), connected as the service role to the database at `url`; yields the base URL. With
+    `checkout`, the service as another checkout has it (e.g. a `git worktree` of an earlier commit)."""
     port = free_port()
     env = {**os.environ, "GEO_DATABASE_URL": url.render_as_string(hide_password=False), **(extra_env or {})}
-    process = subprocess.Popen([str(BIN / "geo-service"), "serve", "--port", str(port)], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if checkout is not None:
+        env["PYTHONPATH"] = str(checkout)
+    process = subprocess.Popen([str(BIN / "python"), "-m", "geo_service.cli", "serve", "--port", str(port)],
+                               cwd=checkout or ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):

@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from _servers import BIN, ROOT, free_port, geo_service, print_figures, throwaway_database, uvicorn, wrk
+from _servers import ROOT, geo_service, print_figures, throwaway_database, uvicorn, wrk
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -87,29 +84,6 @@ def tipg(url, workers: int):
         yield base
 
 
-@contextmanager
-def geo_service_at(checkout: Path, url):
-    """`geo-service serve` (its defaults) from another checkout, on the same database."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(checkout), "GEO_DATABASE_URL": url.render_as_string(hide_password=False)}
-    process = subprocess.Popen([str(BIN / "python"), "-m", "geo_service.cli", "serve", "--port", str(port)],
-                               cwd=checkout, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"geo-service serve from {checkout} did not start")
-        yield base
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
 def fetch(base: str, path: str, key: str | None, encoding: str = "") -> tuple[dict, int, int]:
     """One answer: (the document, bytes on the wire, bytes decoded)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -154,7 +128,7 @@ def measure(seconds: int = 10, rounds: int = 3, connections: int = 8, workers: i
         with Session(engine) as session:
             key = auth.create_api_key(session, f"bench-{uuid.uuid4().hex[:8]}", "dispatcher")[1]
         with tipg(url, workers) as peer, geo_service(url) as service, \
-                (geo_service_at(before, url) if before else nullcontext()) as old:
+                (geo_service(url, checkout=before) if before else nullcontext()) as old:
             services = {"tipg": peer, "geo_service": service, **({"before": old} if before else {})}
             for which, base in services.items():  # warm every worker: identities, catalogs, plans
                 for _ in range(workers * 4):
