@@ -1,4 +1,4 @@
-"""Browsing the area hierarchy: towns, communities, grids, and one grid's outline; the departments."""
+"""Browsing the area hierarchy: counties, towns, communities, grids, and one grid's outline; the departments."""
 
 from __future__ import annotations
 
@@ -15,10 +15,20 @@ AT = "FROM area_version AS {a} WHERE {a}.layer = '{layer}' AND " + \
 # Lists are assembled as JSON inside PostGIS (ST_AsGeoJSON + json_agg): one round trip and
 # no per-row Python, which matters for the geometry variants.
 LIST_SQL = {
+    # Counties are not versioned (today's outline answers every generation); the generation
+    # parameter only picks which towns are counted.
+    "counties": """
+        SELECT k.code, k.name, left(k.code, 4) AS city_code, k.city_name, left(k.code, 2) AS province_code,
+               k.province_name, (SELECT count(*) """ + AT.format(a="t", layer="town") + """
+                                 AND left(t.code, 6) = k.code) AS towns, k.geom
+        FROM county AS k WHERE (:county IS NULL OR k.code = :county)
+    """,
     "towns": """
         SELECT t.code, t.name, t.attributes ->> 'name_en' AS name_en, t.attributes ->> 'kind' AS kind,
-               t.generation_low AS generation_from, t.generation_high AS generation_to, t.geom
+               left(t.code, 6) AS county_code, t.generation_low AS generation_from,
+               t.generation_high AS generation_to, t.geom
         """ + AT.format(a="t", layer="town") + """ AND (:town IS NULL OR t.code = :town)
+          AND (:county IS NULL OR left(t.code, 6) = :county)
     """,
     "communities": """
         SELECT c.code, c.name, c.attributes ->> 'kind' AS kind, (c.attributes ->> 'no_litigation')::boolean
@@ -26,12 +36,14 @@ LIST_SQL = {
                c.generation_high AS generation_to, c.geom
         """ + AT.format(a="c", layer="community") + """
           AND (:town IS NULL OR c.parent_code = :town) AND (:community IS NULL OR c.code = :community)
+          AND (:county IS NULL OR left(c.code, 6) = :county)
     """,
     "grids": """
         SELECT g.code, g.name, g.parent_code AS community_code, left(g.parent_code, 9) AS town_code,
                g.generation_low AS generation_from, g.generation_high AS generation_to, g.geom
         """ + AT.format(a="g", layer="grid") + """
           AND (:town IS NULL OR left(g.parent_code, 9) = :town) AND (:community IS NULL OR g.parent_code = :community)
+          AND (:county IS NULL OR left(g.code, 6) = :county)
     """,
     "compounds": """
         SELECT k.code, k.name, k.parent_code AS grid_code, k.generation_low AS generation_from,
@@ -39,6 +51,7 @@ LIST_SQL = {
         """ + AT.format(a="k", layer="compound") + """
           AND (:town IS NULL OR left(k.parent_code, 9) = :town)
           AND (:community IS NULL OR left(k.parent_code, 12) = :community)
+          AND (:county IS NULL OR left(k.parent_code, 6) = :county)
     """,
 }
 PLAIN = "SELECT coalesce(json_agg(to_jsonb(r) - 'geom' ORDER BY r.code), '[]') FROM ({query}) AS r"
@@ -50,6 +63,7 @@ SELECT json_build_object('type', 'FeatureCollection', 'features', coalesce(json_
 FROM ({query}) AS r
 """
 EXISTS_SQL = {
+    "county": text("SELECT 1 FROM county WHERE code = :code"),
     "town": text("SELECT 1 " + AT.format(a="v", layer="town") + " AND v.code = :code"),
     "community": text("SELECT 1 " + AT.format(a="v", layer="community") + " AND v.code = :code"),
 }
@@ -87,18 +101,20 @@ def _in_generation(generation: int | None) -> str:
 
 def _check_exists(session: Session, kind: str, code: str | None, generation: int | None) -> None:
     if code is not None and session.execute(EXISTS_SQL[kind], {"code": code, "generation": generation}).first() is None:
-        raise NotFound(f"{kind} {code!r} does not exist{_in_generation(generation)}")
+        raise NotFound(f"{kind} {code!r} does not exist{_in_generation(generation) if kind != 'county' else ''}")
 
 
-def list_areas(session: Session, level: str, *, town: str | None = None, community: str | None = None,
-               geometry: bool = False, as_of: str | None = None):
+def list_areas(session: Session, level: str, *, county: str | None = None, town: str | None = None,
+               community: str | None = None, geometry: bool = False, as_of: str | None = None):
     """Codes and names of one level (a JSON list), or a GeoJSON FeatureCollection with geometry;
     of the current generation or the one valid `as_of` a date or time."""
     generation = generations.resolve(session, as_of)
+    _check_exists(session, "county", county, None)
     _check_exists(session, "town", town, generation)
     _check_exists(session, "community", community, generation)
     statement = text((GEOJSON if geometry else PLAIN).format(query=LIST_SQL[level]))
-    return session.execute(statement, {"town": town, "community": community, "generation": generation}).scalar_one()
+    return session.execute(statement, {"county": county, "town": town, "community": community,
+                                       "generation": generation}).scalar_one()
 
 
 def grid_feature(session: Session, code: str, metric_srid: int, as_of: str | None = None) -> dict:

@@ -381,6 +381,8 @@ def _format_answer(answer: dict) -> str:
              + ("" if given["crs"] in ("wgs84", "cgcs2000") else
                 f"; from {given['crs']} {given['lon']}, {given['lat']}") + ")"]
     town, community, grid = answer["town"], answer["community"], answer["grid"]
+    lines.append("county     " + " / ".join(f"{answer[level]['code']} {answer[level]['name'] or '-'}"
+                                            for level in ("province", "city", "county")))
     lines.append(f"town       {town['code']} {town['name']}")
     flags = community["kind"] + (", 无讼社区 no-litigation" if community["no_litigation"] else "")
     lines.append(f"community  {community['code']} {community['name']} ({flags})")

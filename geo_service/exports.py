@@ -48,6 +48,8 @@ SHAPEFILE_NAMES = {
 
 # Raw SQL: each layer's columns, flat and export-ready (codes rather than internal ids).
 LAYERS = {
+    "counties": (roles.EVERYONE, "SELECT code, name, left(code, 4) AS city_code, city_name, left(code, 2) AS "
+                                 "province_code, province_name, geom FROM county ORDER BY code"),
     "towns": (roles.EVERYONE, "SELECT code, name, name_en, kind, geom FROM town ORDER BY code"),
     "communities": (roles.EVERYONE, "SELECT c.code, c.name, c.kind, c.no_litigation, t.code AS town_code, c.geom "
                          "FROM community c JOIN town t ON t.id = c.town_id ORDER BY c.code"),

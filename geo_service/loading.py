@@ -2,13 +2,17 @@
 
 A dataset is a directory of layers, one file each, named by layer:
 
-    county, towns, communities, grids, compounds, stations   .geojson | .gpkg | .shp | .fgb
+    counties (or county), towns, communities, grids,          .geojson | .gpkg | .shp | .fgb
+    compounds, stations                                        | .parquet (GeoParquet)
     door_plates, incidents                                  .csv (lon, lat columns) or a geo file
     grid_workers, police_officers, grid_assignments          .csv
     departments, building_leaders, npc_deputies,             .csv
     legal_advisers, mediators
 
-towns, communities and grids are required; every other layer is optional. Geo files may be
+towns, communities and grids are required; every other layer is optional. The hierarchy above
+the town follows GB/T 2260: a town belongs to the county whose 6-digit code starts its 9-digit
+code (a county's city and province are its first 4 and 2 digits). `counties` holds any number of
+counties; `county`, the one-county file of the first datasets, is read as the same layer. Geo files may be
 in any CRS pyproj can transform, GCJ-02/BD-09 lon/lat when declared, with shapefile text in
 GBK or GB18030: `geo_service.sources` reads them into lon/lat EPSG:4326 and notes what it
 did. On request slivers and gaps up to a limit are repaired first (`geo_service.repair`).
@@ -47,8 +51,8 @@ from geo_service.repair import SINGULAR, repair_slivers, sliver_area_m2, write_r
 
 Progress = Callable[[str], None]
 
-GEO_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb")
-AREA_LAYERS = ("county", "towns", "communities", "grids", "compounds")
+GEO_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".parquet")
+AREA_LAYERS = ("counties", "towns", "communities", "grids", "compounds")
 REQUIRED_LAYERS = ("towns", "communities", "grids")
 
 # Shapefile field names stop at 10 characters; these short forms are read as the long ones.
@@ -64,7 +68,8 @@ SHAPEFILE_ALIASES = {
 }
 
 COLUMNS = {
-    "county": ("code", "name"),
+    "counties": ("code", "name"),
+    "county": ("code", "name"),  # read as "counties"
     "towns": ("code", "name", "kind"),
     "communities": ("code", "name", "kind", "town_code"),
     "grids": ("code", "name", "community_code"),
@@ -82,6 +87,8 @@ COLUMNS = {
     "incidents": ("external_id", "category", "description", "reported_at", "reporter_kind"),
 }
 OPTIONAL_COLUMNS = {
+    "counties": ("city_name", "province_name"),
+    "county": ("city_name", "province_name"),
     "towns": ("name_en", "seat_lon", "seat_lat"),
     "communities": ("no_litigation",),
     "stations": ("community_code", "address"),
@@ -98,7 +105,7 @@ OPTIONAL_COLUMNS = {
 }
 
 CODE_PATTERNS = {
-    "county": r"^[0-9]{6}$",
+    "counties": r"^[0-9]{6}$",
     "towns": r"^[0-9]{9}$",
     "communities": r"^[0-9]{12}$",
     "grids": r"^[0-9]{15}$",
@@ -113,6 +120,7 @@ CAST_LAYERS = ("building_leaders", "npc_deputies", "legal_advisers", "mediators"
 DEPUTY_LEVELS = ("county", "town")  # the npc_deputy_level check of migration 0010
 MAX_PHONE_CHARS = 20  # the phone columns' width
 PARENT = {  # layer -> (parent layer, column holding the parent's code)
+    "towns": ("counties", "county_code"),  # county_code: the town code's first 6 digits (read_dataset)
     "communities": ("towns", "town_code"),
     "grids": ("communities", "community_code"),
     "compounds": ("grids", "grid_code"),
@@ -261,6 +269,13 @@ def read_dataset(directory: Path, progress: Progress = print, *, source_crs: str
         dataset.layers[layer] = frame
         progress(f"read {layer}: {len(frame):,} rows from {path.name} "
                  f"({time.perf_counter() - started:.1f} s)")
+    if "county" in dataset:
+        if "counties" in dataset:
+            problems.append(Problem("counties", "two county layers", f"{directory} has both a county and a "
+                                    "counties file; counties holds every county: remove the county file"))
+        dataset.layers["counties"] = dataset.layers.pop("county")
+    if "towns" in dataset:
+        dataset["towns"]["county_code"] = dataset["towns"]["code"].str[:6]
     return dataset, problems
 
 
@@ -299,7 +314,10 @@ def _check_parents(dataset: Dataset, problems: list[Problem]) -> None:
             continue
         frame, known = dataset[layer], set(dataset[parent]["code"])
         for code, parent_code in zip(frame["code"], frame[column]):
-            if parent_code not in known:
+            if parent_code not in known and layer == "towns":
+                problems.append(Problem(layer, "unknown county", f"the code's first 6 digits name county "
+                                        f"{parent_code!r}, which is not in counties", code=code))
+            elif parent_code not in known:
                 problems.append(Problem(layer, f"unknown {column}", f"{column} {parent_code!r} is not "
                                         f"in {parent}", code=code))
             elif layer in ("communities", "grids") and not code.startswith(parent_code):
@@ -542,54 +560,90 @@ class _Slivers:
                                         related_codes=(*related, *touching), geometry=part))
 
 
+# m² in a square degree on the equator (WGS 84's semi-major axis); at latitude φ about cos φ of it.
+# Only used to pick the few places worth measuring: the areas reported are measured in metres.
+M2_PER_SQUARE_DEGREE = (6_378_137 * np.pi / 180) ** 2
+TILING_LEVELS = (("towns", "counties", "county_code"), ("communities", "towns", "town_code"),
+                 ("grids", "communities", "community_code"))
+NESTING_LEVELS = (*TILING_LEVELS, ("compounds", "grids", "grid_code"))
+NESTING_COLUMN = {child: column for child, _, column in NESTING_LEVELS}
+
+
+def _rough_m2(geoms) -> np.ndarray:
+    """Areas of lon/lat geometries in m², to a few per cent (planar degrees times the cosine of
+    the latitude): enough to tell a sliver worth measuring from rounding noise."""
+    bounds = shapely.bounds(geoms)  # NaN for empty geometries
+    lat = np.nan_to_num((bounds[:, 1] + bounds[:, 3]) / 2)
+    return shapely.area(geoms) * M2_PER_SQUARE_DEGREE * np.cos(np.radians(lat))
+
+
 def _check_coverage(dataset: Dataset, problems: list[Problem], tolerance_m2: float, metric_crs: str) -> None:
-    """Sibling areas must not overlap; children must lie in and fill their parent."""
+    """Sibling areas must not overlap; children must lie in and fill their parent.
+
+    Set-based, so that 100,000 grids take seconds: each check runs as one vectorised predicate
+    or sum over the whole layer (shapely 2 on arrays), and only the few areas it flags are cut
+    and measured in metres. Neighbours that merely share an edge are told apart from
+    overlapping ones by `touches`; a parent's gap is its area less its children's (exact when
+    they neither overlap nor stick out, so the parents with such children are measured too)."""
     slivers = _Slivers(metric_crs)
+    worth = tolerance_m2 / 2  # rough areas err by a few per cent: measure anything near the tolerance
     geoms = {layer: dataset[layer].geometry.values for layer in AREA_LAYERS if layer in dataset}
-    for layer in ("towns", "communities", "grids"):
+    flagged: dict[str, set[str]] = {}  # layer -> codes with an overlap or reaching outside their parent
+    for layer in ("counties", "towns", "communities", "grids"):
         if layer not in geoms:
             continue
-        codes = dataset[layer]["code"].to_numpy()
-        left, right = shapely.STRtree(geoms[layer]).query(geoms[layer], predicate="intersects")
-        pairs = left < right
-        for i, j in zip(left[pairs], right[pairs]):
-            overlap = shapely.intersection(geoms[layer][i], geoms[layer][j])
+        codes, layer_geoms = dataset[layer]["code"].to_numpy(), geoms[layer]
+        left, right = shapely.STRtree(layer_geoms).query(layer_geoms, predicate="intersects")
+        keep = left < right
+        left, right = left[keep], right[keep]
+        inside = ~shapely.touches(layer_geoms[left], layer_geoms[right])
+        left, right = left[inside], right[inside]
+        overlaps = shapely.intersection(layer_geoms[left], layer_geoms[right])
+        big = _rough_m2(overlaps) > worth
+        for i, j, overlap in zip(left[big], right[big], overlaps[big]):
+            flagged.setdefault(layer, set()).update((codes[i], codes[j]))
             slivers.report(problems, overlap, tolerance_m2, layer=layer, kind="overlap",
                            message=f"overlaps {codes[j]}", code=codes[i], related=(codes[j],))
-    levels = [("towns", "county", None), ("communities", "towns", "town_code"),
-              ("grids", "communities", "community_code")]
-    for child, parent, column in levels:
+    outside: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+    for child, parent, column in NESTING_LEVELS:
         if child not in geoms or parent not in geoms:
             continue
-        for parent_code, parent_geom in zip(dataset[parent]["code"], geoms[parent]):
-            mask = slice(None) if column is None else (dataset[child][column] == parent_code).to_numpy()
-            gap = shapely.difference(parent_geom, shapely.union_all(geoms[child][mask]))
+        parent_geoms = geoms[parent]
+        shapely.prepare(parent_geoms)
+        position = pd.Index(dataset[parent]["code"]).get_indexer(dataset[child][column])
+        known = np.flatnonzero(position >= 0)  # unknown parents are reported by _check_parents
+        covered = shapely.covers(parent_geoms[position[known]], geoms[child][known])
+        suspects = known[~covered]
+        cut = shapely.difference(geoms[child][suspects], parent_geoms[position[suspects]])
+        big = _rough_m2(cut) > worth
+        outside.append((child, parent, suspects[big], cut[big]))
+        flagged.setdefault(child, set()).update(dataset[child]["code"].to_numpy()[suspects[big]])
+    for child, parent, column in TILING_LEVELS:
+        if child not in geoms or parent not in geoms:
+            continue
+        frame, parent_codes = dataset[child], dataset[parent]["code"]
+        children_area = pd.Series(shapely.area(geoms[child])).groupby(frame[column].to_numpy()).sum()
+        uncovered = shapely.area(geoms[parent]) - children_area.reindex(parent_codes).fillna(0.0).to_numpy()
+        uncovered_m2 = uncovered * _rough_m2(geoms[parent]) / np.maximum(shapely.area(geoms[parent]), 1e-300)
+        suspicious = set(frame.loc[frame["code"].isin(flagged.get(child, ())), column])
+        for p in np.flatnonzero((uncovered_m2 > worth) | parent_codes.isin(suspicious).to_numpy()):
+            parent_code = parent_codes.iloc[p]
+            mask = (frame[column] == parent_code).to_numpy()
+            gap = shapely.difference(geoms[parent][p], shapely.union_all(geoms[child][mask]))
             slivers.report(problems, gap, tolerance_m2, layer=child, kind="gap", code=parent_code,
                            message=f"part of {SINGULAR[parent]} {parent_code} is covered by none of its {child}",
-                           neighbours=(geoms[child][mask], dataset[child]["code"].to_numpy()[mask]))
-    containment = [("towns", "county", None), ("communities", "towns", "town_code"),
-                   ("grids", "communities", "community_code"), ("compounds", "grids", "grid_code")]
-    for child, parent, column in containment:
-        if child not in geoms or parent not in geoms:
-            continue
-        if column is None:
-            parents = {None: shapely.union_all(geoms[parent])}
-            parent_codes = [None] * len(dataset[child])
-        else:
-            parents = dict(zip(dataset[parent]["code"], geoms[parent]))
-            parent_codes = dataset[child][column]
-        for code, parent_code, geom in zip(dataset[child]["code"], parent_codes, geoms[child]):
-            if parent_code not in parents:
-                continue
-            where = SINGULAR[parent] + (f" {parent_code}" if parent_code else " outline")
-            slivers.report(problems, shapely.difference(geom, parents[parent_code]), tolerance_m2,
-                           layer=child, kind=f"outside its {SINGULAR[parent]}", code=code,
-                           message=f"reaches outside {where}", related=(parent_code,) if parent_code else ())
+                           neighbours=(geoms[child][mask], frame["code"].to_numpy()[mask]))
+    for child, parent, indices, cuts in outside:
+        codes, parent_codes = dataset[child]["code"].to_numpy(), dataset[child][NESTING_COLUMN[child]].to_numpy()
+        for i, cut in zip(indices, cuts):
+            slivers.report(problems, cut, tolerance_m2, layer=child, kind=f"outside its {SINGULAR[parent]}",
+                           code=codes[i], message=f"reaches outside {SINGULAR[parent]} {parent_codes[i]}",
+                           related=(parent_codes[i],))
 
 
 def _coverage_geometry(dataset: Dataset):
-    if "county" in dataset:
-        return shapely.union_all(dataset["county"].geometry.values)
+    if "counties" in dataset:
+        return shapely.union_all(dataset["counties"].geometry.values)
     return shapely.union_all(dataset["towns"].geometry.values)
 
 
@@ -708,14 +762,18 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
         progress(f"wrote {layer}: {c.inserted:,} new, {c.updated:,} changed, {c.unchanged:,} unchanged "
                  f"({time.perf_counter() - started:.1f} s)")
 
-    if "county" in dataset:
-        frame = dataset["county"]
-        step("county", "county", [dict(code=r.code, name=r.name, geom=g) for r, g in
-                                  zip(frame.itertuples(), _ewkt(frame.geometry.values, True))])
+    if "counties" in dataset:
+        frame = dataset["counties"]
+        step("counties", "county", [dict(code=r.code, name=r.name, city_name=r.city_name or None,
+                                         province_name=r.province_name or None, geom=g)
+                                    for r, g in zip(frame.itertuples(), _ewkt(frame.geometry.values, True))])
+    # A dataset without counties keeps the towns in the counties already loaded, if any.
+    county_ids = _codes_to_ids(session, t["county"])
     frame = dataset["towns"]
     seats = [f"SRID=4326;POINT({lon} {lat})" if lon and lat else None
              for lon, lat in zip(frame["seat_lon"], frame["seat_lat"])]
-    step("towns", "town", [dict(code=r.code, name=r.name, name_en=r.name_en or None, kind=r.kind, seat=s, geom=g)
+    step("towns", "town", [dict(code=r.code, name=r.name, name_en=r.name_en or None, kind=r.kind, seat=s,
+                                county_id=county_ids.get(r.county_code), geom=g)
                            for r, s, g in zip(frame.itertuples(), seats, _ewkt(frame.geometry.values, True))])
     town_ids = _codes_to_ids(session, t["town"])
     frame = dataset["communities"]
@@ -773,7 +831,7 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
                          ("police_officers", "police_officer"), ("grid_workers", "grid_worker"),
                          ("door_plates", "door_plate"), ("stations", "station"), ("compounds", "compound"),
                          ("grids", "grid"), ("communities", "community"), ("towns", "town"),
-                         ("county", "county")]:
+                         ("counties", "county")]:
         if layer in dataset:
             _delete_missing(session, t[table], "code", dataset[layer]["code"].tolist(), changes[layer])
     # Areas or plates changed: each plate's town follows the ownership rule again.

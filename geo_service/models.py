@@ -89,8 +89,10 @@ class County(Base):
                       *valid_area("county"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    code: Mapped[str] = mapped_column(String(6), unique=True)
+    code: Mapped[str] = mapped_column(String(6), unique=True)  # its city's code is code[:4], province's code[:2]
     name: Mapped[str] = mapped_column(Text)
+    city_name: Mapped[str | None] = mapped_column(Text)
+    province_name: Mapped[str | None] = mapped_column(Text)
     geom = area_geom()
 
 
@@ -108,6 +110,8 @@ class Town(Base):
     name_en: Mapped[str | None] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(Text)
     seat = mapped_column(Geometry("POINT", srid=SRID, spatial_index=False))
+    # NULL when the dataset has no county layer; else the county whose code is code[:6].
+    county_id: Mapped[int | None] = mapped_column(ForeignKey("county.id", ondelete="RESTRICT"), index=True)
     geom = area_geom()
 
 

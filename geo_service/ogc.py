@@ -105,8 +105,12 @@ class Collection:
 AREA = {"code": "string", "name": "string"}
 VERSIONED = {"generation_from": "integer", "generation_to": "integer"}
 COLLECTIONS = {
-    "towns": Collection("镇街 Towns", "The subdistrict and 9 towns of Heshan.", "code", "geometry-multipolygon",
-                        {**AREA, "name_en": "string", "kind": "string", **VERSIONED}),
+    "counties": Collection("县(市、区) Counties", "County-level divisions with their city and province (GB/T 2260).",
+                           "code", "geometry-multipolygon",
+                           {**AREA, "city_code": "string", "city_name": "string", "province_code": "string",
+                            "province_name": "string", "towns": "integer"}),
+    "towns": Collection("镇街 Towns", "Subdistricts and towns.", "code", "geometry-multipolygon",
+                        {**AREA, "name_en": "string", "kind": "string", "county_code": "string", **VERSIONED}),
     "communities": Collection("村(社区) Communities", "Villages and urban communities.", "code",
                               "geometry-multipolygon", {**AREA, "kind": "string", "no_litigation": "boolean",
                                                         "town_code": "string", **VERSIONED}),
@@ -172,7 +176,7 @@ def _source(collection_id: str, current: bool) -> str:
 
 def _visible(identity) -> dict:
     """Parameters of a collection's query: no filters, within what the caller may see."""
-    return {**incidents.IncidentFilter().params(identity), "town": None, "community": None}
+    return {**incidents.IncidentFilter().params(identity), "county": None, "town": None, "community": None}
 
 
 def landing(base: str) -> dict:

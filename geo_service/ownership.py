@@ -91,7 +91,7 @@ def owner_in_db(session: Session, lon: float, lat: float) -> DbOwner | None:
 
 GRIDS_SQL = text("""
 SELECT g.id, g.code, g.name, ST_AsBinary(g.geom) AS wkb, a.community_code, a.community_name, a.community_kind,
-       a.no_litigation, a.town_code, a.town_name, a.town_kind
+       a.no_litigation, a.town_code, a.town_name, a.town_kind, a.county_name, a.city_name, a.province_name
 FROM grid AS g JOIN grid_area AS a ON a.grid_id = g.id
 ORDER BY g.code
 """)
@@ -102,9 +102,11 @@ GRIDS_AT_SQL = text("""
 WITH v AS (SELECT * FROM area_version AS v WHERE """ + generations.VALID_AT + """)
 SELECT g.id, g.code, g.name, ST_AsBinary(g.geom) AS wkb, c.code AS community_code, c.name AS community_name,
        c.attributes ->> 'kind' AS community_kind, (c.attributes ->> 'no_litigation')::boolean AS no_litigation,
-       t.code AS town_code, t.name AS town_name, t.attributes ->> 'kind' AS town_kind
+       t.code AS town_code, t.name AS town_name, t.attributes ->> 'kind' AS town_kind,
+       k.name AS county_name, k.city_name, k.province_name
 FROM v AS g JOIN v AS c ON c.layer = 'community' AND c.code = g.parent_code
 JOIN v AS t ON t.layer = 'town' AND t.code = c.parent_code
+LEFT JOIN county AS k ON k.code = left(t.code, 6)  -- counties are not versioned: today's names
 WHERE g.layer = 'grid'
 ORDER BY g.code
 """)
@@ -144,6 +146,14 @@ WHERE compound_code IS NOT NULL ORDER BY compound_code, building IS NOT NULL, co
 """)
 MEDIATORS_SQL = text("SELECT station_code, code, name, role, phone FROM mediator ORDER BY code")
 TEAM_ORDER = ("judge", "mediator", "judge_assistant", "clerk")  # models.MEDIATOR_ROLES, as a team is listed
+
+
+def _regions(regions: dict[tuple, dict], row) -> dict[str, dict]:
+    """The county, city and province of a grid's row, from the GB/T 2260 code of its town."""
+    town = row["town_code"]
+    levels = (("county", 6, row["county_name"]), ("city", 4, row["city_name"]), ("province", 2, row["province_name"]))
+    return {level: regions.setdefault((level, town[:digits], name), {"code": town[:digits], "name": name})
+            for level, digits, name in levels}
 
 
 def local_today() -> dt.date:
@@ -218,6 +228,7 @@ class OwnershipIndex:
         disputes = [s for s in stations if s["kind"] == "dispute_resolution"]
         cast = _Cast.read(session)
 
+        regions: dict[tuple, dict] = {}  # one dict per county, city and province, shared by their grids
         grids = []
         for i, row in enumerate(grid_rows):
             people = sorted(workers[i].values(), key=_worker_order)
@@ -225,6 +236,7 @@ class OwnershipIndex:
                 person["roles"].sort(key=ROLE_ORDER.index)
             center = centers.get(row["town_code"])
             grids.append({
+                **_regions(regions, row),
                 "town": {"code": row["town_code"], "name": row["town_name"], "kind": row["town_kind"]},
                 "community": {"code": row["community_code"], "name": row["community_name"],
                               "kind": row["community_kind"], "no_litigation": row["no_litigation"]},

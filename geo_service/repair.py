@@ -37,12 +37,12 @@ from shapely.geometry import MultiPolygon
 from geo_service import geometry
 from geo_service.errors import Problem
 
-SINGULAR = {"county": "county", "towns": "town", "communities": "community", "grids": "grid",
+SINGULAR = {"counties": "county", "towns": "town", "communities": "community", "grids": "grid",
             "compounds": "compound"}
 # (child layer, parent layer, column holding the parent's code or None for one parent of all,
 #  whether the children tile their parent, so that overlaps and gaps between them are repaired)
 LEVELS = (
-    ("towns", "county", None, True),
+    ("towns", "counties", "county_code", True),
     ("communities", "towns", "town_code", True),
     ("grids", "communities", "community_code", True),
     ("compounds", "grids", "grid_code", False),

@@ -51,6 +51,8 @@ DEFAULT_REFERENCE_DATE = date(2026, 11, 28)
 
 COUNTY_CODE = "440784"
 COUNTY_NAME = "鹤山市"
+CITY_NAME = "江门市"  # 4407
+PROVINCE_NAME = "广东省"  # 44
 TARGET_AREA_M2 = 1_082.73e6
 METRIC_CRS = "EPSG:4547"
 # The outline is kept inside this lon/lat box (the county lies within about 112.45-113.10 E,
@@ -1844,7 +1846,8 @@ def _write_all(out, seed, reference_date, a: _Areas, compounds, clusters, plates
 def _write_polygon_layers(out, a: _Areas, compounds):
     """county, towns, communities, grids and compounds (.geojson), each sorted by code."""
     counts = {}
-    _write_geojson(out / "county.geojson", [{"code": COUNTY_CODE, "name": COUNTY_NAME}],
+    _write_geojson(out / "county.geojson", [{"code": COUNTY_CODE, "name": COUNTY_NAME, "city_name": CITY_NAME,
+                                                   "province_name": PROVINCE_NAME}],
                    [_multi(a.county)])
     counts["county"] = 1
 

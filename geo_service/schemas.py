@@ -72,7 +72,19 @@ class GridWorkerCounts(BaseModel):
     riders: int = Field(description="Part-time workers from the 骑行侠·码上帮 rider platform.")
 
 
+class CountyCounts(BaseModel):
+    code: str = Field(description="The county's 6-digit GB/T 2260 code.")
+    name: str | None = Field(description="Null for towns whose county is not in the county layer.")
+    towns: int
+    communities: int
+    grids: int
+    door_plates: int
+    incidents: int = Field(description="Incidents reported in the county's towns, merged duplicates counted once.")
+
+
 class StatsRead(BaseModel):
+    counties: int = Field(description="Counties (county-level divisions) loaded.")
+    by_county: list[CountyCounts] = Field(description="The main counts per county, by code.")
     towns: int
     communities: int
     grids: int
@@ -92,6 +104,12 @@ class StatsRead(BaseModel):
 class AreaRef(BaseModel):
     code: str = Field(description="Area code (grid: 15 digits).")
     name: str
+
+
+class RegionRef(BaseModel):
+    code: str = Field(description="GB/T 2260 code: county 6 digits, city 4, province 2 (the first digits of "
+                      "the town's code).")
+    name: str | None = Field(description="Null when the dataset names no county (or city, province) for the code.")
 
 
 class TownRef(AreaRef):
@@ -199,6 +217,9 @@ class PointUsed(BaseModel):
 class LookupRead(BaseModel):
     point: PointUsed
     generation: int | None = Field(description="The boundary generation answered (GET /api/v1/generations).")
+    province: RegionRef
+    city: RegionRef = Field(description="The prefecture-level city (地级市).")
+    county: RegionRef = Field(description="The county-level division (县级市, 县, 区).")
     town: TownRef
     community: CommunityRef
     grid: AreaRef
@@ -565,8 +586,17 @@ class Versioned(BaseModel):
     generation_to: int | None = Field(description="The last one; null while it is current.")
 
 
+class CountyRead(AreaRef):
+    city_code: str = Field(description="The city's 4 digits (the county code's first 4).")
+    city_name: str | None
+    province_code: str = Field(description="The province's 2 digits.")
+    province_name: str | None
+    towns: int = Field(description="Towns and subdistricts in the county.")
+
+
 class TownRead(TownRef, Versioned):
     name_en: str | None = Field(description="English name.")
+    county_code: str = Field(description="The county's 6-digit code (the town code's first 6).")
 
 
 class CommunityRead(CommunityRef, Versioned):
@@ -576,6 +606,10 @@ class CommunityRead(CommunityRef, Versioned):
 class GridRead(AreaRef, Versioned):
     community_code: str = Field(description="The community's 12-digit code.")
     town_code: str = Field(description="The town's 9-digit code.")
+
+
+class CountyCollection(FeatureCollection[Feature[CountyRead]]):
+    """Counties with their outlines (`geometry=true`)."""
 
 
 class TownCollection(FeatureCollection[Feature[TownRead]]):
@@ -1213,3 +1247,26 @@ class CoverageRead(BaseModel):
     visited: int = Field(description="Of those, visited at least once in the month.")
     coverage: float | None = Field(description="visited / door_plates; null without door plates.")
     check_ins: int = Field(description="Check-ins in the grid in the month.")
+
+
+class TileVectorLayer(BaseModel):
+    id: str = Field(description="The layer's name inside each tile.")
+    description: str
+    minzoom: int
+    maxzoom: int
+    fields: dict[str, str] = Field(description="Attribute name -> what it holds.")
+
+
+class TileJSON(BaseModel):
+    """TileJSON 3.0.0 of a vector tile layer (geo_service/tiles.py), for MapLibre, QGIS and GDAL."""
+
+    tilejson: Literal["3.0.0"]
+    name: str
+    description: str
+    scheme: Literal["xyz"]
+    tiles: list[str] = Field(description="The tile URL template.")
+    minzoom: int = Field(description="Below it the layer's tiles are empty.")
+    maxzoom: int
+    bounds: list[float] = Field(description="west, south, east, north: the caller's towns (or the cells).")
+    center: list[float] = Field(description="lon, lat, zoom.")
+    vector_layers: list[TileVectorLayer]

@@ -11,6 +11,7 @@ from geo_service import incidents
 # One round trip for a dozen counts; the ORM would issue one query per count.
 COUNTS_SQL = text("""
 SELECT
+  (SELECT count(*) FROM county) AS counties,
   (SELECT count(*) FROM town) AS towns,
   (SELECT count(*) FROM community) AS communities,
   (SELECT count(*) FROM grid) AS grids,
@@ -33,9 +34,30 @@ SELECT
 """)
 
 
+# Per county by the GB/T 2260 code each row carries (a town's first 6 digits), so that towns of
+# a county missing from the county layer still show up, under their code with no name.
+BY_COUNTY_SQL = text("""
+WITH towns AS (SELECT left(code, 6) AS county, count(*) AS n FROM town GROUP BY 1),
+communities AS (SELECT left(code, 6) AS county, count(*) AS n FROM community GROUP BY 1),
+grids AS (SELECT left(code, 6) AS county, count(*) AS n FROM grid GROUP BY 1),
+plates AS (SELECT left(town_code, 6) AS county, count(*) AS n FROM door_plate WHERE town_code IS NOT NULL GROUP BY 1),
+incidents AS (SELECT left(i.town_code, 6) AS county, count(*) AS n FROM incident AS i
+              WHERE i.town_code IS NOT NULL AND """ + incidents.COUNTED_SQL + """ GROUP BY 1),
+codes AS (SELECT code AS county FROM county UNION SELECT county FROM towns)
+SELECT c.county AS code, k.name, coalesce(t.n, 0) AS towns, coalesce(m.n, 0) AS communities,
+       coalesce(g.n, 0) AS grids, coalesce(p.n, 0) AS door_plates, coalesce(i.n, 0) AS incidents
+FROM codes AS c LEFT JOIN county AS k ON k.code = c.county
+LEFT JOIN towns AS t USING (county) LEFT JOIN communities AS m USING (county) LEFT JOIN grids AS g USING (county)
+LEFT JOIN plates AS p USING (county) LEFT JOIN incidents AS i USING (county)
+ORDER BY c.county
+""")
+
+
 def counts(session: Session) -> dict:
     row = session.execute(COUNTS_SQL).mappings().one()
     return {
+        "counties": row["counties"],
+        "by_county": [dict(r) for r in session.execute(BY_COUNTY_SQL).mappings()],
         "towns": row["towns"],
         "communities": row["communities"],
         "grids": row["grids"],

@@ -50,6 +50,7 @@ EXAMPLES = {
     ("GET", "/api/v1/door-plates/{code}"): {"path": f"/api/v1/door-plates/{PLATE}"},
     ("GET", "/api/v1/grids/{code}/owners"): {"path": f"/api/v1/grids/{G111}/owners"},
     ("POST", "/api/v1/lookup/batch"): {"json": {"points": [[112.903, 22.703]]}},
+    ("GET", "/api/v1/counties"): {},
     ("GET", "/api/v1/towns"): {},
     ("GET", "/api/v1/communities"): {},
     ("GET", "/api/v1/grids"): {},

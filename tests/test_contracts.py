@@ -236,6 +236,8 @@ def test_every_route_answers_its_contract(key, tiny_db, session):
 # route's declared union, or the model of the status in `responses`. `role` is the caller
 # (every role's answer must keep the contract: the roles that see less get nulls, not gaps).
 VARIANTS = [
+    ("GET", "/api/v1/counties", {}, list[schemas.CountyRead]),
+    ("GET", "/api/v1/counties", {"params": {"geometry": "true"}}, schemas.CountyCollection),
     ("GET", "/api/v1/towns", {}, list[schemas.TownRead]),
     ("GET", "/api/v1/towns", {"params": {"geometry": "true"}}, schemas.TownCollection),
     ("GET", "/api/v1/communities", {"params": {"town": "440784901"}}, list[schemas.CommunityRead]),

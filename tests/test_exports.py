@@ -136,8 +136,8 @@ def test_ogc_landing_conformance_collections(client):
     assert "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core" in client.get("/ogc/conformance").json()[
         "conformsTo"]
     collections = client.get("/ogc/collections").json()["collections"]
-    assert [c["id"] for c in collections] == ["towns", "communities", "grids", "compounds", "stations", "door_plates",
-                                              "incidents", "hotspots"]
+    assert [c["id"] for c in collections] == ["counties", "towns", "communities", "grids", "compounds", "stations",
+                                              "door_plates", "incidents", "hotspots"]
     grids = next(c for c in collections if c["id"] == "grids")
     assert grids["extent"]["spatial"]["bbox"][0] == pytest.approx([112.90, 22.70, 112.94, 22.74])
     assert "temporal" in next(c for c in collections if c["id"] == "incidents")["extent"]

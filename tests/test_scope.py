@@ -454,6 +454,7 @@ SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
     ("GET", "/api/v1/door-plates/{code}"): probe_door_plate,
     ("GET", "/api/v1/grids/{code}/owners"): probe_grid_owners,
     ("POST", "/api/v1/lookup/batch"): probe_batch,
+    ("GET", "/api/v1/counties"): NONE,
     ("GET", "/api/v1/towns"): NONE,
     ("GET", "/api/v1/communities"): NONE,
     ("GET", "/api/v1/grids"): NONE,

@@ -12,6 +12,8 @@ from geo_service.routes.params import GEOJSON, JSON, AsOf, json_response
 from geo_service.schemas import (
     CommunityCollection,
     CommunityRead,
+    CountyCollection,
+    CountyRead,
     DepartmentContactRead,
     ErrorRead,
     GenerationDiff,
@@ -26,38 +28,51 @@ from geo_service.schemas import (
 
 router = APIRouter(prefix="/api/v1", tags=["areas"], dependencies=[Depends(Allow(*roles.EVERYONE))])
 GEOMETRY_DOC = "Answer a GeoJSON FeatureCollection with the outlines instead of a plain list."
+COUNTY_DOC = "Only areas in this county (6-digit GB/T 2260 code)."
 TOWN_DOC = "Only areas in this town (9-digit code)."
 COMMUNITY_DOC = "Only areas in this community (12-digit code)."
 
 
+@router.get("/counties", response_model=list[CountyRead] | CountyCollection, responses={404: {"model": ErrorRead}})
+def list_counties(session: SessionDep, geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False,
+                  as_of: AsOf = None) -> Response:
+    """Counties (county-level cities, counties, districts) with their city and province, and how many
+    towns each has (in the generation valid `as_of`)."""
+    return json_response(areas.list_areas(session, "counties", geometry=geometry, as_of=as_of),
+                         GEOJSON if geometry else JSON)
+
+
 @router.get("/towns", response_model=list[TownRead] | TownCollection, responses={404: {"model": ErrorRead}})
-def list_towns(session: SessionDep, geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False,
+def list_towns(session: SessionDep, county: Annotated[str | None, Query(description=COUNTY_DOC)] = None,
+               geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False,
                as_of: AsOf = None) -> Response:
-    """Towns and the subdistrict: code, name, kind."""
-    return json_response(areas.list_areas(session, "towns", geometry=geometry, as_of=as_of),
+    """Towns and subdistricts: code, name, kind, county code."""
+    return json_response(areas.list_areas(session, "towns", county=county, geometry=geometry, as_of=as_of),
                          GEOJSON if geometry else JSON)
 
 
 @router.get("/communities", response_model=list[CommunityRead] | CommunityCollection,
             responses={404: {"model": ErrorRead}})
 def list_communities(session: SessionDep,
+                     county: Annotated[str | None, Query(description=COUNTY_DOC)] = None,
                      town: Annotated[str | None, Query(description=TOWN_DOC)] = None,
                      geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False,
                      as_of: AsOf = None) -> Response:
     """Villages and urban communities: code, name, kind, no-litigation flag, town code."""
-    return json_response(areas.list_areas(session, "communities", town=town, geometry=geometry, as_of=as_of),
-                         GEOJSON if geometry else JSON)
+    return json_response(areas.list_areas(session, "communities", county=county, town=town, geometry=geometry,
+                                          as_of=as_of), GEOJSON if geometry else JSON)
 
 
 @router.get("/grids", response_model=list[GridRead] | GridCollection, responses={404: {"model": ErrorRead}})
 def list_grids(session: SessionDep,
+               county: Annotated[str | None, Query(description=COUNTY_DOC)] = None,
                town: Annotated[str | None, Query(description=TOWN_DOC)] = None,
                community: Annotated[str | None, Query(description=COMMUNITY_DOC)] = None,
                geometry: Annotated[bool, Query(description=GEOMETRY_DOC)] = False,
                as_of: AsOf = None) -> Response:
     """Grids: code, name, community and town codes."""
-    return json_response(areas.list_areas(session, "grids", town=town, community=community, geometry=geometry,
-                                          as_of=as_of), GEOJSON if geometry else JSON)
+    return json_response(areas.list_areas(session, "grids", county=county, town=town, community=community,
+                                          geometry=geometry, as_of=as_of), GEOJSON if geometry else JSON)
 
 
 @router.get("/grids/{code}", response_model=GridFeature,
