@@ -39,6 +39,8 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from sqlalchemy import Table, bindparam, delete, func, literal_column, select, text, tuple_
@@ -795,7 +797,8 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
     plates_were_empty = session.scalar(text("SELECT NOT EXISTS (SELECT FROM door_plate)"))
     if "door_plates" in dataset:
         started = time.perf_counter()
-        changes["door_plates"] = _write_door_plates(session, dataset["door_plates"], plates_were_empty, progress)
+        changes["door_plates"] = _write_door_plates(session, dataset["door_plates"], dataset["grids"],
+                                                    plates_were_empty, progress)
         c = changes["door_plates"]
         progress(f"wrote door_plates: {c.inserted:,} new, {c.updated:,} changed, {c.unchanged:,} unchanged "
                  f"({time.perf_counter() - started:.1f} s)")
@@ -828,9 +831,9 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
                          ("counties", "county")]:
         if layer in dataset:
             _delete_missing(session, t[table], "code", dataset[layer]["code"].tolist(), changes[layer])
-    # Areas or plates changed: each plate's town follows the ownership rule again (plates written
-    # into an empty table got theirs from these areas already).
-    if not plates_were_empty:
+    # The areas may have changed: each plate's town follows the ownership rule again (the dataset's
+    # own plates, all that remain when it has some, got theirs from these areas as they were written).
+    if "door_plates" not in dataset and not plates_were_empty:
         started = time.perf_counter()
         session.execute(DOOR_PLATE_TOWNS_SQL)
         progress(f"door plates' towns by the ownership rule ({time.perf_counter() - started:.1f} s)")
@@ -862,29 +865,24 @@ WHERE d.id = own.point_key AND d.town_code IS DISTINCT FROM a.town_code
 """)
 
 
-# Door plates come by the million: COPied raw into a scratch table, then written by one
-# statement that also gives each its town by the ownership rule (as DOOR_PLATE_TOWNS_SQL does).
-PLATE_STAGE_COLUMNS = ("code", "address", "building", "unit", "room", "is_rental", "resident_count", "lon", "lat")
+# Door plates come by the million: each plate's town is found in memory by the ownership rule
+# (the lowest-coded grid covering it; a town's code starts its grids' codes), the rows COPied raw
+# into a scratch table, then written by one statement.
+PLATE_STAGE_COLUMNS = ("code", "address", "building", "unit", "room", "is_rental", "resident_count", "lon", "lat",
+                       "town_code")
 PLATE_STAGE_SQL = """
 DROP TABLE IF EXISTS pg_temp.door_plate_stage;
 CREATE TEMP TABLE door_plate_stage (code text, address text, building text, unit text, room text, is_rental boolean,
-                                    resident_count integer, lon float8, lat float8) ON COMMIT DROP;
+                                    resident_count integer, lon float8, lat float8, town_code text) ON COMMIT DROP;
 """
-# Indexed points let the ownership join walk the grids and find each one's points (see
-# incident_import.STAGE_INDEX_SQL); the point expression below must be this one.
-PLATE_STAGE_INDEX_SQL = "CREATE INDEX ON door_plate_stage USING gist ((ST_SetSRID(ST_MakePoint(lon, lat), 4326)))"
-PLATE_POINT = "ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)"
-PLATE_VALUES = ("address", "building", "unit", "room", "is_rental", "resident_count", "geom")
+PLATE_VALUES = ("address", "building", "unit", "room", "is_rental", "resident_count", "geom", "town_code")
 PLATE_UPSERT_SQL = text("""
-WITH own AS (""" + ownership.OWNERS_SQL.format(points="door_plate_stage AS p", key="p.code", point=PLATE_POINT) + """),
-written AS (
-    INSERT INTO door_plate AS d (code, """ + ", ".join(PLATE_VALUES) + """, town_code)
-    SELECT p.code, p.address, p.building, p.unit, p.room, p.is_rental, p.resident_count, """ + PLATE_POINT + """,
-           a.town_code
-    FROM door_plate_stage AS p LEFT JOIN own ON own.point_key = p.code
-    LEFT JOIN grid_area AS a ON a.grid_id = own.grid_id
-    ON CONFLICT (code) DO UPDATE SET """ + ", ".join(f"{c} = EXCLUDED.{c}" for c in PLATE_VALUES) + """,
-        town_code = EXCLUDED.town_code
+WITH written AS (
+    INSERT INTO door_plate AS d (code, """ + ", ".join(PLATE_VALUES) + """)
+    SELECT p.code, p.address, p.building, p.unit, p.room, p.is_rental, p.resident_count,
+           ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326), p.town_code
+    FROM door_plate_stage AS p
+    ON CONFLICT (code) DO UPDATE SET """ + ", ".join(f"{c} = EXCLUDED.{c}" for c in PLATE_VALUES) + """
     WHERE (""" + ", ".join(f"d.{c}" for c in PLATE_VALUES) + """) IS DISTINCT FROM
           (""" + ", ".join(f"EXCLUDED.{c}" for c in PLATE_VALUES) + """)
     RETURNING xmax = 0 AS inserted
@@ -901,33 +899,49 @@ FROM pg_indexes AS i JOIN pg_index AS x ON x.indexrelid = (quote_ident(i.indexna
 WHERE i.schemaname = current_schema() AND i.tablename = 'door_plate' AND NOT x.indisunique
   AND (SELECT tableowner = current_user FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'door_plate')
 """)
-COPY_CHUNK_ROWS = 500_000
 
 
-def _write_door_plates(session: Session, frame: pd.DataFrame, table_was_empty: bool, progress: Progress) -> LayerChange:
+def owning_towns(grids: gpd.GeoDataFrame, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """The town code of each point by the ownership rule (None where no grid covers it), vectorised:
+    one STRtree query for every point, the lowest grid code kept where several cover it."""
+    order = np.argsort(grids["code"].to_numpy())
+    geoms = grids.geometry.values[order]
+    points, hits = shapely.STRtree(geoms).query(shapely.points(lon, lat), predicate="intersects")
+    best = np.full(len(lon), len(geoms))
+    np.minimum.at(best, points, hits)
+    towns = np.array([code[:9] for code in grids["code"].to_numpy()[order]] + [None], dtype=object)
+    return towns[best]
+
+
+def _write_door_plates(session: Session, frame: pd.DataFrame, grids: gpd.GeoDataFrame, table_was_empty: bool,
+                       progress: Progress) -> LayerChange:
     """Every plate of `frame` inserted or, when it differs, updated; in COPY's speed class."""
-    staged = pd.DataFrame({
+    started = time.perf_counter()
+    lon, lat = shapely.get_x(frame.geometry.values), shapely.get_y(frame.geometry.values)
+    staged = pa.table({
         "code": frame["code"], "address": frame["address"],
         "building": frame["building"].where(frame["building"] != ""),
         "unit": frame["unit"].where(frame["unit"] != ""), "room": frame["room"].where(frame["room"] != ""),
         "is_rental": frame["is_rental"].str.lower().isin(TRUE_WORDS),
         "resident_count": pd.to_numeric(frame["resident_count"].replace("", "0")).astype(int),
-        "lon": shapely.get_x(frame.geometry.values), "lat": shapely.get_y(frame.geometry.values),
-    }, columns=list(PLATE_STAGE_COLUMNS))
+        "lon": lon, "lat": lat, "town_code": owning_towns(grids, lon, lat),
+    })
+    buffer = io.BytesIO()
+    # Empty unquoted fields are NULL (building, unit, room); code and address never are.
+    pyarrow.csv.write_csv(staged, buffer, pyarrow.csv.WriteOptions(include_header=False, quoting_style="needed"))
+    buffer.seek(0)
     connection = session.connection().connection.dbapi_connection
     with connection.cursor() as cursor:
         cursor.execute(PLATE_STAGE_SQL)
-        for start in range(0, len(staged), COPY_CHUNK_ROWS):
-            chunk = io.StringIO(staged.iloc[start:start + COPY_CHUNK_ROWS].to_csv(
-                index=False, header=False, float_format="%.17g"))
-            # Empty unquoted fields are NULL (building, unit, room); code and address never are.
-            cursor.copy_expert("COPY door_plate_stage FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (code, address))",
-                               chunk, size=1 << 20)
-        cursor.execute(PLATE_STAGE_INDEX_SQL)
+        cursor.copy_expert("COPY door_plate_stage FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (code, address))",
+                           buffer, size=1 << 20)
+    progress(f"  door_plate: {len(frame):,} rows placed and copied ({time.perf_counter() - started:.1f} s)")
     dropped = session.execute(PLATE_BULK_INDEXES_SQL).all() if table_was_empty and len(frame) >= BULK_PLATES else []
     for name, _ in dropped:
         session.execute(text(f'DROP INDEX "{name}"'))
+    started = time.perf_counter()
     written = session.execute(PLATE_UPSERT_SQL).one()
+    progress(f"  door_plate: written ({time.perf_counter() - started:.1f} s)")
     for name, definition in dropped:
         started = time.perf_counter()
         session.execute(text(definition))
