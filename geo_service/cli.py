@@ -357,21 +357,55 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
 
 @main.group(cls=_Group)
 def sample() -> None:
-    """The synthetic Heshan sample dataset."""
+    """The synthetic Heshan sample dataset, or a synthetic province of any number of counties."""
 
 
 @sample.command("generate")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              default=PROJECT_ROOT / "gis_data" / "heshan", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory. Default for the Heshan sample: gis_data/heshan; "
+                   "required with --counties/--scale.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the committed sample's).")
-def sample_generate(out: Path, seed: int | None) -> None:
-    """Regenerate the synthetic sample (same seed, same files)."""
-    from geo_service import sample as generator
-
+@click.option("--counties", type=click.IntRange(min=1), default=None,
+              help="Write a synthetic province of N counties instead of the Heshan sample.")
+@click.option("--scale", type=click.Choice(["city", "province"]), default=None,
+              help="A synthetic city (7 counties) or the province (120 counties).")
+@click.option("--format", "fmt", type=click.Choice(["fgb", "parquet"]), default=None,
+              help="With --counties/--scale: areas as FlatGeobuf and points as CSV (fgb, the default), "
+                   "or both as GeoParquet (parquet).")
+@click.option("--force", is_flag=True, help="With --counties/--scale: replace the dataset in a non-empty --out.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="With --counties/--scale: processes building counties (default: one per core, at most 4).")
+def sample_generate(out: Path | None, seed: int | None, counties: int | None, scale: str | None,
+                    fmt: str | None, force: bool, workers: int | None) -> None:
+    """Regenerate the synthetic Heshan sample (same seed, same files), or write a synthetic
+    province with --counties N or --scale city|province (not committed; for benchmarks and tests)."""
     started = time.perf_counter()
-    counts = generator.generate(out, **({} if seed is None else {"seed": seed}), progress=click.echo)
-    click.echo(json.dumps(counts, ensure_ascii=False))
-    click.echo(f"wrote {out} in {time.perf_counter() - started:.1f} s")
+    if counties is None and scale is None:
+        for name, value in (("--format", fmt), ("--force", force or None), ("--workers", workers)):
+            if value is not None:
+                raise click.UsageError(f"{name} applies to a synthetic province (--counties N or --scale); "
+                                       "without them the command regenerates the Heshan sample")
+        from geo_service import sample as generator
+
+        out = out or PROJECT_ROOT / "gis_data" / "heshan"
+        counts = generator.generate(out, **({} if seed is None else {"seed": seed}), progress=click.echo)
+        click.echo(json.dumps(counts, ensure_ascii=False))
+        click.echo(f"wrote {out} in {time.perf_counter() - started:.1f} s")
+        return
+    if counties is not None and scale is not None:
+        raise click.UsageError(f"give --counties or --scale, not both (--counties {counties}, --scale {scale})")
+    if out is None:
+        raise click.UsageError("--out DIR is required with --counties/--scale: a synthetic province is "
+                               "written where you say, never over gis_data/heshan")
+    from geo_service import synthetic
+
+    if scale is not None:
+        counties = synthetic.SCALES[scale]
+    if counties > synthetic.MAX_COUNTIES:
+        raise click.BadParameter(f"{counties} is more than {synthetic.MAX_COUNTIES}", param_hint="--counties")
+    manifest = synthetic.generate(out, counties, **({} if seed is None else {"seed": seed}), fmt=fmt or "fgb",
+                                  force=force, workers=workers, scale=scale, progress=click.echo)
+    click.echo(json.dumps(manifest["counts"], ensure_ascii=False))
 
 
 def _format_answer(answer: dict) -> str:

@@ -17,6 +17,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+from pyarrow import ArrowException
 from pyogrio.errors import DataSourceError
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
@@ -72,6 +73,8 @@ def read_layer(path: Path, layer: str, problems: list[Problem], notes: list[str]
     (reprojection, datum conversion, the encoding of its text) is added to `notes`."""
     if path.suffix.lower() == ".csv":
         return _read_csv(path, layer, problems, notes, source_crs, encoding)
+    if path.suffix.lower() == ".parquet":
+        return _read_parquet(path, layer, problems, notes, source_crs)
     options, origin = {}, "as the format requires"
     if path.suffix.lower() == ".shp":
         chosen = _shapefile_encoding(path, layer, encoding, problems)
@@ -88,6 +91,18 @@ def read_layer(path: Path, layer: str, problems: list[Problem], notes: list[str]
         return None
     if "encoding" in options:
         notes.append(f"{layer}: attributes of {path.name} read as {_label(options['encoding'])} ({origin})")
+    return _to_wgs84(frame, path, layer, problems, notes, source_crs)
+
+
+def _read_parquet(path: Path, layer: str, problems: list[Problem], notes: list[str],
+                  source_crs: str | None) -> pd.DataFrame | None:
+    """A GeoParquet file (pyogrio has no Parquet driver here, so geopandas reads it with pyarrow);
+    its CRS is that of its `geo` metadata, OGC:CRS84 when the metadata names none."""
+    try:
+        frame = gpd.read_parquet(path)
+    except (ValueError, OSError, ArrowException) as exc:  # not Parquet, or Parquet without geo metadata
+        problems.append(Problem(layer, "unreadable file", f"{path.name}: {exc}"))
+        return None
     return _to_wgs84(frame, path, layer, problems, notes, source_crs)
 
 
