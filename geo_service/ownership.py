@@ -37,6 +37,7 @@ import psycopg2
 import shapely
 import shapely.ops
 from pyproj import Geod, Transformer
+from scipy.spatial import cKDTree
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -430,19 +431,37 @@ class CellIndex:
                 for y in range(y0, y1 + 1):
                     grids.setdefault((x, y), []).append(i)  # in index (= code) order
         stations: dict[tuple[int, int], list[int]] = {}
-        if len(station_lon):
-            for x, y in grids:
-                # From any point of the cell a station's distance differs from its distance to the
-                # centre by at most the half diagonal; a station farther than the NEAREST-th by
-                # more than a diagonal can never be among the nearest from inside the cell.
-                size = cls.CELL_DEGREES
-                centre_lon, centre_lat = (x + 0.5) * size, (y + 0.5) * size
-                half_diagonal = geometry.local_distance_one_m(centre_lon, centre_lat, x * size, y * size)
-                distances = geometry.local_distance_m(centre_lon, centre_lat, station_lon, station_lat)
+        if len(station_lon) and grids:
+            keys = list(grids)
+            size = cls.CELL_DEGREES
+            x, y = np.array([k[0] for k in keys], dtype=float), np.array([k[1] for k in keys], dtype=float)
+            centre_lon, centre_lat = (x + 0.5) * size, (y + 0.5) * size
+            # From any point of the cell a station's distance differs from its distance to the
+            # centre by at most the half diagonal; a station farther than the NEAREST-th by
+            # more than a diagonal can never be among the nearest from inside the cell.
+            half_diagonal = geometry.local_distance_m(centre_lon, centre_lat, x * size, y * size)
+            nearest = min(cls.NEAREST, len(station_lon))
+            # A province has thousands of stations and 100,000 cells: a k-d tree on the sphere
+            # finds each cell's candidates (generously: chords err from local distances by < 1 %),
+            # and only those are measured as below.
+            tree = cKDTree(_on_sphere(station_lon, station_lat))
+            centres = _on_sphere(centre_lon, centre_lat)
+            chord, _ = tree.query(centres, k=[nearest])
+            reach = 1.02 * (1.01 * chord[:, 0] + 2 * half_diagonal + 50.0)
+            for i, candidates in enumerate(tree.query_ball_point(centres, reach)):
+                candidates = np.sort(np.asarray(candidates, dtype=np.int64))
+                distances = geometry.local_distance_m(centre_lon[i], centre_lat[i], station_lon[candidates],
+                                                      station_lat[candidates])
                 # 50 m more: the local distance is not exactly a metric (it errs by < 0.01 %).
-                limit = np.sort(distances)[min(cls.NEAREST, len(distances)) - 1] + 2 * half_diagonal + 50.0
-                stations[(x, y)] = np.flatnonzero(distances <= limit).tolist()
+                limit = np.sort(distances)[nearest - 1] + 2 * half_diagonal[i] + 50.0
+                stations[keys[i]] = candidates[distances <= limit].tolist()
         return cls(grids=grids, stations=stations)
+
+
+def _on_sphere(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Points on a sphere of the Earth's mean radius (metres), for k-d tree searches by chord length."""
+    lam, phi = np.radians(lon), np.radians(lat)
+    return 6_371_008.8 * np.column_stack((np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)))
 
 
 def _covering_pairs(geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

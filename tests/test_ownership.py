@@ -272,3 +272,22 @@ def test_local_distance_matches_the_geodesic_within_a_county():
     ours = geometry.local_distance_m(112.95, 22.767, lons, lats)
     exact = GEOD.inv(np.full(500, 112.95), np.full(500, 22.767), lons, lats)[2]
     assert np.max(np.abs(ours - exact) / exact) < 1e-4
+
+
+def test_cell_candidates_hold_the_nearest_stations_among_thousands():
+    """At province scale each cell's station candidates come from a k-d tree on the sphere: from any
+    point of a cell, the three nearest of 3,000 stations (measured on all of them) are among its
+    candidates."""
+    import numpy as np
+    import shapely
+
+    rng = np.random.default_rng(18)
+    boxes = [shapely.box(113.0 + 0.1 * i, 23.0 + 0.1 * j, 113.1 + 0.1 * i, 23.1 + 0.1 * j)
+             for i in range(10) for j in range(10)]
+    station_lon, station_lat = rng.uniform(112.0, 115.0, 3000), rng.uniform(22.0, 25.0, 3000)
+    cells = ownership.CellIndex.build(np.array(boxes, dtype=object), station_lon, station_lat)
+    assert all(len(candidates) < 100 for candidates in cells.stations.values()), "candidates are few"
+    for lon, lat in zip(rng.uniform(113.0, 114.0, 2000), rng.uniform(23.0, 24.0, 2000)):
+        everywhere = np.argsort(geometry.local_distance_m(lon, lat, station_lon, station_lat), kind="stable")[:3]
+        candidates = cells.stations[cells.key(lon, lat)]
+        assert set(everywhere) <= set(candidates)
