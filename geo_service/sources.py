@@ -11,6 +11,7 @@ that contradicts the coordinates, or text that does not decode, is a Problem nam
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterator
 from pathlib import Path
 
 import geopandas as gpd
@@ -175,24 +176,42 @@ def _undecodable(layer: str, path: Path, codec: str, origin: str, exc: UnicodeDe
 
 def _read_csv(path: Path, layer: str, problems: list[Problem], notes: list[str], source_crs: str | None,
               encoding: str | None) -> pd.DataFrame | None:
+    frames = list(read_csv_chunks(path, layer, problems, notes, source_crs, encoding, rows=None))
+    return frames[0][1] if frames else None
+
+
+def read_csv_chunks(path: Path, layer: str, problems: list[Problem], notes: list[str], source_crs: str | None,
+                    encoding: str | None, rows: int | None) -> Iterator[tuple[int, pd.DataFrame]]:
+    """The CSV in `path` as (offset of the first row, frame) pieces of `rows` rows (None: one
+    piece), each with its lon/lat as point geometry in EPSG:4326, read as `read_layer` reads it."""
     # utf-8-sig: spreadsheets start UTF-8 CSVs with a byte-order mark, which would stick to the first column name.
     codec = "utf-8-sig" if encoding in (None, "utf-8") else encoding
+    offset = 0
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=codec)
+        pieces = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=codec, chunksize=rows) if rows \
+            else [pd.read_csv(path, dtype=str, keep_default_na=False, encoding=codec)]
+        for frame in pieces:
+            yield offset, _with_points(frame, path, layer, problems, notes if offset == 0 else [], source_crs,
+                                       encoding, offset)
+            offset += len(frame)
     except UnicodeDecodeError as exc:
         origin = "--encoding" if encoding else "the default"
         problems.append(_undecodable(layer, path, encoding or "utf-8", origin, exc))
-        return None
+
+
+def _with_points(frame: pd.DataFrame, path: Path, layer: str, problems: list[Problem], notes: list[str],
+                 source_crs: str | None, encoding: str | None, offset: int) -> pd.DataFrame:
     if encoding:
         notes.append(f"{layer}: {path.name} read as {_label(encoding)} (--encoding)")
     if not {"lon", "lat"} <= set(frame.columns):
         return frame
+    frame = frame.reset_index(drop=True)
     lon = pd.to_numeric(frame["lon"], errors="coerce")
     lat = pd.to_numeric(frame["lat"], errors="coerce")
     bad = (lon.isna() | lat.isna()).to_numpy()
     for index in np.flatnonzero(bad):
         code = next((frame[c].iloc[index] for c in ("code", "external_id") if c in frame.columns), None)
-        problems.append(Problem(layer, "bad coordinate", f"row {index + 2}: lon {frame['lon'].iloc[index]!r}, "
+        problems.append(Problem(layer, "bad coordinate", f"row {offset + index + 2}: lon {frame['lon'].iloc[index]!r}, "
                                 f"lat {frame['lat'].iloc[index]!r} are not numbers", code=code))
     lon, lat = lon.fillna(0).to_numpy(), lat.fillna(0).to_numpy()
     if source_crs:

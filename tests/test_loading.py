@@ -281,3 +281,51 @@ def loading_sample_dir():
     from tests.conftest import SAMPLE_DIR
 
     return SAMPLE_DIR
+
+
+def _many_points(layers: dict, plates: int, incidents: int) -> dict:
+    """The tiny dataset with `plates` door plates and `incidents` incidents spread over its grids."""
+    template, incident = layers["door_plates"].iloc[0], layers["incidents"].iloc[0]
+    rows = [{**template, "code": f"YJ44078490100100{i:04d}", "lon": 112.9005 + 0.0039 * i, "lat": 22.7005 + 0.0037 * i}
+            for i in range(plates)]
+    layers["door_plates"] = pd.DataFrame(rows)
+    layers["incidents"] = pd.DataFrame([{**incident, "external_id": f"PIECE-{i}", "lon": 112.9015 + 0.0035 * i,
+                                         "lat": 22.7015 + 0.0033 * i} for i in range(incidents)])
+    return layers
+
+
+def test_csv_point_layers_are_checked_and_written_in_pieces(empty_session, tmp_path, monkeypatch):
+    """Door plates and incidents in CSV files are read in pieces (here of 3 rows) to check them and
+    again to write them: every row lands, row numbers and duplicates are those of the whole file."""
+    monkeypatch.setattr(loading, "STREAM_ROWS", 3)
+    directory = tiny.write_frames(tmp_path / "pieces", _many_points(tiny.frames(), 10, 7))
+    dataset, problems = loading.read_dataset(directory, progress=quiet)
+    assert problems == [] and set(dataset.streamed) == {"door_plates", "incidents"}
+    report = load(empty_session, directory)
+    assert (report.changes["door_plates"].inserted, report.changes["incidents"].inserted) == (10, 7)
+    stored = empty_session.execute(text("SELECT code, town_code FROM door_plate ORDER BY code")).all()
+    assert [code for code, _ in stored] == [f"YJ44078490100100{i:04d}" for i in range(10)]
+    # Each plate's town by the ownership rule, as PostGIS finds it.
+    expected = dict(empty_session.execute(text(
+        "SELECT d.code, min(left(g.code, 9)) FROM door_plate AS d JOIN grid AS g ON ST_Covers(g.geom, d.geom) "
+        "GROUP BY d.code")).all())
+    assert dict(stored) == expected and len(set(expected.values())) == 2
+
+    layers = _many_points(tiny.frames(), 10, 7)
+    layers["door_plates"].loc[7, "code"] = layers["door_plates"].loc[1, "code"]  # pieces 1 and 3
+    layers["door_plates"].loc[4, "code"] = ""  # row 5 of the file, in the second piece
+    layers["door_plates"]["lon"] = layers["door_plates"]["lon"].astype(str)
+    layers["door_plates"].loc[8, "lon"] = "east"  # line 10 of the file (the header is line 1)
+    layers["incidents"].loc[6, "external_id"] = "PIECE-0"
+    with pytest.raises(DatasetInvalid) as caught:
+        load(empty_session, tiny.write_frames(tmp_path / "bad", layers))
+    found = {(p.layer, p.kind, p.code, p.message) for p in caught.value.problems}
+    assert ("door_plates", "duplicate code", "YJ440784901001000001", "appears 2 times") in found
+    assert ("door_plates", "missing code", None, "row 5 has no code") in found
+    assert any(p.kind == "bad coordinate" and p.message.startswith("row 10:") for p in caught.value.problems)
+    assert ("incidents", "duplicate external_id", "PIECE-0", "appears more than once") in found
+
+    fewer = _many_points(tiny.frames(), 6, 7)  # a reload without the last four plates deletes them
+    report = load(empty_session, tiny.write_frames(tmp_path / "fewer", fewer))
+    assert (report.changes["door_plates"].deleted, report.changes["incidents"].unchanged) == (4, 7)
+    assert empty_session.scalar(text("SELECT count(*) FROM door_plate")) == 6
