@@ -45,6 +45,7 @@ from geo_service.routes import (
     patrols,
     scoreboard,
     system,
+    tiles,
     webhooks,
 )
 from geo_service.routes.compression import Compression
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(open311.router)
     app.include_router(patrols.router)
     app.include_router(scoreboard.router)
+    app.include_router(tiles.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.WEB), name="static")
     # Large answers (map layers) travel compressed to browsers; lookups stay below the threshold.

@@ -2,9 +2,12 @@
 
 Every script, stylesheet, font and icon comes from `web/vendor` (see `web/vendor/README.md`),
 served by the service under /static; `use_local_assets()` replaces Folium's CDN links with those.
-The pages carry no data: `web/js/geomap.js` loads every layer from the API as GeoJSON, with
-the session cookie of the login page; on the dispatch page `web/js/console.js` adds the dispatch
-console (queue, incident panel, live updates from /api/v1/events).
+The pages carry no data. The boundaries, door plates, incidents and saved hotspot layers are
+vector tiles (/tiles/..., geo_service/tiles.py), declared here as folium's VectorGridProtobuf
+layers (Leaflet.VectorGrid) and handed to `web/js/geomap.js`, which styles them (GeoMap.tileStyles)
+and loads the rest from the API, with the session cookie of the login page; on the dispatch page
+`web/js/console.js` adds the dispatch console (queue, incident panel, live updates from
+/api/v1/events).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 
-from geo_service import roles, security
+from geo_service import roles, security, tiles
 from geo_service.config import Settings
 
 VENDOR = "/static/vendor"
@@ -34,6 +37,12 @@ PANEL_TOGGLES = {"dispatch": "事件队列 Queue", "hotspots": "分析面板 Ana
 PAGE_ROLES = {"overview": roles.EVERYONE, "dispatch": roles.REPORTERS, "hotspots": roles.ANALYSTS,
               "dashboard": roles.SCOREBOARD}
 CREATORS = roles.STAFF  # roles that may report incidents from the map
+# The layers drawn from vector tiles, bottom to top: tile layer -> its name in the layer control
+# (which geomap.js keeps), and whether its features answer the mouse (the others let a click
+# through to the map: "who owns this point").
+TILE_LAYERS = {"grids": ("grids 网格", True), "compounds": ("compounds 小区", False),
+               "communities": ("communities 村(社区)", False), "towns": ("towns 镇街", False),
+               "door_plates": ("door plates 粤居码", True), "incidents": ("incidents 事件", True)}
 
 
 def use_local_assets() -> None:
@@ -55,12 +64,9 @@ def use_local_assets() -> None:
         ("awesome_markers_css", f"{VENDOR}/leaflet.awesome-markers-2.0.5/leaflet.awesome-markers.css"),
         ("awesome_rotate_css", f"{VENDOR}/leaflet.awesome-markers-2.0.5/leaflet.awesome.rotate.min.css"),
     ]
-    folium.plugins.MarkerCluster.default_js = [
-        ("markerclusterjs", f"{VENDOR}/leaflet.markercluster-1.1.0/leaflet.markercluster.js")]
-    folium.plugins.MarkerCluster.default_css = [
-        ("markerclustercss", f"{VENDOR}/leaflet.markercluster-1.1.0/MarkerCluster.css"),
-        ("markerclusterdefaultcss", f"{VENDOR}/leaflet.markercluster-1.1.0/MarkerCluster.Default.css")]
     folium.plugins.HeatMap.default_js = [("leaflet-heat.js", f"{VENDOR}/leaflet-heat/leaflet_heat.min.js")]
+    folium.plugins.VectorGridProtobuf.default_js = [
+        ("vectorGrid", f"{VENDOR}/leaflet.vectorgrid-1.3.0/Leaflet.VectorGrid.bundled.min.js")]
 
 
 def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf", *, csrf_token: str = "",
@@ -79,16 +85,18 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
     # Folium's template brings the phone's viewport (`width=device-width, initial-scale=1.0,
     # maximum-scale=1.0, user-scalable=no`): a pinch zooms the map, not the page; geomap.css lays
     # the page out for that width (tests/test_phone.py).
-    # maxZoom on the map itself: without a tile layer Leaflet has none, and MarkerCluster then
-    # throws "Map has no maxZoom specified", stopping every later script on the page.
+    # maxZoom on the map itself: without a raster tile layer Leaflet has none, and a grid layer (the
+    # vector tiles) would then ask for tiles of every zoom.
     m = folium.Map(location=CENTER, zoom_start=11, tiles=None, max_zoom=18, min_zoom=8,
                    control_scale=True, prefer_canvas=True, maxZoom=18, minZoom=8)
     if settings.tile_url:
         folium.TileLayer(tiles=settings.tile_url, attr=settings.tile_attribution or "basemap", name="底图 basemap",
                          max_zoom=18, overlay=False, control=True).add_to(m)
     # The plugins' scripts come with (empty) instances; geomap.js fills its own layers.
-    folium.plugins.MarkerCluster(control=False).add_to(m)
     folium.plugins.HeatMap([[CENTER[0], CENTER[1], 0]], control=False, show=False).add_to(m)
+    vector_tiles = vector_tile_layers(page)
+    for layer in vector_tiles.values():
+        layer.add_to(m)
     root = m.get_root()
     root.header.add_child(Element(f"<title>{html.escape(PAGES[page])}</title>"))
     root.header.add_child(Element('<link rel="icon" href="/favicon.ico">'))
@@ -110,15 +118,41 @@ def render(page: str, identity, settings: Settings, csrf_field: str = "geo_csrf"
         config["actions"] = lifecycle_actions()
     root.html.add_child(Element(_chrome(page, config, csrf_token)))
     # Folium's script defines the map further down the same <script>: start once it has run.
+    layers = "{" + ", ".join(f"{json.dumps(name)}: {layer.get_name()}" for name, layer in vector_tiles.items()) + "}"
     root.script.add_child(Element(
         f"document.addEventListener('DOMContentLoaded', function () {{ GeoMap.init({m.get_name()}, "
-        f"{json.dumps(config, ensure_ascii=False)}); }});"))
+        f"{json.dumps(config, ensure_ascii=False)}, {layers}); }});"))
     # Our stylesheets last in <head>, after the ones Folium adds while rendering (Leaflet, Bootstrap):
     # where a rule of ours and one of theirs are equally specific (the popup's close button, the
     # layer list on a phone), ours wins.
     rendered = root.render().replace("</head>", "".join(
         f'<link rel="stylesheet" href="{href}"/>\n' for href in stylesheets) + "</head>", 1)
     return security.add_nonce(rendered, nonce) if nonce else rendered
+
+
+def vector_tile_layers(page: str) -> dict:
+    """The page's VectorGrid layers (folium's VectorGridProtobuf), by tile layer name, not yet shown:
+    geomap.js shows them. Each asks for its tiles from its layer's minimum zoom on (below, the tile
+    would be empty) and sends the session cookie; styles and feature ids are geomap.js's. The
+    hotspots page also has the saved hotspot layers, one at a time (geomap.js sets `run`)."""
+    import folium.plugins
+    from folium.utilities import JsCode
+
+    def declared(url: str, name: str, layer: tiles.Layer, interactive: bool, order: int):
+        options = {"minZoom": layer.minzoom, "maxZoom": 18, "interactive": interactive, "zIndex": order,
+                   # Points may be drawn across their tile's edge (geomap.css); outlines are cut at it.
+                   "className": f"geo-tiles geo-tiles-{layer.kind}s", "fetchOptions": {"credentials": "same-origin"},
+                   "vectorTileLayerStyles": JsCode("GeoMap.tileStyles"), "getFeatureId": JsCode("GeoMap.featureId")}
+        if layer.point_zoom:
+            options["pointZoom"] = layer.point_zoom
+        return folium.plugins.VectorGridProtobuf(url, name, options, overlay=True, control=False, show=False)
+
+    layers = {name: declared(f"/tiles/{name}/{{z}}/{{x}}/{{y}}.pbf", title, tiles.LAYERS[name], interactive, order)
+              for order, (name, (title, interactive)) in enumerate(TILE_LAYERS.items(), start=1)}
+    if page == "hotspots":
+        layers["hotspots"] = declared("/tiles/hotspots-{run}/{z}/{x}/{y}.pbf", "saved hot spots 已保存热点",
+                                      tiles.HOTSPOTS, True, 0)
+    return layers
 
 
 def lifecycle_actions() -> list[dict]:

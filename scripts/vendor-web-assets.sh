@@ -48,10 +48,16 @@ python3 -c "
 print('\n'.join(f'.fa-rotate-{d}{{-webkit-transform:rotate({d}deg);transform:rotate({d}deg)}}' for d in range(0, 360)))
 " > "$out/leaflet.awesome-markers-2.0.5/leaflet.awesome.rotate.min.css"
 
-fetch leaflet.markercluster@1.1.0 cluster
-mkdir -p "$out/leaflet.markercluster-1.1.0" && cp "$work/cluster/package/dist/leaflet.markercluster.js" \
-  "$work/cluster/package/dist/MarkerCluster.css" "$work/cluster/package/dist/MarkerCluster.Default.css" \
-  "$work/cluster/package/MIT-LICENCE.txt" "$out/leaflet.markercluster-1.1.0/"
+# Leaflet.VectorGrid ships no licence file: LICENSE.txt is its README's notice and the licences of
+# the packages its bundle holds.
+fetch leaflet.vectorgrid@1.3.0 vectorgrid
+mkdir -p "$out/leaflet.vectorgrid-1.3.0"
+cp "$work/vectorgrid/package/dist/Leaflet.VectorGrid.bundled.min.js" "$out/leaflet.vectorgrid-1.3.0/"
+{ echo "Leaflet.VectorGrid 1.3.0 (npm leaflet.vectorgrid), dist/Leaflet.VectorGrid.bundled.min.js:"
+  sed -n '/^## Legalese/,$p' "$work/vectorgrid/package/README.md" | sed 1d
+  for dep in pbf@3.1.0 vector-tile@1.3.0 topojson-client@2.1.0 whatwg-fetch@2.0.3 geojson-vt@2.2.0 ieee754@1.1.8; do
+    fetch "$dep" "dep-$dep" && echo "=== $dep (bundled)" && cat "$work/dep-$dep"/package/LICENSE*
+  done; } > "$out/leaflet.vectorgrid-1.3.0/LICENSE.txt"
 
 mkdir -p "$out/leaflet-heat" && cp "$(../.venv/bin/python -c 'import folium, os; print(os.path.dirname(folium.__file__))')/templates/leaflet_heat.min.js" "$out/leaflet-heat/"
 

@@ -119,6 +119,12 @@ EXAMPLES = {
     ("GET", "/api/v1/scoreboard"): {"params": {"by": "grid"}},
     ("GET", "/api/v1/scoreboard.csv"): {"params": {"by": "department"}},
     ("GET", "/api/v1/scoreboard.xlsx"): {},
+    # Vector tiles (z14 tile of the tiny county's south-west); no saved hotspot layer has this id.
+    ("GET", "/tiles/{layer}/{z}/{x}/{y}.pbf"): {"path": "/tiles/grids/14/13330/7130.pbf"},
+    ("GET", "/tiles/{layer}.json"): {"path": "/tiles/grids.json"},
+    ("GET", "/tiles/hotspots-{run_id}/{z}/{x}/{y}.pbf"): {"path": "/tiles/hotspots-2147483647/14/13330/7130.pbf",
+                                                         "ok": 404},
+    ("GET", "/tiles/hotspots-{run_id}.json"): {"path": "/tiles/hotspots-2147483647.json", "ok": 404},
 }
 
 
@@ -134,7 +140,7 @@ def all_routes(routes) -> list[APIRoute]:
 
 
 def api_routes(app) -> list[APIRoute]:
-    routes = [r for r in all_routes(app.routes) if r.path.startswith(("/api/", "/open311/", "/ogc"))]
+    routes = [r for r in all_routes(app.routes) if r.path.startswith(("/api/", "/open311/", "/ogc", "/tiles/"))]
     assert len(routes) > 10, "route discovery found too few routes: the matrix would check nothing"
     return routes
 

@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
-from geo_service import auth, schemas
+from geo_service import auth, schemas, tiles
 from geo_service.app import create_app
 from geo_service.config import Settings
 from tests.conftest import make_client, rolled_back_session
@@ -39,6 +39,8 @@ NOT_JSON = {
     ("GET", "/api/v1/events"): "a Server-Sent Events stream (its frames are tested in tests/test_desk.py)",
     ("GET", "/api/v1/scoreboard.csv"): "the scoreboard's rows as CSV (tests/test_scoreboard.py reads it)",
     ("GET", "/api/v1/scoreboard.xlsx"): "the scoreboard as an Excel workbook (tests/test_scoreboard.py opens it)",
+    ("GET", "/tiles/{layer}/{z}/{x}/{y}.pbf"): "a Mapbox Vector Tile (tests/test_tiles.py decodes them)",
+    ("GET", "/tiles/hotspots-{run_id}/{z}/{x}/{y}.pbf"): "a Mapbox Vector Tile (tests/test_tiles.py decodes them)",
     **{(method, f"/open311/v2/{path}.xml"): "GeoReport v2 XML (tests/test_open311.py parses each; the .json twin "
                                             "has the model)"
        for method, path in (("GET", "services"), ("GET", "services/{service_code}"), ("GET", "requests"),
@@ -221,7 +223,7 @@ def test_every_route_answers_its_contract(key, tiny_db, session):
     assert response.status_code in (ok if isinstance(ok, tuple) else (ok,)), response.text[:500]
     content_type = response.headers["content-type"].split(";")[0]
     if key in NOT_JSON and response.status_code < 400:  # errors are JSON like every other
-        assert (content_type.startswith("image/") or content_type == "application/xml"
+        assert (content_type.startswith("image/") or content_type in ("application/xml", tiles.MEDIA_TYPE)
                 or "attachment" in response.headers["content-disposition"]), (
             f"{key} should answer {NOT_JSON[key]}; got {content_type}")
         return

@@ -1,5 +1,8 @@
 """The map pages in a real browser: Debian's Chromium driven by Playwright, against a real
-server process on the tiny dataset. Nothing may be requested from any other host."""
+server process on the tiny dataset. Nothing may be requested from any other host. The
+boundaries, door plates, incidents and saved hotspot layers are drawn from vector tiles
+(/tiles/..., Leaflet.VectorGrid); `geoState.tileFeatures(name)` reads the features of the tiles
+a layer holds around the view."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
 PASSWORD = "map test password"
+WEST_TOWN = "440784901"
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +27,14 @@ def map_db(server_url, tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: run `make test` (it installs it) or "
                     "`sudo apt-get install -y chromium fonts-noto-cjk`")
+    from sqlalchemy.orm import Session
+
+    from geo_service import auth
+
     accounts = tuple((f"map-{role}", role, None) for role in ("viewer", "dispatcher", "analyst"))
     with tiny_database(server_url, tmp_path_factory.mktemp("m"), "map", accounts, PASSWORD) as database:
+        with Session(database.engine) as session:  # a viewer limited to the west town
+            auth.create_user(session, "map-town", "viewer", password=PASSWORD, towns=[WEST_TOWN])
         yield database
 
 
@@ -73,9 +83,17 @@ class Watched:
         self.page.wait_for_function("() => document.body && document.body.dataset.ready", timeout=30_000)
         assert self.page.evaluate("document.body.dataset.ready") == "true", self.page.evaluate("geoState.errors")
 
-    def click_at(self, lon: float, lat: float) -> None:
+    def view(self, lon: float, lat: float, zoom: int) -> None:
+        """Centre the map there and wait for every tile layer's tiles."""
+        self.page.evaluate("([lon, lat, z]) => geoState.map.setView([lat, lon], z, {animate: false})", [lon, lat, zoom])
+        self.page.wait_for_function("() => !Object.values(geoState.tileLayers).some(l => l.isLoading())")
+
+    def features(self, layer: str) -> list[dict]:
+        return self.page.evaluate("(n) => geoState.tileFeatures(n)", layer)
+
+    def click_at(self, lon: float, lat: float, zoom: int = 15) -> None:
         # Close enough that markers nearby do not sit under the pointer.
-        self.page.evaluate("([lon, lat]) => geoState.map.setView([lat, lon], 15, {animate: false})", [lon, lat])
+        self.view(lon, lat, zoom)
         x, y = self.page.evaluate(
             """([lon, lat]) => { const p = geoState.map.latLngToContainerPoint([lat, lon]);
                  const r = geoState.map.getContainer().getBoundingClientRect();
@@ -103,8 +121,13 @@ def test_overview_loads_offline_without_errors(watched):
     assert watched.external() == []
     assert watched.problems == []
     assert any("/static/vendor/leaflet-1.9.3/leaflet.js" in url for url in watched.requests)
+    assert any("/static/vendor/leaflet.vectorgrid-1.3.0/" in url for url in watched.requests)
     assert watched.page.locator(".leaflet-control-scale").count() == 1
     assert "incident status" in watched.page.inner_text("#geo-legend")
+    # The boundaries and incidents came as vector tiles, not as GeoJSON documents.
+    tiles = {url.split("/tiles/")[1].split("/")[0] for url in watched.requests if "/tiles/" in url}
+    assert {"towns", "communities", "grids", "incidents"} <= tiles, tiles
+    assert not [url for url in watched.requests if "geometry=true" in url or url.endswith("/api/v1/incident-points")]
 
 
 def test_every_layer_is_present_and_toggles(watched):
@@ -113,9 +136,16 @@ def test_every_layer_is_present_and_toggles(watched):
     names = watched.page.evaluate("Object.keys(geoState.layers)")
     assert set(names) == {"towns 镇街", "communities 村(社区)", "grids 网格", "compounds 小区", "stations 站点",
                           "incidents 事件", "incident heat 热力", "door plates 粤居码", "boundary changes 边界变化"}
-    counts = watched.page.evaluate("""() => ({grids: geoState.layers['grids 网格'].getLayers().length,
-        stations: geoState.layers['stations 站点'].getLayers().length, incidents: geoState.incidentCount})""")
-    assert counts == {"grids": 9, "stations": 2, "incidents": 2}
+    assert sorted(p["code"] for p in watched.features("grids 网格")) == sorted(
+        [tiny.grid_code(t, c, g) for t in (1, 2) for c in (1, 2) for g in (1, 2)] + [tiny.grid_code(2, 2, 3)])
+    assert sorted(p["code"] for p in watched.features("towns 镇街")) == ["440784901", "440784902"]
+    assert watched.page.evaluate("geoState.layers['stations 站点'].getLayers().length") == 2
+    # At the county's zoom the incidents are clustered counts; at a street's, points with their ids.
+    assert watched.page.evaluate("geoState.map.getZoom()") < 14
+    assert sum(p["count"] for p in watched.features("incidents 事件")) == 2
+    watched.view(112.92, 22.72, 15)  # where every layer may be shown (Leaflet greys out the others)
+    assert sorted(p["status"] for p in watched.features("incidents 事件")) == ["closed", "reported"]
+    assert [p["code"] for p in watched.features("compounds 小区")] == [tiny.grid_code(1, 1, 1) + "01"]
     for name in names:
         label = watched.page.locator(".leaflet-control-layers-overlays label", has_text=name)
         before = watched.page.evaluate("(n) => geoState.map.hasLayer(geoState.layers[n])", name)
@@ -158,10 +188,48 @@ def test_door_plates_appear_from_a_useful_zoom(watched):
     watched.wait_ready()
     watched.page.locator(".leaflet-control-layers-overlays label", has_text="door plates").locator("input").click()
     assert "zoom in" in watched.page.inner_text("#geo-door-plate-hint")
-    watched.page.evaluate("geoState.map.setView([22.703, 112.903], 16)")
+    watched.view(112.903, 22.703, 16)
     watched.page.wait_for_function(
-        "() => document.getElementById('geo-door-plate-hint').textContent.includes('door plates')")
-    assert watched.page.evaluate("geoState.layers['door plates 粤居码'].getLayers().length") >= 1
+        "() => document.getElementById('geo-door-plate-hint').textContent.includes('个门牌 door plates')")
+    assert [p["code"] for p in watched.features("door plates 粤居码")] == ["YJ440784901001000001"]
+    # A plate's tile feature opens its popup (and not the map's lookup as well).
+    x, y = watched.page.evaluate("""() => { const p = geoState.map.latLngToContainerPoint([22.703, 112.903]);
+        const r = geoState.map.getContainer().getBoundingClientRect(); return [r.left + p.x, r.top + p.y]; }""")
+    watched.page.mouse.click(x, y)
+    popup = watched.page.locator(".leaflet-popup-content", has_text="粤居码 YJ440784901001000001")
+    popup.wait_for()
+    assert "residents" not in popup.inner_text()  # a viewer sees no resident counts
+    assert watched.page.locator(".leaflet-popup-content .geo-grid-code").count() == 0
+    assert watched.problems == []
+
+
+def test_incident_tile_points_open_the_incident(watched):
+    watched.login("viewer")
+    watched.wait_ready()
+    watched.click_at(112.925, 22.715, 16)  # incident T-2
+    popup = watched.page.locator(".leaflet-popup-content", has_text="邻里噪音纠纷")
+    popup.wait_for()
+    assert "reported" in popup.inner_text() and tiny.grid_code(2, 1, 1) in popup.inner_text()
+    assert watched.page.locator(".leaflet-popup").count() == 1  # no lookup popup underneath
+    assert watched.external() == [] and watched.problems == []
+
+
+def test_a_town_scoped_caller_draws_only_its_towns(watched):
+    watched.page.goto(f"{watched.base}/login?next=/map")
+    watched.page.fill("#username", "map-town")
+    watched.page.fill("#password", PASSWORD)
+    watched.page.click("button[type=submit]")
+    watched.page.wait_for_url(f"{watched.base}/map")
+    watched.wait_ready()
+    watched.view(112.92, 22.72, 15)
+    assert {p["code"] for p in watched.features("towns 镇街")} == {WEST_TOWN}
+    assert {p["code"][:9] for p in watched.features("grids 网格")} == {WEST_TOWN}
+    assert {p["code"][:9] for p in watched.features("communities 村(社区)")} == {WEST_TOWN}
+    assert [p["grid_code"][:9] for p in watched.features("incidents 事件")] == [WEST_TOWN]
+    # Its map opens on its towns.
+    bounds = watched.page.evaluate("geoState.layers['towns 镇街'].getBounds().toBBoxString()")
+    assert [round(float(v), 6) for v in bounds.split(",")] == [112.9, 22.7, 112.92, 22.74]
+    assert watched.problems == []
 
 
 def test_dispatcher_reports_from_the_map_and_sees_it_queued(watched):
@@ -193,6 +261,26 @@ def test_viewer_gets_no_dispatch_page(watched):
     assert watched.page.locator("#geo-topbar a", has_text="Dispatch").count() == 0
     response = watched.page.goto(f"{watched.base}/map/dispatch")
     assert response.status == 403
+
+
+def test_hotspots_page_draws_saved_layers_from_tiles(map_db, watched):
+    from sqlalchemy.orm import Session
+
+    from geo_service import audit, hotspots
+
+    with Session(map_db.engine) as session:
+        saved = hotspots.publish(session, None, audit.CLI, "tiles in the browser", "community")
+    watched.login("analyst", "/map/hotspots")
+    watched.wait_ready()
+    select = watched.page.locator("#geo-hot-saved")
+    assert select.locator(f"option[value='{saved['id']}']").count() == 1
+    select.select_option(str(saved["id"]))
+    name = "saved hot spots 已保存热点"
+    watched.page.wait_for_function("(n) => geoState.map.hasLayer(geoState.layers[n])", arg=name)
+    watched.view(112.92, 22.72, 12)
+    assert sorted(p["code"] for p in watched.features(name)) == [f"44078490{t}00{c}" for t in (1, 2) for c in (1, 2)]
+    assert any(f"/tiles/hotspots-{saved['id']}/" in url for url in watched.requests)
+    assert watched.external() == [] and watched.problems == []
 
 
 def test_hotspots_page_draws_gi_star_bins_and_offers_downloads(watched):

@@ -14,11 +14,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import mapbox_vector_tile
 import pandas as pd
 import pytest
 from sqlalchemy import text
@@ -445,6 +447,66 @@ def probe_scoreboard_xlsx(call: Call, w: World) -> str:
     return " ".join(found)
 
 
+def _tile(lon: float, lat: float, z: int) -> tuple[int, int]:
+    n = 2**z
+    return int((lon + 180) / 360 * n), int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
+
+
+def _tile_features(answer, layer: str) -> list[dict]:
+    if answer.status_code != 200:
+        return []
+    return [f["properties"] for f in mapbox_vector_tile.decode(answer.content).get(layer, {}).get("features", [])]
+
+
+# Each layer at a zoom where its features are drawn one by one (incidents as points, not counts).
+TILE_PROBES = (("towns", 9), ("communities", 11), ("grids", 12), ("compounds", 13), ("stations", 11),
+               ("door_plates", 15), ("incidents", 14))
+
+
+def probe_tiles(call: Call, w: World) -> str:
+    """Every layer's tiles around a point of another town and one of the town: areas and stations
+    of other towns as markers, door plates by their codes, incidents by their ids."""
+    found = []
+    for lon, lat in (w.foreign_point, w.own_point):
+        for layer, z in TILE_PROBES:
+            x, y = _tile(lon, lat, z)
+            for p in _tile_features(call("GET", f"/tiles/{layer}/{z}/{x}/{y}.pbf"), layer):
+                if layer == "incidents":
+                    found.append(incident_ids_in([p["id"]], w))
+                elif layer == "door_plates":
+                    found.append(p["code"])
+                elif not (p.get("town_code") or p["code"]).startswith(TOWN):
+                    found.append(f"LEAK:{layer}:{p['code']}")
+    return " ".join(found)
+
+
+def probe_tilejson(call: Call, w: World) -> str:
+    """The layers' bounds are the caller's towns'."""
+    return " ".join(f"LEAK:bounds:{layer}" for layer, _ in TILE_PROBES
+                    if not within(call("GET", f"/tiles/{layer}.json").json()["bounds"], w.town_bbox))
+
+
+_FOREIGN_RUNS: list[int] = []  # the saved layers the county-wide run made, for the town's run to try
+
+
+def probe_hotspot_tiles(call: Call, w: World) -> str:
+    """Each saves a layer of grids (the county-wide admin's spans the county); each reads the tiles
+    and TileJSON of its own and of the county-wide one."""
+    saved = call("POST", "/api/v1/hotspots/saved", params={"name": "scope tiles", "unit": "grid"}).json()
+    if saved.get("towns") is None:
+        _FOREIGN_RUNS[:] = [saved["id"]]
+    found = []
+    for run in {saved["id"], *_FOREIGN_RUNS}:
+        document = call("GET", f"/tiles/hotspots-{run}.json")
+        if document.status_code == 200 and not within(document.json()["bounds"], w.town_bbox):
+            found.append(f"LEAK:hotspot-bounds:{run}")
+        for lon, lat in (w.foreign_point, w.own_point):
+            x, y = _tile(lon, lat, 11)
+            found += [f"LEAK:unit:{p['code']}" for p in _tile_features(
+                call("GET", f"/tiles/hotspots-{run}/11/{x}/{y}.pbf"), "hotspots") if not p["code"].startswith(TOWN)]
+    return " ".join(found)
+
+
 NONE = "answers nothing of a town: areas, stations, categories, the caller, the standards' documents"
 # Every API route and its scope decision. A new route fails test_every_route_has_a_scope_decision
 # until it is added here, with a probe when it returns incidents, door plates or people.
@@ -517,6 +579,10 @@ SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
     ("GET", "/api/v1/scoreboard"): probe_scoreboard,
     ("GET", "/api/v1/scoreboard.csv"): probe_scoreboard_csv,
     ("GET", "/api/v1/scoreboard.xlsx"): probe_scoreboard_xlsx,
+    ("GET", "/tiles/{layer}/{z}/{x}/{y}.pbf"): probe_tiles,
+    ("GET", "/tiles/{layer}.json"): probe_tilejson,
+    ("GET", "/tiles/hotspots-{run_id}/{z}/{x}/{y}.pbf"): probe_hotspot_tiles,
+    ("GET", "/tiles/hotspots-{run_id}.json"): probe_hotspot_tiles,
 }
 EXTRA_PROBES = {"export hotspots": probe_export_hotspots}
 

@@ -1,6 +1,9 @@
-/* geo_service map pages. Every layer is loaded from the API (same origin, session cookie);
- * nothing here reaches beyond the service. Folium builds the map; GeoMap.init(map, config)
- * adds the layers, controls and panels. window.geoState exposes the layers to tests. */
+/* geo_service map pages. Every layer is loaded from the service (same origin, session cookie):
+ * boundaries, door plates, incidents and saved hotspot layers as vector tiles, the rest from the
+ * API; nothing here reaches beyond the service. Folium builds the map and declares the tile
+ * layers; GeoMap.init(map, config, tiles) styles and adds the layers, controls and panels.
+ * window.geoState exposes the layers to tests (geoState.tileFeatures(name): a tile layer's
+ * features around the view; geoState.tileLayers: the VectorGrid layers). */
 var GeoMap = (function () {
   "use strict";
 
@@ -17,7 +20,6 @@ var GeoMap = (function () {
     police_station: ["shield-halved", "blue", "派出所 police station"],
     public_service: ["heart", "cadetblue", "公共服务 public service"]
   };
-  var DOOR_PLATE_ZOOM = 15;
   // A phone, as geomap.css's breakpoint: the layer list starts folded there, the search spans the map.
   var PHONE = window.matchMedia("(max-width: 700px)");
   var NO_HOVER = window.matchMedia("(hover: none)");
@@ -66,26 +68,127 @@ var GeoMap = (function () {
     return new Date(iso).toLocaleString("zh-CN", { timeZone: "Asia/Shanghai", hour12: false });
   }
 
-  // ----------------------------------------------------------------- area layers
+  // ----------------------------------------------------------------- vector tiles
 
-  function areaLayer(name, url, style, interactive) {
-    var layer = L.geoJSON(null, { style: style, interactive: interactive });
-    state.layers[name] = layer;
-    return api(url).then(function (data) {
-      layer.addData(data);
-      return layer;
+  // The boundaries, door plates, incidents and saved hotspot layers come as vector tiles
+  // (GET /tiles/{layer}/{z}/{x}/{y}.pbf, geo_service/tiles.py), drawn by Leaflet.VectorGrid.
+  // webmap.py declares the VectorGrid layers through folium; their styles and feature ids are
+  // these (by the layer's name inside the tiles), which its options name.
+  var HIDDEN = { stroke: false, fill: false };  // a tile feature drawn by a live marker instead
+  var tileStyles = {
+    counties: { color: "#0d2137", weight: 4, fill: false },
+    towns: { color: "#1f3b5c", weight: 3, fill: false },
+    communities: { color: "#4f6f96", weight: 1.5, dashArray: "5 4", fill: false },
+    grids: { color: "#7f9cc0", weight: 1, fill: true, fillColor: "#cfe0f5", fillOpacity: 0.12 },
+    compounds: { color: "#b26a00", weight: 1, fill: true, fillColor: "#ffcc80", fillOpacity: 0.45 },
+    stations: { radius: 5, color: "#fff", weight: 1, fill: true, fillColor: "#1f3b5c", fillOpacity: 1 },
+    door_plates: function (p) {
+      return { radius: 6, color: "#fff", weight: 1.5, fill: true, fillOpacity: 1,
+               fillColor: p.is_rental ? "#00897b" : "#7cb342" };
+    },
+    incidents: function (p) {
+      if (p.count != null) {  // a cluster (below z14): its size tells how many
+        return { radius: Math.min(5 + 5 * Math.log(p.count) / Math.LN10, 18), color: "#fff", weight: 1.5,
+                 fill: true, fillColor: "#c0392b", fillOpacity: 0.6 };
+      }
+      return { radius: 6, color: "#fff", weight: 1.5, fill: true, fillOpacity: 1,
+               fillColor: STATUS_COLOURS[p.status] || "#555" };
+    },
+    hotspots: function (p) {
+      var colour = p.lisa_cluster != null ? CLUSTER_COLOURS[p.lisa_cluster] : BIN_COLOURS[String(p.gi_bin)];
+      return { color: "#666", weight: 0.6, fill: true, fillColor: colour || "#ccc", fillOpacity: 0.75 };
+    }
+  };
+
+  // A feature's id across tiles: incidents by id, areas and plates by code; a cluster by its place,
+  // unique in its tile (clusters never straddle tiles).
+  function featureId(f) {
+    var p = f.properties;
+    if (p.id != null) return p.id;
+    if (p.code != null) return p.code;
+    var at = f.geometry[0][0] || f.geometry[0];
+    return "cell " + at.x + "," + at.y;
+  }
+
+  var tileLayers = {};  // the layer control's name -> its VectorGrid
+
+  // The features of the tiles a layer holds now (around the view), each once. VectorGrid keeps
+  // them per tile (`_vectorTiles`, `_features`: it has no public accessor).
+  function tileFeatures(name) {
+    var layer = tileLayers[name], seen = {}, found = [];
+    if (!layer || !layer._vectorTiles) return found;
+    Object.keys(layer._vectorTiles).forEach(function (key) {
+      var features = layer._vectorTiles[key]._features || {};
+      Object.keys(features).forEach(function (id) {
+        if (seen[id]) return;
+        seen[id] = true;
+        found.push(features[id].feature.properties);
+      });
+    });
+    return found;
+  }
+
+  // VectorGrid 1.3.0 predates Leaflet 1.8: Leaflet asks an event's target that has getLatLng (its
+  // point symbolizer is a CircleMarker) for its place, which VectorGrid never sets. Give each point
+  // of this layer its place from its tile and position in it.
+  function placePoints(layer) {
+    var create = layer._createLayer;
+    layer._createLayer = function (feat) {
+      var symbol = create.apply(this, arguments);
+      if (feat.type === 1) {
+        symbol.getLatLng = function () {
+          var renderer = this._renderer, coords = renderer.getCoord();
+          return renderer._map.unproject(coords.scaleBy(renderer._size).add(this._point), coords.z);
+        };
+      }
+      return symbol;
+    };
+  }
+
+  function tileLayer(name, vectorGrid) {
+    tileLayers[name] = vectorGrid;
+    state.layers[name] = vectorGrid;
+    if (vectorGrid.options.interactive) placePoints(vectorGrid);
+    return vectorGrid;
+  }
+
+  // A promise of a tile layer's first tiles (at once when it has none to load in this view).
+  function settled(layer) {
+    return new Promise(function (resolve) {
+      if (!map.hasLayer(layer) || !layer.isLoading()) { resolve(); return; }
+      var timer = setTimeout(function () { report(new Error("tiles of a layer did not load")); resolve(); }, 20000);
+      layer.once("load", function () { clearTimeout(timer); resolve(); });
     });
   }
 
-  function gridTooltip(feature, layer) {
-    // Without a mouse (a phone) a tap would leave the tooltip standing beside the popup of the
-    // same tap, which says all of it and more.
+  // ----------------------------------------------------------------- area layers
+
+  // A tooltip that follows the mouse over a tile layer's features (not on a phone: a tap would leave
+  // it standing beside the popup of the same tap, which says all of it and more). `content(p)` is
+  // its text; `shown(p, tooltip)` runs as it opens (to fetch more: tooltip.feature is still p?).
+  function hoverTooltip(layer, content, shown) {
     if (NO_HOVER.matches) return;
-    var p = feature.properties;
-    layer.bindTooltip("<b>" + esc(p.code) + "</b><br>" + esc(p.name), { sticky: true });
-    layer.on("mouseover", function () {
-      if (layer._owners) return;
-      layer._owners = true;
+    var tooltip = L.tooltip({ direction: "top", offset: [0, -8] });
+    layer.on("mouseover", function (e) {
+      tooltip.feature = e.layer.properties;
+      tooltip.setLatLng(e.latlng).setContent(content(tooltip.feature));
+      map.openTooltip(tooltip);
+      if (shown) shown(tooltip.feature, tooltip);
+    });
+    layer.on("mousemove", function (e) { tooltip.setLatLng(e.latlng); });
+    layer.on("mouseout", function () {
+      tooltip.feature = null;
+      map.closeTooltip(tooltip);
+    });
+  }
+
+  // A grid's code and name, then its people (fetched once per grid).
+  function gridTooltips(layer) {
+    var owners = {};
+    function content(p) { return "<b>" + esc(p.code) + "</b><br>" + esc(p.name) + (owners[p.code] || ""); }
+    hoverTooltip(layer, content, function (p, tooltip) {
+      if (owners[p.code] !== undefined) return;
+      owners[p.code] = "";
       api("/api/v1/grids/" + encodeURIComponent(p.code) + "/owners").then(function (o) {
         var workers = o.grid_workers.filter(function (w) {
           return w.roles.indexOf("grid_leader") >= 0 || w.roles.indexOf("full_time_worker") >= 0;
@@ -93,27 +196,29 @@ var GeoMap = (function () {
         var police = o.police.map(function (x) { return esc(x.name); }).join("、");
         var deputies = (o.npc_deputies || []).map(function (d) { return esc(d.name); }).join("、");
         var adviser = o.legal_adviser ? esc(o.legal_adviser.name) : "";
-        layer.setTooltipContent("<b>" + esc(p.code) + "</b><br>" + esc(p.name) +
-          "<br>网格员 grid workers: " + (workers || "—") + "<br>民警 police: " + (police || "—") +
-          "<br>人大代表 deputies: " + (deputies || "—") + "<br>法律顾问 legal adviser: " + (adviser || "—"));
-      }).catch(function () { layer._owners = false; });
+        owners[p.code] = "<br>网格员 grid workers: " + (workers || "—") + "<br>民警 police: " + (police || "—") +
+          "<br>人大代表 deputies: " + (deputies || "—") + "<br>法律顾问 legal adviser: " + (adviser || "—");
+        if (tooltip.feature === p) tooltip.setContent(content(p));
+      }).catch(function () { delete owners[p.code]; });
     });
   }
 
-  function loadAreas() {
-    var towns = areaLayer("towns 镇街", "/api/v1/towns?geometry=true",
-      { color: "#1f3b5c", weight: 3, fill: false }, false);
-    var communities = areaLayer("communities 村(社区)", "/api/v1/communities?geometry=true",
-      { color: "#4f6f96", weight: 1.5, dashArray: "5 4", fill: false }, false);
-    var grids = L.geoJSON(null, {
-      style: { color: "#7f9cc0", weight: 1, fillColor: "#cfe0f5", fillOpacity: 0.12 },
-      onEachFeature: gridTooltip
+  // The towns' layer answers getBounds() (fitCounty, tests) with the bounds of its TileJSON: the
+  // caller's towns.
+  function loadAreas(tiles) {
+    var towns = tileLayer("towns 镇街", tiles.towns);
+    tileLayer("communities 村(社区)", tiles.communities);
+    // console.js lists the grids in view for a reassignment (`eachLayer`, as a GeoJSON layer has).
+    var grids = tileLayer("grids 网格", tiles.grids);
+    grids.eachLayer = function (fn) {
+      tileFeatures("grids 网格").forEach(function (p) { fn({ feature: { properties: p } }); });
+    };
+    gridTooltips(grids);
+    tileLayer("compounds 小区", tiles.compounds);
+    return api("/tiles/towns.json").then(function (tilejson) {
+      var b = tilejson.bounds;
+      towns.getBounds = function () { return L.latLngBounds([[b[1], b[0]], [b[3], b[2]]]); };
     });
-    state.layers["grids 网格"] = grids;
-    var gridsLoaded = api("/api/v1/grids?geometry=true").then(function (data) { grids.addData(data); });
-    var compounds = areaLayer("compounds 小区", "/api/v1/compounds",
-      { color: "#b26a00", weight: 1, fillColor: "#ffcc80", fillOpacity: 0.45 }, false);
-    return Promise.all([towns, communities, gridsLoaded, compounds]);
   }
 
   // What the last redrawing changed: the previous boundary generation against the current one
@@ -172,9 +277,24 @@ var GeoMap = (function () {
     });
   }
 
-  function loadDoorPlates() {
-    var layer = L.markerClusterGroup({ disableClusteringAtZoom: 18, chunkedLoading: true });
+  function doorPlatePopup(p) {
+    return "<b>粤居码 " + esc(p.code) + "</b><br>" + esc(p.address) +
+      "<br>出租屋 rental: " + (p.is_rental ? "是 yes" : "否 no") +
+      (p.resident_count != null ? "<br>登记人数 residents: " + p.resident_count : "");
+  }
+
+  // Door plates from their tiles' minimum zoom; the hint says so, or how many the tiles around the
+  // view hold. In a group, so that the layer list offers them at every zoom (Leaflet greys out a
+  // layer below its minZoom, as it does the compounds').
+  function loadDoorPlates(tiles) {
+    var plates = tiles.door_plates, zoom = plates.options.minZoom, layer = L.layerGroup([plates]);
+    tileLayers["door plates 粤居码"] = plates;
+    placePoints(plates);
     state.layers["door plates 粤居码"] = layer;
+    plates.on("click", function (e) {
+      L.DomEvent.stopPropagation(e);  // the plate's popup, not also the map's "who owns this point"
+      L.popup().setLatLng(e.latlng).setContent(doorPlatePopup(e.layer.properties)).openOn(map);
+    });
     var hint = L.control({ position: "bottomleft" });
     hint.onAdd = function () {
       var div = L.DomUtil.create("div", "geo-hint");
@@ -185,30 +305,15 @@ var GeoMap = (function () {
     function refresh() {
       var hintDiv = document.getElementById("geo-door-plate-hint");
       if (!map.hasLayer(layer)) { hintDiv.textContent = ""; return; }
-      if (map.getZoom() < DOOR_PLATE_ZOOM) {
-        layer.clearLayers();
-        hintDiv.textContent = "放大到 " + DOOR_PLATE_ZOOM + " 级显示粤居码门牌 (zoom in to see door plates)";
+      if (map.getZoom() < zoom) {
+        hintDiv.textContent = "放大到 " + zoom + " 级显示粤居码门牌 (zoom in to see door plates)";
         return;
       }
-      var b = map.getBounds();
-      api("/api/v1/door-plates?bbox=" + [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].join(","))
-        .then(function (data) {
-          layer.clearLayers();
-          var markers = data.features.map(function (f) {
-            var p = f.properties;
-            return L.marker([f.geometry.coordinates[1], f.geometry.coordinates[0]], {
-              icon: L.divIcon({ className: "", html: '<div class="geo-dot" style="background:' +
-                (p.is_rental ? "#00897b" : "#7cb342") + '"></div>', iconSize: [14, 14] }),
-              title: p.code
-            }).bindPopup("<b>粤居码 " + esc(p.code) + "</b><br>" + esc(p.address) +
-              "<br>出租屋 rental: " + (p.is_rental ? "是 yes" : "否 no") +
-              (p.resident_count != null ? "<br>登记人数 residents: " + p.resident_count : ""));
-          });
-          layer.addLayers(markers);
-          hintDiv.textContent = data.features.length + " 个门牌 door plates" + (data.truncated ? " (部分 partial)" : "");
-        }).catch(report);
+      if (plates.isLoading()) return;  // counted once its tiles are in
+      hintDiv.textContent = tileFeatures("door plates 粤居码").length + " 个门牌 door plates";
     }
-    map.on("moveend overlayadd", refresh);
+    map.on("zoomend overlayadd overlayremove", refresh);
+    plates.on("load", refresh);
     state.refreshDoorPlates = refresh;
     refresh();
     return Promise.resolve();
@@ -219,19 +324,36 @@ var GeoMap = (function () {
       html: '<div class="geo-dot" style="background:' + (STATUS_COLOURS[status] || "#555") + '"></div>' });
   }
 
-  function loadIncidents() {
-    var clusters = L.markerClusterGroup({ chunkedLoading: true });
-    var heat = L.heatLayer([], { radius: 16, blur: 18, maxZoom: 15 });
-    state.layers["incidents 事件"] = clusters;
+  // Incidents from their tiles: clustered counts (a click zooms in) below z14, then points whose
+  // click opens the incident. Incidents changed while the page is open (the live stream, a report
+  // from the map) get a marker of their own above the tiles (state.incidentMarkers), which follows
+  // their status; their tile feature is hidden. The heat layer loads its points when first shown.
+  function loadIncidents(tiles) {
+    var points = tiles.incidents, live = L.featureGroup();
+    tileLayers["incidents 事件"] = points;
+    placePoints(points);
+    state.layers["incidents 事件"] = L.layerGroup([points, live]);
+    state.liveIncidents = live;
+    points.on("click", function (e) {
+      var p = e.layer.properties;
+      L.DomEvent.stopPropagation(e);  // the incident's popup, not also the map's "who owns this point"
+      if (p.count != null) {
+        map.setView(e.latlng, Math.min(map.getZoom() + 2, points.options.pointZoom || 14));
+        return;
+      }
+      L.popup().setLatLng(e.latlng).setContent(incidentPopup([p.id])).openOn(map);
+    });
+    var heat = L.heatLayer([], { radius: 16, blur: 18, maxZoom: 15 }), heatLoaded = false;
+    heat.on("add", function () {
+      if (heatLoaded) return;
+      heatLoaded = true;
+      api("/api/v1/incident-points").then(function (list) {
+        heat.setLatLngs(list.map(function (p) { return [p[2], p[1], 0.6]; }));
+      }).catch(function (error) { heatLoaded = false; report(error); });
+    });
     state.layers["incident heat 热力"] = heat;
     state.incidentMarkers = {};
-    return api("/api/v1/incident-points").then(function (points) {
-      clusters.addLayers(points.map(function (p) {
-        return incidentMarker(p[0], p[1], p[2], p[3]);
-      }));
-      heat.setLatLngs(points.map(function (p) { return [p[2], p[1], 0.6]; }));
-      state.incidentCount = points.length;
-    });
+    return Promise.resolve();
   }
 
   function incidentMarker(id, lon, lat, status) {
@@ -242,13 +364,13 @@ var GeoMap = (function () {
   }
 
   // An incident created or changed (the live stream, a report from the map): its marker follows
-  // its status, or appears. `i` has id, lon, lat and status.
+  // its status, or appears (and its tile feature steps aside). `i` has id, lon, lat and status.
   function upsertIncidentMarker(i) {
     var marker = state.incidentMarkers && state.incidentMarkers[i.id];
     if (!marker) {
       if (!state.incidentMarkers || i.lon == null || i.lat == null) return;
-      state.layers["incidents 事件"].addLayer(incidentMarker(i.id, i.lon, i.lat, i.status));
-      state.incidentCount = (state.incidentCount || 0) + 1;
+      state.liveIncidents.addLayer(incidentMarker(i.id, i.lon, i.lat, i.status));
+      tileLayers["incidents 事件"].setFeatureStyle(i.id, HIDDEN);
     } else if (marker.options.status !== i.status) {
       marker.options.status = i.status;
       marker.setIcon(incidentIcon(i.status));
@@ -602,7 +724,9 @@ var GeoMap = (function () {
       categories.map(function (c) { return "<option value='" + esc(c.code) + "'>" + esc(c.name) + "</option>"; }).join("") +
       "</select><label><input type='checkbox' id='geo-hot-fdr'> FDR 校正 correction</label></div>" +
       "<div id='geo-hot-summary' class='meta'></div><div id='geo-hot-legend'></div>" +
-      "<h3>下载 download</h3><div id='geo-hot-downloads'></div>";
+      "<h3>下载 download</h3><div id='geo-hot-downloads'></div>" +
+      "<h3>已保存 saved layers</h3><select id='geo-hot-saved' aria-label='已保存的热点图层 saved layer'></select>" +
+      "<div id='geo-hot-saved-summary' class='meta'></div>";
     var layer = L.geoJSON(null, { style: { weight: 0.6, color: "#666", fillOpacity: 0.75 } });
     var density = L.layerGroup();
     state.layers["hot spots 热点"] = layer;
@@ -669,12 +793,45 @@ var GeoMap = (function () {
     ["geo-hot-method", "geo-hot-unit", "geo-hot-from", "geo-hot-to", "geo-hot-category", "geo-hot-fdr"].forEach(function (id) {
       document.getElementById(id).addEventListener("change", refresh);
     });
-    return refresh();
+    return Promise.all([refresh(), savedLayers()]);
+  }
+
+  // The saved hotspot layers the caller may see, one at a time from their tiles
+  // (/tiles/hotspots-{id}/...: the layer's `run` option fills the URL).
+  function savedLayers() {
+    var layer = tileLayers["saved hot spots 已保存热点"], select = document.getElementById("geo-hot-saved");
+    if (!layer) return Promise.resolve();
+    return api("/api/v1/hotspots/saved").then(function (list) {
+      select.innerHTML = list.length ? list.map(function (r) {
+        return "<option value='" + r.id + "'>#" + r.id + " " + esc(r.name) + " · " + esc(r.params.unit) + " · " +
+          esc(r.params.method || "gistar") + "</option>";
+      }).join("") : "<option value=''>无 none</option>";
+      select.disabled = !list.length;
+      if (!list.length) return;
+      function show() {
+        var run = list.filter(function (r) { return String(r.id) === select.value; })[0];
+        document.getElementById("geo-hot-saved-summary").textContent = run.computed_by + " · " +
+          localTime(run.computed_at) + (run.towns ? " · " + run.towns.join(", ") : "");
+        layer.options.run = run.id;
+        if (map.hasLayer(layer)) layer.redraw();
+        else layer.addTo(map);
+      }
+      layer.options.run = list[0].id;
+      select.addEventListener("change", show);
+      hoverTooltip(layer, function (p) {
+        var classes = CLASSES[p.lisa_cluster != null ? "lisa" : "gistar"];
+        return esc(p.code) + " " + esc(p.name) + "<br>" + p.count + " 件 · " + classes.figures(p) + "<br>" +
+          esc(classes.names[classes.of(p)]);
+      });
+      state.layers["saved hot spots 已保存热点"] = layer;
+      control.addOverlay(layer, "saved hot spots 已保存热点");
+    });
   }
 
   // ----------------------------------------------------------------- start
 
-  function init(leafletMap, config) {
+  // `tiles`: the VectorGrid layers webmap.py declared, by their layer's name (geo_service/tiles.py).
+  function init(leafletMap, config, tiles) {
     map = leafletMap;
     cfg = config;
     window.geoState = state;
@@ -685,13 +842,14 @@ var GeoMap = (function () {
     wirePanelToggle();
     L.Popup.mergeOptions(popupOptions(300));  // every other popup
     var categoriesLoaded = api("/api/v1/incident-categories").then(function (list) { categories = list; });
-    var loads = [loadAreas(), loadStations(), loadIncidents(), loadBoundaryChanges(), categoriesLoaded];
+    if (tiles.hotspots) tileLayers["saved hot spots 已保存热点"] = tiles.hotspots;  // listed once there are some
+    var loads = [loadAreas(tiles), loadStations(), loadIncidents(tiles), loadBoundaryChanges(), categoriesLoaded];
     Promise.all(loads).then(function () {
       var shown = cfg.page === "hotspots" ? ["towns 镇街"] :
         ["towns 镇街", "communities 村(社区)", "grids 网格", "compounds 小区", "stations 站点", "incidents 事件"];
       shown.forEach(function (name) { state.layers[name].addTo(map); });
       fitCounty();
-      return loadDoorPlates();
+      return loadDoorPlates(tiles);
     }).then(function () {
       addLayerControl();
       if (PHONE.addEventListener) PHONE.addEventListener("change", addLayerControl);
@@ -702,6 +860,8 @@ var GeoMap = (function () {
       if (cfg.page === "dispatch") return dispatchPanel();
       if (cfg.page === "hotspots") return hotspotsPanel();
     }).then(function () {
+      return Promise.all(Object.keys(tileLayers).map(function (name) { return settled(tileLayers[name]); }));
+    }).then(function () {
       state.ready = true;
       document.body.dataset.ready = "true";
     }).catch(function (error) {
@@ -710,5 +870,7 @@ var GeoMap = (function () {
     });
   }
 
-  return { init: init };
+  state.tileFeatures = tileFeatures;
+  state.tileLayers = tileLayers;  // the VectorGrid layers (door plates and incidents sit in groups in `layers`)
+  return { init: init, tileStyles: tileStyles, featureId: featureId };
 })();
