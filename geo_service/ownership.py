@@ -464,6 +464,9 @@ def _on_sphere(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return 6_371_008.8 * np.column_stack((np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)))
 
 
+SWEEP_POLYGONS = 2_000  # up to this many polygons _covering_pairs sweeps them one by one
+
+
 def _covering_pairs(geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(point, polygon) index pairs for every polygon covering a point.
 
@@ -472,6 +475,10 @@ def _covering_pairs(geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tupl
     and a polygon `intersects` is `covers`, and `intersects_xy` needs no Point objects, which
     for 100,000 points is most of the time a tree query would take.
     """
+    if len(geoms) > SWEEP_POLYGONS:
+        # A province's 100,000 grids: one tree query for every point beats a loop over the polygons.
+        points, polygons = shapely.STRtree(geoms).query(shapely.points(lon, lat), predicate="intersects")
+        return points.astype(np.int64), polygons.astype(np.int64)
     order = np.argsort(lon, kind="stable")
     sorted_lon = lon[order]
     points, polygons = [], []

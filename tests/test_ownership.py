@@ -291,3 +291,19 @@ def test_cell_candidates_hold_the_nearest_stations_among_thousands():
         everywhere = np.argsort(geometry.local_distance_m(lon, lat, station_lon, station_lat), kind="stable")[:3]
         candidates = cells.stations[cells.key(lon, lat)]
         assert set(everywhere) <= set(candidates)
+
+
+def test_covering_pairs_by_tree_equal_those_of_the_sweep(monkeypatch):
+    """Many polygons (a province) are searched with a tree, few with a sweep: the same pairs."""
+    import numpy as np
+    import shapely
+
+    rng = np.random.default_rng(6)
+    polygons = np.array([shapely.box(x, y, x + 0.1, y + 0.1).buffer(0.01)
+                         for x, y in zip(rng.uniform(0, 1, 300), rng.uniform(0, 1, 300))], dtype=object)
+    shapely.prepare(polygons)
+    lon, lat = rng.uniform(0, 1.1, 5000), rng.uniform(0, 1.1, 5000)
+    swept = set(zip(*ownership._covering_pairs(polygons, lon, lat)))
+    monkeypatch.setattr(ownership, "SWEEP_POLYGONS", 10)
+    searched = set(zip(*ownership._covering_pairs(polygons, lon, lat)))
+    assert searched == swept and len(swept) > 5000
