@@ -169,6 +169,26 @@ def db_grant(role: str | None) -> None:
     click.echo(f"granted {role} the service's privileges (and revoked any others)")
 
 
+@db.command("partitions")
+@click.option("--ahead", default=2, show_default=True, type=click.IntRange(0, 36),
+              help="Months after this one to create.")
+def db_partitions(ahead: int) -> None:
+    """Create this month's partitions of the history (incidents, their events, the audit log) and
+    the next AHEAD months', and the months of rows waiting in DEFAULT (moving them); then list
+    every partition with its rows. Runs as the owner."""
+    from geo_service import partitions
+
+    with _session() as session:
+        ensured = partitions.ensure_ahead(session, ahead) + partitions.ensure_default_emptied(session)
+        session.commit()
+        for done in ensured:
+            click.echo(f"busy, skipped (run again): {done.name}" if done.busy else
+                       f"created {done.name}" + (f", {done.rows_moved:,} row(s) moved from DEFAULT"
+                                                 if done.rows_moved else ""))
+        for partition in partitions.listed(session):
+            click.echo(f"{partition.table:<16} {partition.name:<28} {partition.rows:>12,} rows")
+
+
 SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from geo_service import assignment, audit, incidents, lifecycle, models, ownership
+from geo_service import assignment, audit, incidents, lifecycle, models, ownership, partitions
 from geo_service.errors import InvalidInput, NotFound
 
 
@@ -56,9 +56,16 @@ CREATE TEMP TABLE incident_stage (
 # per point: 0.4 s instead of 3 s for 100,000 points, building the index included. The planner
 # picks that order from the table's size; ANALYZE would cost more than it changes.
 STAGE_INDEX_SQL = "CREATE INDEX ON incident_stage USING gist ((ST_SetSRID(ST_MakePoint(lon, lat), 4326)))"
+# A staged row's reported_at: whole seconds and the microseconds, each exact.
+STAGE_REPORTED_AT = ("timestamptz 'epoch' + reported_us / 1000000 * interval '1 second'"
+                     " + reported_us % 1000000 * interval '1 microsecond'")
+# The months the import writes: those of the rows (incident) and of now (their first events and
+# the audit row), so each lands in its monthly partition rather than in DEFAULT.
+STAGE_TIMES_SQL = f"SELECT {STAGE_REPORTED_AT} FROM incident_stage UNION SELECT CAST(:now AS timestamptz)"
 # Raw SQL, one statement: assign the staged rows (the rule of assignment.py, decided and turned
 # into a snapshot once per grid and category), insert them in file order with their first
-# timeline event (rows whose external_id is known already are left alone), and answer how many
+# timeline event (rows whose external_id is known already are left alone: incident_key holds
+# every external_id, the unique index a partitioned table cannot have), and answer how many
 # were placed and inserted and which rows no grid covers.
 IMPORT_SQL = text("WITH " + assignment.assign_ctes(
     "incident_stage AS p", "p.ord", "ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)", "p.category_code") + """,
@@ -76,13 +83,11 @@ decided AS MATERIALIZED (
            d.grid_code, d.assignee_id, d.police_ids, d.assignment, s.reported_at,
            s.reported_at + s.due_us * interval '1 microsecond', CASE WHEN s.status = 'closed' THEN s.reported_at END,
            :now, :now  -- history is not news: no overdue notice, no live event, no webhook
-    FROM (SELECT *, timestamptz 'epoch' + reported_us / 1000000 * interval '1 second'
-                    + reported_us % 1000000 * interval '1 microsecond' AS reported_at
-          FROM incident_stage) AS s
+    FROM (SELECT *, """ + STAGE_REPORTED_AT + """ AS reported_at FROM incident_stage) AS s
     JOIN owner AS o ON o.ord = s.ord
     JOIN decided AS d ON d.grid_id = o.grid_id AND d.category = o.category
+    WHERE NOT EXISTS (SELECT FROM incident_key AS k WHERE k.external_id = s.external_id)
     ORDER BY s.ord
-    ON CONFLICT (external_id) DO NOTHING
     RETURNING id, status
 ), events AS (
     INSERT INTO incident_event (incident_id, at, actor_kind, actor_id, actor_name, action, from_status, to_status)
@@ -120,6 +125,7 @@ def import_rows(session: Session, frame: pd.DataFrame, lons: np.ndarray, lats: n
             cursor.copy_expert(f"COPY incident_stage ({', '.join(STAGE_COLUMNS)}) FROM STDIN", staged, size=1 << 20)
         cursor.execute(STAGE_INDEX_SQL)
     if len(rows):
+        partitions.ensure_months_of(session, STAGE_TIMES_SQL, {"now": now})
         previous = _set_locally(session, IMPORT_SETTINGS)
         result = session.execute(IMPORT_SQL, {
             "now": now, "decided_at": now.isoformat(), "today": now.astimezone(ownership.LOCAL_TZ).date(),

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import psycopg2.errors
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -87,7 +88,7 @@ WITH point AS (
            :actor_kind, :actor_id, a.town_code, a.community_code, a.grid_code, a.assignee_id, a.police_ids,
            CAST(a.snapshot AS jsonb) || jsonb_build_object('decided_at', CAST(:decided_at AS text))
     FROM allowed AS a
-    ON CONFLICT (external_id) DO NOTHING
+    WHERE NOT EXISTS (SELECT FROM incident_key AS k WHERE k.external_id = CAST(:external_id AS varchar))
     RETURNING """ + incidents.INCIDENT_COLUMNS.replace("i.", "") + """,
               category_code, reported_by_kind, reported_by_id, geom
 ), changed AS (""" + changes.insert_sql(
@@ -145,12 +146,20 @@ def intake(session: Session, outside: Callable[[float, float], Exception], ident
         raise InvalidInput("a report needs lon and lat, or a door_plate code")
     else:
         lon, lat, _ = ownership.parse_point(report.lon, report.lat, report.crs)
-    row = _execute_prepared(session, {
-        "lon": lon, "lat": lat, "category": report.category, "today": now.astimezone(ownership.LOCAL_TZ).date(),
-        "decided_at": now.isoformat(), "external_id": report.external_id, "description": description, "now": now,
-        "reporter_kind": report.reporter_kind, "door_plate_code": door_plate_code, "source": source,
-        "actor_kind": actor.kind, "actor_id": actor.id, "actor_name": actor.name, "address": address,
-        **visibility.params(identity)})
+    try:
+        row = _execute_prepared(session, {
+            "lon": lon, "lat": lat, "category": report.category, "today": now.astimezone(ownership.LOCAL_TZ).date(),
+            "decided_at": now.isoformat(), "external_id": report.external_id, "description": description, "now": now,
+            "reporter_kind": report.reporter_kind, "door_plate_code": door_plate_code, "source": source,
+            "actor_kind": actor.kind, "actor_id": actor.id, "actor_name": actor.name, "address": address,
+            **visibility.params(identity)})
+    except psycopg2.errors.UniqueViolation as error:
+        # Two attempts at once: the other one's incident, committed meanwhile, holds the external_id
+        # (incident_key, migration 0012); this one is a retry like any.
+        if error.diag.constraint_name != "incident_key_external_id_key":
+            raise
+        session.rollback()
+        return _replay(session, identity, actor, report.external_id, address, now), False
     if not row["category_known"]:
         incidents.category(session, report.category)  # raises, naming the categories there are
     if not row["covered"]:

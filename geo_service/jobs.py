@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from geo_service import changes, webhooks
+from geo_service import changes, partitions, webhooks
 from geo_service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ class Jobs:
             Job("sequence", 0.25, self.refresh),
             Job("overdue", 5.0, lambda: changes.notice_overdue(engine, clock())),
             Job("webhooks", 1.0, lambda: webhooks.deliver_due(engine, settings, clock())),
+            # This month's partitions of the history and the next ones, made at start and kept
+            # ahead of the calendar (by the database's clock, not a test's); each call costs a few
+            # catalog lookups unless a month is missing.
+            Job("partitions", 3600.0, self.ensure_partitions),
         ]
 
     def refresh(self) -> int:
@@ -52,6 +56,10 @@ class Jobs:
         changes.sequence(self.engine)
         self.latest_seq = changes.latest(self.engine)
         return self.latest_seq
+
+    def ensure_partitions(self) -> list[partitions.Ensured]:
+        with self.engine.begin() as connection:
+            return partitions.ensure_ahead(connection)
 
     @property
     def running(self) -> bool:

@@ -428,6 +428,14 @@ class IncidentCategory(Base):
     service_item_code: Mapped[str | None] = mapped_column(ForeignKey("service_item.code", ondelete="RESTRICT"))
 
 
+# History partitioned by month (migration 0012): `incident` by reported_at, `incident_event` and
+# `audit_log` by at, one partition a month (China Standard Time) and a DEFAULT one, made by the
+# database function ensure_history_partitions (geo_service.partitions). A primary key must include
+# the partition key, so no unique index or foreign key can name incident(id) or external_id alone:
+# incident_key, kept by incident's triggers, holds them, and the columns naming an incident
+# (`incident_id`, `duplicate_of`) reference it.
+
+
 class Incident(Base):
     __tablename__ = "incident"
     __table_args__ = (
@@ -447,15 +455,18 @@ class Incident(Base):
         # Only merged rows: the planner must never scan this for `duplicate_of IS NULL` (every
         # incident but a few), as it did for each report's duplicate check before it was partial.
         Index("ix_incident_duplicate_of", "duplicate_of", postgresql_where=text("duplicate_of IS NOT NULL")),
+        # Unique through incident_key: no unique index of a partitioned table can leave out reported_at.
+        Index("ix_incident_external_id", "external_id"),
+        {"postgresql_partition_by": "RANGE (reported_at)"},
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    external_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    external_id: Mapped[str | None] = mapped_column(String(64))
     category_code: Mapped[str] = mapped_column(
         ForeignKey("incident_category.code", ondelete="RESTRICT"), index=True
     )
     description: Mapped[str] = mapped_column(Text)
-    reported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    reported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)  # the month
     reporter_kind: Mapped[str] = mapped_column(Text)
     door_plate_code: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(Text, default="reported", server_default="reported")
@@ -481,7 +492,7 @@ class Incident(Base):
     reported_by_kind: Mapped[str | None] = mapped_column(Text)
     reported_by_id: Mapped[int | None] = mapped_column(Integer)
     # A report merged into its primary (closed as a duplicate); analyses count the group once.
-    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("incident.id", ondelete="RESTRICT"))
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("incident_key.id", ondelete="RESTRICT"))
     # When the passing of the current stage's deadline was announced (incident.overdue).
     overdue_noticed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     # The boundary generation the incident was assigned in (grid_code names a grid of it).
@@ -489,15 +500,28 @@ class Incident(Base):
                                                       server_default=text("current_generation()"))
 
 
+class IncidentKey(Base):
+    """Each incident's id and external_id once, across every month: written, renamed and deleted
+    with the incident by its triggers (migration 0012). Its keys are the unique keys the partitioned
+    incident cannot have, and what the columns naming an incident reference: deleting an incident
+    deletes its key, and so its timeline, departments, changes and photos."""
+
+    __tablename__ = "incident_key"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    external_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+
+
 class IncidentEvent(Base):
     """One step of an incident's timeline: who moved it from which status to which, and why."""
 
     __tablename__ = "incident_event"
-    __table_args__ = (Index("ix_incident_event_incident_id", "incident_id", "id"),)
+    __table_args__ = (Index("ix_incident_event_incident_id", "incident_id", "id"),
+                      {"postgresql_partition_by": "RANGE (at)"})
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id", ondelete="CASCADE"))
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident_key.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)  # the month
     actor_kind: Mapped[str] = mapped_column(Text)
     actor_id: Mapped[int | None] = mapped_column(Integer)
     actor_name: Mapped[str | None] = mapped_column(Text)
@@ -515,7 +539,7 @@ class IncidentDepartment(Base):
     __table_args__ = (UniqueConstraint("incident_id", "department", name="incident_department_once"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id", ondelete="CASCADE"))
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident_key.id", ondelete="CASCADE"))
     department: Mapped[str] = mapped_column(Text)
     added_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     added_by: Mapped[str | None] = mapped_column(Text)
@@ -597,10 +621,12 @@ class AuditLog(Base):
         Index("ix_audit_log_at", "at"),
         Index("ix_audit_log_action_at", "action", "at"),
         Index("ix_audit_log_actor", "actor_kind", "actor_id"),
+        {"postgresql_partition_by": "RANGE (at)"},
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True,
+                                            server_default=func.now())  # the month
     actor_kind: Mapped[str] = mapped_column(Text)
     actor_id: Mapped[int | None] = mapped_column(Integer)
     actor_name: Mapped[str | None] = mapped_column(Text)
@@ -648,7 +674,7 @@ class IncidentChange(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id", ondelete="CASCADE"), index=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident_key.id", ondelete="CASCADE"), index=True)
     action: Mapped[str] = mapped_column(Text)
     events: Mapped[list[str]] = mapped_column(ARRAY(Text))
     status: Mapped[str] = mapped_column(Text)
@@ -754,7 +780,7 @@ class IncidentAttachment(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id", ondelete="CASCADE"))
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident_key.id", ondelete="CASCADE"))
     purpose: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     content_type: Mapped[str] = mapped_column(Text)

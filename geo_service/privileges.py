@@ -55,6 +55,9 @@ SERVICE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     # Intake inserts (intake.intake, Open311); transitions update status, version, deadline
     # and assignee (lifecycle.transition).
     "incident": ("SELECT", "INSERT", "UPDATE"),
+    # Each incident's id and external_id once (migration 0012): written by incident's own
+    # triggers, read to tell a retried report or an already imported row from a new one.
+    "incident_key": READ,
     # The timeline is only ever appended to.
     "incident_event": ("SELECT", "INSERT"),
     # Escalation calls departments in; a department's acknowledgment updates its row.
@@ -86,12 +89,22 @@ SERVICE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "alembic_version": (),
 }
 
+# Functions the service role is granted EXECUTE on, by signature (as regprocedure prints it). The
+# SECURITY DEFINER ones are revoked from PUBLIC by their migration; triggers run theirs unchecked.
+SERVICE_FUNCTIONS: tuple[str, ...] = (
+    # Creates the months it is about to write (and the months ahead) of the partitioned history,
+    # as the owner (SECURITY DEFINER): the service itself may create nothing (geo_service.partitions).
+    "ensure_history_partitions(date,date)",
+)
+
 # Relations (tables, views, materialized views, foreign tables) of the app in `public`:
-# PostGIS's spatial_ref_sys is an extension member and not ours to grant.
+# PostGIS's spatial_ref_sys is an extension member and not ours to grant. Partitions are left
+# out: the service reads and writes them through their partitioned table only, whose privileges
+# are the ones checked, and holds nothing on a partition itself.
 APP_RELATIONS_SQL = """
 SELECT c.relname
 FROM pg_class AS c
-WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
   AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                   AND d.deptype = 'e')
 ORDER BY c.relname
@@ -194,6 +207,8 @@ def grant(connection: Connection, role: str) -> None:
                 connection.execute(text(f"GRANT USAGE ON SEQUENCE public.{quote(sequence)} TO {grantee}"))
         for function in connection.execute(text(APP_FUNCTIONS_SQL)).scalars():
             connection.execute(text(f"REVOKE ALL ON FUNCTION {function} FROM {grantee}"))
+            if function in SERVICE_FUNCTIONS:
+                connection.execute(text(f"GRANT EXECUTE ON FUNCTION {function} TO {grantee}"))
         administers = connection.execute(text(ADMINISTERS_SQL)).one()
         if administers.schema:
             connection.execute(text(f"REVOKE ALL ON SCHEMA public FROM {grantee}"))

@@ -16,6 +16,10 @@ def include_object(obj, name, type_, reflected, compare_to):
     # PostGIS owns spatial_ref_sys and the tiger/topology schemas; they are not ours to diff.
     if type_ == "table" and name in {"spatial_ref_sys"}:
         return False
+    # The months of a partitioned table (migration 0012) are the database's business; the models
+    # describe the partitioned table itself.
+    if type_ == "table" and reflected and obj.dialect_options["postgresql"].get("inherits"):
+        return False
     return alembic_helpers.include_object(obj, name, type_, reflected, compare_to)
 
 
