@@ -33,6 +33,7 @@ import datetime as dt
 import io
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +153,7 @@ class Dataset:
     # Point layers in CSV files are not held in memory but read in pieces, once to check them and
     # once to write them (10 M door plates and 10 M incidents would take gigabytes): layer -> file.
     streamed: dict[str, Path] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)  # a streamed layer's rows, counted as it is checked
     source_crs: str | None = None
     encoding: str | None = None
 
@@ -751,7 +753,7 @@ def validate(dataset: Dataset, *, categories: Iterable[str], tolerance_m2: float
         progress(f"checked coverage, nesting and points ({time.perf_counter() - started:.1f} s)")
     for layer in dataset.streamed:
         started = time.perf_counter()
-        rows = _check_streamed(dataset, layer, problems, set(categories))
+        rows = dataset.rows[layer] = _check_streamed(dataset, layer, problems, set(categories))
         progress(f"checked {layer}: {rows:,} rows ({time.perf_counter() - started:.1f} s)")
     return problems
 
@@ -964,13 +966,16 @@ def _write(session: Session, dataset: Dataset, report: LoadReport, progress: Pro
     if dataset.has("incidents"):
         started = time.perf_counter()
         now, change, rejected = dt.datetime.now(dt.UTC), LayerChange(), []
-        for offset, batch in _pieces(dataset, "incidents"):
-            imported = incident_import.import_rows(session, batch, shapely.get_x(batch.geometry.values),
-                                                   shapely.get_y(batch.geometry.values), actor, now)
-            rejected += imported.rejected
-            change.inserted += imported.inserted
-            change.unchanged += imported.already
-            progress(f"  incident: {offset + len(batch):,} rows ({time.perf_counter() - started:.1f} s)")
+        bulk = dataset.rows.get("incidents", 0) >= BULK_ROWS and \
+            session.scalar(text("SELECT NOT EXISTS (SELECT FROM incident)"))
+        with _indexes_rebuilt_after(session, "incident", bulk, progress):
+            for offset, batch in _pieces(dataset, "incidents"):
+                imported = incident_import.import_rows(session, batch, shapely.get_x(batch.geometry.values),
+                                                       shapely.get_y(batch.geometry.values), actor, now)
+                rejected += imported.rejected
+                change.inserted += imported.inserted
+                change.unchanged += imported.already
+                progress(f"  incident: {offset + len(batch):,} rows ({time.perf_counter() - started:.1f} s)")
         if rejected:
             raise DatasetInvalid([Problem("incidents", "not assignable", reason, code=code)
                                   for code, reason in rejected])
@@ -1015,16 +1020,33 @@ SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT 
 """)
 PLATE_DELETE_MISSING_SQL = text("DELETE FROM door_plate AS d WHERE NOT EXISTS "
                                 "(SELECT FROM door_plate_stage AS s WHERE s.code = d.code)")
-# Into an empty table, this many plates or more are written with the secondary indexes dropped
-# and built again afterwards: a GiST index built over 10 M sorted points takes seconds, kept up
-# row by row it takes many minutes. Only when the loader owns the table (the CLI does).
-BULK_PLATES = 200_000
-PLATE_BULK_INDEXES_SQL = text("""
-SELECT i.indexname, i.indexdef
-FROM pg_indexes AS i JOIN pg_index AS x ON x.indexrelid = (quote_ident(i.indexname))::regclass
-WHERE i.schemaname = current_schema() AND i.tablename = 'door_plate' AND NOT x.indisunique
-  AND (SELECT tableowner = current_user FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'door_plate')
+# Into an empty table, this many rows or more (door plates, incidents) are written with the
+# table's secondary indexes dropped and built again afterwards: a GiST index built over 10 M
+# sorted points takes seconds, kept up row by row it takes many minutes. Only when the loader
+# owns the table (the CLI does); a partitioned table's indexes are rebuilt on every partition.
+BULK_ROWS = 200_000
+BULK_INDEXES_SQL = text("""
+SELECT c.relname AS name, pg_get_indexdef(x.indexrelid) AS definition
+FROM pg_index AS x JOIN pg_class AS c ON c.oid = x.indexrelid JOIN pg_class AS t ON t.oid = x.indrelid
+WHERE t.relname = :table AND t.relnamespace = to_regnamespace(current_schema()) AND NOT x.indisunique
+  AND pg_get_userbyid(t.relowner) = current_user
+ORDER BY c.relname
 """)
+
+
+@contextmanager
+def _indexes_rebuilt_after(session: Session, table: str, bulk: bool, progress: Progress) -> Iterator[None]:
+    """With `bulk`, drop `table`'s secondary indexes for the writes of the block, then build them again."""
+    dropped = session.execute(BULK_INDEXES_SQL, {"table": table}).all() if bulk else []
+    for name, _ in dropped:
+        session.execute(text(f'DROP INDEX "{name}"'))
+    yield
+    for name, definition in dropped:
+        started = time.perf_counter()
+        session.execute(text(definition.replace(" ON ONLY ", " ON ")))
+        progress(f"  {table}: index {name} built ({time.perf_counter() - started:.1f} s)")
+    if dropped:
+        session.execute(text(f'ANALYZE "{table}"'))
 
 
 def owning_towns(grids: gpd.GeoDataFrame, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -1066,19 +1088,11 @@ def _write_door_plates(session: Session, pieces: Iterable[tuple[int, pd.DataFram
                                buffer, size=1 << 20)
             rows += len(frame)
     progress(f"  door_plate: {rows:,} rows placed and copied ({time.perf_counter() - started:.1f} s)")
-    dropped = session.execute(PLATE_BULK_INDEXES_SQL).all() if table_was_empty and rows >= BULK_PLATES else []
-    for name, _ in dropped:
-        session.execute(text(f'DROP INDEX "{name}"'))
-    started = time.perf_counter()
-    written = session.execute(PLATE_UPSERT_SQL).one()
-    deleted = session.execute(PLATE_DELETE_MISSING_SQL).rowcount
-    progress(f"  door_plate: written ({time.perf_counter() - started:.1f} s)")
-    for name, definition in dropped:
+    with _indexes_rebuilt_after(session, "door_plate", table_was_empty and rows >= BULK_ROWS, progress):
         started = time.perf_counter()
-        session.execute(text(definition))
-        progress(f"  door_plate: index {name} built ({time.perf_counter() - started:.1f} s)")
-    if dropped:
-        session.execute(text("ANALYZE door_plate"))
+        written = session.execute(PLATE_UPSERT_SQL).one()
+        deleted = session.execute(PLATE_DELETE_MISSING_SQL).rowcount
+        progress(f"  door_plate: written ({time.perf_counter() - started:.1f} s)")
     return LayerChange(inserted=written.inserted, updated=written.updated, deleted=deleted,
                        unchanged=rows - written.inserted - written.updated)
 

@@ -329,3 +329,21 @@ def test_csv_point_layers_are_checked_and_written_in_pieces(empty_session, tmp_p
     report = load(empty_session, tiny.write_frames(tmp_path / "fewer", fewer))
     assert (report.changes["door_plates"].deleted, report.changes["incidents"].unchanged) == (4, 7)
     assert empty_session.scalar(text("SELECT count(*) FROM door_plate")) == 6
+
+
+def test_a_bulk_first_load_rebuilds_every_index_it_dropped(empty_session, tmp_path, monkeypatch):
+    """Large first loads write door plates and incidents without their secondary indexes and build
+    them again: afterwards the tables have the same indexes (on every partition) as the migration made."""
+    indexes_sql = text("SELECT tablename, indexname, indexdef FROM pg_indexes "
+                       "WHERE tablename IN ('door_plate', 'incident') ORDER BY 1, 2")
+    per_partition_sql = text("SELECT DISTINCT count(*) FROM pg_indexes "
+                             "WHERE tablename ~ '^incident_(p[0-9_]+|default)$' GROUP BY tablename")
+    before = empty_session.execute(indexes_sql).all()
+    parent = sum(1 for table, _, _ in before if table == "incident")
+    assert parent > 10 and empty_session.scalars(per_partition_sql).all() == [parent]
+    monkeypatch.setattr(loading, "BULK_ROWS", 5)
+    report = load(empty_session, tiny.write_frames(tmp_path / "bulk", _many_points(tiny.frames(), 10, 7)))
+    assert (report.changes["door_plates"].inserted, report.changes["incidents"].inserted) == (10, 7)
+    assert empty_session.execute(indexes_sql).all() == before
+    assert empty_session.scalars(per_partition_sql).all() == [parent], "every month has every index"
+    assert empty_session.scalar(text("SELECT count(*) FROM incident WHERE grid_code IS NOT NULL")) == 7
