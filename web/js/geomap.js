@@ -155,7 +155,11 @@ var GeoMap = (function () {
   // A promise of a tile layer's first tiles (at once when it has none to load in this view).
   function settled(layer) {
     return new Promise(function (resolve) {
-      if (!map.hasLayer(layer) || !layer.isLoading()) { resolve(); return; }
+      // A layer outside its zooms makes no tiles, so it never fires "load": it has nothing to wait for.
+      var zoom = map.getZoom(), options = layer.options || {};
+      var outside = (options.minZoom != null && zoom < options.minZoom) ||
+        (options.maxZoom != null && zoom > options.maxZoom);
+      if (!map.hasLayer(layer) || !layer.isLoading() || outside) { resolve(); return; }
       var timer = setTimeout(function () { report(new Error("tiles of a layer did not load")); resolve(); }, 20000);
       layer.once("load", function () { clearTimeout(timer); resolve(); });
     });
