@@ -684,7 +684,7 @@ def _kmeans_sources(rng, cells: _Cells, members, k):
     return out, cent
 
 
-def _allocate(total, weights, lo, hi):
+def allocate(total, weights, lo, hi):
     """Split `total` in proportion to `weights` with lo <= n <= hi per item.
 
     Greedy largest-deficit: without the bounds this is the largest-remainder method.
@@ -777,7 +777,7 @@ def _grow_communities(rng, cells: _Cells, seats_m, town_of):
     town_area = np.bincount(town_of, weights=cells.area_m, minlength=len(TOWNS))
     urban_n = np.array([N_SHAPING_URBAN if t == SHAPING else 1 for t in range(len(TOWNS))])
     n_villages = N_COMMUNITIES - urban_n.sum()
-    village_n = _allocate(n_villages, town_area, np.full(len(TOWNS), 3), np.full(len(TOWNS), 40))
+    village_n = allocate(n_villages, town_area, np.full(len(TOWNS), 3), np.full(len(TOWNS), 40))
 
     comm_of = np.full(n, -1)
     comm_town, comm_urban, comm_src = [], [], []
@@ -819,7 +819,7 @@ def _grow_grids(rng, cells: _Cells, comm_of, comm_urban, comm_src):
     n_comm = len(comm_urban)
     comm_cells = np.bincount(comm_of, minlength=n_comm)
     w = comm_cells * np.where(comm_urban, 2.6, 1.0)
-    grid_n = _allocate(N_GRIDS, w, np.ones(n_comm, int), np.maximum(comm_cells // 3, 1))
+    grid_n = allocate(N_GRIDS, w, np.ones(n_comm, int), np.maximum(comm_cells // 3, 1))
     grid_of = np.full(n, -1)
     grid_comm = []
     for c in range(n_comm):
@@ -1359,7 +1359,7 @@ def _hire_full_time(roster: _Roster, a: _Areas, plates_in):
     """One full-time worker per grid, who is also its grid leader, plus the remaining
     full-time posts (up to 4 more per grid) shared out by the grid's door plates."""
     n_grid = len(a.grid_polys)
-    extra_ft = _allocate(N_FULL_TIME - n_grid, plates_in + 1, np.zeros(n_grid, int),
+    extra_ft = allocate(N_FULL_TIME - n_grid, plates_in + 1, np.zeros(n_grid, int),
                          np.full(n_grid, 4))
     for g in a.grid_order:
         for j in range(1 + int(extra_ft[g])):
@@ -1375,7 +1375,7 @@ def _hire_part_time(rng, roster: _Roster, a: _Areas, plates_in):
     the same town. They are hired in a random order, so rider and non-rider codes mix."""
     n_grid = len(a.grid_polys)
     n_nonrider = N_PART_TIME - N_RIDERS
-    extra_pt = _allocate(n_nonrider - n_grid, plates_in + 5, np.zeros(n_grid, int),
+    extra_pt = allocate(n_nonrider - n_grid, plates_in + 5, np.zeros(n_grid, int),
                          np.full(n_grid, 8))
     slots = []
     for g in a.grid_order:
@@ -1402,7 +1402,7 @@ def _hire_professionals(rng, roster: _Roster, a: _Areas):
     every grid, and every town has at least one labour specialist."""
     n_town = len(TOWNS)
     grids_t = np.bincount(a.grid_town, minlength=n_town)
-    prof_t = _allocate(N_PROFESSIONAL, grids_t, np.ceil(grids_t / 4).astype(int) + 1,
+    prof_t = allocate(N_PROFESSIONAL, grids_t, np.ceil(grids_t / 4).astype(int) + 1,
                        np.full(n_town, N_PROFESSIONAL))
     for t in range(n_town):
         tg = np.array([g for g in a.grid_order if a.grid_town[g] == t])

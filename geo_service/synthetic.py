@@ -316,19 +316,6 @@ def _regions(graph, sources: list[int], xy: np.ndarray, members: np.ndarray | No
     return label
 
 
-def _allocate(total: int, weights, lo, hi) -> np.ndarray:
-    """`total` split in proportion to `weights` with lo <= n <= hi each (greedy largest deficit)."""
-    weights = np.asarray(weights, float)
-    n = np.asarray(lo, int).copy()
-    hi = np.asarray(hi, int)
-    if not n.sum() <= total <= hi.sum():
-        raise ValueError(f"cannot split {total} within bounds [{n.sum()}, {hi.sum()}]")
-    quota = weights / weights.sum() * total
-    while n.sum() < total:
-        n[int(np.argmax(np.where(n < hi, quota - n, -np.inf)))] += 1
-    return n
-
-
 def _names(rng, count: int, suffix: str, taken: set[str] = frozenset()) -> list[tuple[str, str]]:
     """`count` distinct (name, pinyin) of two syllables and `suffix`, none of them in `taken`."""
     pool = [(a + b + suffix, (pa_ + pb).capitalize()) for a, pa_ in SYLLABLES for b, pb in SYLLABLES
@@ -589,7 +576,7 @@ def _communities(c: _County, graph) -> None:
     source lies within the seat's urban core. c.comm_town, c.comm_source, c.comm_urban, c.grid_comm."""
     rng, n_towns = c.rng, c.counts["towns"]
     grids_in_town = np.bincount(c.grid_town, minlength=n_towns)
-    per_town = _allocate(c.counts["communities"], grids_in_town, np.ones(n_towns, int),
+    per_town = sample.allocate(c.counts["communities"], grids_in_town, np.ones(n_towns, int),
                          np.minimum(grids_in_town, 150))
     c.grid_comm = np.full(len(c.grid_seed), -1)
     comm_town, comm_source = [], []
@@ -1002,7 +989,7 @@ def _people(c: _County) -> None:
     assignments: list[tuple[int, str, int]] = []  # grid, role, worker index (officers: -1 - index)
 
     n_full = max(n_grid, int(round(PER_GRID["full_time"] * n_grid)))
-    extra = _allocate(n_full - n_grid, plates_in + 1, np.zeros(n_grid, int), np.full(n_grid, max(4, n_full)))
+    extra = sample.allocate(n_full - n_grid, plates_in + 1, np.zeros(n_grid, int), np.full(n_grid, max(4, n_full)))
     for g in c.grid_order:
         for k in range(1 + int(extra[g])):
             workers.append(("full_time", False, ""))
@@ -1011,7 +998,7 @@ def _people(c: _County) -> None:
             assignments.append((g, "full_time_worker", len(workers) - 1))
 
     n_part = max(n_grid, int(round(PER_GRID["part_time"] * n_grid)))
-    extra = _allocate(n_part - n_grid, plates_in + 5, np.zeros(n_grid, int), np.full(n_grid, max(8, n_part)))
+    extra = sample.allocate(n_part - n_grid, plates_in + 5, np.zeros(n_grid, int), np.full(n_grid, max(8, n_part)))
     slots = [(False, int(g)) for g in c.grid_order for _ in range(1 + int(extra[g]))]
     weight = (plates_in + 20) / (plates_in + 20).sum()
     slots += [(True, int(g)) for g in rng.choice(n_grid, int(round(PER_GRID["riders"] * n_grid)), p=weight)]
@@ -1029,7 +1016,7 @@ def _people(c: _County) -> None:
     grids_in_town = np.bincount(c.grid_town, minlength=n_towns)
     low = np.ceil(grids_in_town / 4).astype(int) + 1
     n_prof = max(int(low.sum()), int(round(PER_GRID["professionals"] * n_grid)))
-    per_town = _allocate(n_prof, grids_in_town, low, np.full(n_towns, n_prof))
+    per_town = sample.allocate(n_prof, grids_in_town, low, np.full(n_towns, n_prof))
     position = np.zeros(n_grid, int)
     position[c.grid_order] = np.arange(n_grid)
     for t in range(n_towns):
