@@ -1707,18 +1707,19 @@ def _building_leaders(rng, a: _Areas, compounds, plates):
     return rows
 
 
-def _constituency(rng, a: _Areas, seed_grid, size, prefer):
+def constituency(rng, grid_town, neighbours, seed_grid, size, prefer, order) -> list:
     """`size` grids (fewer when the town runs out) grown from seed_grid through neighbouring grids
-    of its town, taking grids in `prefer` first; returned in code order."""
-    town = a.grid_town[seed_grid]
+    of its town, taking grids in `prefer` first; returned sorted by `order` (each grid's code or
+    its position in code order)."""
+    town = grid_town[seed_grid]
     group = [seed_grid]
     while len(group) < size:
-        near = sorted({n for g in group for n in a.grid_nbrs[g] if a.grid_town[n] == town} - set(group))
+        near = sorted({n for g in group for n in neighbours[g] if grid_town[n] == town} - set(group))
         if not near:
             break
         pool = [n for n in near if n in prefer] or near
         group.append(pool[int(rng.integers(len(pool)))])
-    return sorted(group, key=lambda g: a.grid_code[g])
+    return sorted(group, key=lambda g: order[g])
 
 
 def _npc_deputies(rng, a: _Areas):
@@ -1739,14 +1740,15 @@ def _npc_deputies(rng, a: _Areas):
             if g not in uncovered:
                 continue
             k += 1
-            group = _constituency(rng, a, g, int(rng.integers(lo, hi + 1)), uncovered)
+            group = constituency(rng, a.grid_town, a.grid_nbrs, g, int(rng.integers(lo, hi + 1)), uncovered,
+                                 a.grid_code)
             uncovered -= set(group)
             rows.append({"level": "town", "constituency": f"{town[1]}第{k}选区",
                          "grids": group})
         for _ in range(N_COUNTY_DEPUTIES_PER_TOWN):
             county_n += 1
             g = tg[int(rng.integers(len(tg)))]
-            group = _constituency(rng, a, g, int(rng.integers(lo, hi + 1)), set())
+            group = constituency(rng, a.grid_town, a.grid_nbrs, g, int(rng.integers(lo, hi + 1)), set(), a.grid_code)
             rows.append({"level": "county", "constituency": f"鹤山市第{county_n}选区({town[1]})",
                          "grids": group})
     for i, r in enumerate(rows):

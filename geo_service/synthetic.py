@@ -1132,13 +1132,15 @@ def _cast(c: _County) -> None:
         for g in [town_grids[i] for i in rng.permutation(len(town_grids))]:
             if g in uncovered:
                 k += 1
-                group = _constituency(c, g, int(rng.integers(low, high + 1)), uncovered, position)
+                group = sample.constituency(rng, c.grid_town, c.grid_neighbours, g, int(rng.integers(low, high + 1)),
+                                           uncovered, position)
                 uncovered -= set(group)
                 c.deputies.append(("town", f"{town}第{k}选区", group))
         for _ in range(COUNTY_DEPUTIES_PER_TOWN):
             county_number += 1
             g = town_grids[int(rng.integers(len(town_grids)))]
-            group = _constituency(c, g, int(rng.integers(low, high + 1)), set(), position)
+            group = sample.constituency(rng, c.grid_town, c.grid_neighbours, g, int(rng.integers(low, high + 1)),
+                                       set(), position)
             c.deputies.append(("county", f"{c.plan.name}第{county_number}选区({town})", group))
     c.deputy_code = [f"ND{code}{i + 1:05d}" for i in range(len(c.deputies))]
     # one legal adviser per community, from a dozen law firms
@@ -1156,23 +1158,6 @@ def _cast(c: _County) -> None:
     for layer, count in (("building_leaders", len(c.leaders)), ("npc_deputies", len(c.deputies)),
                          ("legal_advisers", len(c.advisers)), ("mediators", len(c.mediators))):
         setattr(c, f"{layer}_people", _names_and_phones(c, count, layer))
-
-
-def _constituency(c: _County, seed_grid: int, size: int, prefer: set[int], position: np.ndarray) -> list[int]:
-    """`size` grids (fewer when the town runs out) grown from seed_grid through neighbouring grids
-    of its town, taking grids in `prefer` first; in code order."""
-    town = c.grid_town[seed_grid]
-    group = [seed_grid]
-    while len(group) < size:
-        near = sorted({n for g in group for n in c.grid_neighbours[g] if c.grid_town[n] == town} - set(group))
-        if not near:
-            break
-        pool = [n for n in near if n in prefer] or near
-        group.append(pool[int(c.rng.integers(len(pool)))])
-    return sorted(group, key=lambda g: position[g])
-
-
-# --------------------------------------------------------------------------- incidents
 
 
 def _incidents(c: _County) -> None:
