@@ -1050,15 +1050,12 @@ def _indexes_rebuilt_after(session: Session, table: str, bulk: bool, progress: P
 
 
 def owning_towns(grids: gpd.GeoDataFrame, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """The town code of each point by the ownership rule (None where no grid covers it), vectorised:
-    one STRtree query for every point, the lowest grid code kept where several cover it."""
+    """The town code of each point by the ownership rule (None where no grid covers it); a town's
+    code starts its grids' codes."""
     order = np.argsort(grids["code"].to_numpy())
-    geoms = grids.geometry.values[order]
-    points, hits = shapely.STRtree(geoms).query(shapely.points(lon, lat), predicate="intersects")
-    best = np.full(len(lon), len(geoms))
-    np.minimum.at(best, points, hits)
+    owner, _ = ownership.owners_of(np.asarray(grids.geometry.values)[order], lon, lat)
     towns = np.array([code[:9] for code in grids["code"].to_numpy()[order]] + [None], dtype=object)
-    return towns[best]
+    return towns[owner]  # -1, no grid: the None at the end
 
 
 def _write_door_plates(session: Session, pieces: Iterable[tuple[int, pd.DataFrame]], grids: gpd.GeoDataFrame,

@@ -415,14 +415,7 @@ class OwnershipIndex:
 
     def lookup_many(self, lon: np.ndarray, lat: np.ndarray) -> dict[str, np.ndarray]:
         """Vectorised ownership for many WGS-84 points: grid index (-1 outside), boundary flag, compound index."""
-        owner = np.full(len(lon), -1, dtype=np.int64)
-        point_index, grid_index = _covering_pairs(self.grid_geoms, lon, lat)
-        # Lowest grid index (= lowest code) per point wins; the count of grids says on_boundary.
-        order = np.lexsort((grid_index, point_index))
-        point_index, grid_index = point_index[order], grid_index[order]
-        first = np.unique(point_index, return_index=True)[1]
-        owner[point_index[first]] = grid_index[first]
-        touching = np.bincount(point_index, minlength=len(lon))
+        owner, touching = owners_of(self.grid_geoms, lon, lat)
         compound = np.full(len(lon), -1, dtype=np.int64)
         if len(self.compound_geoms):
             point_index, compound_index = _covering_pairs(self.compound_geoms, lon, lat)
@@ -488,6 +481,16 @@ def _on_sphere(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     """Points on a sphere of the Earth's mean radius (metres), for k-d tree searches by chord length."""
     lam, phi = np.radians(lon), np.radians(lat)
     return 6_371_008.8 * np.column_stack((np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)))
+
+
+def owners_of(geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each point, the index of the first polygon covering it (-1: none) and how many cover
+    it. With `geoms` in code order that is the ownership rule: the lowest code wins."""
+    point_index, polygon_index = _covering_pairs(geoms, lon, lat)
+    owner = np.full(len(lon), len(geoms), dtype=np.int64)
+    np.minimum.at(owner, point_index, polygon_index)
+    owner[owner == len(geoms)] = -1
+    return owner, np.bincount(point_index, minlength=len(lon))
 
 
 SWEEP_POLYGONS = 2_000  # up to this many polygons _covering_pairs sweeps them one by one
