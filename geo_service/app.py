@@ -30,6 +30,7 @@ from geo_service.errors import (
 )
 from geo_service.jobs import Jobs
 from geo_service.ownership import OwnershipCache
+from geo_service.replicas import ReadYourWrites, Replicas
 from geo_service.routes import (
     analytics,
     areas,
@@ -78,12 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.replicas.start()
         if settings.background_jobs:
             app.state.jobs.start()
         yield
         app.state.jobs.close()
         app.state.audit.close()  # writes the buffered lookup audit rows: nothing lost on shutdown
         app.state.ownership.close()
+        app.state.replicas.close()
         engine.dispose()
 
     app = FastAPI(
@@ -98,7 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
-    app.state.ownership = OwnershipCache(engine, settings.metric_crs)
+    app.state.replicas = Replicas(engine, settings)
+    app.state.ownership = OwnershipCache(app.state.replicas, settings.metric_crs)
     app.state.identities = IdentityCache(settings.identity_cache_seconds)
     app.state.audit = AuditBuffer(engine)
     app.state.clock = lambda: dt.datetime.now(dt.UTC)  # replaced by tests that need a controllable clock
@@ -146,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=pages.WEB), name="static")
     # Large answers (map layers) travel compressed to browsers; lookups stay below the threshold.
     app.add_middleware(Compression, minimum_size=16_384)
+    app.add_middleware(ReadYourWrites, replicas=app.state.replicas)
     # Outermost: bodies are capped and NUL characters refused before anything reads them.
     app.add_middleware(guard.RequestGuard, default_limit=settings.max_body_bytes,
                        limits={"/api/v1/lookup/batch": settings.batch_max_bytes},

@@ -119,6 +119,11 @@ class AuditBuffer:
         if full:
             self._wake.set()
 
+    @property
+    def waiting(self) -> int:
+        """Rows not yet written (while the primary is down, they wait here)."""
+        return len(self._rows)
+
     def flush(self) -> int:
         with self._lock:
             rows, self._rows = self._rows, []

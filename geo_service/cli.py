@@ -101,6 +101,50 @@ def db_status() -> None:
     sys.exit(0 if info["running"] else 1)
 
 
+@db.group("replica", cls=_Group)
+def db_replica() -> None:
+    """Streaming standbys of the embedded cluster on this machine (read replicas for development
+    and tests; GEO_DATABASE_READ_URLS points the service at them)."""
+
+
+@db_replica.command("start")
+@click.option("--port", type=click.IntRange(1024, 65535), default=None,
+              help="The standby's port: an existing standby on it is started, else a new one is made there. "
+                   "Default: a new standby on a free port.")
+def db_replica_start(port: int | None) -> None:
+    """Create (pg_basebackup) and start a hot standby; its URL alone on the last line."""
+    replica = localdb.start_replica(get_settings(), port, progress=lambda message: click.echo(message, err=True))
+    click.echo(replica.url.render_as_string(hide_password=False))
+
+
+@db_replica.command("stop")
+@click.option("--port", type=click.IntRange(1024, 65535), default=None, help="Only this standby (default: all).")
+@click.option("--remove", is_flag=True, help="Also delete the standby's copy of the data.")
+def db_replica_stop(port: int | None, remove: bool) -> None:
+    """Stop the standbys (the primary keeps running)."""
+    stopped = localdb.stop_replicas(get_settings(), port, remove, progress=click.echo)
+    if not stopped:
+        click.echo("no standbys")
+
+
+@db_replica.command("status")
+def db_replica_status() -> None:
+    """Each standby: port, running, replay lag (exit status 1 when one is not running)."""
+    from geo_service import replicas
+
+    settings = get_settings()
+    found = localdb.replicas(settings)
+    if not found:
+        click.echo("no standbys (make one with `geo-service db replica start`)")
+        return
+    for replica in found:
+        line = f"127.0.0.1:{replica.port}  {'running' if replica.running else 'stopped'}  {replica.pgdata}"
+        if replica.running:
+            line += "  " + replicas.describe_lag(replicas.measure(localdb.service_url(settings), replica.url))
+        click.echo(line)
+    sys.exit(0 if all(replica.running for replica in found) else 1)
+
+
 def alembic_config():
     from alembic.config import Config
 

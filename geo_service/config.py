@@ -95,6 +95,16 @@ class Settings(BaseSettings):
     open311_jurisdiction: str = Field(
         default="heshan.gd.cn", description="The one Open311 jurisdiction_id served; a request naming another "
         "is 404 (leaving it out is fine).")
+    database_read_urls: str | None = Field(
+        default=None,
+        description="Comma-separated SQLAlchemy URLs of hot standbys (streaming replicas) of GEO_DATABASE_URL: "
+        "reads (the ownership index, lists, map layers, tiles, exports, OGC, analytics) go to them, writes and "
+        "reads of what a request just wrote to the primary. Unset: everything on the primary.")
+    dask_scheduler: str | None = Field(
+        default=None,
+        description="Address of a Dask scheduler (tcp://host:8786) that runs analytics jobs (hotspots, density, "
+        "large exports) over GeoParquet partitions of the incident history. Unset: jobs run in the service "
+        "process; `geo-service hotspots --engine dask` starts a local cluster.")
     load_tolerance_m2: float = Field(
         default=1.0,
         description="Largest gap or overlap (m²) tolerated between sibling areas when loading.",

@@ -1,4 +1,5 @@
-"""The one engine, the one sessionmaker, the `SessionDep` request dependency, and COPY text fields."""
+"""The one engine (per database: the primary, and each standby of replicas.py), the one sessionmaker, the
+`SessionDep` request dependency, and COPY text fields."""
 
 import datetime as dt
 import time
@@ -56,7 +57,8 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessionmaker() as session:
+    """The route's session: on a standby or the primary, read-only or not, as replicas.py decides."""
+    with request.app.state.replicas.session_for(request) as session:
         yield session
 
 

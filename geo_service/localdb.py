@@ -483,3 +483,120 @@ def admin_url(settings: Settings) -> URL:
     if settings.database_url or settings.database_owner_url:
         return owner_url(settings)
     return _require_state(settings).superuser_url()
+
+
+# --------------------------------------------------------------------------- streaming standbys
+
+# A hot standby of the embedded cluster on this machine, for development and tests of read
+# replicas (GEO_DATABASE_READ_URLS): a copy taken by pg_basebackup that streams the primary's
+# WAL, in its own data directory and on its own port. Production standbys are made the same
+# way on their own machines, or by Patroni (README: Deployment).
+REPLICAS_DIR = "replicas"
+
+
+@dataclass
+class Replica:
+    port: int
+    pgdata: str
+    running: bool
+    url: URL  # the service role's, for GEO_DATABASE_READ_URLS
+
+
+def _replica_dir(settings: Settings, port: int) -> Path:
+    return settings.data_dir / REPLICAS_DIR / str(port)
+
+
+def _replica(settings: Settings, state: ClusterState, pgdata: Path) -> Replica:
+    port = int(pgdata.name)
+    running = _run_as_owner(settings, [str(Path(state.bindir) / "pg_ctl"), "status", "-D", str(pgdata)]
+                            ).returncode == 0
+    url = state.service_url().set(port=port)
+    return Replica(port=port, pgdata=str(pgdata), running=running, url=url)
+
+
+def replicas(settings: Settings) -> list[Replica]:
+    """The standbys made by start_replica, by port."""
+    state = _require_state(settings)
+    root = settings.data_dir / REPLICAS_DIR
+    if not root.exists():
+        return []
+    return [_replica(settings, state, path) for path in sorted(root.iterdir(), key=lambda p: p.name)
+            if path.name.isdigit() and (path / "PG_VERSION").exists()]
+
+
+def start_replica(settings: Settings, port: int | None = None, progress=print) -> Replica:
+    """Start the standby on `port`, first creating it with pg_basebackup if it does not exist
+    (a new one on a free port when `port` is None). The primary must be running."""
+    if settings.database_url:
+        raise DatabaseSetupError("GEO_DATABASE_URL is set: make standbys of that database with its own tools "
+                                 "(pg_basebackup -R, or Patroni; README: Deployment)")
+    state = _require_state(settings)
+    if not is_running(settings, state):
+        raise DatabaseSetupError("the embedded PostgreSQL is not running; run `geo-service db start` first")
+    if port is not None and port == state.port:
+        raise DatabaseSetupError(f"port {port} is the primary's")
+    port = port or _free_port()
+    pgdata = _replica_dir(settings, port)
+    if not (pgdata / "PG_VERSION").exists():
+        if _port_in_use(port):
+            raise DatabaseSetupError(f"port {port} is in use; choose another with --port")
+        _base_backup(settings, state, pgdata, port, progress)
+    replica = _replica(settings, state, pgdata)
+    if replica.running:
+        progress(f"standby already running on 127.0.0.1:{port}")
+        return replica
+    log = pgdata / "postgres.log"
+    result = _run_as_owner(settings, [str(Path(state.bindir) / "pg_ctl"), "start", "-D", str(pgdata), "-l",
+                                      str(log), "-w", "-t", "60"])
+    if result.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise DatabaseSetupError(f"pg_ctl start of the standby failed:\n{result.stdout}{result.stderr}\n{tail}")
+    progress(f"standby of 127.0.0.1:{state.port} streaming on 127.0.0.1:{port}")
+    return _replica(settings, state, pgdata)
+
+
+def _base_backup(settings: Settings, state: ClusterState, pgdata: Path, port: int, progress) -> None:
+    progress(f"copying the primary into {pgdata} (pg_basebackup)")
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam(settings.pg_os_user)
+        for path in (settings.data_dir / REPLICAS_DIR,):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    env = dict(os.environ, PGPASSWORD=state.password)
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam(settings.pg_os_user)
+        env.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
+    # -R writes the standby's primary_conninfo and standby.signal; -X stream copies the WAL
+    # made during the copy; -c fast starts at once instead of at the next checkpoint.
+    result = _run_as_owner(settings, [
+        str(Path(state.bindir) / "pg_basebackup"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(state.port),
+        "-U", state.user, "-R", "-X", "stream", "-c", "fast", "--no-password"], env=env)
+    if result.returncode != 0:
+        shutil.rmtree(pgdata, ignore_errors=True)
+        raise DatabaseSetupError(f"pg_basebackup failed:\n{result.stderr.strip()}")
+    (pgdata / "postgres.log").unlink(missing_ok=True)  # the primary's log, copied with the rest
+    # The copy carries the primary's port and socket directory; later lines win.
+    with open(pgdata / "postgresql.auto.conf", "a") as conf:
+        conf.write(f"# standby settings, written by geo_service.localdb\nport = {port}\n"
+                   f"unix_socket_directories = '{pgdata}'\nhot_standby = on\nhot_standby_feedback = on\n")
+
+
+def stop_replicas(settings: Settings, port: int | None = None, remove: bool = False, progress=print) -> list[int]:
+    """Stop the standby on `port` (every standby when None), deleting its copy with `remove`;
+    the ports stopped."""
+    state = _require_state(settings)
+    chosen = [r for r in replicas(settings) if port is None or r.port == port]
+    if port is not None and not chosen:
+        raise DatabaseSetupError(f"no standby on port {port} (see `geo-service db replica status`)")
+    for replica in chosen:
+        if replica.running:
+            result = _run_as_owner(settings, [str(Path(state.bindir) / "pg_ctl"), "stop", "-D", replica.pgdata,
+                                              "-m", "fast", "-w"])
+            if result.returncode != 0:
+                raise DatabaseSetupError(f"pg_ctl stop of the standby on {replica.port} failed:\n"
+                                         f"{result.stderr.strip()}")
+            progress(f"standby on 127.0.0.1:{replica.port} stopped")
+        if remove:
+            shutil.rmtree(replica.pgdata, ignore_errors=True)
+            progress(f"standby on 127.0.0.1:{replica.port} removed")
+    return [replica.port for replica in chosen]

@@ -30,6 +30,7 @@ import gc
 import math
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,15 +42,17 @@ import shapely
 import shapely.ops
 from pyproj import Geod, Transformer
 from scipy.spatial import cKDTree
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from geo_service import audit, generations, geometry, privacy, visibility
+from geo_service import audit, generations, geometry, privacy, replicas, visibility
 from geo_service.errors import DatabaseUnavailable, InvalidInput, NotFound, OutsideCoverage
 
 CHANNEL = "ownership_changed"
 PAST_INDEXES = 8  # indexes of past generations or days kept per process
+LISTEN_RETRY_SECONDS = 1.0  # how often a process whose primary is down asks it again
+CATCH_UP_SECONDS = 1.5  # how long a rebuild waits for a standby to replay a change, then reads the primary
 NEAR_DEGREES = 3.0  # within this of the grids, distances to a point outside are measured in the metric CRS
 GEOD = Geod(ellps="WGS84")
 LOCAL_TZ = generations.LOCAL_TZ
@@ -567,15 +570,21 @@ class _Cast:
 class OwnershipCache:
     """The current OwnershipIndex of one process, rebuilt when PostgreSQL says it changed.
 
-    A dedicated autocommit connection LISTENs on CHANNEL; every request polls it (a
-    non-blocking read of the socket, no round trip) and rebuilds before answering when a
-    notification arrived, so a committed change is visible to the next lookup. If the
-    listening connection breaks, changes may have been missed: it reconnects and rebuilds,
-    and while the database is unreachable lookups fail with DatabaseUnavailable.
+    A dedicated autocommit connection LISTENs on CHANNEL on the primary (NOTIFY does not reach
+    a standby); every request polls it (a non-blocking read of the socket, no round trip) and
+    rebuilds before answering when a notification arrived, so a committed change is visible to
+    the next lookup. With standbys the index is read from one that has replayed the primary's
+    WAL as of the notification (or from the primary after CATCH_UP_SECONDS). If the listening
+    connection breaks, changes may have been missed: it reconnects and rebuilds, and while the
+    database is unreachable lookups fail with DatabaseUnavailable; but while only the primary
+    is down and a standby answers, the index stays as it is (nothing can change without the
+    primary) and the primary is tried again every LISTEN_RETRY_SECONDS.
     """
 
-    def __init__(self, engine: Engine, metric_crs: str = "EPSG:4547"):
-        self._engine = engine
+    def __init__(self, replicas: replicas.Replicas, metric_crs: str = "EPSG:4547"):
+        self._replicas = replicas
+        self._engine = replicas.primary
+        self._retry_at = 0.0
         self._metric_crs = metric_crs
         self._lock = threading.Lock()
         self._index: OwnershipIndex | None = None
@@ -609,7 +618,7 @@ class OwnershipCache:
             found = self._kept(index, key)
             if found is None:
                 try:
-                    with Session(self._engine) as session:
+                    with Session(self._replicas.reader()) as session:
                         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
                         found = OwnershipIndex.build(session, self._metric_crs, today=key[1], generation=key[0])
                 except (psycopg2.Error, DBAPIError) as exc:
@@ -656,6 +665,8 @@ class OwnershipCache:
         if self._index is None or self._dirty:
             return False
         if self._listener is None or self._listener.closed:
+            if self._standing_in():
+                return self._index.built_for == local_today()
             self._dirty = True
             return False
         try:
@@ -673,14 +684,38 @@ class OwnershipCache:
             return False
         return True
 
+    def _standing_in(self) -> bool:
+        """Whether the primary is unreachable but standbys answer (then the index is kept). Tries
+        the primary again every LISTEN_RETRY_SECONDS; when it answers, the index is rebuilt."""
+        if not self._replicas.configured or self._index is None:
+            return False
+        if time.monotonic() < self._retry_at:
+            return True
+        self._retry_at = time.monotonic() + LISTEN_RETRY_SECONDS
+        try:
+            self._listener = self._listen()
+        except (psycopg2.Error, DBAPIError):
+            return True
+        self._dirty = True  # back: what changed meanwhile (a promoted standby's writes) is read anew
+        return False
+
     def _rebuild(self) -> None:
         try:
+            engine = self._engine
             if self._listener is None or self._listener.closed:
                 # LISTEN before reading, so no change committed after the read goes unnoticed.
-                self._listener = self._listen()
+                try:
+                    self._listener = self._listen()
+                except (psycopg2.Error, DBAPIError):
+                    if not self._replicas.configured:
+                        raise
+                    self._retry_at = time.monotonic() + LISTEN_RETRY_SECONDS
+                    engine = self._replicas.reader()  # the primary is down: a standby's copy
+            if self._listener is not None and self._replicas.configured:
+                engine = self._replicas.caught_up(self._primary_position(), CATCH_UP_SECONDS)
             # Cleared before reading: a change notified during the build marks it dirty again.
             self._dirty = False
-            with Session(self._engine) as session:
+            with Session(engine) as session:
                 # One snapshot for all the queries of a build.
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
                 self._index = OwnershipIndex.build(session, self._metric_crs)
@@ -690,6 +725,11 @@ class OwnershipCache:
             self._listener = None
             self._dirty = True
             raise DatabaseUnavailable("database unavailable; retry shortly") from exc
+
+    def _primary_position(self) -> int:
+        with self._listener.cursor() as cursor:
+            cursor.execute("SELECT pg_current_wal_lsn()::text")
+            return replicas.lsn_value(cursor.fetchone()[0])
 
     def _listen(self):
         proxy = self._engine.raw_connection()

@@ -57,12 +57,25 @@ class TooManyRead(ErrorRead):
     retry_after: int = Field(description="Seconds to wait before trying again (also in `Retry-After`).")
 
 
+class ReplicaHealth(BaseModel):
+    url: str = Field(description="The standby, without its password.")
+    reachable: bool
+    in_recovery: bool | None = Field(description="Still a standby (false: promoted).")
+    lag_bytes: int | None = Field(description="WAL the standby has yet to replay (None while the primary is down).")
+    lag_seconds: float | None = Field(description="Age of its last replayed transaction while it is behind; 0 when "
+                                      "caught up.")
+    error: str | None = Field(description="Why it cannot be read from.")
+
+
 class HealthRead(BaseModel):
-    status: str = Field(description="`ok` when the service can answer, `unavailable` otherwise.")
+    status: str = Field(description="`ok` when the service can answer; `read_only` while the primary is down and a "
+                        "standby answers; `unavailable` otherwise.")
     database: str | None = Field(default=None, description="`ok`, or why the database cannot be reached "
                                  "(signed-in callers only).")
     postgis: str | None = Field(default=None, description="PostGIS version, when reachable (signed-in callers only).")
     version: str | None = Field(default=None, description="geo_service version (signed-in callers only).")
+    replicas: list[ReplicaHealth] | None = Field(default=None, description="The standbys of "
+                                                 "GEO_DATABASE_READ_URLS (signed-in callers only).")
 
 
 class GridWorkerCounts(BaseModel):

@@ -111,8 +111,16 @@ async def _recheck(request: Request, cache: auth.IdentityCache, secret: str) -> 
 
 
 def _identify(request: Request, secret: str) -> auth.Identity | None:
-    with request.app.state.sessionmaker() as session:
-        return auth.identify(session, secret)
+    # From a standby when there is one: answering callers must not need the primary. A secret the
+    # standby does not know may be one signed in a moment ago, not yet replayed: the primary decides.
+    replicas = request.app.state.replicas
+    engine = replicas.reader()
+    with replicas.read_session(engine) as session:
+        identity = auth.identify(session, secret)
+    if identity is None and engine is not replicas.primary and replicas.primary_up:
+        with replicas.read_session(replicas.primary) as session:
+            identity = auth.identify(session, secret)
+    return identity
 
 
 class Allow:

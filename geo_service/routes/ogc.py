@@ -44,7 +44,7 @@ def _page_response(page: ogc.Page) -> Response:
 
 
 def _items_page(request: Request, identity, collection_id: str) -> ogc.Page:
-    with request.app.state.sessionmaker() as session:
+    with request.app.state.replicas.session_for(request) as session:
         return ogc.items(session, collection_id, _base(request), identity, dict(request.query_params))
 
 

@@ -79,7 +79,7 @@ async def report_page(request: Request):
         return HTMLResponse(reportpage.forbidden_page(identity), status_code=403)
 
     def page_config() -> dict:
-        with request.app.state.sessionmaker() as session:
+        with request.app.state.replicas.session_for(request) as session:
             return reportpage.config(session, identity, request.app.state.settings, CSRF_COOKIE)
 
     page_html = reportpage.render(await run_in_threadpool(page_config), request.cookies.get(CSRF_COOKIE, ""),
