@@ -101,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    # Reads on the primary are READ ONLY too (psycopg2 says so in the BEGIN): a GET that tried to write fails.
+    app.state.read_sessionmaker = make_sessionmaker(engine.execution_options(postgresql_readonly=True))
     app.state.replicas = Replicas(engine, settings)
     app.state.ownership = OwnershipCache(app.state.replicas, settings.metric_crs)
     app.state.identities = IdentityCache(settings.identity_cache_seconds)

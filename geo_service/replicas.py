@@ -157,10 +157,6 @@ class Replicas:
         self.labels = [url.render_as_string(hide_password=True) for url in urls]
         self.lags = [Lag(url=label) for label in self.labels]
         self.primary_up = True
-        # A standby is read-only by nature; and psycopg2 resets a connection that was READ ONLY
-        # to an explicit READ WRITE (not to the default), which a standby refuses.
-        self._read_only = {id(primary): primary.execution_options(postgresql_readonly=True),
-                           **{id(engine): engine for engine in self.engines}}
         self._pins: dict[int, float] = {}
         self._turn = 0
         self._stop = threading.Event()
@@ -185,19 +181,23 @@ class Replicas:
         return self.engines[answering[self._turn]]
 
     def session_for(self, request: Request) -> Session:
-        """The session a request's route works in."""
+        """The session a request's route works in. Sessions on the primary come from the app's
+        `sessionmaker` (writes) and `read_sessionmaker` (READ ONLY), which tests replace."""
+        state = request.app.state
         if request.method not in READ_METHODS:
-            return Session(self.primary, expire_on_commit=False)
+            return state.sessionmaker()
         route = request.scope.get("route")
         if route is not None and getattr(route, "path", None) in WRITES_ON_READ:
-            return Session(self.primary, expire_on_commit=False)
+            return state.sessionmaker()
         engine = self.primary if self.primary_up and self.pinned(credential_of(request)) else self.reader()
-        return self.read_session(engine)
+        return self.read_session(state, engine)
 
-    def read_session(self, engine: Engine | None = None) -> Session:
-        """A READ ONLY session on `engine`, by default the reader()."""
+    def read_session(self, state, engine: Engine | None = None) -> Session:
+        """A READ ONLY session on `engine`, by default the reader(); `state` is the app's."""
         engine = engine or self.reader()
-        return Session(self._read_only[id(engine)], expire_on_commit=False)
+        if engine is self.primary:
+            return state.read_sessionmaker()
+        return Session(engine, expire_on_commit=False)
 
     # ------------------------------------------------------------------ read-your-writes
 

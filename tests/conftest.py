@@ -346,7 +346,7 @@ def make_client(database: ThrowawayDatabase, session: Session, role: str = "admi
 
     # No background jobs: they would write (number the outbox, announce deadlines) outside the test's transaction.
     app = create_app(database.settings(**{"identity_cache_seconds": 3600, "background_jobs": False, **settings}))
-    app.state.sessionmaker = as_service_role(session, database.roles.service)
+    app.state.sessionmaker = app.state.read_sessionmaker = as_service_role(session, database.roles.service)
     return TestClient(app, headers=database.headers(role))
 
 

@@ -115,10 +115,10 @@ def _identify(request: Request, secret: str) -> auth.Identity | None:
     # standby does not know may be one signed in a moment ago, not yet replayed: the primary decides.
     replicas = request.app.state.replicas
     engine = replicas.reader()
-    with replicas.read_session(engine) as session:
+    with replicas.read_session(request.app.state, engine) as session:
         identity = auth.identify(session, secret)
     if identity is None and engine is not replicas.primary and replicas.primary_up:
-        with replicas.read_session(replicas.primary) as session:
+        with replicas.read_session(request.app.state, replicas.primary) as session:
             identity = auth.identify(session, secret)
     return identity
 
