@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 
 from geo_service import __version__
+from geo_service.analytics_jobs import Runner as AnalyticsRunner
 from geo_service.audit import AuditBuffer
 from geo_service.auth import IdentityCache
 from geo_service.config import Settings, get_settings
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.jobs.start()
         yield
         app.state.jobs.close()
+        app.state.analytics_jobs.close()
         app.state.audit.close()  # writes the buffered lookup audit rows: nothing lost on shutdown
         app.state.ownership.close()
         app.state.replicas.close()
@@ -109,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.audit = AuditBuffer(engine)
     app.state.clock = lambda: dt.datetime.now(dt.UTC)  # replaced by tests that need a controllable clock
     app.state.jobs = Jobs(engine, settings, lambda: app.state.clock())
+    app.state.analytics_jobs = AnalyticsRunner(app.state.replicas, settings)
 
     @app.exception_handler(GeoServiceError)
     async def domain_error(request: Request, exc: GeoServiceError):

@@ -50,7 +50,9 @@ generator, so a layer is reproducible.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import shapely
@@ -119,6 +121,8 @@ SELECT owned.ord, count(*) FROM (
     ORDER BY i.id, c.ord
 ) AS owned GROUP BY 1""")
 COUNTED_TOTAL_SQL = "SELECT count(*) FROM incident i WHERE " + incidents.COUNTED_SQL + " AND " + incidents.FILTER_SQL
+POINTS_SQL = ("SELECT ST_X(i.geom), ST_Y(i.geom) FROM incident i WHERE " + incidents.COUNTED_SQL + " AND "
+              + incidents.FILTER_SQL)
 PLATES_SQL = """
 SELECT u.ord, count(d.id) FROM unnest(CAST(:wkbs AS bytea[])) WITH ORDINALITY AS u(wkb, ord)
 JOIN door_plate d ON ST_Covers(ST_GeomFromWKB(u.wkb, 4326), d.geom) WHERE """ + visibility.door_plates("d") + """
@@ -358,6 +362,95 @@ def lisa_options(method: str, permutations: int | None = None, seed: int | None 
     return options
 
 
+# --------------------------------------------------------------------------- counting
+
+
+@dataclass(frozen=True)
+class Raster:
+    """The density's lon/lat raster: `rows` x `columns` cells of dx by dy degrees from the
+    north-west corner, rows north to south."""
+    west: float
+    north: float
+    dx: float
+    dy: float
+    rows: int
+    columns: int
+
+
+def bin_points(lon: np.ndarray, lat: np.ndarray, raster: Raster) -> np.ndarray:
+    """How many points fall in each cell (a point beyond an edge is held by the edge's cell).
+    Every engine bins with this, so their rasters are equal to the last bit."""
+    grid = np.zeros((raster.rows, raster.columns))
+    if len(lon):
+        col = np.clip(((lon - raster.west) / raster.dx).astype(int), 0, raster.columns - 1)
+        row = np.clip(((raster.north - lat) / raster.dy).astype(int), 0, raster.rows - 1)
+        np.add.at(grid, (row, col), 1.0)
+    return grid
+
+
+class Counts(Protocol):
+    """The incidents of one analysis (those `filters` match within what the caller may see),
+    counted. Which incidents count is decided in SQL (incidents.FILTER_SQL) by every engine:
+    `SqlCounts` counts in PostGIS; `analytics_engine.DaskCounts` counts GeoParquet partitions of
+    the rows that SQL selected, on a Dask cluster, with the same results."""
+
+    def by_code(self, column: str) -> dict[str, int]:
+        """Incidents per value of `column` (grid_code, community_code or town_code)."""
+
+    def by_location(self, wkbs: list[bytes], owner_only: bool) -> np.ndarray:
+        """Incidents per unit (lon/lat WKB), by ST_Covers of the point (boundary included). With
+        `owner_only` each incident counts once, in the lowest-numbered unit covering it (the
+        ownership rule); otherwise in every unit covering it (cells: a point on a shared edge
+        counts in both)."""
+
+    def total(self) -> int:
+        """How many incidents."""
+
+    def binned(self, raster: Raster) -> np.ndarray:
+        """Incidents per raster cell (bin_points)."""
+
+
+# A counting engine: called with (session, filters, identity), it returns the Counts.
+Counting = Callable[[Session, incidents.IncidentFilter, object], Counts]
+
+
+class SqlCounts:
+    """Counting in PostGIS, in the service process: the single-process engine."""
+
+    def __init__(self, session: Session, filters: incidents.IncidentFilter, identity):
+        self.session = session
+        self.params = filters.params(identity)
+
+    def by_code(self, column: str) -> dict[str, int]:
+        return dict(self.session.execute(text(AREA_COUNTS_SQL.format(column=column)), self.params).all())
+
+    def by_location(self, wkbs: list[bytes], owner_only: bool) -> np.ndarray:
+        counts = np.zeros(len(wkbs))
+        located = LOCATED_COUNTS_SQL if owner_only else CELL_COUNTS_SQL
+        for ordinal, count in self.session.execute(text(located), {**self.params, "wkbs": wkbs}).all():
+            counts[ordinal - 1] = count
+        return counts
+
+    def total(self) -> int:
+        return int(self.session.execute(text(COUNTED_TOTAL_SQL), self.params).scalar_one())
+
+    def binned(self, raster: Raster) -> np.ndarray:
+        points = np.array(self.session.execute(text(POINTS_SQL), self.params).all(), dtype=float).reshape(-1, 2)
+        return bin_points(points[:, 0], points[:, 1], raster)
+
+
+def check_layer_params(unit: str, size_m: float | None, method: str, permutations: int | None = None,
+                       seed: int | None = None, alpha: float | None = None) -> dict | None:
+    """422 for a layer that cannot be asked for (before any work is done, or a job queued);
+    the LISA options with their defaults (None for Gi*)."""
+    if unit not in UNITS:
+        raise InvalidInput(f"unit {unit!r} is not one of {', '.join(UNITS)}")
+    lisa = lisa_options(method, permutations, seed, alpha)
+    if unit not in AREA_UNITS_SQL and (size_m is None or not MIN_CELL_M <= size_m <= MAX_CELL_M):
+        raise InvalidInput(f"size_m {size_m!r} outside [{MIN_CELL_M:g}, {MAX_CELL_M:g}] metres for unit {unit!r}")
+    return lisa
+
+
 # --------------------------------------------------------------------------- the layer
 
 
@@ -367,8 +460,6 @@ def _units(session: Session, unit: str, size_m: float | None, srid: int, identit
         return session.execute(text(AREA_UNITS_AT_SQL[unit]), {"generation": generation, **scope}).mappings().all()
     if unit in AREA_UNITS_SQL:
         return session.execute(text(AREA_UNITS_SQL[unit]), scope).mappings().all()
-    if size_m is None or not MIN_CELL_M <= size_m <= MAX_CELL_M:
-        raise InvalidInput(f"size_m {size_m!r} outside [{MIN_CELL_M:g}, {MAX_CELL_M:g}] metres for unit {unit!r}")
     function, prefix = ("ST_HexagonGrid", "H") if unit == "hex" else ("ST_SquareGrid", "S")
     return session.execute(text(CELLS_SQL.format(function=function, prefix=prefix)),
                            {"size": size_m, "srid": srid, **scope}).mappings().all()
@@ -377,15 +468,15 @@ def _units(session: Session, unit: str, size_m: float | None, srid: int, identit
 def compute(session: Session, identity, unit: str = "grid", *, size_m: float | None = None,
             filters: incidents.IncidentFilter | None = None, fdr: bool = False, metric_crs: str = "EPSG:4547",
             attribution: dict | None = None, method: str = "gistar", permutations: int | None = None,
-            seed: int | None = None, alpha: float | None = None) -> Layer:
+            seed: int | None = None, alpha: float | None = None, counting: Counting = SqlCounts) -> Layer:
     """Counts, areas, door plates and Gi* (or, with method=lisa, Local Moran's I with
     `permutations`, `seed` and significance level `alpha`) per unit, in unit code order, over
     what `identity` may see (None: everything). Area units count incidents by `attribution`
     (generations.attribution: by the areas at report time, the default, or by location in the
-    areas of a generation); cells always by location."""
-    if unit not in UNITS:
-        raise InvalidInput(f"unit {unit!r} is not one of {', '.join(UNITS)}")
-    lisa = lisa_options(method, permutations, seed, alpha)
+    areas of a generation); cells always by location. `counting` is the engine that counts the
+    incidents (`Counting`: PostGIS by default; analytics_engine's on Dask); the units, weights
+    and statistics are the same whatever counts."""
+    lisa = check_layer_params(unit, size_m, method, permutations, seed, alpha)
     filters = filters or incidents.IncidentFilter()
     filters.check()
     attribution = attribution or {"by": "report", "generation": None}
@@ -402,23 +493,20 @@ def compute(session: Session, identity, unit: str = "grid", *, size_m: float | N
     wkbs = [bytes(r["wkb"]) for r in rows]
     geoms = shapely.from_wkb(wkbs)
     position = {code: i for i, code in enumerate(codes)}
+    counted = counting(session, filters, identity)
     counts = np.zeros(len(codes))
     if attribution["by"] == "report":
         column = {"grid": "grid_code", "community": "community_code", "town": "town_code"}[unit]
-        for code, count in session.execute(text(AREA_COUNTS_SQL.format(column=column)),
-                                           filters.params(identity)).all():
+        for code, count in counted.by_code(column).items():
             if code in position:
                 counts[position[code]] = count
     else:
-        located = LOCATED_COUNTS_SQL if unit in AREA_UNITS_SQL else CELL_COUNTS_SQL
-        for ordinal, count in session.execute(text(located), {**filters.params(identity), "wkbs": wkbs}).all():
-            counts[ordinal - 1] = count
+        counts = np.asarray(counted.by_location(wkbs, owner_only=unit in AREA_UNITS_SQL), dtype=float)
     # What the units could not hold: reports in areas since removed (by report), or outside
     # every unit; a cell count holds a point on a shared edge twice, so it is not compared.
     unattributed = None
     if unit in AREA_UNITS_SQL:
-        unattributed = int(session.execute(text(COUNTED_TOTAL_SQL), filters.params(identity)).scalar_one()
-                           - counts.sum())
+        unattributed = int(counted.total() - counts.sum())
     plates = np.zeros(len(codes))
     for ordinal, count in session.execute(text(PLATES_SQL), {"wkbs": wkbs, **visibility.params(identity)}).all():
         plates[ordinal - 1] = count
@@ -464,16 +552,8 @@ MAX_DENSITY_CELLS = 4_000_000
 MAX_KERNEL_CELLS = 40  # bandwidth / cell: the smoothing costs cells x kernel width
 
 
-def density(session: Session, identity, filters: incidents.IncidentFilter | None = None, *, bandwidth_m: float = 1000.0,
-            cell_m: float = 250.0) -> Surface:
-    """Gaussian kernel density of incidents (per km²) on a lon/lat raster over the county.
-
-    `bandwidth_m` is the kernel's standard deviation in metres (default 1 km: about a village or
-    a few urban grids); cells are `cell_m` metres at the county's latitude. Points are binned,
-    then the bins are convolved with the kernel (exact up to the binning).
-    """
-    from scipy.ndimage import gaussian_filter
-
+def check_density_params(bandwidth_m: float, cell_m: float) -> None:
+    """422 for a surface that cannot be asked for (before any work is done, or a job queued)."""
     if not 100 <= bandwidth_m <= 20_000:
         raise InvalidInput(f"bandwidth_m {bandwidth_m!r} outside [100, 20000]")
     if not 50 <= cell_m <= 2_000:
@@ -481,6 +561,20 @@ def density(session: Session, identity, filters: incidents.IncidentFilter | None
     if bandwidth_m > MAX_KERNEL_CELLS * cell_m:
         raise InvalidInput(f"bandwidth_m {bandwidth_m!r} is more than {MAX_KERNEL_CELLS} cells of cell_m {cell_m!r}; "
                            "use larger cells for a wide kernel")
+
+
+def density(session: Session, identity, filters: incidents.IncidentFilter | None = None, *, bandwidth_m: float = 1000.0,
+            cell_m: float = 250.0, counting: Counting = SqlCounts) -> Surface:
+    """Gaussian kernel density of incidents (per km²) on a lon/lat raster over the county.
+
+    `bandwidth_m` is the kernel's standard deviation in metres (default 1 km: about a village or
+    a few urban grids); cells are `cell_m` metres at the county's latitude. Points are binned
+    (by the `counting` engine, as in compute()), then the bins are convolved with the kernel
+    (exact up to the binning).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    check_density_params(bandwidth_m, cell_m)
     filters = filters or incidents.IncidentFilter()
     filters.check()
     west, south, east, north = session.execute(EXTENT_SQL, visibility.params(identity)).one()
@@ -493,14 +587,7 @@ def density(session: Session, identity, filters: incidents.IncidentFilter | None
     if columns * rows > MAX_DENSITY_CELLS:
         raise InvalidInput(f"cell_m {cell_m!r} makes {columns * rows:,} cells over the area; at most "
                            f"{MAX_DENSITY_CELLS:,}: use larger cells")
-    points = np.array(session.execute(text("SELECT ST_X(i.geom), ST_Y(i.geom) FROM incident i WHERE "
-                                           + incidents.COUNTED_SQL + " AND " + incidents.FILTER_SQL),
-                                      filters.params(identity)).all(), dtype=float)
-    grid = np.zeros((rows, columns))
-    if len(points):
-        col = np.clip(((points[:, 0] - west) / dx).astype(int), 0, columns - 1)
-        row = np.clip(((north - points[:, 1]) / dy).astype(int), 0, rows - 1)
-        np.add.at(grid, (row, col), 1.0)
+    grid = counting(session, filters, identity).binned(Raster(west, north, dx, dy, rows, columns))
     smoothed = gaussian_filter(grid, sigma=bandwidth_m / cell_m, mode="constant")
     return Surface(values=smoothed / (cell_m / 1000.0) ** 2, west=west, south=north - rows * dy,
                    east=west + columns * dx, north=north, bandwidth_m=bandwidth_m, cell_m=cell_m)

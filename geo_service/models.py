@@ -6,6 +6,7 @@ import datetime as dt
 
 from geoalchemy2 import Geometry
 from sqlalchemy import (
+    REAL,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -794,3 +796,45 @@ class IncidentAttachment(Base):
     added_by_kind: Mapped[str] = mapped_column(Text)
     added_by_id: Mapped[int | None] = mapped_column(BigInteger)
     added_by_name: Mapped[str] = mapped_column(Text)
+
+
+ANALYTICS_JOB_KINDS = ("hotspots", "density", "export")
+ANALYTICS_JOB_STATUSES = ("queued", "running", "done", "failed")
+
+
+class AnalyticsJob(Base):
+    """A hotspot layer, density surface or history export computed in the background, with its
+    progress and its result (geo_service/analytics_jobs.py; migration 0013)."""
+
+    __tablename__ = "analytics_job"
+    __table_args__ = (
+        CheckConstraint(one_of("kind", ANALYTICS_JOB_KINDS), name="analytics_job_kind"),
+        CheckConstraint(one_of("status", ANALYTICS_JOB_STATUSES), name="analytics_job_status"),
+        CheckConstraint("progress >= 0 AND progress <= 1", name="analytics_job_progress"),
+        Index("ix_analytics_job_created_by", "created_by_kind", "created_by_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(Text)
+    progress: Mapped[float] = mapped_column(REAL)
+    detail: Mapped[str | None] = mapped_column(Text)
+    engine: Mapped[str] = mapped_column(Text)  # single or dask
+    result: Mapped[dict | None] = mapped_column(JSONB)  # a hotspot layer; a surface's bounds
+    result_data: Mapped[bytes | None] = mapped_column(LargeBinary)  # a density image
+    result_path: Mapped[str | None] = mapped_column(Text)  # an export, under the data directory
+    result_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    result_media_type: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(Text)  # the user's or key's name
+    created_by_kind: Mapped[str] = mapped_column(Text)  # user or key
+    created_by_id: Mapped[int] = mapped_column(BigInteger)
+    created_by_role: Mapped[str] = mapped_column(Text)
+    # The creator's towns (None: the county): the job computes over them, admins limited to
+    # towns see it only within theirs.
+    towns: Mapped[list[str] | None] = mapped_column(ARRAY(String(9)))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -85,6 +85,9 @@ SERVICE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "webhook_delivery": ("SELECT", "INSERT", "UPDATE"),
     # Every attempt is appended, never changed.
     "webhook_attempt": ("SELECT", "INSERT"),
+    # Analytics jobs (migration 0013): the instance that accepts one queues it, runs it and
+    # records its progress and result; a reader marks a job whose lease passed as failed.
+    "analytics_job": ("SELECT", "INSERT", "UPDATE"),
     # Alembic's bookkeeping: none of the service's business.
     "alembic_version": (),
 }

@@ -1283,3 +1283,69 @@ class TileJSON(BaseModel):
     bounds: list[float] = Field(description="west, south, east, north: the caller's towns (or the cells).")
     center: list[float] = Field(description="lon, lat, zoom.")
     vector_layers: list[TileVectorLayer]
+
+
+# --------------------------------------------------------------------------- analytics jobs
+
+FilterList = bounded_text(4000)  # a comma-separated filter list, as in the query string
+
+
+class AnalyticsJobCreate(BaseModel):
+    """A background job (geo_service/analytics_jobs.py): `kind` and the parameters of the route it
+    stands for, named and written as in its query string. hotspots: those of GET /api/v1/hotspots;
+    density: those of GET /api/v1/hotspots/density; export: the incidents as GeoParquet. The
+    incident filters apply to every kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["hotspots", "density", "export"]
+    unit: Code | None = Field(default=None, description="hotspots: grid, community, town, hex or square.")
+    size_m: float | None = Field(default=None, description="hotspots: cell size in metres for hex and square.")
+    method: Code | None = Field(default=None, description="hotspots: gistar (default) or lisa.")
+    fdr: bool | None = Field(default=None, description="hotspots: Benjamini–Hochberg correction.")
+    attribution: Code | None = Field(default=None, description="hotspots: report (default) or location.")
+    generation: Code | None = Field(default=None, description="hotspots, attribution=location: the generation.")
+    permutations: int | None = Field(default=None, ge=0, le=MAX_INT4, description="hotspots, lisa: permutations.")
+    seed: int | None = Field(default=None, ge=0, le=MAX_INT4, description="hotspots, lisa: the draws' seed.")
+    alpha: float | None = Field(default=None, description="hotspots, lisa: significance level.")
+    bandwidth_m: float | None = Field(default=None, description="density: kernel standard deviation, metres.")
+    cell_m: float | None = Field(default=None, description="density: raster cell size, metres.")
+    layer: Code | None = Field(default=None, description="export: incidents (the only one).")
+    format: Code | None = Field(default=None, description="hotspots: as GET /api/v1/hotspots (geojson default); "
+                                "density: png (default) or tiff; export: parquet.")
+    status: FilterList | None = Field(default=None, description="Comma-separated statuses.")
+    category: FilterList | None = Field(default=None, description="Comma-separated category codes.")
+    reporter_kind: FilterList | None = Field(default=None, description="Comma-separated reporter kinds.")
+    town: FilterList | None = Field(default=None, description="Comma-separated town codes.")
+    community: FilterList | None = Field(default=None, description="Comma-separated community codes.")
+    grid: FilterList | None = Field(default=None, description="Comma-separated grid codes.")
+    assignee: int | None = Field(default=None, ge=1, le=MAX_INT4, description="Grid worker id.")
+    police: int | None = Field(default=None, ge=1, le=MAX_INT4, description="Police officer id.")
+    since: Instant | None = Field(default=None, alias="from", description="Reported at or after (ISO 8601).")
+    until: Instant | None = Field(default=None, alias="to", description="Reported before (ISO 8601).")
+    bbox: Code | None = Field(default=None, description="west,south,east,north in degrees.")
+    overdue: bool | None = Field(default=None, description="Only (or no) incidents past their stage deadline.")
+    open: bool | None = Field(default=None, description="Only (or no) incidents not closed or rejected.")
+    mine: bool | None = Field(default=None, description="Only the incidents the caller reported.")
+
+
+class AnalyticsJobLinks(BaseModel):
+    self: str = Field(description="Where to poll the job.")
+    result: str = Field(description="Where to fetch its result once done (409 before).")
+
+
+class AnalyticsJobRead(BaseModel):
+    id: int
+    kind: str = Field(description="hotspots, density or export.")
+    status: str = Field(description="queued, running, done or failed.")
+    progress: float = Field(description="0 to 1 (on Dask: the fraction of partition tasks done).")
+    detail: str | None = Field(description="What it is doing, or did.")
+    error: str | None = Field(description="Why it failed.")
+    engine: str = Field(description="dask (GEO_DASK_SCHEDULER's cluster) or single (the service process).")
+    params: dict = Field(description="The parameters, with their defaults, and the incident filter.")
+    created_by: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    result_bytes: int | None = Field(description="Size of the result once done.")
+    links: AnalyticsJobLinks

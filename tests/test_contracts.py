@@ -34,6 +34,9 @@ from tests.test_access import EXAMPLES, G111, PLATE, all_routes, api_routes, rou
 # too for `format=` other than geojson; its GeoJSON is checked.
 NOT_JSON = {
     ("GET", "/api/v1/hotspots/density"): "a PNG overlay or a GeoTIFF",
+    ("GET", "/api/v1/analytics/jobs/{job_id}/result"): "by the job's kind: a hotspot layer (GeoJSON or the file "
+                                                       "asked for), a density PNG or GeoTIFF, or GeoParquet "
+                                                       "(tests/test_dask_analytics.py reads each)",
     ("GET", "/api/v1/export/{layer}"): "a file in the format asked for (GeoJSON, GeoPackage, …)",
     ("GET", "/api/v1/attachments/{attachment_id}"): "a photo (JPEG, PNG or WebP)",
     ("GET", "/api/v1/events"): "a Server-Sent Events stream (its frames are tested in tests/test_desk.py)",

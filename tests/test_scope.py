@@ -551,6 +551,11 @@ SCOPE: dict[tuple[str, str], str | Callable[[Call, World], str]] = {
     ("GET", "/api/v1/hotspots/density"): probe_density,
     ("POST", "/api/v1/hotspots/saved"): probe_save_hotspots,
     ("GET", "/api/v1/hotspots/saved"): probe_saved_hotspots,
+    # Jobs run on threads outside the in-process client's transaction: probed on a real app by
+    # tests/test_dask_analytics.py::test_a_job_is_its_creators_and_a_town_scoped_job_holds_only_its_towns.
+    ("POST", "/api/v1/analytics/jobs"): "a job computes for its creator's towns (hotspots.compute's rule)",
+    ("GET", "/api/v1/analytics/jobs/{job_id}"): "its creator's, or admins' within whose towns it was computed",
+    ("GET", "/api/v1/analytics/jobs/{job_id}/result"): "its creator's, or admins' within whose towns it was computed",
     ("GET", "/api/v1/export/{layer}"): probe_export,
     ("GET", "/ogc"): NONE,
     ("GET", "/ogc/conformance"): NONE,

@@ -5,16 +5,26 @@ from __future__ import annotations
 import shutil
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from geo_service import audit, exports, hotspots
+from geo_service import analytics_jobs, audit, exports, hotspots
 from geo_service.db import SessionDep
 from geo_service.errors import InvalidInput
 from geo_service.routes.access import AnalystDep, AnyoneDep, PublisherDep, client_address
-from geo_service.routes.params import GEOJSON, AttributionDep, IncidentFilterDep, json_response
-from geo_service.schemas import ErrorRead, HotspotCollection, Name, SavedHotspotLayer, SavedHotspotRead, schema_of
+from geo_service.routes.params import GEOJSON, AttributionDep, IncidentFilterDep, incident_filters, json_response
+from geo_service.schemas import (
+    MAX_ID,
+    AnalyticsJobCreate,
+    AnalyticsJobRead,
+    ErrorRead,
+    HotspotCollection,
+    Name,
+    SavedHotspotLayer,
+    SavedHotspotRead,
+    schema_of,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["analytics"])
 FORMAT_DOC = "geojson (default), gpkg, shp (zipped), kml, csv (WKT geometry), parquet (GeoParquet) or fgb."
@@ -124,3 +134,64 @@ def export_layer(request: Request, session: SessionDep,
     police_officers, grid_assignments (with their history); always only what the caller may see."""
     return file_response(exports.export_for(session, identity, audit.actor_of(identity), layer, format, filters,
                                             address=client_address(request), attribution=attribution))
+
+
+# --------------------------------------------------------------------------- analytics jobs
+
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")]
+
+
+@router.post("/analytics/jobs", response_model=AnalyticsJobRead, status_code=202,
+             responses={422: {"model": ErrorRead}})
+def create_analytics_job(request: Request, session: SessionDep, identity: AnalystDep, body: AnalyticsJobCreate):
+    """Start a hotspot layer, a density surface or an export of the incidents (GeoParquet) in the
+    background: on the Dask cluster of GEO_DASK_SCHEDULER when set, else in the service. Every
+    parameter is checked first (the 422s of the routes the kinds stand for). 202 with the job:
+    poll `links.self` for its progress, fetch `links.result` when it is done."""
+    filters = incident_filters(request, status=body.status, category=body.category,
+                               reporter_kind=body.reporter_kind, town=body.town, community=body.community,
+                               grid=body.grid, assignee=body.assignee, police=body.police, since=body.since,
+                               until=body.until, bbox=body.bbox, overdue=body.overdue, open=body.open, mine=body.mine)
+    given = body.model_dump(include=set().union(*(names for names in analytics_jobs.PARAMETERS.values())))
+    params = analytics_jobs.checked_params(session, body.kind, given, filters)
+    settings = request.app.state.settings
+    job = analytics_jobs.submit(session, identity, audit.actor_of(identity), body.kind, params,
+                                engine="dask" if settings.dask_scheduler else "single",
+                                address=client_address(request))
+    request.app.state.analytics_jobs.start(job["id"])
+    response = json_response(job)
+    response.status_code = 202
+    return response
+
+
+@router.get("/analytics/jobs/{job_id}", response_model=AnalyticsJobRead, responses={404: {"model": ErrorRead}})
+def read_analytics_job(request: Request, session: SessionDep, identity: AnalystDep, job_id: JobId):
+    """A job's status, progress and error. Only its creator (and admins within whose towns it
+    was computed) see it; a job whose service instance stopped is reported failed."""
+    return json_response(analytics_jobs.read(session, identity, job_id, request.app.state.engine))
+
+
+@router.get("/analytics/jobs/{job_id}/result",
+            responses={200: {"content": {GEOJSON: schema_of(HotspotCollection), "image/png": {}, "image/tiff": {},
+                                         "application/vnd.apache.parquet": {}, "application/octet-stream": {}}},
+                       404: {"model": ErrorRead}, 409: {"model": ErrorRead}, 422: {"model": ErrorRead}})
+def analytics_job_result(request: Request, session: SessionDep, identity: AnalystDep, job_id: JobId):
+    """What a job made, once done (409 before, or when it failed): a hotspot layer (GeoJSON, or
+    the file of the `format` it was asked in), the density surface (PNG with `X-Bounds`, or
+    GeoTIFF), or the incidents as GeoParquet."""
+    job = analytics_jobs.finished(session, identity, job_id, request.app.state.engine)
+    params = job["params"]
+    if job["kind"] == "hotspots":
+        if params["format"] == "geojson":
+            return json_response(job["result"], GEOJSON)
+        return file_response(exports.export(session, "hotspots", params["format"], identity,
+                                            hotspot_layer=job["result"]))
+    if job["kind"] == "density":
+        west, south, east, north = job["result"]["bounds"]
+        headers = {"X-Bounds": f"{west},{south},{east},{north}", "X-Bandwidth-M": str(params["bandwidth_m"]),
+                   "Access-Control-Expose-Headers": "X-Bounds"}
+        if params["format"] == "tiff":
+            headers["Content-Disposition"] = f'attachment; filename="heshan-density-job-{job_id}.tif"'
+        return Response(bytes(job["result_data"]), media_type=job["result_media_type"], headers=headers)
+    return FileResponse(job["result_path"], media_type=job["result_media_type"],
+                        filename=f"heshan-incidents-job-{job_id}.parquet")
