@@ -862,5 +862,73 @@ def export_command(layer: str, fmt: str, out_file: Path, since, until, categorie
                f"{time.perf_counter() - started:.1f} s)")
 
 
+@main.command("hotspots")
+@click.option("--unit", default="grid", show_default=True, help="grid, community, town, hex or square.")
+@click.option("--size-m", type=float, default=None, help="Cell size in metres for hex and square.")
+@click.option("--method", default="gistar", show_default=True,
+              help="gistar (Getis-Ord Gi*: hot and cold spots) or lisa (Local Moran's I: clusters and outliers).")
+@click.option("--fdr", is_flag=True, help="Benjamini–Hochberg correction.")
+@click.option("--engine", "engine_name", type=click.Choice(["single", "dask"]), default="single", show_default=True,
+              help="single: count in PostGIS from this process; dask: over GeoParquet partitions of the history "
+                   "on GEO_DASK_SCHEDULER's cluster, or on a local cluster of --workers processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="--engine dask without GEO_DASK_SCHEDULER: worker processes of the local cluster.")
+@click.option("--from", "since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"]),
+              help="Incidents reported at or after (UTC date or ISO time).")
+@click.option("--to", "until", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"]),
+              help="Incidents reported before.")
+@click.option("--category", "categories", multiple=True, help="Only this incident category (repeatable).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the layer to this file (else only the summary is printed).")
+@click.option("--format", "fmt", default="geojson", show_default=True,
+              help="With --out: geojson, gpkg, shp (zipped), kml, csv, parquet or fgb.")
+def hotspots_command(unit: str, size_m: float | None, method: str, fdr: bool, engine_name: str, workers: int,
+                     since, until, categories, out_file: Path | None, fmt: str) -> None:
+    """Compute a hotspot layer over every incident of the county (Gi* or LISA per unit) and print
+    how many units are hot, cold or clustered, with the time it took; --out writes the layer."""
+    import collections
+    import datetime as dt
+    import shutil
+    from contextlib import nullcontext
+
+    from geo_service import analytics_engine, exports, hotspots, incidents
+
+    def utc(value):
+        return None if value is None else (value if value.tzinfo else value.replace(tzinfo=dt.UTC))
+
+    if fmt not in exports.FORMATS:
+        _fail(f"format {fmt!r} is not one of {', '.join(exports.FORMATS)}", 2)
+    settings = get_settings()
+    filters = incidents.IncidentFilter(since=utc(since), until=utc(until), categories=list(categories) or None)
+    started = time.perf_counter()
+    with _session() as session:
+        engine = analytics_engine.connect(settings, workers=workers) if engine_name == "dask" else nullcontext()
+        with engine as dask:
+            counted = time.perf_counter()
+            layer = hotspots.compute(session, None, unit, size_m=size_m, filters=filters, fdr=fdr,
+                                     metric_crs=settings.metric_crs, method=method,
+                                     counting=dask.counting if dask else hotspots.SqlCounts)
+        seconds = time.perf_counter() - counted
+        where = (f"on Dask ({settings.dask_scheduler or f'a local cluster of {workers} workers'})"
+                 if dask else "in PostGIS and this process")
+        click.echo(f"{len(layer.codes):,} {unit} units, {int(layer.counts.sum()):,} incidents, {layer.method} "
+                   f"{where}: {seconds:.1f} s")
+        rows = layer.rows()
+        if layer.lisa is None:
+            found = collections.Counter(row["gi_bin"] for row in rows)
+            click.echo(f"hot spots {sum(n for b, n in found.items() if b > 0):,} "
+                       f"(99 % {found[3]:,}, 95 % {found[2]:,}, 90 % {found[1]:,}); "
+                       f"cold spots {sum(n for b, n in found.items() if b < 0):,}; not significant {found[0]:,}")
+        else:
+            found = collections.Counter(row["lisa_cluster"] for row in rows)
+            click.echo(", ".join(f"{cluster} {n:,}" for cluster, n in sorted(found.items())))
+        if out_file is not None:
+            result = exports.export(session, "hotspots", fmt, None, hotspot_layer=layer.geojson())
+            shutil.move(str(result.path), out_file)
+            shutil.rmtree(result.directory, ignore_errors=True)
+            click.echo(f"wrote {len(rows):,} units to {out_file} ({out_file.stat().st_size:,} bytes, "
+                       f"{time.perf_counter() - started:.1f} s in all)")
+
+
 if __name__ == "__main__":
     main()

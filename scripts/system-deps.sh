@@ -42,7 +42,7 @@ want "postgresql-${version}-postgis-3"
 
 for option in "$@"; do
   case "$option" in
-    --test) want gdal-bin chromium fonts-noto-cjk ;;
+    --test) want gdal-bin chromium fonts-noto-cjk nginx ;;
     --bench) want wrk chromium fonts-noto-cjk ;;
     *) echo "error: unknown option $option (use --test or --bench)" >&2; exit 2 ;;
   esac

@@ -255,3 +255,42 @@ def test_a_job_whose_instance_stopped_is_failed_when_read_and_409_until_done(sam
         session.commit()
     pending = jobs_client.get(f"/api/v1/analytics/jobs/{waiting}/result", headers=analyst)
     assert pending.status_code == 409 and "is queued" in pending.json()["detail"]
+
+
+def test_the_cli_computes_the_same_layer_on_a_local_dask_cluster_as_in_one_process(sample_db, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from geo_service.cli import main
+    from geo_service.config import get_settings
+
+    def run(*args: str):
+        get_settings.cache_clear()
+        try:
+            return CliRunner().invoke(main, ["hotspots", *args], env=sample_db.environment())
+        finally:
+            get_settings.cache_clear()
+
+    layers, summaries = {}, {}
+    for engine in ("single", "dask"):
+        out = tmp_path / f"{engine}.geojson"
+        result = run("--engine", engine, "--workers", "1", "--out", str(out))
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert ("on Dask (a local cluster of 1 workers)" in lines[0]) == (engine == "dask")
+        summaries[engine] = (lines[0].split(" in PostGIS")[0].split(" on Dask")[0], lines[1])
+        layers[engine] = json.loads(out.read_text())
+    assert summaries["single"] == summaries["dask"]
+    assert summaries["single"][0].startswith("338 grid units")
+    assert summaries["single"][1].startswith("hot spots ") and "99 %" in summaries["single"][1]
+    single = {f["properties"]["code"]: f["properties"] for f in layers["single"]["features"]}
+    dask = {f["properties"]["code"]: f["properties"] for f in layers["dask"]["features"]}
+    assert single.keys() == dask.keys() and len(single) == 338
+    for code, properties in single.items():
+        assert properties["count"] == dask[code]["count"]
+        assert abs(properties["gi_z"] - dask[code]["gi_z"]) <= 1e-4  # the file's 4 decimals
+        assert properties["gi_bin"] == dask[code]["gi_bin"]
+    assert run("--format", "svg").exit_code != 0 and "format 'svg'" in run("--format", "svg").output
+    refused = run("--unit", "parish")
+    assert refused.exit_code != 0 and "parish" in refused.output

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -396,3 +399,74 @@ def test_with_the_primary_down_reads_answer_writes_503_and_nothing_acknowledged_
             assert client.get(f"{instances[0]}/api/v1/incidents/{incident_id}",
                               headers=cluster.headers("admin")).status_code == 200
 
+
+
+# --------------------------------------------------------------------------- behind nginx
+
+NGINX_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx.conf"
+
+
+@contextmanager
+def nginx_in_front_of(bases: list[str]) -> Iterator[str]:
+    """deploy/nginx.conf as README gives it, with only its port and its upstream's servers replaced."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(nginx).exists(), "nginx is missing: scripts/system-deps.sh --test (make test) installs it"
+    prefix = Path(tempfile.mkdtemp(prefix="geo_nginx_"))
+    prefix.chmod(0o755)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf, servers = re.subn(r"(?m)^(\s+)server 127\.0\.0\.1:\d+ (.*)\n(?:\s+server 127\.0\.0\.1:\d+ .*\n)*",
+                            lambda m: "".join(f"{m.group(1)}server {b.split('//')[1]} {m.group(2)}\n" for b in bases),
+                            NGINX_CONF.read_text())
+    conf, listens = re.subn(r"listen \d+;", f"listen 127.0.0.1:{port};", conf)
+    assert servers == 1 and listens == 1, "deploy/nginx.conf no longer has the shape this test edits"
+    (prefix / "nginx.conf").write_text(conf)
+    process = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", "stderr",
+                                "-g", f"daemon off; pid {prefix}/nginx.pid;"], stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            until(lambda: httpx.get(base + "/healthz").status_code == 200, 10, step=0.1)
+        except (AssertionError, httpx.HTTPError):
+            process.terminate()
+            raise AssertionError(f"nginx did not answer: {process.communicate(timeout=5)[1][-2000:]}") from None
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def test_the_nginx_example_serves_both_instances_streams_unbuffered_and_rides_out_one_down(cluster):
+    replica = cluster.replica_url.render_as_string(hide_password=False)
+    with ExitStack() as stack:
+        first = ExitStack()
+        stack.callback(first.close)
+        one = first.enter_context(running_server(cluster, database_read_urls=replica, events_keepalive_seconds=1))
+        other = stack.enter_context(running_server(cluster, database_read_urls=replica, events_keepalive_seconds=1))
+        base = stack.enter_context(nginx_in_front_of([one, other]))
+        headers = cluster.headers("dispatcher")
+        with httpx.Client(base_url=base, timeout=10) as client:
+            # Read-your-writes through the balancer: what a caller just reported, it opens at once.
+            for i in range(5):
+                created = report(client, headers, f"through nginx {i}")
+                opened = client.get(f"/api/v1/incidents/{created['id']}", headers=headers)
+                assert opened.status_code == 200 and opened.json()["version"] == created["version"]
+            # The stream is not buffered by nginx: an incident reaches it within 2 s.
+            reader = EventReader(base, cluster.keys["dispatcher"])
+            try:
+                created = report(client, headers, "streamed through nginx")
+                made = time.monotonic()
+                reader.until(lambda e: e["event"] == "incident.created" and e["data"]["id"] == created["id"], 2)
+                assert time.monotonic() - made < 2
+            finally:
+                reader.close()
+            # One instance stops: every caller, whichever instance its hash chose, is still answered.
+            first.close()
+            for role in ("viewer", "dispatcher", "analyst", "admin"):
+                for _ in range(3):
+                    answer = client.get("/api/v1/lookup", params=POINT, headers=cluster.headers(role))
+                    assert answer.status_code == 200, (role, answer.status_code, answer.text[:200])
+            for role in ("dispatcher", "admin"):
+                report(client, cluster.headers(role), f"with one instance down ({role})")
