@@ -127,6 +127,15 @@ def db_replica_stop(port: int | None, remove: bool) -> None:
         click.echo("no standbys")
 
 
+@db_replica.command("promote")
+@click.option("--port", type=click.IntRange(1024, 65535), required=True, help="The standby to promote.")
+def db_replica_promote(port: int) -> None:
+    """Promote a standby to primary (after losing the primary); the URL to name in GEO_DATABASE_URL
+    alone on the last line."""
+    replica = localdb.promote_replica(get_settings(), port, progress=lambda message: click.echo(message, err=True))
+    click.echo(replica.url.render_as_string(hide_password=False))
+
+
 @db_replica.command("status")
 def db_replica_status() -> None:
     """Each standby: port, running, replay lag (exit status 1 when one is not running)."""

@@ -581,6 +581,25 @@ def _base_backup(settings: Settings, state: ClusterState, pgdata: Path, port: in
                    f"unix_socket_directories = '{pgdata}'\nhot_standby = on\nhot_standby_feedback = on\n")
 
 
+def promote_replica(settings: Settings, port: int, progress=print) -> Replica:
+    """Make the standby on `port` a primary (pg_ctl promote): what Patroni does when the primary is
+    lost. The service then writes to it once GEO_DATABASE_URL names it (README: Deployment)."""
+    state = _require_state(settings)
+    found = [r for r in replicas(settings) if r.port == port]
+    if not found:
+        raise DatabaseSetupError(f"no standby on port {port} (see `geo-service db replica status`)")
+    if not found[0].running:
+        raise DatabaseSetupError(f"the standby on port {port} is not running; `geo-service db replica start "
+                                 f"--port {port}` first")
+    result = _run_as_owner(settings, [str(Path(state.bindir) / "pg_ctl"), "promote", "-D", found[0].pgdata,
+                                      "-w", "-t", "60"])
+    if result.returncode != 0:
+        raise DatabaseSetupError(f"pg_ctl promote of the standby on {port} failed:\n"
+                                 f"{(result.stdout + result.stderr).strip()}")
+    progress(f"127.0.0.1:{port} promoted: it takes writes now; it is no longer a standby of 127.0.0.1:{state.port}")
+    return found[0]
+
+
 def stop_replicas(settings: Settings, port: int | None = None, remove: bool = False, progress=print) -> list[int]:
     """Stop the standby on `port` (every standby when None), deleting its copy with `remove`;
     the ports stopped."""

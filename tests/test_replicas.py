@@ -342,14 +342,14 @@ def test_overdue_notices_and_dispatch_ticks_happen_once_with_two_instances(clust
         connection.execute(text("UPDATE incident SET deadline_at = now() - interval '1 minute' WHERE id = :id"),
                            {"id": created["id"]})
     # Both instances run the overdue job every 5 s: one notice.
-    until(lambda: engine.connect().execute(text(
-        "SELECT count(*) FROM incident_change WHERE incident_id = :id AND action = 'overdue'"),
-        {"id": created["id"]}).scalar_one(), 12)
+    def notices() -> int:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT count(*) FROM incident_change WHERE incident_id = :id "
+                                           "AND action = 'overdue'"), {"id": created["id"]}).scalar_one()
+
+    until(notices, 12)
     time.sleep(6)
-    with engine.connect() as connection:
-        notices = connection.execute(text("SELECT count(*) FROM incident_change WHERE incident_id = :id "
-                                          "AND action = 'overdue'"), {"id": created["id"]}).scalar_one()
-    assert notices == 1
+    assert notices() == 1
     # `dispatch tick` from cron on every instance at once: one escalation.
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         runs = list(pool.map(lambda _: cli(cluster.env, "dispatch", "tick"), range(3)))
@@ -470,3 +470,29 @@ def test_the_nginx_example_serves_both_instances_streams_unbuffered_and_rides_ou
                     assert answer.status_code == 200, (role, answer.status_code, answer.text[:200])
             for role in ("dispatcher", "admin"):
                 report(client, cluster.headers(role), f"with one instance down ({role})")
+
+
+# --------------------------------------------------------------------------- promotion (last: the primary is lost)
+
+
+def test_a_promoted_standby_named_by_the_database_url_takes_writes_within_10_s_and_nothing_is_lost(cluster):
+    replica = cluster.replica_url.render_as_string(hide_password=False)
+    headers = cluster.headers("dispatcher")
+    with httpx.Client(timeout=10) as client:
+        with running_server(cluster, database_read_urls=replica) as base:
+            acknowledged = [report(client, headers, f"before the primary is lost {i}", base)["id"] for i in range(3)]
+        cli(cluster.env, "db", "stop")
+        promoted = cli(cluster.env, "db", "replica", "promote", "--port", str(cluster.replica_url.port))
+        url = promoted.stdout.strip().splitlines()[-1]
+        assert make_url(url).port == cluster.replica_url.port and "promoted" in promoted.stderr
+        named = time.monotonic()
+        with running_server(cluster, database_url=url) as base:
+            created = until(lambda: (answer := post_report(client, headers, "after the promotion", base)
+                                     ).status_code == 201 and answer.json(), 10, step=0.2)
+            assert time.monotonic() - named < 10
+            for incident_id in [*acknowledged, created["id"]]:
+                assert client.get(f"{base}/api/v1/incidents/{incident_id}",
+                                  headers=cluster.headers("admin")).status_code == 200
+            assert client.get(base + "/healthz", headers=cluster.headers("admin")).json()["status"] == "ok"
+    again = cli(cluster.env, "db", "replica", "promote", "--port", str(cluster.replica_url.port), check=False)
+    assert again.returncode == 1 and "pg_ctl promote" in again.stderr and "Traceback" not in again.stderr
