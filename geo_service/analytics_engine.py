@@ -42,7 +42,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from geo_service import hotspots, incidents, localdb, partitions
+from geo_service import hotspots, incidents, localdb, partitions, replicas
 from geo_service.config import Settings
 from geo_service.generations import LOCAL_TZ
 
@@ -63,10 +63,8 @@ def history_read_url(settings: Settings) -> str:
     """Where the partition tasks read the history: the first of GEO_DATABASE_READ_URLS when set
     (a standby: analytics never load the primary), else the primary. Rendered with its
     password: the workers connect with it."""
-    standbys = [url.strip() for url in (settings.database_read_urls or "").split(",") if url.strip()]
-    if standbys:
-        return standbys[0]
-    return localdb.service_url(settings).render_as_string(hide_password=False)
+    standbys = replicas.read_urls(settings)
+    return (standbys[0] if standbys else localdb.service_url(settings)).render_as_string(hide_password=False)
 
 
 # --------------------------------------------------------------------------- the partitions
@@ -170,6 +168,20 @@ def _by_code(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].value_counts()
 
 
+def gather(client, tasks: list, progress: Progress) -> list:
+    """Compute `tasks` on the cluster; their results as they finish (in no set order), reporting
+    the fraction done to `progress`."""
+    from distributed import as_completed
+
+    futures = client.compute(tasks)
+    results = []
+    with client.as_current():  # as_completed asks for the current client
+        for done, future in enumerate(as_completed(futures), start=1):
+            results.append(future.result())
+            progress(done / len(futures))
+    return results
+
+
 class DaskCounts:
     """hotspots.Counts over GeoParquet files of incidents, computed on the client's cluster.
     Each step submits one task per file and reports the fraction done to `progress`."""
@@ -190,15 +202,7 @@ class DaskCounts:
         return dask.dataframe.read_parquet(self.paths, columns=columns)
 
     def _gather(self, tasks: list) -> list:
-        from distributed import as_completed
-
-        futures = self.client.compute(tasks)
-        results = []
-        with self.client.as_current():  # as_completed asks for the current client
-            for done, future in enumerate(as_completed(futures), start=1):
-                results.append(future.result())
-                self.progress(done / len(futures))
-        return results
+        return gather(self.client, tasks, self.progress)
 
     def by_code(self, column: str) -> dict[str, int]:
         if not self.paths:
@@ -259,7 +263,6 @@ class DaskEngine:
         """The incidents of the analysis as GeoParquet files in the scratch directory, one Dask
         task per month partition; progress is the fraction of those tasks done (up to 0.8)."""
         import dask
-        from distributed import as_completed
 
         filters.check()
         directory = self.scratch / uuid.uuid4().hex
@@ -267,13 +270,8 @@ class DaskEngine:
         url, params = history_read_url(self.settings), filters.params(identity)
         tasks = [dask.delayed(write_partition, pure=False)(url, period, params, str(directory))
                  for period in history_periods(session)]
-        futures = self.client.compute(tasks)
-        paths = []
-        with self.client.as_current():  # as_completed asks for the current client
-            for done, future in enumerate(as_completed(futures), start=1):
-                paths += future.result()
-                self.progress(0.8 * done / len(futures))
-        return sorted(paths)
+        written = gather(self.client, tasks, lambda fraction: self.progress(0.8 * fraction))
+        return sorted(path for paths in written for path in paths)
 
     def counting(self, session: Session, filters: incidents.IncidentFilter, identity) -> DaskCounts:
         paths = self.write_history(session, filters, identity)

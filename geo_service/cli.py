@@ -830,31 +830,55 @@ def incidents_import(path: Path, strict: bool) -> None:
                f"{len(report.rejected):,} rejected ({seconds:.1f} s, {report.rows / seconds:,.0f} rows/s)")
 
 
+def _incident_filter_options(command):
+    """--from, --to and --category: the incident filter of the commands that read the history."""
+    formats = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"]
+    for option in reversed([
+            click.option("--from", "since", type=click.DateTime(formats=formats),
+                         help="Incidents reported at or after (UTC date or ISO time)."),
+            click.option("--to", "until", type=click.DateTime(formats=formats), help="Incidents reported before."),
+            click.option("--category", "categories", multiple=True,
+                         help="Only this incident category (repeatable).")]):
+        command = option(command)
+    return command
+
+
+def _incident_filter(since, until, categories):
+    """The IncidentFilter of _incident_filter_options' values (a time without a zone is UTC)."""
+    import datetime as dt
+
+    from geo_service import incidents
+
+    def utc(value):
+        return None if value is None else (value if value.tzinfo else value.replace(tzinfo=dt.UTC))
+
+    return incidents.IncidentFilter(since=utc(since), until=utc(until), categories=list(categories) or None)
+
+
+def _keep_export(result, out_file: Path) -> None:
+    """Move an exports.Export's file to `out_file` and remove its scratch directory."""
+    import shutil
+
+    shutil.move(str(result.path), out_file)
+    shutil.rmtree(result.directory, ignore_errors=True)
+
+
 @main.command("export")
 @click.argument("layer")
 @click.option("--format", "fmt", default="gpkg", show_default=True,
               help="geojson, gpkg, shp (zipped), kml, csv, parquet or fgb (people layers: csv or parquet).")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--from", "since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"]),
-              help="Incidents reported at or after (UTC date or ISO time).")
-@click.option("--to", "until", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"]),
-              help="Incidents reported before.")
-@click.option("--category", "categories", multiple=True, help="Only this incident category (repeatable).")
+@_incident_filter_options
 def export_command(layer: str, fmt: str, out_file: Path, since, until, categories) -> None:
     """Export a layer (towns, communities, grids, compounds, stations, door_plates, incidents,
     grid_workers, police_officers, grid_assignments, hotspots) to a file, with progress."""
-    import datetime as dt
-    import shutil
 
     from tqdm import tqdm
 
     from geo_service import audit as audit_log
-    from geo_service import exports, incidents
+    from geo_service import exports
 
-    def utc(value):
-        return None if value is None else (value if value.tzinfo else value.replace(tzinfo=dt.UTC))
-
-    filters = incidents.IncidentFilter(since=utc(since), until=utc(until), categories=list(categories) or None)
+    filters = _incident_filter(since, until, categories)
     started = time.perf_counter()
     with _session() as session, tqdm(unit="row", desc=f"read {layer}") as bar:
         def advance(done: int, total: int) -> None:
@@ -865,8 +889,7 @@ def export_command(layer: str, fmt: str, out_file: Path, since, until, categorie
         audit_log.record(session, audit_log.CLI, "export", "layer", layer, detail={"format": fmt, "rows": result.rows,
                                                                                   "out": str(out_file)})
         session.commit()
-    shutil.move(str(result.path), out_file)
-    shutil.rmtree(result.directory, ignore_errors=True)
+    _keep_export(result, out_file)
     click.echo(f"wrote {result.rows:,} {layer} to {out_file} ({out_file.stat().st_size:,} bytes, "
                f"{time.perf_counter() - started:.1f} s)")
 
@@ -882,11 +905,7 @@ def export_command(layer: str, fmt: str, out_file: Path, since, until, categorie
                    "on GEO_DASK_SCHEDULER's cluster, or on a local cluster of --workers processes.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="--engine dask without GEO_DASK_SCHEDULER: worker processes of the local cluster.")
-@click.option("--from", "since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"]),
-              help="Incidents reported at or after (UTC date or ISO time).")
-@click.option("--to", "until", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"]),
-              help="Incidents reported before.")
-@click.option("--category", "categories", multiple=True, help="Only this incident category (repeatable).")
+@_incident_filter_options
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the layer to this file (else only the summary is printed).")
 @click.option("--format", "fmt", default="geojson", show_default=True,
@@ -896,19 +915,14 @@ def hotspots_command(unit: str, size_m: float | None, method: str, fdr: bool, en
     """Compute a hotspot layer over every incident of the county (Gi* or LISA per unit) and print
     how many units are hot, cold or clustered, with the time it took; --out writes the layer."""
     import collections
-    import datetime as dt
-    import shutil
     from contextlib import nullcontext
 
-    from geo_service import analytics_engine, exports, hotspots, incidents
-
-    def utc(value):
-        return None if value is None else (value if value.tzinfo else value.replace(tzinfo=dt.UTC))
+    from geo_service import analytics_engine, exports, hotspots
 
     if fmt not in exports.FORMATS:
         _fail(f"format {fmt!r} is not one of {', '.join(exports.FORMATS)}", 2)
     settings = get_settings()
-    filters = incidents.IncidentFilter(since=utc(since), until=utc(until), categories=list(categories) or None)
+    filters = _incident_filter(since, until, categories)
     started = time.perf_counter()
     with _session() as session:
         engine = analytics_engine.connect(settings, workers=workers) if engine_name == "dask" else nullcontext()
@@ -933,8 +947,7 @@ def hotspots_command(unit: str, size_m: float | None, method: str, fdr: bool, en
             click.echo(", ".join(f"{cluster} {n:,}" for cluster, n in sorted(found.items())))
         if out_file is not None:
             result = exports.export(session, "hotspots", fmt, None, hotspot_layer=layer.geojson())
-            shutil.move(str(result.path), out_file)
-            shutil.rmtree(result.directory, ignore_errors=True)
+            _keep_export(result, out_file)
             click.echo(f"wrote {len(rows):,} units to {out_file} ({out_file.stat().st_size:,} bytes, "
                        f"{time.perf_counter() - started:.1f} s in all)")
 

@@ -138,6 +138,11 @@ def describe_lag(lag: Lag) -> str:
     return f"{lag.lag_bytes:,} bytes behind" + (f", {lag.lag_seconds:.2f} s" if lag.lag_seconds else "")
 
 
+def read_urls(settings: Settings) -> list[URL]:
+    """The standbys of GEO_DATABASE_READ_URLS, in the order given."""
+    return [make_url(url.strip()) for url in (settings.database_read_urls or "").split(",") if url.strip()]
+
+
 def credential_of(request: Request) -> str | None:
     """What identifies a caller between requests: the bearer token or API key, else the session cookie."""
     from geo_service.routes.access import SESSION_COOKIE
@@ -152,7 +157,7 @@ class Replicas:
         from geo_service.db import make_engine
 
         self.primary = primary
-        urls = [make_url(u.strip()) for u in (settings.database_read_urls or "").split(",") if u.strip()]
+        urls = read_urls(settings)
         self.engines = [make_engine(settings, url) for url in urls]
         self.labels = [url.render_as_string(hide_password=True) for url in urls]
         self.lags = [Lag(url=label) for label in self.labels]

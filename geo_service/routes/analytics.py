@@ -49,6 +49,12 @@ def file_response(export: exports.Export) -> FileResponse:
                         background=BackgroundTask(shutil.rmtree, export.directory, ignore_errors=True))
 
 
+def density_headers(bounds, bandwidth_m: float) -> dict:
+    """Where a density PNG lies (west,south,east,north), readable by the map's script."""
+    return {"X-Bounds": ",".join(str(value) for value in bounds), "X-Bandwidth-M": str(bandwidth_m),
+            "Access-Control-Expose-Headers": "X-Bounds"}
+
+
 @router.get("/hotspots", response_model=HotspotCollection,
             responses={200: {"content": {GEOJSON: schema_of(HotspotCollection), "application/zip": {}}},
                        422: {"model": ErrorRead}})
@@ -112,8 +118,7 @@ def get_density(request: Request, session: SessionDep, identity: AnalystDep, fil
     if format not in ("png", "tiff"):
         raise InvalidInput(f"format {format!r} is not png or tiff")
     surface = hotspots.density(session, identity, filters, bandwidth_m=bandwidth_m, cell_m=cell_m)
-    headers = {"X-Bounds": f"{surface.west},{surface.south},{surface.east},{surface.north}",
-               "X-Bandwidth-M": str(bandwidth_m), "Access-Control-Expose-Headers": "X-Bounds"}
+    headers = density_headers((surface.west, surface.south, surface.east, surface.north), bandwidth_m)
     if format == "png":
         return Response(hotspots.surface_png(surface), media_type="image/png", headers=headers)
     export = exports.density_geotiff(surface)
@@ -187,9 +192,7 @@ def analytics_job_result(request: Request, session: SessionDep, identity: Analys
         return file_response(exports.export(session, "hotspots", params["format"], identity,
                                             hotspot_layer=job["result"]))
     if job["kind"] == "density":
-        west, south, east, north = job["result"]["bounds"]
-        headers = {"X-Bounds": f"{west},{south},{east},{north}", "X-Bandwidth-M": str(params["bandwidth_m"]),
-                   "Access-Control-Expose-Headers": "X-Bounds"}
+        headers = density_headers(job["result"]["bounds"], params["bandwidth_m"])
         if params["format"] == "tiff":
             headers["Content-Disposition"] = f'attachment; filename="heshan-density-job-{job_id}.tif"'
         return Response(bytes(job["result_data"]), media_type=job["result_media_type"], headers=headers)
